@@ -112,7 +112,7 @@ func Defaults() Config {
 		DeclineHold:  10 * time.Minute,
 		ProbeTimeout: 300 * time.Millisecond,
 		ConflictHold: 10 * time.Minute,
-		ForeignProbe: 3 * time.Second,
+		ForeignProbe: 5 * time.Second, // dnsmasq pings before it offers: its offer comes after ~3 s
 		Boot: Boot{
 			BIOSFile: "undionly.kpxe",
 			// snponly.efi starts ~4 s faster than ipxe.efi under UEFI

@@ -180,7 +180,6 @@ func (h *Handler) discover(ctx context.Context, req Request, client Client) *Res
 	requested, _ := addr4(m.RequestedIPAddress())
 	ip, ok := h.allocate(ctx, m.ClientHWAddr.String(), sub, requested)
 	if !ok {
-		h.log.Warn("dhcp: pool exhausted", "subnet", sub.Prefix, "mac", m.ClientHWAddr)
 		return nil
 	}
 	return h.respond(req, client, dhcpv4.MessageTypeOffer, ip, sub, nil)
@@ -195,26 +194,40 @@ func (h *Handler) allocate(ctx context.Context, mac string, sub *Subnet, request
 	for range maxProbeTries {
 		now := h.now()
 		h.mu.Lock()
+		if l := h.byMAC[mac]; l != nil && l.probing {
+			// A retransmission while this client's address is being
+			// probed: the first request will answer.
+			h.mu.Unlock()
+			return netip.Addr{}, false
+		}
 		ip, known, ok := h.pickLocked(mac, sub, requested, now)
+		var held *Lease
 		if ok {
-			h.holdLocked(&Lease{IP: ip, MAC: mac, State: StateOffered, Expires: now.Add(h.cfg.OfferHold)})
+			held = &Lease{IP: ip, MAC: mac, State: StateOffered, Expires: now.Add(h.cfg.OfferHold)}
+			held.probing = !known && h.probe != nil && h.cfg.ProbeTimeout > 0
+			h.holdLocked(held)
 		}
 		h.mu.Unlock()
 		if !ok {
+			h.log.Warn("dhcp: no free address", "subnet", sub.Prefix, "mac", mac)
 			return netip.Addr{}, false
 		}
-		if known || h.probe == nil || h.cfg.ProbeTimeout <= 0 {
+		if !held.probing {
 			return ip, true
 		}
 		pctx, cancel := context.WithTimeout(ctx, h.cfg.ProbeTimeout)
 		inUse := h.probe.InUse(pctx, ip)
 		cancel()
 		if !inUse {
+			h.mu.Lock()
+			held.probing = false
+			h.mu.Unlock()
 			return ip, true
 		}
 		h.log.Warn("dhcp: address answers on the network, skipping it", "ip", ip, "hold", h.cfg.ConflictHold)
 		h.mu.Lock()
-		if cur := h.byMAC[mac]; cur != nil && cur.IP == ip {
+		held.probing = false
+		if cur := h.byMAC[mac]; cur == held {
 			delete(h.byMAC, mac)
 		}
 		h.byIP[ip] = &Lease{IP: ip, State: StateConflict, Expires: h.now().Add(h.cfg.ConflictHold)}

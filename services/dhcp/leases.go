@@ -34,6 +34,8 @@ type Lease struct {
 	Hostname string     `json:"hostname,omitempty"`
 	State    LeaseState `json:"state"`
 	Expires  time.Time  `json:"expires"`
+	// probing: offered, but the probe of the address has not finished.
+	probing bool
 }
 
 // active reports whether the lease still holds its address at now.

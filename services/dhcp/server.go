@@ -1,6 +1,7 @@
 package dhcp
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -87,7 +88,8 @@ type Server struct {
 	// Workers bounds the packets handled at once.
 	Workers int
 
-	ready   chan struct{}
+	ready    chan struct{}
+	probeMAC net.HardwareAddr
 	handler atomic.Pointer[Handler]
 	dropped atomic.Uint64
 }
@@ -231,6 +233,9 @@ func (s *Server) serve(ctx context.Context, h *Handler, b *batcher, p packet) {
 		s.log.Debug("dhcp: bad packet", "from", p.peer, "err", err)
 		return
 	}
+	if bytes.Equal(m.ClientHWAddr, s.probeMAC) {
+		return // our own probe for other servers, queued before we served
+	}
 	resp := h.Handle(ctx, Request{Msg: m, Port: p.port, Peer: p.peer})
 	if resp == nil {
 		return
@@ -244,6 +249,7 @@ func (s *Server) serve(ctx context.Context, h *Handler, b *batcher, p packet) {
 	if resp.Msg == nil {
 		return
 	}
+	s.log.Debug("dhcp: reply", "type", resp.Msg.MessageType(), "mac", m.ClientHWAddr.String(), "yiaddr", resp.Msg.YourIPAddr, "to", resp.Dest, "req", m.MessageType())
 	dest := net.UDPAddrFromAddrPort(resp.Dest)
 	if _, err := p.conn.WriteTo(resp.Msg.ToBytes(), dest); err != nil {
 		s.log.Warn("dhcp: send reply", "to", dest, "err", err)
@@ -259,6 +265,7 @@ func (s *Server) probeForeign(ctx context.Context) (netip.Addr, error) {
 	mac := make(net.HardwareAddr, 6)
 	_, _ = rand.Read(mac)
 	mac[0] = (mac[0] | 0x02) &^ 0x01 // locally administered, unicast
+	s.probeMAC = mac
 	disc, err := dhcpv4.NewDiscovery(mac,
 		dhcpv4.WithBroadcast(true),
 		dhcpv4.WithOption(dhcpv4.OptClassIdentifier("airlock-probe")))
@@ -269,6 +276,7 @@ func (s *Server) probeForeign(ctx context.Context) (netip.Addr, error) {
 	deadline := time.Now().Add(s.cfg.ForeignProbe)
 	buf := make([]byte, 1500)
 	nextSend := time.Now()
+	start := nextSend
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		if !time.Now().Before(nextSend) {
 			if _, err := s.socks.Client.WriteTo(disc.ToBytes(), bcast); err != nil {
@@ -286,6 +294,7 @@ func (s *Server) probeForeign(ctx context.Context) (netip.Addr, error) {
 			continue
 		}
 		if sid, ok := addr4(m.ServerIdentifier()); ok && sid != s.cfg.ServerIP {
+			s.log.Info("dhcp: another DHCP server offered", "server", sid, "after", time.Since(start).Round(time.Millisecond))
 			return sid, nil
 		}
 	}
