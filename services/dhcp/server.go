@@ -90,8 +90,8 @@ type Server struct {
 
 	ready    chan struct{}
 	probeMAC net.HardwareAddr
-	handler atomic.Pointer[Handler]
-	dropped atomic.Uint64
+	handler  atomic.Pointer[Handler]
+	dropped  atomic.Uint64
 }
 
 // New checks cfg and returns a server; it serves nothing until Run.
