@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
@@ -50,6 +51,8 @@ type Handler struct {
 	reservedByMAC map[string]Reservation
 	reservedIP    map[netip.Addr]string
 
+	offers, acks, naks atomic.Uint64
+
 	mu     sync.Mutex
 	byIP   map[netip.Addr]*Lease
 	byMAC  map[string]*Lease
@@ -91,6 +94,14 @@ func NewHandler(cfg Config, mode Mode, leases []Lease, probe Prober, log *slog.L
 		}
 	}
 	return h
+}
+
+// Stats counts the replies sent.
+type Stats struct{ Offers, Acks, Naks uint64 }
+
+// Stats returns the reply counters.
+func (h *Handler) Stats() Stats {
+	return Stats{Offers: h.offers.Load(), Acks: h.acks.Load(), Naks: h.naks.Load()}
 }
 
 // Mode returns the mode the handler serves (full or proxy).
@@ -470,7 +481,8 @@ func (h *Handler) handleProxy(req Request, client Client) *Response {
 }
 
 func (h *Handler) nak(req Request, why string) *Response {
-	h.log.Info("dhcp: NAK", "mac", req.Msg.ClientHWAddr, "reason", why)
+	h.naks.Add(1)
+	h.log.Info("dhcp: NAK", "mac", req.Msg.ClientHWAddr.String(), "reason", why)
 	reply, err := dhcpv4.NewReplyFromRequest(req.Msg,
 		dhcpv4.WithMessageType(dhcpv4.MessageTypeNak),
 		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(h.cfg.ServerIP.AsSlice())),
@@ -540,6 +552,11 @@ func (h *Handler) respond(req Request, client Client, typ dhcpv4.MessageType, yi
 	reply, err := dhcpv4.NewReplyFromRequest(m, mods...)
 	if err != nil {
 		return nil
+	}
+	if typ == dhcpv4.MessageTypeOffer {
+		h.offers.Add(1)
+	} else {
+		h.acks.Add(1)
 	}
 	return &Response{Msg: reply, Dest: destination(req, reply), Save: save}
 }

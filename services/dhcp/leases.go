@@ -96,17 +96,30 @@ func (s *MemStore) Batches() int {
 	return s.batches
 }
 
-// FileStore is a LeaseStore in one append-only file of JSON lines, synced
-// once per batch and compacted on Load. It lets `airlock serve` keep leases
-// without the state store; the installer normally passes its own store.
+// FileStore is a LeaseStore in one append-only file of JSON lines,
+// compacted on Load. It lets `airlock serve` keep leases without the state
+// store; the installer normally passes its own store.
+//
+// Save writes each batch to the file before returning (an acknowledged
+// lease survives an airlock crash) and fsyncs in the background at most
+// SyncInterval later (it survives a power loss after that). Syncing every
+// batch before the ACKs go out makes replies leave in bursts that overflow
+// clients' sockets, for no gain a DHCP client needs.
 type FileStore struct {
 	path string
-	mu   sync.Mutex
-	f    *os.File
+	// SyncInterval bounds how long a saved lease may sit unsynced.
+	SyncInterval time.Duration
+
+	mu       sync.Mutex
+	f        *os.File
+	lastSync time.Time
+	syncing  bool
 }
 
 // NewFileStore returns a FileStore at path (created on first use).
-func NewFileStore(path string) *FileStore { return &FileStore{path: path} }
+func NewFileStore(path string) *FileStore {
+	return &FileStore{path: path, SyncInterval: 100 * time.Millisecond}
+}
 
 // Load implements LeaseStore: it reads every record, keeps the last per
 // address, and rewrites the file compacted.
@@ -199,8 +212,18 @@ func (s *FileStore) Save(_ context.Context, batch []Lease) error {
 	if _, err := s.f.Write(buf); err != nil {
 		return fmt.Errorf("save leases to %s: %w", s.path, err)
 	}
-	if err := s.f.Sync(); err != nil {
-		return fmt.Errorf("sync leases %s: %w", s.path, err)
+	if !s.syncing {
+		s.syncing = true
+		f := s.f
+		wait := max(0, s.SyncInterval-time.Since(s.lastSync))
+		go func() {
+			time.Sleep(wait)
+			_ = f.Sync() // the file may be closed meanwhile: Close syncs
+			s.mu.Lock()
+			s.syncing = false
+			s.lastSync = time.Now()
+			s.mu.Unlock()
+		}()
 	}
 	return nil
 }
@@ -212,7 +235,7 @@ func (s *FileStore) Close() error {
 	if s.f == nil {
 		return nil
 	}
-	err := s.f.Close()
+	err := errors.Join(s.f.Sync(), s.f.Close())
 	s.f = nil
 	return err
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
+	"golang.org/x/sys/unix"
 )
 
 // ErrForeignServer is returned by Run in full mode when another DHCP server
@@ -69,6 +70,14 @@ func Listen(iface string, withProxyPort bool) (*Sockets, error) {
 	if withProxyPort {
 		if s.Proxy, err = server4.NewIPv4UDPConn(iface, &net.UDPAddr{Port: ProxyPort}); err != nil {
 			return nil, errors.Join(fmt.Errorf("listen for PXE on %s:%d: %w", iface, ProxyPort, err), s.Close())
+		}
+	}
+	// A burst of thousands of clients (a rack powering on) must queue in
+	// the kernel, not be dropped: a 4 MiB receive buffer, forced past
+	// rmem_max when we may (root).
+	for _, c := range []net.PacketConn{s.Server, s.Proxy} {
+		if uc, ok := c.(*net.UDPConn); ok {
+			setRecvBuffer(uc, 4<<20)
 		}
 	}
 	p, err := NewICMPProber()
@@ -249,7 +258,9 @@ func (s *Server) serve(ctx context.Context, h *Handler, b *batcher, p packet) {
 	if resp.Msg == nil {
 		return
 	}
-	s.log.Debug("dhcp: reply", "type", resp.Msg.MessageType(), "mac", m.ClientHWAddr.String(), "yiaddr", resp.Msg.YourIPAddr, "to", resp.Dest, "req", m.MessageType())
+	if s.log.Enabled(ctx, slog.LevelDebug) {
+		s.log.Debug("dhcp: reply", "type", resp.Msg.MessageType(), "mac", m.ClientHWAddr.String(), "yiaddr", resp.Msg.YourIPAddr, "to", resp.Dest, "req", m.MessageType())
+	}
 	dest := net.UDPAddrFromAddrPort(resp.Dest)
 	if _, err := p.conn.WriteTo(resp.Msg.ToBytes(), dest); err != nil {
 		s.log.Warn("dhcp: send reply", "to", dest, "err", err)
@@ -349,3 +360,16 @@ func (s *Server) watchForeign(mode Mode) {
 
 // Dropped counts packets dropped because every worker was busy.
 func (s *Server) Dropped() uint64 { return s.dropped.Load() }
+
+func setRecvBuffer(c *net.UDPConn, n int) {
+	if rc, err := c.SyscallConn(); err == nil {
+		var serr error
+		_ = rc.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n)
+		})
+		if serr == nil {
+			return
+		}
+	}
+	_ = c.SetReadBuffer(n)
+}
