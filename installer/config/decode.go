@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"reflect"
 	"regexp"
 	"strconv"
@@ -437,6 +438,18 @@ func describeNode(n *yaml.Node) string {
 }
 
 func describeType(t reflect.Type) string {
+	switch t {
+	case reflect.TypeFor[netip.Addr]():
+		return "an IP address"
+	case reflect.TypeFor[netip.Prefix]():
+		return "a CIDR like 10.40.0.0/24"
+	case reflect.TypeFor[MAC]():
+		return "a MAC address"
+	case reflect.TypeFor[Quantity]():
+		return "a size like 64Gi"
+	case reflect.TypeFor[Duration]():
+		return "a duration like 1h"
+	}
 	switch t.Kind() {
 	case reflect.String:
 		return "a string"
