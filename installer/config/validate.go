@@ -17,7 +17,6 @@ import (
 func (a *Answers) Validate(src *Source) Problems {
 	v := &validator{src: src, catalog: manifests.Default()}
 	v.fieldTags(reflect.ValueOf(a).Elem(), "")
-	v.header(a)
 	v.site(a.Site)
 	v.network(a.Network)
 	v.racks(a.Racks)
@@ -53,6 +52,21 @@ func (v *validator) warnf(path, format string, args ...any)  { v.report(true, pa
 // zero value there is not also called missing.
 func (v *validator) failed(path string) bool {
 	return v.src != nil && v.src.Failed[path]
+}
+
+// failedUnder reports whether anything at or below path failed to decode;
+// checks that reason about a whole subtree skip it then, rather than pile
+// consequences of one typo on top of its own message.
+func (v *validator) failedUnder(path string) bool {
+	if v.src == nil {
+		return false
+	}
+	for p := range v.src.Failed {
+		if p == path || strings.HasPrefix(p, path+".") || strings.HasPrefix(p, path+"[") {
+			return true
+		}
+	}
+	return false
 }
 
 // fieldTags walks the struct and checks what the field tags declare (the
@@ -97,15 +111,6 @@ func (v *validator) fieldTags(rv reflect.Value, path string) {
 	}
 }
 
-func (v *validator) header(a *Answers) {
-	if a.APIVersion != APIVersion && a.APIVersion != "" {
-		v.errorf("apiVersion", "unsupported version %q: this airlock reads %s", a.APIVersion, APIVersion)
-	}
-	if a.Kind != Kind && a.Kind != "" {
-		v.errorf("kind", "unsupported kind %q: an answer file is kind %s", a.Kind, Kind)
-	}
-}
-
 var dnsLabelRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 var dnsNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$`)
 
@@ -125,7 +130,9 @@ func (v *validator) site(s Site) {
 var interfaceNameRE = regexp.MustCompile(`^[A-Za-z0-9_.:@-]{1,15}$`)
 
 func (v *validator) network(n Network) {
-	if n.Interface == "" {
+	if v.failed("network.interface") {
+		// already reported
+	} else if n.Interface == "" {
 		v.warnf("network.interface", "not set: airlock will not serve DHCP until you name the provisioning NIC (airlock init --interface IF)")
 	} else if !interfaceNameRE.MatchString(n.Interface) || n.Interface == "." || n.Interface == ".." {
 		v.errorf("network.interface", "%q is not a valid Linux interface name (1-15 letters, digits, '-', '_', '.')", n.Interface)
@@ -314,9 +321,15 @@ func (v *validator) machines(a *Answers) {
 	hostnames := map[string]string{}
 	addresses := map[netip.Addr]string{}
 	catchAll := ""
+	// A rule that did not fully decode is skipped, and so are the checks
+	// across rules, which would reason about what the rule was meant to say.
+	partial := v.failedUnder("machines")
 	for i, r := range a.Machines {
 		path := fmt.Sprintf("machines[%d]", i)
-		if catchAll != "" {
+		if v.failedUnder(path) {
+			continue
+		}
+		if catchAll != "" && !partial {
 			v.warnf(path, "rule %q can never match: %s before it matches every machine", r.Name, catchAll)
 		}
 		m := r.Match
@@ -366,6 +379,9 @@ func (v *validator) machines(a *Answers) {
 		if m.IsEmpty() && catchAll == "" {
 			catchAll = fmt.Sprintf("rule %q (%s)", r.Name, path)
 		}
+	}
+	if partial {
+		return
 	}
 	cp, cpKnown := countControlPlanes(a.Machines)
 	if cpKnown && cp > 0 && cp%2 == 0 {
@@ -504,7 +520,7 @@ func (v *validator) installDisk(path string, d InstallDisk) {
 }
 
 func (v *validator) admission(a *Answers) {
-	if a.Admission.Policy == AdmitAllowlist && len(a.Machines) > 0 && !slices.ContainsFunc(a.Machines, func(r Rule) bool { return r.Match.Identifies() }) {
+	if a.Admission.Policy == AdmitAllowlist && len(a.Machines) > 0 && !v.failedUnder("machines") && !slices.ContainsFunc(a.Machines, func(r Rule) bool { return r.Match.Identifies() }) {
 		v.warnf("admission.policy", "allowlist admits only machines named by MAC or serial, and no rule names any: nothing will be installed")
 	}
 }
@@ -544,7 +560,7 @@ func (v *validator) cluster(a *Answers) {
 		if !ok || host == "" || port == "" || strings.Trim(port, "0123456789") != "" {
 			v.errorf("cluster.controlPlaneEndpoint", "%q is not host:port, e.g. 10.40.0.5:6443", c.ControlPlaneEndpoint)
 		}
-	} else if n, known := countControlPlanes(a.Machines); known && n > 1 {
+	} else if n, known := countControlPlanes(a.Machines); known && n > 1 && !v.failedUnder("machines") {
 		v.warnf("cluster.controlPlaneEndpoint", "not set with %d control planes: nodes will use the first control plane's address and lose the API if it fails; set a virtual IP or load balancer", n)
 	}
 }
