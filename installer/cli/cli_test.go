@@ -191,3 +191,15 @@ func TestVersionSchemaAndFlags(t *testing.T) {
 		t.Errorf("unknown command: exit %d %q", code, errOut)
 	}
 }
+
+func TestInventoryFromStoreAndSocket(t *testing.T) {
+	dir := t.TempDir()
+	out, errOut, code := run(t, "inventory", "--state", filepath.Join(dir, "none"))
+	if code != 0 || !strings.Contains(out, "no machines discovered yet") {
+		t.Fatalf("empty inventory: exit %d %q %q", code, out, errOut)
+	}
+	out, _, code = run(t, "inventory", "--state", filepath.Join(dir, "none"), "-o", "json")
+	if code != 0 || strings.TrimSpace(out) != "[]" {
+		t.Fatalf("empty inventory -o json: exit %d %q", code, out)
+	}
+}

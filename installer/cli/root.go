@@ -108,6 +108,7 @@ the cluster and lays down the platform from one signed bundle.`,
 		newValidateCommand(g),
 		newPlanCommand(g),
 		newSchemaCommand(g),
+		newInventoryCommand(g),
 	)
 	return root
 }
