@@ -39,7 +39,9 @@ func TestControlSocket(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, ln, Handler(StoreSource{st}, slog.New(slog.NewTextHandler(io.Discard, nil)))) }()
+	go func() {
+		done <- Serve(ctx, ln, Handler(StoreSource{st}, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	}()
 	machines, err := c.Machines(context.Background())
 	if err != nil || len(machines) != 0 {
 		t.Fatalf("machines = %v, %v", machines, err)
