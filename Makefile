@@ -19,18 +19,23 @@ deps: ## install the Debian packages the build and tests need (apt-get, once)
 	@bash .ci/deps
 
 .PHONY: build
-build: ## build bin/airlock
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/airlock .
+build: ## build bin/airlock (with Debian's iPXE embedded) and bin/airlock-agent
+	@bash .ci/deps
+	cd services/ipxe && sh fetch.sh
+	CGO_ENABLED=0 $(GO) build -trimpath -tags ipxe_embed -ldflags '$(LDFLAGS)' -o bin/airlock .
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/airlock-agent ./installer/agent/cmd/airlock-agent
 
 .PHONY: test
-test: deps ## go vet, formatting, and every unit, integration and end-to-end test
+test: deps build ## go vet, formatting, and every unit, integration and end-to-end test
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
+	$(GO) vet -tags e2e ./e2e/...
 	$(GO) test $(TEST_FLAGS) ./...
+	AIRLOCK_BIN=$(CURDIR)/bin/airlock $(GO) test $(TEST_FLAGS) -tags e2e ./e2e/
 
 .PHONY: e2e
 e2e: deps build ## end-to-end tests against the built binary (network namespaces, QEMU)
-	$(GO) test $(TEST_FLAGS) -tags e2e ./e2e/...
+	AIRLOCK_BIN=$(CURDIR)/bin/airlock $(GO) test $(TEST_FLAGS) -v -tags e2e ./e2e/
 
 .PHONY: bench
 bench: deps build ## benchmarks against their peers; figures go to bench/RESULTS.md

@@ -109,6 +109,7 @@ the cluster and lays down the platform from one signed bundle.`,
 		newPlanCommand(g),
 		newSchemaCommand(g),
 		newInventoryCommand(g),
+		newServeCommand(g),
 	)
 	return root
 }
