@@ -276,10 +276,24 @@ func plan(o Options, dir string, labID byte) ([]VM, []Switch) {
 	return vms, sws
 }
 
-// Up builds the lab and starts its VMs. It returns once every VM process
-// has started; VMs then boot on their own. On error, what was made is
-// removed again.
-func Up(ctx context.Context, o Options) (_ *State, err error) {
+// Up builds the lab (Prepare) and starts its VMs (Start). Callers that must
+// have services listening on the bridge before the VMs boot call Prepare,
+// start them inside State.Namespace, then Start.
+func Up(ctx context.Context, o Options) (*State, error) {
+	s, err := Prepare(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	if err := Start(ctx, o, s); err != nil {
+		return nil, errors.Join(err, Down(o.StateDir))
+	}
+	return s, nil
+}
+
+// Prepare records the lab and makes its namespace, bridge (with airlock's
+// address), taps, disks and UEFI variable stores, but starts no VM. On
+// error, what was made is removed again.
+func Prepare(ctx context.Context, o Options) (_ *State, err error) {
 	o.Defaults()
 	if err := o.Validate(); err != nil {
 		return nil, fmt.Errorf("lab options: %w", err)
@@ -323,8 +337,7 @@ func Up(ctx context.Context, o Options) (_ *State, err error) {
 		return nil, err
 	}
 	// A serial-port file for SeaBIOS: fw_cfg etc/sercon-port = 0x3f8.
-	sercon := filepath.Join(dir, "sercon-port")
-	if err := os.WriteFile(sercon, []byte{0xf8, 0x03}, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "sercon-port"), []byte{0xf8, 0x03}, 0o600); err != nil {
 		return nil, fmt.Errorf("write SeaBIOS serial port file: %w", err)
 	}
 	for i := range s.VMs {
@@ -340,19 +353,33 @@ func Up(ctx context.Context, o Options) (_ *State, err error) {
 				return nil, fmt.Errorf("copy UEFI variables for %s: %w (apt-get install ovmf)", vm.Name, err)
 			}
 		}
+	}
+	return s, nil
+}
+
+// Start starts the QEMU process of every VM of a prepared lab and records
+// their PIDs.
+func Start(ctx context.Context, o Options, s *State) error {
+	o.Defaults()
+	ns, err := netns.Open(s.Namespace)
+	if err != nil {
+		return fmt.Errorf("open lab namespace: %w", err)
+	}
+	sercon := filepath.Join(s.Dir, "sercon-port")
+	for i := range s.VMs {
+		vm := &s.VMs[i]
 		cmd := ns.Command(context.WithoutCancel(ctx), o.QEMU, qemuArgs(o, s, vm, sercon)...)
 		if o.Detach {
 			cmd.SysProcAttr = &unix.SysProcAttr{Setsid: true}
-			cmd.Cancel = nil
 		}
-		logf, err := os.OpenFile(filepath.Join(dir, vm.Name+".qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+		logf, err := os.OpenFile(filepath.Join(s.Dir, vm.Name+".qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 		if err != nil {
-			return nil, fmt.Errorf("open QEMU log: %w", err)
+			return fmt.Errorf("open QEMU log: %w", err)
 		}
 		cmd.Stdout, cmd.Stderr = logf, logf
 		if err := cmd.Start(); err != nil {
 			logf.Close()
-			return nil, fmt.Errorf("start VM %s: %w", vm.Name, err)
+			return fmt.Errorf("start VM %s: %w", vm.Name, err)
 		}
 		logf.Close()
 		vm.PID = cmd.Process.Pid
@@ -360,11 +387,11 @@ func Up(ctx context.Context, o Options) (_ *State, err error) {
 		// Reap it when it exits; Down kills it by PID.
 		go func() { _ = cmd.Wait() }()
 		if err := s.save(); err != nil {
-			return nil, err
+			return err
 		}
 		o.Log.Info("lab VM started", "vm", vm.Name, "rack", vm.Rack, "firmware", vm.Firmware, "mac", vm.MAC, "serial", vm.Serial, "pid", vm.PID)
 	}
-	return s, nil
+	return nil
 }
 
 func qemuArgs(o Options, s *State, vm *VM, sercon string) []string {
