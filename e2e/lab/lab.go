@@ -178,9 +178,9 @@ type Switch struct {
 
 // State is what the lab made, as recorded in StateDir/lab/lab.json.
 type State struct {
-	Dir       string   `json:"dir"`
-	Namespace string   `json:"namespace"`
-	Bridge    string   `json:"bridge"`
+	Dir       string `json:"dir"`
+	Namespace string `json:"namespace"`
+	Bridge    string `json:"bridge"`
 	// ServerAddr is airlock's address on the bridge, e.g. 10.77.0.1/24.
 	ServerAddr string    `json:"serverAddr"`
 	Subnet     string    `json:"subnet"`

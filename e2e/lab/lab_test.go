@@ -211,6 +211,54 @@ func TestLabNetworkBoot(t *testing.T) {
 		}
 	}
 
+	// A rebooted VM is the same machine: order the BIOS VM to reboot; it
+	// network-boots again, gets a new token and registers as the same
+	// machine ID.
+	var first agentapi.MachineRecord
+	var bios VM
+	for _, vm := range s.VMs {
+		if vm.Firmware == BIOS {
+			bios = vm
+		}
+	}
+	for _, m := range b.backend.Machines() {
+		if m.Inventory.System.Serial == bios.Serial {
+			first = m
+		}
+	}
+	ordered := time.Now()
+	b.backend.Order(first.MachineID, agentapi.Order{Kind: agentapi.OrderReboot})
+	for again := false; !again; {
+		for _, m := range b.backend.Machines() {
+			if m.Inventory.System.Serial == bios.Serial && m.BootID != first.BootID {
+				if m.MachineID != first.MachineID {
+					t.Fatalf("rebooted VM registered as %s, was %s", m.MachineID, first.MachineID)
+				}
+				t.Logf("%s: reboot order to registration as the same machine %s: %s", bios.Name, m.MachineID, time.Since(ordered).Round(time.Millisecond))
+				again = true
+			}
+		}
+		if len(b.backend.Machines()) != len(want) {
+			t.Fatalf("machines: %d, want %d", len(b.backend.Machines()), len(want))
+		}
+		if again {
+			break
+		}
+		select {
+		case <-b.backend.Changed():
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+			out, _ := os.ReadFile(bios.SerialLog)
+			t.Fatalf("rebooted VM did not register again\nserial:\n%s\nserver:\n%s", out, b.logs)
+		}
+	}
+	serial, _ := os.ReadFile(bios.SerialLog)
+	for _, want := range []string{"SeaBIOS", "iPXE", "airlock", "registered"} {
+		if !strings.Contains(string(serial), want) {
+			t.Errorf("BIOS serial log lacks %q:\n%s", want, serial)
+		}
+	}
+
 	st, err := Status(state)
 	if err != nil {
 		t.Fatal(err)
