@@ -301,6 +301,13 @@ func Prepare(ctx context.Context, o Options) (_ *State, err error) {
 	if _, err := exec.LookPath(o.QEMU); err != nil {
 		return nil, fmt.Errorf("%s not found: apt-get install qemu-system-x86 ipxe-qemu ovmf", o.QEMU)
 	}
+	if o.Firmware != BIOS {
+		for _, f := range []string{o.OVMFCode, o.OVMFVars} {
+			if _, err := os.Stat(f); err != nil {
+				return nil, fmt.Errorf("UEFI firmware %s not found: apt-get install ovmf", f)
+			}
+		}
+	}
 	dir := filepath.Join(o.StateDir, "lab")
 	if _, err := os.Stat(StateFile(o.StateDir)); err == nil {
 		return nil, ErrExists
