@@ -186,7 +186,10 @@ func TestHandlerFlow(t *testing.T) {
 	if rec := h.post(PathHeartbeat, h.token.String(), Heartbeat{Seq: 1, State: "waiting"}); rec.Code != http.StatusForbidden {
 		t.Fatalf("replayed heartbeat: %d %s", rec.Code, rec.Body)
 	}
-	if rec := h.post(PathHeartbeat, h.token.String(), Heartbeat{Seq: 2, State: "waiting"}); rec.Code != http.StatusOK {
+	h.backend.Order(rr.MachineID, Order{Kind: OrderReboot})
+	rec = h.post(PathHeartbeat, h.token.String(), Heartbeat{Seq: 2, State: "waiting"})
+	var hr HeartbeatReply
+	if rec.Code != http.StatusOK || DecodeBytes(rec.Body.Bytes(), &hr) != nil || len(hr.Orders) != 1 || hr.Orders[0].Kind != OrderReboot {
 		t.Fatalf("heartbeat 2: %d %s", rec.Code, rec.Body)
 	}
 	ms := h.backend.Machines()

@@ -75,6 +75,7 @@ type MemBackend struct {
 	byBoot   map[string]string         // boot ID -> machine ID
 	interval int
 	notify   chan struct{}
+	orders   map[string][]Order // by machine ID
 }
 
 // NewMemBackend returns an empty MemBackend telling agents to heartbeat
@@ -87,6 +88,7 @@ func NewMemBackend(heartbeatSeconds int) *MemBackend {
 		byBoot:   map[string]string{},
 		interval: heartbeatSeconds,
 		notify:   make(chan struct{}),
+		orders:   map[string][]Order{},
 	}
 }
 
@@ -125,6 +127,13 @@ func (m *MemBackend) Changed() <-chan struct{} {
 func (m *MemBackend) changed() {
 	close(m.notify)
 	m.notify = make(chan struct{})
+}
+
+// Order queues an order for a machine; its next heartbeat carries it.
+func (m *MemBackend) Order(machineID string, o Order) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.orders[machineID] = append(m.orders[machineID], o)
 }
 
 // Boot implements Backend.
@@ -198,6 +207,8 @@ func (m *MemBackend) Heartbeat(_ context.Context, bootID string, hb *Heartbeat) 
 	r.LastSeen = m.now()
 	r.LastState = hb.State
 	r.Heartbeats++
+	orders := m.orders[r.MachineID]
+	delete(m.orders, r.MachineID)
 	m.changed()
-	return HeartbeatReply{HeartbeatSeconds: m.interval}, nil
+	return HeartbeatReply{HeartbeatSeconds: m.interval, Orders: orders}, nil
 }

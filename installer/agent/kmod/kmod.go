@@ -127,3 +127,7 @@ func (d *Deps) Sorted() []string {
 	sort.Strings(out)
 	return out
 }
+
+// DepsOf returns the dependencies of the module at path p as modules.dep
+// lists them.
+func (d *Deps) DepsOf(p string) []string { return d.deps[p] }
