@@ -194,13 +194,13 @@ func (s *Server) script(w http.ResponseWriter, r *http.Request) {
 	}
 	spec, err := s.backend.BootSpec(r.Context(), mac)
 	if err != nil {
-		s.log.Error("httpboot: boot spec", "mac", mac, "err", err)
+		s.log.Error("httpboot: boot spec", "mac", mac.String(), "err", err)
 		_ = renderRetry(w, s.cfg.BaseURL, mac, err)
 		return
 	}
 	if err := renderScript(w, s.cfg.BaseURL, mac, spec); err != nil {
-		s.log.Error("httpboot: render script", "mac", mac, "err", err)
+		s.log.Error("httpboot: render script", "mac", mac.String(), "err", err)
 		return
 	}
-	s.log.Info("httpboot: script", "mac", mac, "state", spec.State)
+	s.log.Info("httpboot: script", "mac", mac.String(), "state", spec.State)
 }
