@@ -37,6 +37,7 @@ func main() {
 	keaThreads := flag.Int("kea-threads", 4, "Kea thread-pool-size")
 	keaQueue := flag.Int("kea-queue", 256, "Kea packet-queue-size")
 	only := flag.String("only", "", "run only this server: airlock or kea")
+	workers := flag.Int("workers", 0, "airlock worker goroutines (0: the server's default)")
 	memStore := flag.Bool("mem", false, "airlock keeps leases in memory only (to see what persistence costs)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the airlock run")
 	flag.Parse()
@@ -80,7 +81,7 @@ func main() {
 	if *memStore {
 		store = dhcp.NewMemStore()
 	}
-	ab, stop := startAirlock(aSrv, store)
+	ab, stop := startAirlock(aSrv, store, *workers)
 	stopKea := startKea(kSrv, dir, *keaThreads, *keaQueue)
 	fmt.Printf("airlock: full mode, leases in a file (written before each ACK, fsync within 100 ms), probing off as in Kea 2.2\n")
 	fmt.Printf("Kea 2.2: multi-threaded (%d threads, queue %d), memfile persisted\n", *keaThreads, *keaQueue)
@@ -120,7 +121,7 @@ func main() {
 	}
 
 	fmt.Println("== avalanche: 2,000 new clients at once against airlock")
-	ab2, stop2 := startAirlock(aSrv, dhcp.NewFileStore(filepath.Join(dir, "airlock-avalanche.jsonl")))
+	ab2, stop2 := startAirlock(aSrv, dhcp.NewFileStore(filepath.Join(dir, "airlock-avalanche.jsonl")), *workers)
 	out := perfdhcp(aCli, "--scenario", "avalanche", "-R", "2000", "-l", "eth0", "10.90.0.1")
 	av := ab2.Handler().Stats()
 	stop2()
@@ -159,7 +160,7 @@ func topology() (srv, cli *netns.NS, cleanup func()) {
 	return s, c, cleanup
 }
 
-func startAirlock(ns *netns.NS, store dhcp.LeaseStore) (*dhcp.Server, func()) {
+func startAirlock(ns *netns.NS, store dhcp.LeaseStore, workers int) (*dhcp.Server, func()) {
 	cfg := dhcp.Defaults()
 	cfg.Interface = "eth0"
 	cfg.Mode = dhcp.ModeFull
@@ -184,6 +185,9 @@ func startAirlock(ns *netns.NS, store dhcp.LeaseStore) (*dhcp.Server, func()) {
 	srv, err := dhcp.New(cfg, socks, store, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
 		log.Fatal(err)
+	}
+	if workers > 0 {
+		srv.Workers = workers
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -33,6 +33,9 @@ type Config struct {
 	Anticipate uint
 	// DrainTimeout bounds how long Run waits for transfers at shutdown.
 	DrainTimeout time.Duration
+	// MaxBlockSize caps the negotiated blksize (RFC 2348); 1468 fills an
+	// Ethernet frame.
+	MaxBlockSize int
 }
 
 // Defaults returns the default configuration.
@@ -43,6 +46,7 @@ func Defaults() Config {
 		Timeout:         2 * time.Second,
 		Retries:         5,
 		DrainTimeout:    10 * time.Second,
+		MaxBlockSize:    1468,
 	}
 }
 
@@ -79,6 +83,9 @@ func New(fsys fs.FS, conn net.PacketConn, cfg Config, log *slog.Logger) (*Server
 	if fsys == nil || conn == nil {
 		return nil, errors.New("tftp: a file system and a socket are required")
 	}
+	if cfg.MaxBlockSize < 512 || cfg.MaxBlockSize > 65464 {
+		return nil, fmt.Errorf("tftp: MaxBlockSize %d is outside 512-65464", cfg.MaxBlockSize)
+	}
 	if cfg.MaxTransfers <= 0 || cfg.TransferTimeout <= 0 || cfg.Timeout <= 0 || cfg.Retries <= 0 {
 		return nil, errors.New("tftp: MaxTransfers, TransferTimeout, Timeout and Retries must be positive")
 	}
@@ -93,6 +100,13 @@ func New(fsys fs.FS, conn net.PacketConn, cfg Config, log *slog.Logger) (*Server
 func (s *Server) Run(ctx context.Context) error {
 	srv := ptftp.NewServer(s.read, nil)
 	srv.EnableSinglePort()
+	// pin/tftp clamps blksize to the MTU by looking the interface up for
+	// every packet it reads (a netlink dump each time, in whatever network
+	// namespace the reading thread is in): 2-3 MiB/s. Cap blksize from the
+	// configuration instead, and hide the *net.UDPConn so that it skips
+	// those lookups.
+	srv.SetBlockSizeNegotiation(false)
+	srv.SetBlockSize(s.cfg.MaxBlockSize)
 	srv.SetTimeout(s.cfg.Timeout)
 	srv.SetRetries(s.cfg.Retries)
 	if s.cfg.Anticipate > 1 {
@@ -100,7 +114,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	srv.SetHook(hook{s.log})
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(s.conn) }()
+	go func() { done <- srv.Serve(plainConn{s.conn}) }()
 	s.log.Info("tftp: serving", "addr", s.conn.LocalAddr())
 	select {
 	case err := <-done:
@@ -120,6 +134,9 @@ func (s *Server) Run(ctx context.Context) error {
 	s.conn.Close()
 	return nil
 }
+
+// plainConn hides the concrete socket type from pin/tftp.
+type plainConn struct{ net.PacketConn }
 
 // read is the read handler: one transfer.
 func (s *Server) read(name string, rf io.ReaderFrom) error {
