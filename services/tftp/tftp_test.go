@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -182,5 +183,60 @@ func TestNetnsBlksizeTsize(t *testing.T) {
 	}
 	if !bytes.Equal(buf.Bytes(), data) {
 		t.Fatal("content differs")
+	}
+}
+
+// TestNetnsEDK2SizeProbe: EDK2 first asks for the file size (RRQ with
+// tsize), then aborts with error 8 after the OACK. That is normal: the
+// server must drop the transfer quietly and serve the real fetch after it.
+func TestNetnsEDK2SizeProbe(t *testing.T) {
+	srvNS := netns.NewTest(t, "alts")
+	cli := netns.NewTest(t, "altc")
+	netns.MustVeth(t, srvNS, "eth0", cli, "eth0")
+	srvNS.MustAddr(t, "eth0", "10.71.0.1/24")
+	cli.MustAddr(t, "eth0", "10.71.0.2/24")
+	data := randomBytes(t, 100*1024+3)
+	serveInNS(t, srvNS, "10.71.0.1:69", fstest.MapFS{"snponly.efi": {Data: data}}, Defaults())
+
+	var conn net.PacketConn
+	if err := cli.Do(func() error {
+		var err error
+		conn, err = net.ListenPacket("udp4", "10.71.0.2:0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// RRQ snponly.efi octet tsize 0 blksize 1468
+	rrq := []byte("\x00\x01snponly.efi\x00octet\x00tsize\x000\x00blksize\x001468\x00")
+	if _, err := conn.WriteTo(rrq, &net.UDPAddr{IP: net.IPv4(10, 71, 0, 1), Port: 69}); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 2048)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, from, err := conn.ReadFrom(buf)
+	if err != nil {
+		t.Fatalf("no OACK: %v", err)
+	}
+	if buf[1] != 6 || !bytes.Contains(buf[:n], []byte(fmt.Sprintf("tsize\x00%d\x00", len(data)))) {
+		t.Fatalf("want OACK with tsize %d, got %q", len(data), buf[:n])
+	}
+	// ERROR 8 (option negotiation refused), as EDK2 sends.
+	if _, err := conn.WriteTo([]byte("\x00\x05\x00\x08\x00"), from); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+
+	// The real fetch works (tftp-hpa as a stand-in for EDK2's second RRQ).
+	netns.RequireTool(t, "tftp", "tftp-hpa")
+	local := filepath.Join(t.TempDir(), "snponly.efi")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if out, err := cli.Command(ctx, "tftp", "-m", "binary", "10.71.0.1", "-c", "get", "snponly.efi", local).CombinedOutput(); err != nil {
+		t.Fatalf("fetch after the size probe: %v %s", err, out)
+	}
+	got, _ := os.ReadFile(local)
+	if !bytes.Equal(got, data) {
+		t.Fatalf("fetch after the size probe: %d bytes, want %d", len(got), len(data))
 	}
 }
