@@ -8,6 +8,7 @@ require (
 	github.com/pin/tftp/v3 v3.2.0
 	github.com/rivo/tview v0.42.0
 	go.etcd.io/bbolt v1.5.0
+	golang.org/x/sys v0.47.0
 	helm.sh/helm/v3 v3.22.0
 )
 
@@ -103,7 +104,6 @@ require (
 	golang.org/x/net v0.57.0 // indirect
 	golang.org/x/oauth2 v0.36.0 // indirect
 	golang.org/x/sync v0.25.0 // indirect
-	golang.org/x/sys v0.47.0 // indirect
 	golang.org/x/term v0.45.0 // indirect
 	golang.org/x/text v0.41.0 // indirect
 	golang.org/x/time v0.15.0 // indirect

@@ -1,0 +1,132 @@
+package netns
+
+import (
+	"context"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestUniqueName(t *testing.T) {
+	a, b := UniqueName("al"), UniqueName("al")
+	if a == b {
+		t.Fatalf("names collide: %s", a)
+	}
+	if !strings.HasPrefix(a, "al") || !strings.Contains(a, strconv.Itoa(os.Getpid())) {
+		t.Fatalf("name %q lacks prefix or pid", a)
+	}
+}
+
+// TestVethPingAndInProcessServer joins two namespaces with a veth pair, pings
+// across it with a real ping, and serves TCP from a socket opened in-process
+// inside one namespace, dialled from a socket opened inside the other.
+func TestVethPingAndInProcessServer(t *testing.T) {
+	RequireTool(t, "ping", "iputils-ping")
+	a := NewTest(t, "alt")
+	b := NewTest(t, "alt")
+	MustVeth(t, a, "va", b, "vb")
+	a.MustAddr(t, "va", "10.77.0.1/24")
+	b.MustAddr(t, "vb", "10.77.0.2/24")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := b.Command(ctx, "ping", "-c", "1", "-W", "5", "10.77.0.1").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ping across veth: %v\n%s", err, out)
+	}
+
+	var ln net.Listener
+	if err := a.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp", "10.77.0.1:0")
+		return err
+	}); err != nil {
+		t.Fatalf("listen in %s: %v", a.Name, err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		_, _ = c.Write([]byte("hello from " + a.Name))
+		c.Close()
+	}()
+
+	var conn net.Conn
+	if err := b.Do(func() error {
+		var err error
+		conn, err = net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)
+		return err
+	}); err != nil {
+		t.Fatalf("dial from %s: %v", b.Name, err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(conn)
+	if err != nil || string(got) != "hello from "+a.Name {
+		t.Fatalf("read %q, %v", got, err)
+	}
+
+	// The address is not reachable from this (the host's) namespace: the
+	// listener really lives in a.
+	if c, err := net.DialTimeout("tcp", ln.Addr().String(), 300*time.Millisecond); err == nil {
+		c.Close()
+		t.Fatalf("listener in %s reachable from the host namespace", a.Name)
+	}
+}
+
+func TestBridgeTapAndDelete(t *testing.T) {
+	n := NewTest(t, "alt")
+	if err := n.AddBridge("br0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.AddTap("tap0", "br0"); err != nil {
+		t.Fatal(err)
+	}
+	n.MustAddr(t, "br0", "10.78.0.1/24")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := n.Command(ctx, "ip", "-o", "link", "show", "tap0").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "master br0") {
+		t.Fatalf("tap0 not on br0: %v\n%s", err, out)
+	}
+	if err := n.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
+		t.Fatal(err)
+	}
+
+	// A process left running inside is killed by Delete.
+	m, err := Add(UniqueName("alt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := m.Command(context.Background(), "sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	time.Sleep(100 * time.Millisecond)
+	if err := m.Delete(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("process inside deleted namespace still running")
+	}
+	if _, err := os.Stat(filepath.Join(RunDir, m.Name)); !os.IsNotExist(err) {
+		t.Fatalf("namespace %s still exists: %v", m.Name, err)
+	}
+}
+
+func TestAddRejectsBadName(t *testing.T) {
+	if _, err := Add("a/b"); err == nil {
+		t.Fatal("Add accepted a name with a slash")
+	}
+}
