@@ -289,4 +289,3 @@ func (c countWriter) Write(p []byte) (int, error) {
 	c.n.Add(int64(len(p)))
 	return len(p), nil
 }
-

@@ -135,8 +135,8 @@ func newUpstream(t testing.TB) *upstream {
 	chartDir := t.TempDir()
 	ch := &chart.Chart{
 		Metadata: &chart.Metadata{APIVersion: "v2", Name: "exporter", Version: "1.2.3", AppVersion: "1.8.2"},
-		Values: map[string]any{"image": map[string]any{"repository": "quay.io/prometheus/node-exporter", "tag": "v1.0.0"}},
-		Raw:    []*chart.File{{Name: "values.yaml", Data: []byte("image:\n  repository: quay.io/prometheus/node-exporter\n  tag: v1.0.0\n")}},
+		Values:   map[string]any{"image": map[string]any{"repository": "quay.io/prometheus/node-exporter", "tag": "v1.0.0"}},
+		Raw:      []*chart.File{{Name: "values.yaml", Data: []byte("image:\n  repository: quay.io/prometheus/node-exporter\n  tag: v1.0.0\n")}},
 		Templates: []*chart.File{
 			{Name: "templates/ds.yaml", Data: []byte(`apiVersion: apps/v1
 kind: DaemonSet
