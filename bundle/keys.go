@@ -65,6 +65,15 @@ func Keygen(opts KeygenOptions) (string, error) {
 	return KeyID(pub), nil
 }
 
+// EncodePublicKey renders a public key as Keygen writes it (PKIX PEM).
+func EncodePublicKey(pub ed25519.PublicKey) []byte {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		panic(err) // an ed25519 key always marshals
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
+}
+
 // ReadPrivateKey reads an ed25519 private key written by Keygen.
 func ReadPrivateKey(path string) (ed25519.PrivateKey, error) {
 	b, err := os.ReadFile(path)
