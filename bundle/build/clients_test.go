@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -340,9 +341,18 @@ func TestClientsPullFromSelfContainedExecutable(t *testing.T) {
 		)
 		out, err := cmd.CombinedOutput()
 		t.Logf("conformance output:\n%s", out)
-		if err != nil {
-			res, _ := os.ReadFile(filepath.Join(results, "result.yaml"))
-			t.Fatalf("conformance suite failed: %v\n%s", err, res)
+		// The suite (at this pin) panics while writing results.yaml after a
+		// read-only run (a nil data entry in ReportResultsYAML), after it has
+		// printed its verdict; judge by the verdict and its counts.
+		text := string(out)
+		passed := strings.Contains(text, "OCI Conformance Result: Pass") &&
+			regexp.MustCompile(`FAIL\.+:\s+0\n`).MatchString(text) && regexp.MustCompile(`Error\.+:\s+0\n`).MatchString(text) &&
+			regexp.MustCompile(`Pass\.+:\s+(1[5-9]|[2-9][0-9])\n`).MatchString(text)
+		if !passed {
+			t.Fatalf("conformance suite failed (exit: %v)", err)
+		}
+		if err != nil && !strings.Contains(text, "ReportResultsYAML") {
+			t.Fatalf("conformance suite exited with %v", err)
 		}
 	})
 }
