@@ -13,7 +13,6 @@ import (
 	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/installer/control"
 	"airlock.dev/airlock/installer/inventory"
-	"airlock.dev/airlock/installer/state"
 )
 
 func newInventoryCommand(g *globals) *cobra.Command {
@@ -60,19 +59,8 @@ socket, or reads the state store when none runs.`,
 }
 
 func readInventory(cmd *cobra.Command, stateDir string) ([]inventory.Machine, error) {
-	machines, err := control.NewClient(stateDir).Machines(cmd.Context())
-	if !errors.Is(err, control.ErrNotRunning) {
-		return machines, err
-	}
-	st, err := state.OpenReadOnly(stateDir)
-	if errors.Is(err, state.ErrNoState) {
-		return nil, nil // nothing has run with this state directory yet
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer st.Close()
-	return inventory.List(st)
+	machines, _, err := readProgress(cmd.Context(), stateDir)
+	return machines, err
 }
 
 func printInventory(out io.Writer, machines []inventory.Machine) error {
