@@ -1,0 +1,238 @@
+package main
+
+import (
+	"fmt"
+	"go/parser"
+	"go/token"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+const module = "airlock.dev/airlock"
+
+// layerRules says which of the module's packages a package may import,
+// following DESIGN.md: main -> installer/cli (the only composition root);
+// services know nothing of the engine; bundle, manifests and the config
+// schema are leaves; the TUI sees the engine only through config; the node
+// agent stays small.
+func layerRule(pkg, imp string) error {
+	under := func(p, prefix string) bool { return p == prefix || strings.HasPrefix(p, prefix+"/") }
+	switch {
+	case pkg == ".":
+		if imp != "installer/cli" {
+			return fmt.Errorf("main may import only installer/cli")
+		}
+	case imp == "installer/cli":
+		return fmt.Errorf("only main imports installer/cli (the composition root)")
+	case under(pkg, "services"):
+		if !under(imp, "services") {
+			return fmt.Errorf("services know nothing of the engine: they may import only services/*")
+		}
+	case under(pkg, "manifests"):
+		if !under(imp, "manifests") {
+			return fmt.Errorf("manifests is a leaf")
+		}
+	case under(pkg, "installer/config"):
+		if !under(imp, "installer/config") && imp != "manifests" {
+			return fmt.Errorf("the answer-file schema is a leaf: it may import only manifests")
+		}
+	case under(pkg, "bundle"):
+		if !under(imp, "bundle") && imp != "manifests" && imp != "installer/config" {
+			return fmt.Errorf("bundle is a leaf: it may import only bundle/*, manifests and installer/config")
+		}
+	case under(pkg, "installer/state"):
+		if !under(imp, "installer/state") {
+			return fmt.Errorf("the state store is a leaf")
+		}
+	case under(pkg, "installer/agent"):
+		if !under(imp, "installer/agent") && !under(imp, "services/agentapi") {
+			return fmt.Errorf("the node agent may import only installer/agent/* and services/agentapi")
+		}
+	case under(pkg, "tui"):
+		if !under(imp, "tui") && imp != "installer/config" && imp != "manifests" {
+			return fmt.Errorf("the wizard knows the engine only through installer/config")
+		}
+	case under(pkg, "e2e"):
+		if under(imp, "installer") || under(imp, "tui") || under(imp, "bundle") {
+			return fmt.Errorf("the lab harness imports no engine package")
+		}
+	}
+	return nil
+}
+
+// scanImports returns, for each package directory under root (relative,
+// "." for the root), the module-internal imports of its non-test files.
+func scanImports(root string) (map[string][]string, error) {
+	out := map[string][]string{}
+	err := walkGo(root, func(dir, file string) error {
+		f, err := parser.ParseFile(token.NewFileSet(), file, nil, parser.ImportsOnly)
+		if err != nil {
+			return err
+		}
+		for _, spec := range f.Imports {
+			imp, _ := strconv.Unquote(spec.Path.Value)
+			if rest, ok := strings.CutPrefix(imp, module+"/"); ok {
+				out[dir] = append(out[dir], rest)
+			}
+		}
+		if _, ok := out[dir]; !ok {
+			out[dir] = nil
+		}
+		return nil
+	})
+	return out, err
+}
+
+// walkGo calls fn for every non-test Go file outside testdata, hidden and
+// build-output directories.
+func walkGo(root string, fn func(dir, file string) error) error {
+	return filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			name := d.Name()
+			if p != root && (strings.HasPrefix(name, ".") || name == "testdata" || name == "bin" || name == "node_modules") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
+			return nil
+		}
+		rel, err := filepath.Rel(root, filepath.Dir(p))
+		if err != nil {
+			return err
+		}
+		return fn(filepath.ToSlash(rel), p)
+	})
+}
+
+func layerViolations(root string) ([]string, error) {
+	imports, err := scanImports(root)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for pkg, imps := range imports {
+		for _, imp := range imps {
+			if err := layerRule(pkg, imp); err != nil {
+				out = append(out, fmt.Sprintf("%s imports %s: %v", pkg, imp, err))
+			}
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+func TestLayering(t *testing.T) {
+	v, err := layerViolations(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, msg := range v {
+		t.Error(msg)
+	}
+}
+
+// writeTree makes a small source tree for the checkers' own tests.
+func writeTree(t *testing.T, files map[string]string) string {
+	t.Helper()
+	root := t.TempDir()
+	for name, body := range files {
+		p := filepath.Join(root, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return root
+}
+
+// The layering check must fail when a forbidden import is added.
+func TestLayeringCatchesForbiddenImports(t *testing.T) {
+	ok := map[string]string{
+		"main.go":                    "// Command x.\npackage main\nimport _ \"airlock.dev/airlock/installer/cli\"\n",
+		"installer/cli/cli.go":       "// Package cli.\npackage cli\nimport _ \"airlock.dev/airlock/services/dhcp\"\n",
+		"services/dhcp/dhcp.go":      "// Package dhcp.\npackage dhcp\nimport _ \"airlock.dev/airlock/services/ipxe\"\n",
+		"services/dhcp/dhcp_test.go": "package dhcp\nimport _ \"airlock.dev/airlock/installer/state\"\n",
+	}
+	if v, err := layerViolations(writeTree(t, ok)); err != nil || len(v) != 0 {
+		t.Fatalf("allowed tree reported %v, %v", v, err)
+	}
+	for _, tc := range []struct{ file, imp, want string }{
+		{"services/dhcp/leases.go", "installer/state", "services/dhcp imports installer/state: services know nothing of the engine"},
+		{"services/registry/r.go", "bundle", "services/registry imports bundle: services know nothing of the engine"},
+		{"bundle/open.go", "installer/state", "bundle imports installer/state: bundle is a leaf"},
+		{"installer/config/x.go", "installer/state", "installer/config imports installer/state: the answer-file schema is a leaf"},
+		{"manifests/m.go", "installer/config", "manifests imports installer/config: manifests is a leaf"},
+		{"tui/wizard.go", "installer/state", "tui imports installer/state: the wizard knows the engine only through installer/config"},
+		{"installer/plan/p.go", "installer/cli", "installer/plan imports installer/cli: only main imports installer/cli"},
+		{"other.go", "installer/state", ". imports installer/state: main may import only installer/cli"},
+		{"installer/agent/a.go", "installer/state", "installer/agent imports installer/state: the node agent may import only"},
+		{"e2e/lab/lab.go", "installer/cli", "e2e/lab imports installer/cli: only main imports installer/cli"},
+	} {
+		files := map[string]string{}
+		for k, v := range ok {
+			files[k] = v
+		}
+		pkg := path.Base(path.Dir(tc.file))
+		if path.Dir(tc.file) == "." {
+			pkg = "main"
+		}
+		files[tc.file] = fmt.Sprintf("package %s\nimport _ %q\n", pkg, module+"/"+tc.imp)
+		v, err := layerViolations(writeTree(t, files))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(v) != 1 || !strings.HasPrefix(v[0], tc.want) {
+			t.Errorf("adding %s importing %s: got %q, want one violation starting %q", tc.file, tc.imp, v, tc.want)
+		}
+	}
+}
+
+// undocumented lists package directories none of whose files has a
+// package doc comment.
+func undocumented(root string) ([]string, error) {
+	documented := map[string]bool{}
+	err := walkGo(root, func(dir, file string) error {
+		f, err := parser.ParseFile(token.NewFileSet(), file, nil, parser.PackageClauseOnly|parser.ParseComments)
+		if err != nil {
+			return err
+		}
+		documented[dir] = documented[dir] || (f.Doc != nil && strings.TrimSpace(f.Doc.Text()) != "")
+		return nil
+	})
+	var out []string
+	for dir, ok := range documented {
+		if !ok {
+			out = append(out, dir)
+		}
+	}
+	slices.Sort(out)
+	return out, err
+}
+
+func TestEveryPackageHasADocComment(t *testing.T) {
+	missing, err := undocumented(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range missing {
+		t.Errorf("package %s has no doc comment: add // Package ... to one file", dir)
+	}
+	caught, err := undocumented(writeTree(t, map[string]string{
+		"a/a.go": "// Package a does a.\npackage a\n",
+		"b/b.go": "package b\n",
+	}))
+	if err != nil || !slices.Equal(caught, []string{"b"}) {
+		t.Errorf("doc check on a tree with one undocumented package found %v, %v", caught, err)
+	}
+}

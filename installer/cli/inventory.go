@@ -1,0 +1,104 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"airlock.dev/airlock/installer/control"
+	"airlock.dev/airlock/installer/inventory"
+	"airlock.dev/airlock/installer/state"
+)
+
+func newInventoryCommand(g *globals) *cobra.Command {
+	var output *string
+	cmd := &cobra.Command{
+		Use:   "inventory",
+		Short: "List discovered machines, grouped by rack",
+		Long: `List the machines airlock has discovered: state, rack, hardware summary, switch
+port and when each was last seen. Asks the running airlock over its control
+socket, or reads the state store when none runs.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkOutput(*output); err != nil {
+				return err
+			}
+			machines, err := readInventory(cmd, g.stateDir)
+			if err != nil {
+				return err
+			}
+			if machines == nil {
+				machines = []inventory.Machine{}
+			}
+			return render(g.streams.Out, *output, machines, func(w io.Writer) error { return printInventory(w, machines) })
+		},
+	}
+	output = outputFlag(cmd)
+	return cmd
+}
+
+func readInventory(cmd *cobra.Command, stateDir string) ([]inventory.Machine, error) {
+	machines, err := control.NewClient(stateDir).Machines(cmd.Context())
+	if !errors.Is(err, control.ErrNotRunning) {
+		return machines, err
+	}
+	st, err := state.OpenReadOnly(stateDir)
+	if errors.Is(err, state.ErrNoState) {
+		return nil, nil // nothing has run with this state directory yet
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	return inventory.List(st)
+}
+
+func printInventory(out io.Writer, machines []inventory.Machine) error {
+	if len(machines) == 0 {
+		_, err := fmt.Fprintln(out, "no machines discovered yet")
+		return err
+	}
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "RACK\tMACHINE\tSTATE\tSERIAL\tBOOT MAC\tFIRMWARE\tCPUS\tMEMORY\tDISKS\tGPUS\tSWITCH PORT\tLAST SEEN\tFLAGS")
+	now := time.Now()
+	for _, m := range machines {
+		port := "-"
+		if m.Switch != "" {
+			port = m.Switch + " " + m.SwitchPort
+		}
+		gpus := fmt.Sprint(m.Summary.GPUs)
+		if m.Summary.GPUModel != "" {
+			gpus += " " + m.Summary.GPUModel
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d (%s)\t%s\t%s\t%s ago\t%s\n",
+			dash(m.Rack), m.ID, m.State, dash(m.Serial), m.BootMAC, dash(m.Firmware), m.Summary.CPUs,
+			humanBytes(m.Summary.MemoryBytes), m.Summary.Disks, humanBytes(m.Summary.DiskBytes), gpus, port,
+			now.Sub(m.LastSeen).Round(time.Second), strings.Join(m.Flags, "; "))
+	}
+	return w.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func humanBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

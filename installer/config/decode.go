@@ -1,0 +1,490 @@
+package config
+
+import (
+	"bytes"
+	"encoding"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// maxDocumentBytes bounds what Decode reads: answer files are hand-written
+// and small, so anything larger is a mistake (or an attack on the parser).
+const maxDocumentBytes = 4 << 20
+
+// maxAliasExpansion bounds YAML alias expansion ("billion laughs").
+const maxAliasExpansion = 10_000
+
+// Pos is a place in a source file (1-based line and column).
+type Pos struct {
+	Line, Col int
+}
+
+// Positions maps field paths ("network.dynamicRange.start",
+// "machines[2].match.macs[0]") to where their values were written.
+type Positions map[string]Pos
+
+// Lookup finds the position of path, or of its nearest written ancestor
+// when the field itself was absent (a missing field is reported where its
+// parent is).
+func (p Positions) Lookup(path string) (Pos, bool) {
+	for path != "" {
+		if pos, ok := p[path]; ok {
+			return pos, true
+		}
+		path = parentPath(path)
+	}
+	pos, ok := p[""]
+	return pos, ok
+}
+
+func parentPath(path string) string {
+	i := strings.LastIndexAny(path, ".[")
+	if i < 0 {
+		return ""
+	}
+	return path[:i]
+}
+
+// Decode strictly decodes one YAML document into v (a pointer to a struct
+// whose fields carry `yaml` tags). Unknown fields, wrong types, duplicate
+// keys and syntax errors are all problems; decoding goes on after each so
+// that every problem is reported at once. Fields absent from the document
+// keep the values v already had, so callers decode into defaults.
+//
+// Types implementing encoding.TextUnmarshaler (netip.Addr, netip.Prefix,
+// Quantity, Duration) are decoded from scalars, and their parse errors are
+// reported at the scalar.
+func Decode(file string, data []byte, v any) (Positions, Problems) {
+	d := &decoder{file: file, pos: Positions{}}
+	if len(data) > maxDocumentBytes {
+		d.addf(Pos{1, 1}, "", "file is %d bytes, more than the %d allowed for an answer file", len(data), maxDocumentBytes)
+		return d.pos, d.problems
+	}
+	root, err := parseDocument(data)
+	if err != nil {
+		d.problems = append(d.problems, syntaxProblem(file, data, err))
+		return d.pos, d.problems
+	}
+	if root == nil {
+		d.addf(Pos{1, 1}, "", "the file is empty")
+		return d.pos, d.problems
+	}
+	rv := reflect.ValueOf(v)
+	if rv.Kind() != reflect.Pointer || rv.IsNil() {
+		panic("config.Decode: v must be a non-nil pointer")
+	}
+	d.pos[""] = Pos{root.Line, root.Column}
+	d.decode(root, rv.Elem(), "")
+	return d.pos, d.problems
+}
+
+// parseDocument returns the single document node's content, or nil for an
+// empty input. A second document in the stream is an error: an answer file
+// describes one installation.
+func parseDocument(data []byte) (*yaml.Node, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err == nil {
+		return nil, &secondDocError{line: extra.Line}
+	} else if !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	if len(doc.Content) == 0 {
+		return nil, nil
+	}
+	return doc.Content[0], nil
+}
+
+type secondDocError struct{ line int }
+
+func (e *secondDocError) Error() string {
+	return fmt.Sprintf("yaml: line %d: a second YAML document; an answer file holds exactly one", e.line)
+}
+
+var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+// syntaxProblem turns a YAML parser error into a positioned problem. The
+// parser reports only a line; the column given is that of the first
+// non-blank character on the line, which is where an editor should jump.
+func syntaxProblem(file string, data []byte, err error) Problem {
+	msg := err.Error()
+	line := 1
+	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+		if n, convErr := strconv.Atoi(m[1]); convErr == nil {
+			line = n
+		}
+		msg = m[2]
+	} else {
+		msg = strings.TrimPrefix(msg, "yaml: ")
+	}
+	lines := bytes.Split(data, []byte("\n"))
+	if line > len(lines) {
+		line = len(lines)
+	}
+	if line < 1 {
+		line = 1
+	}
+	col := 1
+	if line <= len(lines) {
+		text := lines[line-1]
+		col = len(text) - len(bytes.TrimLeft(text, " \t")) + 1
+	}
+	return Problem{File: file, Line: line, Col: col, Message: "YAML syntax: " + msg}
+}
+
+type decoder struct {
+	file     string
+	pos      Positions
+	problems Problems
+	aliases  int
+}
+
+func (d *decoder) addf(at Pos, path, format string, args ...any) {
+	d.problems = append(d.problems, Problem{File: d.file, Line: at.Line, Col: at.Col, Path: path, Message: fmt.Sprintf(format, args...)})
+}
+
+var textUnmarshalerType = reflect.TypeFor[encoding.TextUnmarshaler]()
+
+func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
+	at := Pos{n.Line, n.Column}
+	if n.Kind == yaml.AliasNode {
+		d.aliases++
+		if d.aliases > maxAliasExpansion {
+			d.addf(at, path, "too many alias expansions (more than %d)", maxAliasExpansion)
+			return
+		}
+		d.decode(n.Alias, v, path)
+		return
+	}
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		v.Set(reflect.Zero(v.Type()))
+		return
+	}
+	if v.Kind() == reflect.Pointer {
+		if v.IsNil() {
+			v.Set(reflect.New(v.Type().Elem()))
+		}
+		d.decode(n, v.Elem(), path)
+		return
+	}
+	if reflect.PointerTo(v.Type()).Implements(textUnmarshalerType) {
+		if n.Kind != yaml.ScalarNode {
+			d.addf(at, path, "expected %s, got %s", describeType(v.Type()), describeNode(n))
+			return
+		}
+		if err := v.Addr().Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(n.Value)); err != nil {
+			d.addf(at, path, "%s", cleanParseError(err))
+		}
+		return
+	}
+	switch v.Kind() {
+	case reflect.Struct:
+		d.decodeStruct(n, v, path)
+	case reflect.Map:
+		d.decodeMap(n, v, path)
+	case reflect.Slice:
+		d.decodeSlice(n, v, path)
+	case reflect.Interface:
+		var x any
+		if err := n.Decode(&x); err != nil {
+			d.addf(at, path, "%s", err)
+			return
+		}
+		if x != nil {
+			v.Set(reflect.ValueOf(x))
+		}
+	default:
+		d.decodeScalar(n, v, path)
+	}
+}
+
+func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
+	if n.Kind != yaml.MappingNode {
+		d.addf(Pos{n.Line, n.Column}, path, "expected a mapping (%s), got %s", describeType(v.Type()), describeNode(n))
+		return
+	}
+	fields := yamlFields(v.Type())
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, val := n.Content[i], n.Content[i+1]
+		keyPos := Pos{k.Line, k.Column}
+		if k.Kind == yaml.ScalarNode && k.Value == "<<" {
+			d.addf(keyPos, path, "merge keys (<<) are not supported; write the fields out")
+			continue
+		}
+		name := k.Value
+		child := joinPath(path, name)
+		if seen[name] {
+			d.addf(keyPos, child, "duplicate field")
+			continue
+		}
+		seen[name] = true
+		f, ok := fields[name]
+		if !ok {
+			d.addf(keyPos, child, "unknown field%s", suggest(name, fields))
+			continue
+		}
+		d.pos[child] = Pos{val.Line, val.Column}
+		d.decode(val, v.FieldByIndex(f.index), child)
+	}
+}
+
+func (d *decoder) decodeMap(n *yaml.Node, v reflect.Value, path string) {
+	if n.Kind != yaml.MappingNode {
+		d.addf(Pos{n.Line, n.Column}, path, "expected a mapping, got %s", describeNode(n))
+		return
+	}
+	if v.Type().Key().Kind() != reflect.String {
+		panic("config.Decode: only string-keyed maps are supported")
+	}
+	if v.IsNil() {
+		v.Set(reflect.MakeMap(v.Type()))
+	}
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, val := n.Content[i], n.Content[i+1]
+		if k.Kind != yaml.ScalarNode {
+			d.addf(Pos{k.Line, k.Column}, path, "map keys must be plain strings")
+			continue
+		}
+		child := joinPath(path, k.Value)
+		if seen[k.Value] {
+			d.addf(Pos{k.Line, k.Column}, child, "duplicate key")
+			continue
+		}
+		seen[k.Value] = true
+		d.pos[child] = Pos{val.Line, val.Column}
+		elem := reflect.New(v.Type().Elem()).Elem()
+		if existing := v.MapIndex(reflect.ValueOf(k.Value).Convert(v.Type().Key())); existing.IsValid() {
+			elem.Set(existing)
+		}
+		d.decode(val, elem, child)
+		v.SetMapIndex(reflect.ValueOf(k.Value).Convert(v.Type().Key()), elem)
+	}
+}
+
+func (d *decoder) decodeSlice(n *yaml.Node, v reflect.Value, path string) {
+	if n.Kind != yaml.SequenceNode {
+		d.addf(Pos{n.Line, n.Column}, path, "expected a list, got %s", describeNode(n))
+		return
+	}
+	out := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
+	for i, item := range n.Content {
+		child := fmt.Sprintf("%s[%d]", path, i)
+		d.pos[child] = Pos{item.Line, item.Column}
+		d.decode(item, out.Index(i), child)
+	}
+	v.Set(out)
+}
+
+func (d *decoder) decodeScalar(n *yaml.Node, v reflect.Value, path string) {
+	at := Pos{n.Line, n.Column}
+	if n.Kind != yaml.ScalarNode {
+		d.addf(at, path, "expected %s, got %s", describeType(v.Type()), describeNode(n))
+		return
+	}
+	switch v.Kind() {
+	case reflect.String:
+		if n.Tag != "!!str" && n.Style&(yaml.DoubleQuotedStyle|yaml.SingleQuotedStyle) == 0 && n.Tag != "!!int" && n.Tag != "!!float" {
+			// Booleans and timestamps written where text is wanted are
+			// almost always a mistake (yes/no, on/off); numbers are fine.
+			d.addf(at, path, "expected a string, got %s; quote it if you mean the text %q", describeNode(n), n.Value)
+			return
+		}
+		v.SetString(n.Value)
+	case reflect.Bool:
+		if n.Tag != "!!bool" {
+			d.addf(at, path, "expected true or false, got %s", describeNode(n))
+			return
+		}
+		b, _ := strconv.ParseBool(strings.ToLower(n.Value))
+		v.SetBool(b)
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		i, err := strconv.ParseInt(n.Value, 0, v.Type().Bits())
+		if n.Tag != "!!int" || err != nil {
+			d.addf(at, path, "expected an integer, got %s", describeNode(n))
+			return
+		}
+		v.SetInt(i)
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		u, err := strconv.ParseUint(n.Value, 0, v.Type().Bits())
+		if n.Tag != "!!int" || err != nil {
+			d.addf(at, path, "expected a non-negative integer of at most %d bits, got %s", v.Type().Bits(), describeNode(n))
+			return
+		}
+		v.SetUint(u)
+	case reflect.Float32, reflect.Float64:
+		f, err := strconv.ParseFloat(n.Value, v.Type().Bits())
+		if (n.Tag != "!!float" && n.Tag != "!!int") || err != nil {
+			d.addf(at, path, "expected a number, got %s", describeNode(n))
+			return
+		}
+		v.SetFloat(f)
+	default:
+		panic(fmt.Sprintf("config.Decode: unsupported field kind %s at %s", v.Kind(), path))
+	}
+}
+
+func joinPath(path, name string) string {
+	if path == "" {
+		return name
+	}
+	return path + "." + name
+}
+
+type fieldInfo struct {
+	index []int
+}
+
+// yamlFields lists a struct's fields by their YAML names; embedded structs
+// tagged `yaml:",inline"` contribute their fields.
+func yamlFields(t reflect.Type) map[string]fieldInfo {
+	out := map[string]fieldInfo{}
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if name == "-" {
+			continue
+		}
+		if strings.Contains(opts, "inline") {
+			for k, sub := range yamlFields(f.Type) {
+				out[k] = fieldInfo{index: append([]int{i}, sub.index...)}
+			}
+			continue
+		}
+		if name == "" {
+			name = strings.ToLower(f.Name[:1]) + f.Name[1:]
+		}
+		out[name] = fieldInfo{index: []int{i}}
+	}
+	return out
+}
+
+// suggest offers the known field closest to a misspelled one.
+func suggest(name string, fields map[string]fieldInfo) string {
+	best, bestDist := "", 3
+	for k := range fields {
+		if dist := editDistance(strings.ToLower(name), strings.ToLower(k)); dist < bestDist || (dist == bestDist && k < best) {
+			best, bestDist = k, dist
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	return fmt.Sprintf("; did you mean %q?", best)
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+func describeNode(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		switch n.Tag {
+		case "!!str":
+			return fmt.Sprintf("the string %q", n.Value)
+		case "!!int":
+			return "the integer " + n.Value
+		case "!!float":
+			return "the number " + n.Value
+		case "!!bool":
+			return "the boolean " + n.Value
+		case "!!null":
+			return "null"
+		default:
+			return fmt.Sprintf("%q", n.Value)
+		}
+	}
+	return "an unexpected YAML node"
+}
+
+func describeType(t reflect.Type) string {
+	switch t {
+	case reflect.TypeFor[netip.Addr]():
+		return "an IP address"
+	case reflect.TypeFor[netip.Prefix]():
+		return "a CIDR like 10.40.0.0/24"
+	case reflect.TypeFor[MAC]():
+		return "a MAC address"
+	case reflect.TypeFor[Quantity]():
+		return "a size like 64Gi"
+	case reflect.TypeFor[Duration]():
+		return "a duration like 1h"
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64, reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer"
+	case reflect.Slice:
+		return "a list"
+	case reflect.Map, reflect.Struct:
+		return "a mapping"
+	}
+	if reflect.PointerTo(t).Implements(textUnmarshalerType) {
+		return "a string"
+	}
+	return t.String()
+}
+
+// cleanParseError strips the Go-internal prefixes that netip and friends
+// put on their errors, keeping the part a person can act on.
+func cleanParseError(err error) string {
+	msg := err.Error()
+	for _, prefix := range []string{"netip.ParsePrefix(", "ParseAddr(", "netip.ParseAddr("} {
+		if strings.HasPrefix(msg, prefix) {
+			if i := strings.Index(msg, "): "); i >= 0 {
+				return "invalid " + kindOf(prefix) + " " + msg[len(prefix):i] + ": " + msg[i+3:]
+			}
+		}
+	}
+	return msg
+}
+
+func kindOf(prefix string) string {
+	if strings.Contains(prefix, "Prefix") {
+		return "CIDR"
+	}
+	return "IP address"
+}
