@@ -17,8 +17,9 @@ type Config struct {
 	Token agentapi.Token
 	// URL is airlock's base URL (airlock.url=), e.g. http://10.0.0.1:8080.
 	URL *url.URL
-	// BootMAC is the MAC of the NIC the machine booted from, from iPXE's
-	// BOOTIF=01-aa-bb-cc-dd-ee-ff when present.
+	// BootMAC is the MAC of the NIC the machine booted from: airlock.mac=
+	// (what airlock's iPXE script passes) or pxelinux's
+	// BOOTIF=01-aa-bb-cc-dd-ee-ff.
 	BootMAC net.HardwareAddr
 	// LLDPWait bounds how long to listen for LLDP (airlock.lldp=5s).
 	LLDPWait time.Duration
@@ -51,6 +52,13 @@ func ParseCmdline(cmdline string) (Config, error) {
 			hw, err := net.ParseMAC(strings.ReplaceAll(strings.TrimPrefix(v, "01-"), "-", ":"))
 			if err != nil || len(hw) != 6 {
 				errs = append(errs, fmt.Errorf("BOOTIF: %q is not 01-aa-bb-cc-dd-ee-ff", v))
+				continue
+			}
+			c.BootMAC = hw
+		case "airlock.mac":
+			hw, err := net.ParseMAC(v)
+			if err != nil || len(hw) != 6 {
+				errs = append(errs, fmt.Errorf("airlock.mac: %q is not a MAC address", v))
 				continue
 			}
 			c.BootMAC = hw
