@@ -83,6 +83,7 @@ func run(ctx context.Context, log *slog.Logger, cfg agent.Config, root string, o
 		Client:   client,
 		BootMAC:  cfg.BootMAC,
 		LLDPWait: cfg.LLDPWait,
+		LLDPLate: cfg.LLDPLate,
 		OnOrder:  onOrder,
 		Log:      log,
 	}
