@@ -39,6 +39,22 @@ socket, or reads the state store when none runs.`,
 		},
 	}
 	output = outputFlag(cmd)
+	cmd.AddCommand(&cobra.Command{
+		Use:   "rediscover MACHINE",
+		Short: "Reboot a machine into discovery so its hardware is taken again",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			err := control.NewClient(g.stateDir).Rediscover(cmd.Context(), args[0])
+			if errors.Is(err, control.ErrNotRunning) {
+				return fmt.Errorf("rediscover needs the running airlock (serve, install or lab up) on --state %s", g.stateDir)
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.streams.Out, "%s reboots into discovery at its next heartbeat\n", args[0])
+			return nil
+		},
+	})
 	return cmd
 }
 

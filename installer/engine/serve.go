@@ -126,7 +126,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	g.Go(func() error { return dsrv.Run(gctx) })
 	g.Go(func() error { return hb.Run(gctx) })
 	g.Go(func() error {
-		return control.Serve(gctx, ctlLn, control.Handler(control.StoreSource{Store: o.Store}, log.With("part", "control")))
+		return control.Serve(gctx, ctlLn, control.Handler(control.EngineSource{Inventory: inv, Store: o.Store}, log.With("part", "control")))
 	})
 	if tftpConn != nil {
 		tsrv, err := tftp.New(o.IPXE, tftpConn, tftp.Defaults(), log.With("part", "tftp"))
