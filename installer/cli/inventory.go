@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/installer/control"
 	"airlock.dev/airlock/installer/inventory"
 	"airlock.dev/airlock/installer/state"
@@ -93,7 +94,7 @@ func printInventory(out io.Writer, machines []inventory.Machine) error {
 		}
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d (%s)\t%s\t%s\t%s ago\t%s\n",
 			dash(m.Rack), m.ID, m.State, dash(m.Serial), m.BootMAC, dash(m.Firmware), m.Summary.CPUs,
-			humanBytes(m.Summary.MemoryBytes), m.Summary.Disks, humanBytes(m.Summary.DiskBytes), gpus, port,
+			bundle.HumanSize(int64(m.Summary.MemoryBytes)), m.Summary.Disks, bundle.HumanSize(int64(m.Summary.DiskBytes)), gpus, port,
 			now.Sub(m.LastSeen).Round(time.Second), strings.Join(m.Flags, "; "))
 	}
 	return w.Flush()
@@ -104,17 +105,4 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-func humanBytes(n uint64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := uint64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

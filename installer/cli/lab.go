@@ -30,7 +30,7 @@ switch per rack that speaks LLDP. Nothing touches the host's interfaces.`,
 }
 
 func newLabUpCommand(g *globals) *cobra.Command {
-	o := engine.LabOptions{Nodes: 4, Racks: 2, Firmware: lab.Mixed, Accel: "tcg"}
+	o := engine.LabOptions{Nodes: 4, Racks: 2, Firmware: lab.Mixed, Accel: "auto"}
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Bring up the virtual rack and its airlock; returns while it runs",
@@ -62,7 +62,7 @@ func newLabUpCommand(g *globals) *cobra.Command {
 	f.IntVar(&o.Nodes, "nodes", o.Nodes, "virtual machines")
 	f.IntVar(&o.Racks, "racks", o.Racks, "racks (each with its own top-of-rack switch)")
 	f.StringVar(&o.Firmware, "firmware", o.Firmware, "bios, uefi or mixed")
-	f.StringVar(&o.Accel, "accel", o.Accel, "tcg, or kvm where it really works (nested KVM often hangs)")
+	f.StringVar(&o.Accel, "accel", o.Accel, "auto (KVM only if a test guest really boots under it), tcg or kvm")
 	f.StringVar(&o.Kernel, "kernel", "", "discovery kernel (from the bundle's kernel package)")
 	f.StringVar(&o.ModulesDir, "modules", "", "the kernel's module tree (/lib/modules/RELEASE)")
 	f.StringVar(&o.Agent, "agent", "", "airlock-agent binary (default: next to this airlock)")

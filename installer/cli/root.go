@@ -111,6 +111,7 @@ the cluster and lays down the platform from one signed bundle.`,
 		newInventoryCommand(g),
 		newServeCommand(g),
 		newLabCommand(g),
+		newBundleCommand(g),
 	)
 	return root
 }

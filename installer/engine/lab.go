@@ -42,7 +42,7 @@ type LabOptions struct {
 	Nodes    int
 	Racks    int
 	Firmware string // bios, uefi or mixed
-	Accel    string // tcg (default) or kvm
+	Accel    string // auto (probe KVM, else TCG), tcg or kvm
 	// Kernel and ModulesDir are the discovery kernel and its module tree
 	// (the bundle's kernel package; Debian's linux-image-cloud-amd64 here).
 	Kernel, ModulesDir string
@@ -68,6 +68,15 @@ func LabUp(ctx context.Context, o LabOptions) (_ *lab.State, err error) {
 	}
 	if err := checkLabInputs(o); err != nil {
 		return nil, err
+	}
+	if o.Accel == "" || o.Accel == "auto" {
+		// /dev/kvm existing is not enough (nested KVM hangs guests here):
+		// use KVM only when a guest really boots under it.
+		o.Accel = "tcg"
+		if _, err := os.Stat("/dev/kvm"); err == nil && lab.ProbeKVM(ctx, "qemu-system-x86_64", o.Kernel) {
+			o.Accel = "kvm"
+		}
+		o.Log.Info("lab acceleration", "accel", o.Accel)
 	}
 	_, statErr := os.Stat(filepath.Join(o.StateDir, state.FileName))
 	storeExisted := statErr == nil
