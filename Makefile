@@ -49,11 +49,8 @@ lint: ## gofmt, go vet and staticcheck
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 .PHONY: demo
-demo: build ## the main job on the embedded default (today: plan an install of the example site)
-	@mkdir -p .cache
-	./bin/airlock init --interface eth1 --mode full > .cache/demo-answers.yaml
-	./bin/airlock validate -f .cache/demo-answers.yaml
-	./bin/airlock plan -f .cache/demo-answers.yaml --state $(STATE)
+demo: build ## a virtual rack of QEMU machines discovered by airlock; Ctrl-C removes it
+	STATE=$(STATE) bash e2e/demo.sh
 
 .PHONY: clean
 clean: ## remove build output and caches made here

@@ -4,7 +4,10 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -163,4 +166,68 @@ func TestServeDiscoveryOverRealDHCP(t *testing.T) {
 	if again := lease(); again != ip {
 		t.Errorf("after a restart the client got %s, before %s", again, ip)
 	}
+}
+
+// airlock serve opens the answer file's signed bundle and serves it as a
+// registry beside the boot services; a bundle with a flipped byte is
+// refused before anything serves.
+func TestServeWithBundle(t *testing.T) {
+	busybox := netns.RequireTool(t, "busybox", "busybox-static")
+	dir := t.TempDir()
+	if _, err := airlock(t, "bundle", "keygen", "--out", filepath.Join(dir, "site")); err != nil {
+		t.Fatal(err)
+	}
+	payload := strings.Repeat("a discovery kernel stands here\n", 4096)
+	writeFile(t, dir, "vmlinuz", payload)
+	sum := sha256.Sum256([]byte(payload))
+	spec := fmt.Sprintf("apiVersion: airlock.dev/v1alpha1\nkind: Bundle\nmetadata: {name: e2e}\nfiles:\n  - name: kernel/vmlinuz\n    url: %s\n    sha256: %s\n",
+		filepath.Join(dir, "vmlinuz"), hex.EncodeToString(sum[:]))
+	specFile := writeFile(t, dir, "bundle.yaml", spec)
+	bundleFile := filepath.Join(dir, "site.bundle")
+	if _, err := airlock(t, "bundle", "build", "-f", specFile, "-o", bundleFile, "--key", filepath.Join(dir, "site.key")); err != nil {
+		t.Fatal(err)
+	}
+
+	srv := newNS(t, "albs")
+	cli := newNS(t, "albc")
+	if err := netns.AddVeth(srv, "prov0", cli, "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []error{srv.AddAddr("prov0", "10.77.0.1/24"), srv.LinkUp("prov0"), cli.AddAddr("eth0", "10.77.0.9/24"), cli.LinkUp("eth0")} {
+		if step != nil {
+			t.Fatal(step)
+		}
+	}
+	answersWith := func(bundlePath string) string {
+		return writeFile(t, dir, "answers.yaml", answers("prov0")+fmt.Sprintf("bundle: {path: %s, publicKey: %s}\n", bundlePath, filepath.Join(dir, "site.pub")))
+	}
+	serve := start(t, srv.Command(context.Background(), airlockBin(t), "serve", "-f", answersWith(bundleFile), "--state", filepath.Join(dir, "state")))
+	serve.waitFor(t, "registry 10.77.0.1:5000", 30*time.Second)
+	out := run(t, cli.Command(context.Background(), busybox, "wget", "-q", "-S", "-O", "-", "http://10.77.0.1:5000/v2/"))
+	if !strings.Contains(out, "{}") {
+		t.Errorf("GET /v2/ = %q", out)
+	}
+	if err := serve.stop(t); err != nil {
+		t.Fatal(err)
+	}
+
+	// Flip one byte of the signed metadata (where the bundle names itself):
+	// opening checks the signature at once, so serve refuses to start.
+	raw, err := os.ReadFile(bundleFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := strings.LastIndex(string(raw), `"e2e"`)
+	if i < 0 {
+		t.Fatal("the bundle's metadata does not name it e2e")
+	}
+	raw[i+1] ^= 0x01
+	bad := filepath.Join(dir, "flipped.bundle")
+	os.WriteFile(bad, raw, 0o644)
+	cmd := srv.Command(context.Background(), airlockBin(t), "serve", "-f", answersWith(bad), "--state", filepath.Join(dir, "state2"))
+	out2, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out2), "open bundle") || strings.Contains(string(out2), "serving on") {
+		t.Fatalf("serve with a flipped byte in the bundle's metadata: %v\n%s", err, out2)
+	}
+	t.Logf("refused: %s", strings.TrimSpace(string(out2)))
 }

@@ -107,6 +107,21 @@ func TestDownAfterCrash(t *testing.T) {
 	}
 }
 
+// TestStartReportsQEMUErrors: a VM whose QEMU refuses to start makes Start
+// fail with QEMU's own message, and Up removes what it made.
+func TestStartReportsQEMUErrors(t *testing.T) {
+	netns.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
+	state := t.TempDir()
+	_, err := Up(context.Background(), Options{StateDir: state, Nodes: 1, MemoryMB: 1 << 30, DiskGB: 1})
+	if err == nil || !strings.Contains(err.Error(), "quit right after starting") {
+		t.Fatalf("Up with 1 PiB of memory: %v", err)
+	}
+	t.Logf("error: %v", err)
+	if _, err := os.Stat(StateFile(state)); err == nil {
+		t.Fatal("Up left the lab recorded after failing")
+	}
+}
+
 func TestProbeKVM(t *testing.T) {
 	qemu := netns.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
 	ks, _ := filepath.Glob("/boot/vmlinuz-*-cloud-amd64")

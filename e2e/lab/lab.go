@@ -373,6 +373,11 @@ func Start(ctx context.Context, o Options, s *State) error {
 		return fmt.Errorf("open lab namespace: %w", err)
 	}
 	sercon := filepath.Join(s.Dir, "sercon-port")
+	type exit struct {
+		vm  string
+		err error
+	}
+	exits := make(chan exit, len(s.VMs))
 	for i := range s.VMs {
 		vm := &s.VMs[i]
 		cmd := ns.Command(context.WithoutCancel(ctx), o.QEMU, qemuArgs(o, s, vm, sercon)...)
@@ -392,11 +397,19 @@ func Start(ctx context.Context, o Options, s *State) error {
 		vm.PID = cmd.Process.Pid
 		vm.Started = time.Now().UTC()
 		// Reap it when it exits; Down kills it by PID.
-		go func() { _ = cmd.Wait() }()
+		go func() { exits <- exit{vm.Name, cmd.Wait()} }()
 		if err := s.save(); err != nil {
 			return err
 		}
 		o.Log.Info("lab VM started", "vm", vm.Name, "rack", vm.Rack, "firmware", vm.Firmware, "mac", vm.MAC, "serial", vm.Serial, "pid", vm.PID)
+	}
+	// QEMU refuses bad settings (a busy tap, missing firmware) at once: give
+	// it a moment and report the first VM that quit, with its complaint.
+	select {
+	case e := <-exits:
+		log, _ := os.ReadFile(filepath.Join(s.Dir, e.vm+".qemu.log"))
+		return fmt.Errorf("VM %s quit right after starting (%v): %s", e.vm, e.err, strings.TrimSpace(string(log)))
+	case <-time.After(500 * time.Millisecond):
 	}
 	return nil
 }

@@ -104,7 +104,7 @@ func startBootServer(t *testing.T, ctx context.Context, s *State, kernel, initrd
 		b.scripts[mac.String()] = time.Now()
 		b.mu.Unlock()
 		bootif := "01-" + strings.ReplaceAll(mac.String(), ":", "-")
-		fmt.Fprintf(w, "#!ipxe\nkernel %s/vmlinuz initrd=initrd console=ttyS0 quiet panic=-1 airlock.url=%s airlock.token=%s airlock.lldp=4s BOOTIF=%s\ninitrd --name initrd %s/initrd\nboot\n",
+		fmt.Fprintf(w, "#!ipxe\nkernel %s/vmlinuz initrd=initrd console=ttyS0 quiet panic=-1 airlock.url=%s airlock.token=%s airlock.lldp=2s BOOTIF=%s\ninitrd --name initrd %s/initrd\nboot\n",
 			b.url, b.url, tok, bootif, b.url)
 		log.Info("iPXE script served", "mac", mac)
 	})
@@ -177,8 +177,8 @@ func TestLabNetworkBoot(t *testing.T) {
 			b.mu.Lock()
 			script := b.scripts[vm.MAC]
 			b.mu.Unlock()
-			t.Logf("%s (%s, %s): iPXE script after %s, registered after %s", vm.Name, vm.Firmware, vm.Rack,
-				script.Sub(vm.Started).Round(time.Millisecond), m.Registered.Sub(vm.Started).Round(time.Millisecond))
+			t.Logf("%s (%s, %s): from QEMU start: iPXE script %s, registered %s; agent: %s", vm.Name, vm.Firmware, vm.Rack,
+				script.Sub(vm.Started).Round(time.Millisecond), m.Registered.Sub(vm.Started).Round(time.Millisecond), agentTimes(vm))
 			if inv.System.UUID != vm.UUID || m.Registration.BootMAC != vm.MAC || inv.System.Firmware != vm.Firmware {
 				t.Errorf("%s: uuid %s mac %s firmware %s, want %s %s %s", vm.Name, inv.System.UUID, m.Registration.BootMAC, inv.System.Firmware, vm.UUID, vm.MAC, vm.Firmware)
 			}
@@ -272,6 +272,32 @@ func TestLabNetworkBoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertGone(t, s)
+}
+
+// agentTimes reads the agent's log lines from a VM's serial console and
+// says when (from QEMU start, by the guest clock, which QEMU sets from the
+// host's) the agent started, had its network and registered.
+func agentTimes(vm VM) string {
+	data, _ := os.ReadFile(vm.SerialLog)
+	var out []string
+	seen := map[string]bool{}
+	for _, line := range strings.Split(string(data), "\n") {
+		i := strings.Index(line, "time=")
+		if i < 0 {
+			continue
+		}
+		ts, err := time.Parse(time.RFC3339Nano, strings.Fields(line[i+5:])[0])
+		if err != nil {
+			continue
+		}
+		for _, msg := range []string{`msg="kernel modules"`, "msg=links", `msg="DHCP lease"`, "msg=registered"} {
+			if strings.Contains(line, msg) && !seen[msg] {
+				seen[msg] = true
+				out = append(out, fmt.Sprintf("%s at %s", strings.Trim(strings.TrimPrefix(msg, "msg="), `"`), ts.Sub(vm.Started).Round(100*time.Millisecond)))
+			}
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 func assertGone(t *testing.T, s *State) {

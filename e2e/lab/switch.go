@@ -49,9 +49,11 @@ func (s *State) Frames() (map[string][]byte, error) {
 
 // RunSwitches plays every rack's top-of-rack switch: it sends an LLDP frame
 // into each VM's tap every interval (real switches use 30 s; the agent
-// listens for a few seconds, so the lab uses 1 s) until ctx ends. It
-// returns nil when ctx is cancelled. Run it in the process that owns the
-// lab.
+// listens for a few seconds, so the lab uses 1 s) until ctx ends. Like an
+// L3 top-of-rack switch it also sends IPv6 router advertisements on the
+// provisioning network (saying there is no IPv6 router), which spares the
+// firmware's iPXE a ~13 s wait for one. It returns nil when ctx is
+// cancelled. Run it in the process that owns the lab.
 func (s *State) RunSwitches(ctx context.Context, log *slog.Logger, interval time.Duration) error {
 	frames, err := s.Frames()
 	if err != nil {
@@ -61,6 +63,14 @@ func (s *State) RunSwitches(ctx context.Context, log *slog.Logger, interval time
 	if err != nil {
 		return fmt.Errorf("open lab namespace: %w", err)
 	}
+	routerDone := make(chan struct{})
+	go func() {
+		defer close(routerDone)
+		if err := runRouter(ctx, ns, s.Bridge, 500*time.Millisecond); err != nil {
+			log.Warn("lab router advertisements off", "err", err)
+		}
+	}()
+	defer func() { <-routerDone }()
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	warned := map[string]bool{}

@@ -28,8 +28,14 @@ type Options struct {
 	// BootMAC is the NIC that got the address; if empty, the first NIC
 	// with link.
 	BootMAC net.HardwareAddr
-	// LLDPWait bounds LLDP listening per NIC; 0 disables it.
+	// LLDPWait bounds LLDP listening per NIC before registering; 0
+	// disables it.
 	LLDPWait time.Duration
+	// LLDPLate is how much longer to keep listening, after registering, on
+	// NICs with link that heard nothing yet. Real switches send LLDP only
+	// every 30 s, so a short LLDPWait often misses them; a neighbour heard
+	// late is sent as an inventory update. 0 disables it.
+	LLDPLate time.Duration
 	// ListenLLDP listens on one NIC; lldp.Listen when nil.
 	ListenLLDP func(ctx context.Context, ifname string, timeout time.Duration) (lldp.Frame, error)
 	// Backoff for registration; defaults to 500 ms doubling to 30 s.
@@ -52,22 +58,35 @@ func Gather(ctx context.Context, opts Options) (agentapi.Inventory, error) {
 	if opts.LLDPWait <= 0 {
 		return inv, nil
 	}
+	listenLLDP(ctx, opts, &inv, opts.LLDPWait)
+	return inv, nil
+}
+
+// listenLLDP listens at once on every NIC of inv with link and no
+// neighbour yet, for at most wait, and fills in what it hears. It reports
+// whether it heard anything.
+func listenLLDP(ctx context.Context, opts Options, inv *agentapi.Inventory, wait time.Duration) bool {
 	listen := opts.ListenLLDP
 	if listen == nil {
 		listen = lldp.Listen
 	}
 	var wg sync.WaitGroup
+	var mu sync.Mutex
+	heard := false
 	for i := range inv.NICs {
 		n := &inv.NICs[i]
-		if !n.Link {
+		if !n.Link || n.LLDP != nil {
 			continue
 		}
 		wg.Go(func() {
-			f, err := listen(ctx, n.Name, opts.LLDPWait)
+			f, err := listen(ctx, n.Name, wait)
 			if err != nil {
-				opts.Log.Info("no LLDP neighbour", "nic", n.Name, "err", err)
+				opts.Log.Info("no LLDP neighbour yet", "nic", n.Name, "waited", wait, "err", err)
 				return
 			}
+			mu.Lock()
+			defer mu.Unlock()
+			heard = true
 			n.LLDP = &agentapi.LLDPNeighbor{
 				ChassisID: f.ChassisID, PortID: f.PortID,
 				SystemName: f.SystemName, PortDescription: f.PortDescription,
@@ -76,7 +95,7 @@ func Gather(ctx context.Context, opts Options) (agentapi.Inventory, error) {
 		})
 	}
 	wg.Wait()
-	return inv, nil
+	return heard
 }
 
 // Registration builds the registration for inv, choosing the boot NIC.
@@ -144,6 +163,22 @@ func Run(ctx context.Context, opts Options) error {
 		"uuid", inv.System.UUID, "bootMAC", reg.BootMAC, "disks", len(inv.Disks), "nics", len(inv.NICs),
 		"after", opts.Now().Sub(start).Round(time.Millisecond))
 
+	// Keep listening for switches that have not spoken yet.
+	late := make(chan agentapi.Inventory, 1)
+	missing := false
+	for _, n := range inv.NICs {
+		missing = missing || n.Link && n.LLDP == nil
+	}
+	if opts.LLDPLate > 0 && opts.LLDPWait > 0 && missing {
+		go func() {
+			more := inv
+			more.NICs = append([]agentapi.NIC(nil), inv.NICs...)
+			if listenLLDP(ctx, opts, &more, opts.LLDPLate) {
+				late <- more
+			}
+		}()
+	}
+
 	interval := time.Duration(reply.HeartbeatSeconds) * time.Second
 	var seq uint64
 	for {
@@ -153,6 +188,17 @@ func Run(ctx context.Context, opts Options) error {
 		case <-ctx.Done():
 			t.Stop()
 			return nil
+		case more := <-late:
+			t.Stop()
+			err := opts.Backoff.Retry(ctx, opts.Log, "send inventory update", func(ctx context.Context) error {
+				_, err := opts.Client.UpdateInventory(ctx, &more)
+				return err
+			})
+			if err != nil {
+				return nilIfCancelled(ctx, err)
+			}
+			opts.Log.Info("inventory updated with late LLDP neighbours")
+			continue
 		case <-t.C:
 		}
 		seq++

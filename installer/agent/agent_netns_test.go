@@ -84,13 +84,19 @@ func TestAgentInNamespaces(t *testing.T) {
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 
-	// The top-of-rack switch sends LLDP every 200 ms.
+	// The top-of-rack switch stays silent until the node has registered
+	// (as a real one, sending every 30 s, often does), then sends every
+	// 200 ms: the agent must report the neighbour in a late inventory
+	// update.
 	frame, err := lldp.Encode(lldp.Frame{Source: net.HardwareAddr{2, 0, 0, 0, 0xa, 1}, ChassisID: "02:00:00:00:0a:01",
 		PortID: "Eth1/7", SystemName: "rack-a-tor", PortDescription: "Ethernet1/7"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	go func() {
+		for ctx.Err() == nil && len(backend.Machines()) == 0 {
+			time.Sleep(50 * time.Millisecond)
+		}
 		for ctx.Err() == nil {
 			_ = sw.Do(func() error { return lldp.Send("swp7", frame) })
 			time.Sleep(200 * time.Millisecond)
@@ -130,7 +136,7 @@ func TestAgentInNamespaces(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- Run(runCtx, Options{
-			Root: root, Client: NewClient(base, tok, hc), BootMAC: lease.MAC, LLDPWait: 3 * time.Second, Log: log,
+			Root: root, Client: NewClient(base, tok, hc), BootMAC: lease.MAC, LLDPWait: 300 * time.Millisecond, LLDPLate: 10 * time.Second, Log: log,
 			ListenLLDP: func(ctx context.Context, ifname string, d time.Duration) (f lldp.Frame, err error) {
 				err = node.Do(func() error { f, err = lldp.Listen(ctx, ifname, d); return err })
 				return f, err
@@ -141,8 +147,11 @@ func TestAgentInNamespaces(t *testing.T) {
 	deadline := time.After(20 * time.Second)
 	for {
 		ms := backend.Machines()
-		if len(ms) == 1 && ms[0].Heartbeats >= 2 {
+		if len(ms) == 1 && ms[0].Heartbeats >= 2 && ms[0].Inventory.NICs[0].LLDP != nil {
 			m := ms[0]
+			if m.Registration.Inventory.NICs[0].LLDP != nil {
+				t.Fatal("LLDP neighbour registered before the switch spoke")
+			}
 			n := m.Inventory.NICs[0]
 			if n.LLDP == nil || n.LLDP.SystemName != "rack-a-tor" || n.LLDP.PortID != "Eth1/7" {
 				t.Fatalf("LLDP neighbour = %+v", n.LLDP)

@@ -17,16 +17,21 @@ type Config struct {
 	Token agentapi.Token
 	// URL is airlock's base URL (airlock.url=), e.g. http://10.0.0.1:8080.
 	URL *url.URL
-	// BootMAC is the MAC of the NIC the machine booted from, from iPXE's
-	// BOOTIF=01-aa-bb-cc-dd-ee-ff when present.
+	// BootMAC is the MAC of the NIC the machine booted from: airlock.mac=
+	// (what airlock's iPXE script passes) or pxelinux's
+	// BOOTIF=01-aa-bb-cc-dd-ee-ff.
 	BootMAC net.HardwareAddr
-	// LLDPWait bounds how long to listen for LLDP (airlock.lldp=5s).
+	// LLDPWait bounds how long to listen for LLDP before registering
+	// (airlock.lldp=2s).
 	LLDPWait time.Duration
+	// LLDPLate is how much longer to listen after registering, on NICs
+	// that heard nothing (airlock.lldp.late=35s; switches send every 30 s).
+	LLDPLate time.Duration
 }
 
 // ParseCmdline reads the agent's settings from a kernel command line.
 func ParseCmdline(cmdline string) (Config, error) {
-	c := Config{LLDPWait: 5 * time.Second}
+	c := Config{LLDPWait: 2 * time.Second, LLDPLate: 35 * time.Second}
 	var errs []error
 	var haveToken, haveURL bool
 	for _, f := range strings.Fields(cmdline) {
@@ -54,13 +59,24 @@ func ParseCmdline(cmdline string) (Config, error) {
 				continue
 			}
 			c.BootMAC = hw
-		case "airlock.lldp":
-			d, err := time.ParseDuration(v)
-			if err != nil || d < 0 || d > 5*time.Minute {
-				errs = append(errs, fmt.Errorf("airlock.lldp: %q is not a duration up to 5m", v))
+		case "airlock.mac":
+			hw, err := net.ParseMAC(v)
+			if err != nil || len(hw) != 6 {
+				errs = append(errs, fmt.Errorf("airlock.mac: %q is not a MAC address", v))
 				continue
 			}
-			c.LLDPWait = d
+			c.BootMAC = hw
+		case "airlock.lldp", "airlock.lldp.late":
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 0 || d > 5*time.Minute {
+				errs = append(errs, fmt.Errorf("%s: %q is not a duration up to 5m", k, v))
+				continue
+			}
+			if k == "airlock.lldp" {
+				c.LLDPWait = d
+			} else {
+				c.LLDPLate = d
+			}
 		}
 	}
 	if !haveToken {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -25,6 +26,11 @@ func TestAgentDependencies(t *testing.T) {
 			if dep == "runtime/cgo" {
 				t.Errorf("%s: airlock-agent links cgo", goarch)
 			}
+		}
+		build := exec.Command("go", "build", "-trimpath", "-o", os.DevNull, "./cmd/airlock-agent")
+		build.Env = cmd.Env
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("build the agent for linux/%s with CGO off: %v\n%s", goarch, err, out)
 		}
 	}
 }

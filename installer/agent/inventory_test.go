@@ -153,8 +153,14 @@ func TestParseCmdline(t *testing.T) {
 	if c.Token != tok || c.URL.String() != "http://10.0.0.1:8080" || c.BootMAC.String() != "52:54:00:12:34:56" || c.LLDPWait.Seconds() != 2 {
 		t.Fatalf("config = %+v", c)
 	}
+	// The line airlock's httpboot script passes (services/httpboot golden discover.ipxe).
+	c, err = ParseCmdline("initrd=initramfs.cpio.zst airlock.url=http://10.70.0.1:8080 airlock.mac=52:54:00:00:00:01 airlock.state=discover console=ttyS0 quiet airlock.token=" + tok.String())
+	if err != nil || c.BootMAC.String() != "52:54:00:00:00:01" || c.URL.Host != "10.70.0.1:8080" {
+		t.Fatalf("httpboot line: %+v %v", c, err)
+	}
 	for _, bad := range []string{
 		"",
+		"airlock.url=http://x airlock.mac=zz airlock.token=" + tok.String(),
 		"airlock.url=http://x airlock.token=bad",
 		"airlock.url=file:///etc/passwd airlock.token=" + tok.String(),
 		"airlock.url=http://u:p@x airlock.token=" + tok.String(),

@@ -3,6 +3,8 @@ package bootimage
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -19,6 +21,8 @@ import (
 	"airlock.dev/airlock/services/agentapi"
 	"airlock.dev/airlock/services/agentapi/lldp"
 )
+
+var captureRegistration = flag.String("capture-registration", "", "write the registration the booted agent sent to this file (a fixture for services/agentapi)")
 
 // cloudKernel finds Debian's linux-image-cloud-amd64 kernel and modules.
 func cloudKernel(t *testing.T) (kernel, modules string) {
@@ -150,7 +154,7 @@ func bootOnce(t *testing.T, qemu, busybox, kernel, initrd string) {
 		t.Fatal(err)
 	}
 	serial := filepath.Join(dir, "serial.log")
-	appendLine := fmt.Sprintf("console=ttyS0 quiet panic=-1 airlock.url=http://%s airlock.token=%s airlock.lldp=4s", ln.Addr(), tok)
+	appendLine := fmt.Sprintf("console=ttyS0 quiet panic=-1 airlock.url=http://%s airlock.token=%s airlock.lldp=2s", ln.Addr(), tok)
 	args := []string{
 		"-accel", "tcg", "-machine", "pc", "-m", "512", "-smp", "1", "-nodefaults", "-no-user-config",
 		"-display", "none", "-serial", "file:" + serial, "-no-reboot",
@@ -186,6 +190,12 @@ func bootOnce(t *testing.T, qemu, busybox, kernel, initrd string) {
 			if len(inv.NICs) != 1 || inv.NICs[0].MAC != "52:54:00:a1:00:01" || inv.NICs[0].Driver != "virtio_net" || inv.NICs[0].LLDP == nil ||
 				inv.NICs[0].LLDP.SystemName != "rack-a-tor" || inv.NICs[0].LLDP.PortID != "Eth1/7" {
 				t.Errorf("nics = %+v lldp %+v", inv.NICs, inv.NICs[0].LLDP)
+			}
+			if *captureRegistration != "" {
+				data, _ := json.MarshalIndent(m.Registration, "", "  ")
+				if err := os.WriteFile(*captureRegistration, append(data, '\n'), 0o644); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if m.Registration.BootMAC != "52:54:00:a1:00:01" {
 				t.Errorf("boot MAC %s", m.Registration.BootMAC)

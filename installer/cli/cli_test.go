@@ -4,14 +4,18 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
 	"go.yaml.in/yaml/v3"
 
+	"airlock.dev/airlock/installer/inventory"
 	"airlock.dev/airlock/installer/state"
+	"airlock.dev/airlock/services/agentapi"
 )
 
 // run executes the command line in-process and returns stdout, stderr and
@@ -145,6 +149,25 @@ func TestPlanReadsTheJournal(t *testing.T) {
 	if _, err := state.NewJournal(s).Record("serve", state.StatusDone, "", nil); err != nil {
 		t.Fatal(err)
 	}
+	// One machine was discovered: the control plane named by its MAC.
+	inv := inventory.New(s, nil, slog.New(slog.DiscardHandler))
+	raw, err := os.ReadFile("../../services/agentapi/testdata/registration.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reg agentapi.Registration
+	if err := json.Unmarshal(raw, &reg); err != nil {
+		t.Fatal(err)
+	}
+	reg.BootMAC = "52:54:00:00:00:02"
+	reg.Inventory.NICs = []agentapi.NIC{{Name: "eth0", MAC: reg.BootMAC, Link: true}}
+	tok, err := inv.IssueBoot(reg.BootMAC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := inv.Register(context.Background(), tok.BootID, agentapi.Identity(&reg), &reg); err != nil {
+		t.Fatal(err)
+	}
 	// While the owner holds the store, plan explains who has it.
 	_, errOut, code = run(t, "plan", "-f", file, "--state", stateDir)
 	if code != 1 || !strings.Contains(errOut, "in use by another airlock process") {
@@ -154,6 +177,9 @@ func TestPlanReadsTheJournal(t *testing.T) {
 	planOut, _, code = run(t, "plan", "-f", file, "--state", stateDir)
 	if code != 0 || !strings.Contains(planOut, "1. serve      done") {
 		t.Errorf("plan after serve: exit %d\n%s", code, planOut)
+	}
+	if !regexp.MustCompile(`m-[0-9a-f]+ +\S+ +\S+ +control-plane +cp-1 +awaits-approval`).MatchString(planOut) {
+		t.Errorf("plan does not assign the discovered machine:\n%s", planOut)
 	}
 	// An invalid answer file is refused with its problems.
 	bad := writeFile(t, "bad.yaml", threeProblems)

@@ -10,9 +10,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/installer/control"
 	"airlock.dev/airlock/installer/inventory"
-	"airlock.dev/airlock/installer/state"
 )
 
 func newInventoryCommand(g *globals) *cobra.Command {
@@ -39,23 +39,28 @@ socket, or reads the state store when none runs.`,
 		},
 	}
 	output = outputFlag(cmd)
+	cmd.AddCommand(&cobra.Command{
+		Use:   "rediscover MACHINE",
+		Short: "Reboot a machine into discovery so its hardware is taken again",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			err := control.NewClient(g.stateDir).Rediscover(cmd.Context(), args[0])
+			if errors.Is(err, control.ErrNotRunning) {
+				return fmt.Errorf("rediscover needs the running airlock (serve, install or lab up) on --state %s", g.stateDir)
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.streams.Out, "%s reboots into discovery at its next heartbeat\n", args[0])
+			return nil
+		},
+	})
 	return cmd
 }
 
 func readInventory(cmd *cobra.Command, stateDir string) ([]inventory.Machine, error) {
-	machines, err := control.NewClient(stateDir).Machines(cmd.Context())
-	if !errors.Is(err, control.ErrNotRunning) {
-		return machines, err
-	}
-	st, err := state.OpenReadOnly(stateDir)
-	if errors.Is(err, state.ErrNoState) {
-		return nil, nil // nothing has run with this state directory yet
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer st.Close()
-	return inventory.List(st)
+	machines, _, err := readProgress(cmd.Context(), stateDir)
+	return machines, err
 }
 
 func printInventory(out io.Writer, machines []inventory.Machine) error {
@@ -77,7 +82,7 @@ func printInventory(out io.Writer, machines []inventory.Machine) error {
 		}
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d (%s)\t%s\t%s\t%s ago\t%s\n",
 			dash(m.Rack), m.ID, m.State, dash(m.Serial), m.BootMAC, dash(m.Firmware), m.Summary.CPUs,
-			humanBytes(m.Summary.MemoryBytes), m.Summary.Disks, humanBytes(m.Summary.DiskBytes), gpus, port,
+			bundle.HumanSize(int64(m.Summary.MemoryBytes)), m.Summary.Disks, bundle.HumanSize(int64(m.Summary.DiskBytes)), gpus, port,
 			now.Sub(m.LastSeen).Round(time.Second), strings.Join(m.Flags, "; "))
 	}
 	return w.Flush()
@@ -88,17 +93,4 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-func humanBytes(n uint64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := uint64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -110,6 +110,8 @@ the cluster and lays down the platform from one signed bundle.`,
 		newSchemaCommand(g),
 		newInventoryCommand(g),
 		newServeCommand(g),
+		newLabCommand(g),
+		newBundleCommand(g),
 	)
 	return root
 }

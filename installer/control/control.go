@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -29,20 +30,27 @@ const SocketName = "airlock.sock"
 // ErrNotRunning means no airlock process serves the state directory.
 var ErrNotRunning = errors.New("no airlock is running on this state directory")
 
-// Source is what the control socket reports.
+// Source is what the control socket reports and acts on.
 type Source interface {
 	Machines() ([]inventory.Machine, error)
 	Journal() ([]state.Entry, error)
+	Rediscover(machineID string) error
 }
 
-// StoreSource reads a state store through the inventory and the journal.
-type StoreSource struct{ Store state.Store }
+// EngineSource answers from the running engine's inventory and journal.
+type EngineSource struct {
+	Inventory *inventory.Store
+	Store     state.Store
+}
 
 // Machines implements Source.
-func (s StoreSource) Machines() ([]inventory.Machine, error) { return inventory.List(s.Store) }
+func (s EngineSource) Machines() ([]inventory.Machine, error) { return s.Inventory.List() }
 
 // Journal implements Source.
-func (s StoreSource) Journal() ([]state.Entry, error) { return state.NewJournal(s.Store).Entries() }
+func (s EngineSource) Journal() ([]state.Entry, error) { return state.NewJournal(s.Store).Entries() }
+
+// Rediscover implements Source.
+func (s EngineSource) Rediscover(id string) error { return s.Inventory.Rediscover(id) }
 
 // Listen creates the control socket in stateDir, owner-only. A stale socket
 // left by a crashed airlock is replaced; a live one is an error.
@@ -88,6 +96,16 @@ func Handler(src Source, log *slog.Logger) http.Handler {
 		j, err := src.Journal()
 		reply(w, j, err)
 	})
+	mux.HandleFunc("POST /v1/machines/{id}/rediscover", func(w http.ResponseWriter, r *http.Request) {
+		err := src.Rediscover(r.PathValue("id"))
+		if errors.Is(err, inventory.ErrNoMachine) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusNotFound)
+			json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+			return
+		}
+		reply(w, map[string]string{"machine": r.PathValue("id"), "order": "reboot into discovery"}, err)
+	})
 	return mux
 }
 
@@ -126,8 +144,8 @@ func NewClient(stateDir string) *Client {
 	}}
 }
 
-func (c *Client) get(ctx context.Context, path string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://airlock"+path, nil)
+func (c *Client) do(ctx context.Context, method, path string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, method, "http://airlock"+path, nil)
 	if err != nil {
 		return err
 	}
@@ -144,6 +162,10 @@ func (c *Client) get(ctx context.Context, path string, v any) error {
 		return fmt.Errorf("control socket: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
+		var e struct{ Error string }
+		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+			return errors.New(e.Error)
+		}
 		return fmt.Errorf("control socket: %s: %s", resp.Status, body)
 	}
 	return json.Unmarshal(body, v)
@@ -152,11 +174,17 @@ func (c *Client) get(ctx context.Context, path string, v any) error {
 // Machines asks the running airlock for its inventory.
 func (c *Client) Machines(ctx context.Context) ([]inventory.Machine, error) {
 	var out []inventory.Machine
-	return out, c.get(ctx, "/v1/inventory", &out)
+	return out, c.do(ctx, http.MethodGet, "/v1/inventory", &out)
 }
 
 // Journal asks the running airlock for its journal.
 func (c *Client) Journal(ctx context.Context) ([]state.Entry, error) {
 	var out []state.Entry
-	return out, c.get(ctx, "/v1/journal", &out)
+	return out, c.do(ctx, http.MethodGet, "/v1/journal", &out)
+}
+
+// Rediscover asks the running airlock to reboot a machine into discovery.
+func (c *Client) Rediscover(ctx context.Context, machineID string) error {
+	var out map[string]string
+	return c.do(ctx, http.MethodPost, "/v1/machines/"+url.PathEscape(machineID)+"/rediscover", &out)
 }

@@ -7,8 +7,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	"airlock.dev/airlock/installer/inventory"
 	"airlock.dev/airlock/installer/state"
 )
 
@@ -40,7 +42,7 @@ func TestControlSocket(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- Serve(ctx, ln, Handler(StoreSource{st}, slog.New(slog.NewTextHandler(io.Discard, nil))))
+		done <- Serve(ctx, ln, Handler(EngineSource{Inventory: inventory.New(st, nil, slog.New(slog.NewTextHandler(io.Discard, nil))), Store: st}, slog.New(slog.NewTextHandler(io.Discard, nil))))
 	}()
 	machines, err := c.Machines(context.Background())
 	if err != nil || len(machines) != 0 {
@@ -49,6 +51,9 @@ func TestControlSocket(t *testing.T) {
 	j, err := c.Journal(context.Background())
 	if err != nil || len(j) != 1 || j[0].Step != "serve" {
 		t.Fatalf("journal = %v, %v", j, err)
+	}
+	if err := c.Rediscover(context.Background(), "m-nosuch"); err == nil || !strings.Contains(err.Error(), "no such machine") {
+		t.Errorf("rediscover of an unknown machine: %v", err)
 	}
 	cancel()
 	if err := <-done; err != nil {

@@ -22,6 +22,8 @@ import (
 	"airlock.dev/airlock/services/dhcp"
 	"airlock.dev/airlock/services/httpboot"
 	"airlock.dev/airlock/services/ipxe"
+	"airlock.dev/airlock/services/ra"
+	"airlock.dev/airlock/services/registry"
 	"airlock.dev/airlock/services/tftp"
 )
 
@@ -42,6 +44,10 @@ type ServeOptions struct {
 	Image DiscoveryImage
 	// HTTPPort is httpboot's port (default 8080).
 	HTTPPort int
+	// Registry, when set, is served as a read-only OCI registry on
+	// RegistryPort (default 5000): the bundle's images, for the nodes.
+	Registry     registry.Backend
+	RegistryPort int
 	// AllowForeignDHCP lets full mode start beside another DHCP server.
 	AllowForeignDHCP bool
 	Log              *slog.Logger
@@ -55,6 +61,7 @@ type Serving struct {
 	Mode      dhcp.Mode
 	HTTP      string // base URL
 	TFTP      bool
+	Registry  string // host:port, empty when no bundle is served
 }
 
 // Serve runs the boot services (DHCP, TFTP, HTTP boot with the agent API)
@@ -68,6 +75,9 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	}
 	if o.HTTPPort == 0 {
 		o.HTTPPort = 8080
+	}
+	if o.RegistryPort == 0 {
+		o.RegistryPort = 5000
 	}
 	addr := a.Network.Address
 	if err := checkAddressOn(a.Network.Interface, addr); err != nil {
@@ -101,9 +111,21 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	if err != nil {
 		return errors.Join(err, httpLn.Close(), closeIf(tftpConn))
 	}
+	var regLn net.Listener
+	if o.Registry != nil {
+		if regLn, err = net.Listen("tcp", net.JoinHostPort(addr.String(), strconv.Itoa(o.RegistryPort))); err != nil {
+			return errors.Join(fmt.Errorf("listen for the registry: %w", err), httpLn.Close(), closeIf(tftpConn), socks.Close())
+		}
+	}
+	// "No IPv6 router here", so that firmware iPXE does not wait ~13 s for
+	// one; sent only once DHCP runs in full mode (airlock owns the segment).
+	adv, err := ra.Open(a.Network.Interface)
+	if err != nil {
+		log.Warn("no IPv6 router advertisements: iPXE will wait ~13 s for an IPv6 router at each boot", "err", err)
+	}
 	ctlLn, err := control.Listen(o.StateDir)
 	if err != nil {
-		return errors.Join(err, httpLn.Close(), closeIf(tftpConn), socks.Close())
+		return errors.Join(err, httpLn.Close(), closeIf(tftpConn), socks.Close(), closeListener(regLn))
 	}
 
 	hcfg := httpboot.Defaults()
@@ -126,8 +148,12 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	g.Go(func() error { return dsrv.Run(gctx) })
 	g.Go(func() error { return hb.Run(gctx) })
 	g.Go(func() error {
-		return control.Serve(gctx, ctlLn, control.Handler(control.StoreSource{Store: o.Store}, log.With("part", "control")))
+		return control.Serve(gctx, ctlLn, control.Handler(control.EngineSource{Inventory: inv, Store: o.Store}, log.With("part", "control")))
 	})
+	if regLn != nil {
+		reg := registry.New(o.Registry, log.With("part", "registry"))
+		g.Go(func() error { return reg.Run(gctx, regLn) })
+	}
 	if tftpConn != nil {
 		tsrv, err := tftp.New(o.IPXE, tftpConn, tftp.Defaults(), log.With("part", "tftp"))
 		if err != nil {
@@ -141,14 +167,29 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		case <-gctx.Done():
 			return nil
 		}
+		if adv != nil && dsrv.Mode() == dhcp.ModeFull {
+			g.Go(func() error { return adv.Run(gctx, time.Second) })
+		} else if adv != nil {
+			adv.Close()
+		}
 		s := Serving{Interface: a.Network.Interface, Mode: dsrv.Mode(), HTTP: base, TFTP: tftpConn != nil}
-		log.Info("serving", "interface", s.Interface, "dhcp", s.Mode, "http", s.HTTP, "tftp", s.TFTP)
+		if regLn != nil {
+			s.Registry = regLn.Addr().String()
+		}
+		log.Info("serving", "interface", s.Interface, "dhcp", s.Mode, "http", s.HTTP, "tftp", s.TFTP, "registry", s.Registry)
 		if o.Ready != nil {
 			o.Ready(s)
 		}
 		return nil
 	})
 	return g.Wait()
+}
+
+func closeListener(l net.Listener) error {
+	if l == nil {
+		return nil
+	}
+	return l.Close()
 }
 
 func closeIf(c net.PacketConn) error {

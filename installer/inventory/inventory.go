@@ -54,6 +54,8 @@ type Machine struct {
 	LastSeen   time.Time          `json:"lastSeen"`
 	Boots      int                `json:"boots"`
 	AgentState string             `json:"agentState,omitempty"`
+	// Orders wait for the machine's agent's next heartbeat.
+	Orders []agentapi.Order `json:"orders,omitempty"`
 }
 
 // Summary is the hardware in one line's worth of numbers.
@@ -229,8 +231,10 @@ func (s *Store) UpdateInventory(_ context.Context, bootID string, inv *agentapi.
 	return agentapi.InventoryReply{MachineID: id}, nil
 }
 
-// Heartbeat implements agentapi.Backend.
+// Heartbeat implements agentapi.Backend: it hands the agent the orders
+// waiting for its machine.
 func (s *Store) Heartbeat(_ context.Context, bootID string, hb *agentapi.Heartbeat) (agentapi.HeartbeatReply, error) {
+	var orders []agentapi.Order
 	err := s.updateBootMachine(bootID, func(rec *bootRecord, m *Machine) error {
 		if hb.Seq <= rec.LastSeq {
 			return agentapi.ErrReplay
@@ -238,12 +242,44 @@ func (s *Store) Heartbeat(_ context.Context, bootID string, hb *agentapi.Heartbe
 		rec.LastSeq = hb.Seq
 		m.LastSeen = s.now().UTC()
 		m.AgentState = hb.State
+		orders, m.Orders = m.Orders, nil
 		return nil
 	})
 	if err != nil {
 		return agentapi.HeartbeatReply{}, err
 	}
-	return agentapi.HeartbeatReply{HeartbeatSeconds: s.heartbeat}, nil
+	for _, o := range orders {
+		s.log.Info("order sent", "boot", bootID, "order", o.Kind)
+	}
+	return agentapi.HeartbeatReply{Orders: orders, HeartbeatSeconds: s.heartbeat}, nil
+}
+
+// ErrNoMachine is returned for a machine ID the inventory does not hold.
+var ErrNoMachine = errors.New("no such machine in the inventory")
+
+// Rediscover orders the machine to reboot into discovery, so that its
+// hardware is taken again (after a change, say). The order goes out with
+// the reply to its agent's next heartbeat.
+func (s *Store) Rediscover(id string) error {
+	err := s.store.Update(func(tx state.Tx) error {
+		var m Machine
+		found, err := getJSON(tx, machinesBucket, id, &m)
+		if err != nil {
+			return err
+		}
+		if !found {
+			return fmt.Errorf("%w: %q", ErrNoMachine, id)
+		}
+		if !slices.ContainsFunc(m.Orders, func(o agentapi.Order) bool { return o.Kind == agentapi.OrderReboot }) {
+			m.Orders = append(m.Orders, agentapi.Order{Kind: agentapi.OrderReboot})
+		}
+		return putJSON(tx, machinesBucket, id, m)
+	})
+	if err != nil {
+		return err
+	}
+	s.log.Info("rediscovery ordered", "machine", id)
+	return nil
 }
 
 func (s *Store) updateBootMachine(bootID string, fn func(*bootRecord, *Machine) error) error {

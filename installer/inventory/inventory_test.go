@@ -211,3 +211,26 @@ func TestAgentAPIOverInventory(t *testing.T) {
 		t.Errorf("unknown boot: %v", err)
 	}
 }
+
+func TestRediscoverOrderGoesOutOnce(t *testing.T) {
+	s, _ := newStore(t, nil)
+	reg := registration(t, "LAB-0200", "", "52:54:00:ee:00:01")
+	tok, id := register(t, s, reg)
+	if err := s.Rediscover("m-nosuch"); !errors.Is(err, ErrNoMachine) {
+		t.Errorf("rediscover of an unknown machine: %v", err)
+	}
+	if err := s.Rediscover(id); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Rediscover(id); err != nil { // asking twice queues one reboot
+		t.Fatal(err)
+	}
+	reply, err := s.Heartbeat(context.Background(), tok.BootID, &agentapi.Heartbeat{Seq: 1, State: "waiting"})
+	if err != nil || len(reply.Orders) != 1 || reply.Orders[0].Kind != agentapi.OrderReboot {
+		t.Fatalf("first heartbeat after the order: %+v, %v", reply, err)
+	}
+	reply, err = s.Heartbeat(context.Background(), tok.BootID, &agentapi.Heartbeat{Seq: 2, State: "waiting"})
+	if err != nil || len(reply.Orders) != 0 {
+		t.Fatalf("the order went out twice: %+v, %v", reply, err)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -25,6 +26,23 @@ func loadRegistration(t testing.TB) Registration {
 		t.Fatalf("fixture invalid: %v", err)
 	}
 	return r
+}
+
+func TestFixturesValidate(t *testing.T) {
+	files, _ := filepath.Glob("testdata/registration*.json")
+	for _, file := range files {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r Registration
+		if err := DecodeBytes(data, &r); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		if err := r.Validate(); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+	}
 }
 
 func TestValidateRejects(t *testing.T) {

@@ -3,6 +3,7 @@ package agentapi
 import (
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -10,11 +11,20 @@ import (
 // validator: neither may panic, and whatever passes both must survive a
 // round trip unchanged and still validate.
 func FuzzDecodeRegistration(f *testing.F) {
-	seed, err := os.ReadFile("testdata/registration.json")
-	if err != nil {
-		f.Fatal(err)
+	// Every registration fixture: a hand-written one and one a real agent
+	// sent from a QEMU VM (installer/bootimage's QEMU test, flag
+	// -capture-registration).
+	files, _ := filepath.Glob("testdata/registration*.json")
+	if len(files) < 2 {
+		f.Fatalf("registration fixtures missing: %v", files)
 	}
-	f.Add(seed)
+	for _, file := range files {
+		seed, err := os.ReadFile(file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(seed)
+	}
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`{"bootMAC":"52:54:00:12:34:56","arch":"arm64","inventory":{"cpu":{"threads":1},"memory":{"totalBytes":1},"nics":[{"name":"eth0","mac":"52:54:00:12:34:56","link":true}]}}`))
 	f.Add([]byte(`{"bootMAC":"52:54:00:12:34:56"} trailing`))

@@ -26,6 +26,16 @@ func main() {
 	pid1 := os.Getpid() == 1
 	log := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{Level: slog.LevelInfo})).With("agent", "airlock")
 	if pid1 {
+		defer func() {
+			// A panic in PID 1 would panic the kernel; log it and restart
+			// the machine instead, which boots the agent afresh.
+			if r := recover(); r != nil {
+				log.Error("agent panicked; rebooting in 30s", "panic", fmt.Sprint(r))
+				time.Sleep(30 * time.Second)
+				unix.Sync()
+				_ = unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+			}
+		}()
 		err := initMain(log)
 		// PID 1 must never exit: the kernel would panic.
 		log.Error("agent stopped", "err", err)
@@ -83,6 +93,7 @@ func run(ctx context.Context, log *slog.Logger, cfg agent.Config, root string, o
 		Client:   client,
 		BootMAC:  cfg.BootMAC,
 		LLDPWait: cfg.LLDPWait,
+		LLDPLate: cfg.LLDPLate,
 		OnOrder:  onOrder,
 		Log:      log,
 	}

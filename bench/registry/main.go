@@ -1,0 +1,367 @@
+// Command registry benchmarks airlock's registry serving blobs straight
+// from a bundle (sendfile) against Debian's docker-registry (distribution
+// 2.8) serving the same blob from its filesystem storage. Both run as
+// child processes on loopback; the same Go client downloads the blob
+// -n times with -c in parallel from each. It prints throughput, server
+// CPU-seconds per GiB (from /proc/PID/stat) and the ratios.
+//
+//	go run ./bench/registry [-size 512] [-n 16] [-c 2] [-rounds 3]
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"io"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"airlock.dev/airlock/bundle"
+	"airlock.dev/airlock/services/registry"
+)
+
+const repo = "docker.io/library/bench"
+
+func main() {
+	if len(os.Args) > 2 && os.Args[1] == "serve" {
+		serve(os.Args[2])
+		return
+	}
+	sizeMiB := flag.Int("size", 512, "blob size in MiB")
+	n := flag.Int("n", 16, "downloads per server")
+	c := flag.Int("c", 2, "parallel downloads")
+	rounds := flag.Int("rounds", 3, "rounds, alternating the servers; medians are compared")
+	flag.Parse()
+	if err := run(*sizeMiB, *n, *c, *rounds); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// serve is the child process: serve the bundle until SIGTERM.
+func serve(path string) {
+	b, err := bundle.Open(path, bundle.OpenOptions{})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	fmt.Println(l.Addr())
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	if err := registry.New(b, nil).Run(ctx, l); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+func run(sizeMiB, n, c, rounds int) error {
+	reg, err := exec.LookPath("docker-registry")
+	if err != nil {
+		return fmt.Errorf("docker-registry not found: apt-get install docker-registry")
+	}
+	dir, err := os.MkdirTemp("", "airlock-bench-registry")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	fmt.Printf("blob of %d MiB, %d downloads per server, %d in parallel\n", sizeMiB, n, c)
+	blobPath := filepath.Join(dir, "blob")
+	digest, err := writeBlob(blobPath, int64(sizeMiB)<<20)
+	if err != nil {
+		return err
+	}
+	bundlePath := filepath.Join(dir, "bench.bundle")
+	if err := writeBundle(bundlePath, blobPath, digest); err != nil {
+		return err
+	}
+	// docker-registry's storage: the blob and the repository's link to it.
+	root := filepath.Join(dir, "registry")
+	hex := strings.TrimPrefix(digest, "sha256:")
+	data := filepath.Join(root, "docker/registry/v2/blobs/sha256", hex[:2], hex, "data")
+	link := filepath.Join(root, "docker/registry/v2/repositories/library/bench/_layers/sha256", hex, "link")
+	for _, p := range []string{data, link} {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+	}
+	if err := os.Link(blobPath, data); err != nil {
+		return err
+	}
+	if err := os.WriteFile(link, []byte(digest), 0o644); err != nil {
+		return err
+	}
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: false\nhttp:\n  addr: 127.0.0.1:%d\n", root, port)
+	cfgPath := filepath.Join(dir, "config.yml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		return err
+	}
+
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	ours, err := start(self, []string{"serve", bundlePath}, "")
+	if err != nil {
+		return err
+	}
+	defer ours.stop()
+	theirs, err := start(reg, []string{"serve", cfgPath}, fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		return err
+	}
+	defer theirs.stop()
+
+	size := int64(sizeMiB) << 20
+	var as, ds []result
+	for i := 0; i < rounds; i++ {
+		a, err := measure("airlock registry", ours, "library/bench", digest, size, n, c)
+		if err != nil {
+			return err
+		}
+		d, err := measure("docker-registry", theirs, "library/bench", digest, size, n, c)
+		if err != nil {
+			return err
+		}
+		as, ds = append(as, a), append(ds, d)
+	}
+	a, d := median(as), median(ds)
+	fmt.Printf("\nmedians: airlock %.2f GiB/s, %.3f CPU-s/GiB; docker-registry %.2f GiB/s, %.3f CPU-s/GiB\n", a.throughput, a.cpuPerGiB, d.throughput, d.cpuPerGiB)
+	fmt.Printf("ratio airlock/docker-registry: throughput %.2fx (goal >= 1.0x), server CPU per GiB %.2fx (goal <= 0.3x)\n",
+		a.throughput/d.throughput, a.cpuPerGiB/d.cpuPerGiB)
+	return nil
+}
+
+type server struct {
+	cmd  *exec.Cmd
+	addr string
+}
+
+func (s *server) stop() {
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { s.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		s.cmd.Process.Kill()
+	}
+}
+
+// start runs a server; addr "" means it prints its address on stdout.
+func start(bin string, args []string, addr string) (*server, error) {
+	cmd := exec.Command(bin, args...)
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	s := &server{cmd: cmd, addr: addr}
+	if addr == "" {
+		line, err := bufio.NewReader(out).ReadString('\n')
+		if err != nil {
+			s.stop()
+			return nil, fmt.Errorf("%s did not print its address: %w", bin, err)
+		}
+		s.addr = strings.TrimSpace(line)
+	} else {
+		go io.Copy(io.Discard, out)
+	}
+	for i := 0; i < 100; i++ {
+		if resp, err := http.Get("http://" + s.addr + "/v2/"); err == nil {
+			resp.Body.Close()
+			return s, nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.stop()
+	return nil, fmt.Errorf("%s did not answer on %s", bin, s.addr)
+}
+
+type result struct{ throughput, cpuPerGiB float64 }
+
+// median takes the median of each measure separately.
+func median(rs []result) result {
+	t := make([]float64, len(rs))
+	c := make([]float64, len(rs))
+	for i, r := range rs {
+		t[i], c[i] = r.throughput, r.cpuPerGiB
+	}
+	sort.Float64s(t)
+	sort.Float64s(c)
+	return result{t[len(t)/2], c[len(c)/2]}
+}
+
+func measure(label string, s *server, name, digest string, size int64, n, c int) (result, error) {
+	url := fmt.Sprintf("http://%s/v2/%s/blobs/%s", s.addr, name, digest)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: c, DisableCompression: true}}
+	get := func() error {
+		resp, err := client.Get(url)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s: GET blob: %s", label, resp.Status)
+		}
+		got, err := io.CopyBuffer(io.Discard, resp.Body, make([]byte, 1<<20))
+		if err != nil {
+			return err
+		}
+		if got != size {
+			return fmt.Errorf("%s: got %d bytes, want %d", label, got, size)
+		}
+		return nil
+	}
+	// Warm up: page cache, and airlock's digest check on first serve.
+	if err := get(); err != nil {
+		return result{}, err
+	}
+	cpu0, err := cpuSeconds(s.cmd.Process.Pid)
+	if err != nil {
+		return result{}, err
+	}
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	jobs := make(chan struct{}, n)
+	for i := 0; i < n; i++ {
+		jobs <- struct{}{}
+	}
+	close(jobs)
+	for w := 0; w < c; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range jobs {
+				if err := get(); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	close(errs)
+	if err := <-errs; err != nil {
+		return result{}, err
+	}
+	cpu1, err := cpuSeconds(s.cmd.Process.Pid)
+	if err != nil {
+		return result{}, err
+	}
+	gib := float64(size) * float64(n) / (1 << 30)
+	r := result{throughput: gib / elapsed.Seconds(), cpuPerGiB: (cpu1.total() - cpu0.total()) / gib}
+	fmt.Printf("%-17s %6.2f GiB in %6.2fs: %6.2f GiB/s, server %.2f CPU-s (user %.2f, system %.2f), %.3f CPU-s per GiB\n",
+		label, gib, elapsed.Seconds(), r.throughput, cpu1.total()-cpu0.total(), cpu1.user-cpu0.user, cpu1.sys-cpu0.sys, r.cpuPerGiB)
+	return r, nil
+}
+
+type cpuTime struct{ user, sys float64 }
+
+func (c cpuTime) total() float64 { return c.user + c.sys }
+
+// cpuSeconds reads a process's user and system CPU time.
+func cpuSeconds(pid int) (cpuTime, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return cpuTime{}, err
+	}
+	s := string(b)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseFloat(fields[11], 64)
+	st, _ := strconv.ParseFloat(fields[12], 64)
+	return cpuTime{ut / 100, st / 100}, nil // USER_HZ is 100 on Linux
+}
+
+func writeBlob(path string, size int64) (string, error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	var seed [32]byte
+	rand.Read(seed[:])
+	r := mrand.NewChaCha8(seed)
+	h := sha256.New()
+	if _, err := io.CopyN(io.MultiWriter(f, h), r, size); err != nil {
+		return "", err
+	}
+	return "sha256:" + hex.EncodeToString(h.Sum(nil)), f.Close()
+}
+
+func writeBundle(path, blobPath, digest string) error {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return err
+	}
+	w, err := bundle.Create(path, bundle.WriterOptions{})
+	if err != nil {
+		return err
+	}
+	if _, err := w.AddBytes("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`), ""); err != nil {
+		return err
+	}
+	f, err := os.Open(blobPath)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, _ := f.Stat()
+	if err := w.AddFile("blobs/sha256/"+strings.TrimPrefix(digest, "sha256:"), f, st.Size(), digest, ""); err != nil {
+		return err
+	}
+	man := fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%d},"layers":[]}`, digest, st.Size())
+	md, err := w.AddBytes("blobs/sha256/"+sha256Hex([]byte(man)), []byte(man), "application/vnd.oci.image.manifest.v1+json")
+	if err != nil {
+		return err
+	}
+	_, err = w.Finish(bundle.Metadata{Name: "bench", Images: []bundle.Image{{Repository: repo, Tag: "1", Digest: md, MediaType: "application/vnd.oci.image.manifest.v1+json"}}}, priv)
+	return err
+}
+
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+func freePort() (int, error) {
+	// docker-registry takes its address from its config file, so the port
+	// is chosen here; the race with other processes is acceptable for a
+	// benchmark (tests never do this).
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}

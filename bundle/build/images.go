@@ -1,0 +1,291 @@
+package build
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"airlock.dev/airlock/bundle"
+)
+
+func (b *builder) remoteOpts(ctx context.Context) []remote.Option {
+	return []remote.Option{
+		remote.WithContext(ctx),
+		remote.WithTransport(b.client.Transport),
+		remote.WithAuthFromKeychain(authn.DefaultKeychain),
+		remote.WithUserAgent("airlock-bundle"),
+	}
+}
+
+// image resolves an image's manifests (keeping an index whole, with the
+// wanted platforms' manifests) and registers its blobs for download.
+func (b *builder) image(ctx context.Context, r ImageRef, platforms []string, from string) error {
+	ref, err := r.fetchRef()
+	if err != nil {
+		return err
+	}
+	desc, err := remote.Get(ref, b.remoteOpts(ctx)...)
+	if err != nil {
+		return fmt.Errorf("fetch manifest: %w", err)
+	}
+	top := digestOf(desc.Manifest)
+	if r.Digest != "" && top != r.Digest {
+		return fmt.Errorf("the registry returned a manifest with digest %s for %s", top, r.Digest)
+	}
+	im := &bundle.Image{Repository: r.Repository, Tag: r.Tag, Digest: top, MediaType: string(desc.MediaType), From: strings.Split(from, ", ")}
+	size, kept, err := b.manifest(ctx, ref.Context(), desc.Manifest, string(desc.MediaType), platforms, map[string]bool{})
+	if err != nil {
+		return err
+	}
+	im.Size = size
+	im.Platforms = kept
+	b.mu.Lock()
+	b.images = append(b.images, im)
+	b.byRef[r.String()] = im
+	b.mu.Unlock()
+	kind := "image"
+	if isIndex(im.MediaType) {
+		kind = fmt.Sprintf("index, %d platforms", len(kept))
+	}
+	b.prog.linef("image %s: %s, %s (%s)", r, kind, bundle.HumanSize(size), shortD(top))
+	return nil
+}
+
+func isIndex(mt string) bool {
+	return mt == string(types.OCIImageIndex) || mt == string(types.DockerManifestList)
+}
+
+func shortD(d string) string {
+	if len(d) > 19 {
+		return d[:19]
+	}
+	return d
+}
+
+func digestOf(b []byte) string {
+	s := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(s[:])
+}
+
+// manifest registers a manifest (or index) and, recursively, what it
+// references. It returns the bytes it accounts for and the platforms kept.
+func (b *builder) manifest(ctx context.Context, repo name.Repository, raw []byte, mediaType string, platforms []string, seen map[string]bool) (int64, []string, error) {
+	d := digestOf(raw)
+	b.addBlob(&blob{digest: d, size: int64(len(raw)), mediaType: mediaType, data: raw})
+	if seen[d] {
+		return 0, nil, nil
+	}
+	seen[d] = true
+	total := int64(len(raw))
+	switch types.MediaType(mediaType) {
+	case types.OCIImageIndex, types.DockerManifestList:
+		idx, err := v1.ParseIndexManifest(strings.NewReader(string(raw)))
+		if err != nil {
+			return 0, nil, fmt.Errorf("parse index %s: %w", d, err)
+		}
+		var kept []string
+		for _, m := range idx.Manifests {
+			if !wantPlatform(m.Platform, platforms) {
+				continue
+			}
+			child, err := remote.Get(repo.Digest(m.Digest.String()), b.remoteOpts(ctx)...)
+			if err != nil {
+				return 0, nil, fmt.Errorf("fetch manifest %s: %w", m.Digest, err)
+			}
+			if got := digestOf(child.Manifest); got != m.Digest.String() {
+				return 0, nil, fmt.Errorf("manifest %s: the registry sent bytes with digest %s", m.Digest, got)
+			}
+			mt := string(m.MediaType)
+			if mt == "" {
+				mt = string(child.MediaType)
+			}
+			n, sub, err := b.manifest(ctx, repo, child.Manifest, mt, platforms, seen)
+			if err != nil {
+				return 0, nil, err
+			}
+			total += n
+			if m.Platform != nil && !isIndex(mt) {
+				kept = append(kept, platformString(m.Platform))
+			}
+			kept = append(kept, sub...)
+		}
+		if len(kept) == 0 && len(platforms) > 0 {
+			return 0, nil, fmt.Errorf("the index %s has none of the platforms %s", d, strings.Join(platforms, ", "))
+		}
+		sort.Strings(kept)
+		return total, kept, nil
+	case types.OCIManifestSchema1, types.DockerManifestSchema1, types.DockerManifestSchema1Signed:
+		return 0, nil, fmt.Errorf("%s is a Docker schema 1 manifest, which containerd no longer pulls; use a newer tag", d)
+	default:
+		m, err := v1.ParseManifest(strings.NewReader(string(raw)))
+		if err != nil {
+			return 0, nil, fmt.Errorf("parse manifest %s (%s): %w", d, mediaType, err)
+		}
+		for _, l := range append([]v1.Descriptor{m.Config}, m.Layers...) {
+			if len(l.URLs) > 0 && !l.MediaType.IsDistributable() {
+				continue // foreign layer, fetched from its URL by the runtime
+			}
+			dg := l.Digest.String()
+			lref := repo.Digest(dg)
+			b.addBlob(&blob{digest: dg, size: l.Size, fetch: func(ctx context.Context) (io.ReadCloser, error) {
+				layer, err := remote.Layer(lref, b.remoteOpts(ctx)...)
+				if err != nil {
+					return nil, err
+				}
+				return layer.Compressed()
+			}})
+			total += l.Size
+		}
+		return total, nil, nil
+	}
+}
+
+func platformString(p *v1.Platform) string {
+	s := p.OS + "/" + p.Architecture
+	if p.Variant != "" {
+		s += "/" + p.Variant
+	}
+	return s
+}
+
+func wantPlatform(p *v1.Platform, want []string) bool {
+	if len(want) == 0 {
+		return true
+	}
+	if p == nil {
+		return false
+	}
+	for _, w := range want {
+		parts := strings.Split(w, "/")
+		if parts[0] == p.OS && parts[1] == p.Architecture && (len(parts) < 3 || parts[2] == p.Variant) {
+			return true
+		}
+	}
+	return false
+}
+
+func (b *builder) addBlob(bl *blob) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if old, ok := b.blobs[bl.digest]; ok {
+		if old.mediaType == "" {
+			old.mediaType = bl.mediaType
+		}
+		if old.data == nil && bl.data != nil {
+			old.data = bl.data
+		}
+		return
+	}
+	b.blobs[bl.digest] = bl
+}
+
+// fetchBlobs downloads every blob not yet in the cache, checking digests.
+func (b *builder) fetchBlobs(ctx context.Context) (fetched, reused int64, err error) {
+	var todo []*blob
+	var total int64
+	for _, bl := range b.blobs {
+		if bl.data != nil {
+			continue
+		}
+		if st, err := os.Stat(b.blobPath(bl.digest)); err == nil && st.Size() == bl.size {
+			reused += bl.size
+			continue
+		}
+		todo = append(todo, bl)
+		total += bl.size
+	}
+	sort.Slice(todo, func(i, j int) bool { return todo[i].size > todo[j].size })
+	if len(todo) == 0 {
+		b.prog.linef("blobs: all %d in the cache (%s)", len(b.blobs), bundle.HumanSize(reused))
+		return 0, reused, nil
+	}
+	b.prog.linef("blobs: fetching %d (%s), %s already in the cache", len(todo), bundle.HumanSize(total), bundle.HumanSize(reused))
+	var (
+		done atomic.Int64
+		next atomic.Int64
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := b.prog.running(func() string {
+		return fmt.Sprintf("blobs: %s of %s", bundle.HumanSize(done.Load()), bundle.HumanSize(total))
+	})
+	for w := 0; w < b.opts.Concurrency; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(todo) || ctx.Err() != nil {
+					return
+				}
+				if err := b.fetchBlob(ctx, todo[i], &done); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+					cancel()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	stop()
+	if len(errs) > 0 {
+		return done.Load(), reused, errors.Join(errs...)
+	}
+	return done.Load(), reused, nil
+}
+
+func (b *builder) fetchBlob(ctx context.Context, bl *blob, done *atomic.Int64) error {
+	rc, err := bl.fetch(ctx)
+	if err != nil {
+		return fmt.Errorf("fetch blob %s: %w", bl.digest, err)
+	}
+	defer rc.Close()
+	final := b.blobPath(bl.digest)
+	tmp, err := os.CreateTemp(filepath.Join(b.cache, "tmp"), "blob-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(tmp, h, countWriter{done}), rc)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("fetch blob %s: %w", bl.digest, err)
+	}
+	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != bl.digest || n != bl.size {
+		return fmt.Errorf("fetch blob %s: got %d bytes with digest %s, want %d bytes", bl.digest, n, got, bl.size)
+	}
+	if err := os.Rename(tmp.Name(), final); err != nil {
+		return fmt.Errorf("fetch blob %s: %w", bl.digest, err)
+	}
+	return nil
+}
+
+type countWriter struct{ n *atomic.Int64 }
+
+func (c countWriter) Write(p []byte) (int, error) {
+	c.n.Add(int64(len(p)))
+	return len(p), nil
+}

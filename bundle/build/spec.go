@@ -1,0 +1,238 @@
+// Package build gathers what a site needs into a signed airlock bundle, on
+// the connected side: container images (go-containerregistry, multi-arch
+// indexes kept, blobs de-duplicated), Helm charts (chart repositories, OCI
+// chart references and local directories, through the Helm SDK, with every
+// image the rendered chart references) and files checked against their
+// SHA-256. Downloads go into a cache directory so that a second run reuses
+// what the first fetched.
+package build
+
+import (
+	"fmt"
+	"net/url"
+	"os"
+	"regexp"
+	"strings"
+
+	"airlock.dev/airlock/installer/config"
+)
+
+// APIVersion and Kind of bundle.yaml.
+const (
+	APIVersion = "airlock.dev/v1alpha1"
+	Kind       = "Bundle"
+)
+
+// Spec is bundle.yaml: what goes into a bundle.
+type Spec struct {
+	APIVersion string   `yaml:"apiVersion" json:"apiVersion"`
+	Kind       string   `yaml:"kind" json:"kind"`
+	Metadata   Metadata `yaml:"metadata" json:"metadata"`
+	// Platforms are the default platforms kept from multi-arch images
+	// (os/arch[/variant]); empty keeps every platform.
+	Platforms []string    `yaml:"platforms" json:"platforms,omitempty"`
+	Images    []ImageSpec `yaml:"images" json:"images,omitempty"`
+	Charts    []ChartSpec `yaml:"charts" json:"charts,omitempty"`
+	Files     []FileSpec  `yaml:"files" json:"files,omitempty"`
+}
+
+// Metadata names the bundle.
+type Metadata struct {
+	Name string `yaml:"name" json:"name"`
+}
+
+// ImageSpec is one image to carry.
+type ImageSpec struct {
+	// Ref is the image reference as the cluster will ask for it
+	// (nginx:1.25, registry.k8s.io/pause:3.10, nvcr.io/nvidia/x@sha256:...).
+	Ref string `yaml:"ref" json:"ref"`
+	// Platforms overrides the bundle's default platforms for this image.
+	Platforms []string `yaml:"platforms" json:"platforms,omitempty"`
+}
+
+// ChartSpec is one Helm chart to carry. Exactly one of Repo, OCI and Path
+// says where it comes from.
+type ChartSpec struct {
+	// Name of the chart (in the repository, or the name to give a local chart).
+	Name string `yaml:"name" json:"name"`
+	// Repo is a chart repository URL (http or https, serving index.yaml).
+	Repo string `yaml:"repo" json:"repo,omitempty"`
+	// OCI is an OCI chart reference: oci://registry/path/name.
+	OCI string `yaml:"oci" json:"oci,omitempty"`
+	// Path is a local chart directory or .tgz, relative to bundle.yaml.
+	Path string `yaml:"path" json:"path,omitempty"`
+	// Version of the chart; required for Repo and OCI.
+	Version string `yaml:"version" json:"version,omitempty"`
+	// Namespace and Values are used to render the chart, so that the
+	// images it references with the site's values are carried too.
+	Namespace string         `yaml:"namespace" json:"namespace,omitempty"`
+	Values    map[string]any `yaml:"values" json:"values,omitempty"`
+	// KubeVersion is the Kubernetes version to render for (default v1.34.2).
+	KubeVersion string `yaml:"kubeVersion" json:"kubeVersion,omitempty"`
+	// SkipImages leaves out the images the chart references.
+	SkipImages bool `yaml:"skipImages" json:"skipImages,omitempty"`
+}
+
+// FileSpec is one file to carry.
+type FileSpec struct {
+	// Name is the file's path in the bundle, under files/.
+	Name string `yaml:"name" json:"name"`
+	// URL is an http(s) URL or a local path (relative to bundle.yaml).
+	URL string `yaml:"url" json:"url"`
+	// SHA256 is the file's required digest (64 hex digits).
+	SHA256 string `yaml:"sha256" json:"sha256"`
+}
+
+// ParseSpec strictly decodes bundle.yaml and validates it. Problems are
+// FILE:LINE:COL: field.path: message.
+func ParseSpec(file string, data []byte) (*Spec, config.Problems) {
+	var s Spec
+	pos, problems := config.Decode(file, data, &s)
+	failed := map[string]bool{}
+	for _, p := range problems {
+		failed[p.Path] = true
+	}
+	if _, parsed := pos[""]; parsed {
+		problems = append(problems, s.validate(file, pos, failed)...)
+	}
+	problems.Sort()
+	return &s, problems
+}
+
+// LoadSpec reads and parses a bundle.yaml.
+func LoadSpec(path string) (*Spec, config.Problems, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read bundle spec: %w", err)
+	}
+	s, p := ParseSpec(path, data)
+	return s, p, nil
+}
+
+var (
+	platformRE = regexp.MustCompile(`^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$`)
+	sha256RE   = regexp.MustCompile(`^[a-f0-9]{64}$`)
+	chartRE    = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$`)
+	fileNameRE = regexp.MustCompile(`^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$`)
+)
+
+func (s *Spec) validate(file string, pos config.Positions, failed map[string]bool) config.Problems {
+	var ps config.Problems
+	add := func(path, format string, args ...any) {
+		if failed[path] {
+			return
+		}
+		p := config.Problem{File: file, Path: path, Message: fmt.Sprintf(format, args...)}
+		if at, ok := pos.Lookup(path); ok {
+			p.Line, p.Col = at.Line, at.Col
+		}
+		ps = append(ps, p)
+	}
+	if s.APIVersion != APIVersion {
+		add("apiVersion", "must be %s (got %q)", APIVersion, s.APIVersion)
+	}
+	if s.Kind != Kind {
+		add("kind", "must be %s (got %q)", Kind, s.Kind)
+	}
+	checkPlatforms := func(path string, list []string) {
+		for i, p := range list {
+			if !platformRE.MatchString(p) {
+				add(fmt.Sprintf("%s[%d]", path, i), "%q is not a platform; write os/arch or os/arch/variant, like linux/amd64 or linux/arm64/v8", p)
+			}
+		}
+	}
+	checkPlatforms("platforms", s.Platforms)
+	seenImg := map[string]int{}
+	for i, im := range s.Images {
+		path := fmt.Sprintf("images[%d]", i)
+		if im.Ref == "" {
+			add(path+".ref", "required: the image reference, like registry.k8s.io/pause:3.10")
+			continue
+		}
+		r, err := ParseImageRef(im.Ref)
+		if err != nil {
+			add(path+".ref", "%v", err)
+			continue
+		}
+		if j, dup := seenImg[r.String()]; dup {
+			add(path+".ref", "%s is listed twice (also images[%d])", r, j)
+		}
+		seenImg[r.String()] = i
+		checkPlatforms(path+".platforms", im.Platforms)
+	}
+	seenChart := map[string]int{}
+	for i, c := range s.Charts {
+		path := fmt.Sprintf("charts[%d]", i)
+		n := 0
+		for _, v := range []string{c.Repo, c.OCI, c.Path} {
+			if v != "" {
+				n++
+			}
+		}
+		if n != 1 {
+			add(path, "give exactly one of repo (a chart repository URL), oci (oci://registry/path/name) or path (a local chart)")
+		}
+		if c.Name == "" && c.OCI == "" {
+			add(path+".name", "required: the chart's name")
+		} else if c.Name != "" && !chartRE.MatchString(c.Name) {
+			add(path+".name", "%q is not a chart name (lower-case letters, digits, '-', '_', '.')", c.Name)
+		}
+		if c.Repo != "" {
+			if u, err := url.Parse(c.Repo); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				add(path+".repo", "%q is not an http(s) chart repository URL", c.Repo)
+			}
+		}
+		if c.OCI != "" {
+			if !strings.HasPrefix(c.OCI, "oci://") {
+				add(path+".oci", "%q must start with oci://", c.OCI)
+			} else if _, err := ParseImageRef(strings.TrimPrefix(c.OCI, "oci://") + ":" + orDefault(c.Version, "0")); err != nil {
+				add(path+".oci", "%v", err)
+			}
+		}
+		if (c.Repo != "" || c.OCI != "") && c.Version == "" {
+			add(path+".version", "required for a chart from a repository: pin the exact version")
+		}
+		if c.KubeVersion != "" && !regexp.MustCompile(`^v?\d+\.\d+(\.\d+)?$`).MatchString(c.KubeVersion) {
+			add(path+".kubeVersion", "%q is not a Kubernetes version like v1.34.2", c.KubeVersion)
+		}
+		key := c.Name + "@" + c.Version
+		if j, dup := seenChart[key]; dup && c.Name != "" {
+			add(path+".name", "chart %s %s is listed twice (also charts[%d])", c.Name, c.Version, j)
+		}
+		seenChart[key] = i
+	}
+	seenFile := map[string]int{}
+	for i, f := range s.Files {
+		path := fmt.Sprintf("files[%d]", i)
+		switch {
+		case f.Name == "":
+			add(path+".name", "required: the file's name in the bundle, like vmlinuz or ipxe/undionly.kpxe")
+		case !fileNameRE.MatchString(f.Name) || strings.Contains("/"+f.Name+"/", "/../") || strings.Contains("/"+f.Name+"/", "/./"):
+			add(path+".name", "%q is not a clean relative name (letters, digits, '.', '_', '-', and '/' between parts)", f.Name)
+		default:
+			if j, dup := seenFile[f.Name]; dup {
+				add(path+".name", "%q is listed twice (also files[%d])", f.Name, j)
+			}
+			seenFile[f.Name] = i
+		}
+		if f.URL == "" {
+			add(path+".url", "required: an http(s) URL or a local path")
+		} else if u, err := url.Parse(f.URL); err == nil && u.Scheme != "" && u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "file" {
+			add(path+".url", "scheme %q is not supported: use http, https or a local path", u.Scheme)
+		}
+		if !sha256RE.MatchString(f.SHA256) {
+			add(path+".sha256", "required: the file's SHA-256 as 64 lower-case hex digits (sha256sum prints it)")
+		}
+	}
+	if len(s.Images)+len(s.Charts)+len(s.Files) == 0 {
+		add("", "the bundle is empty: list images, charts or files")
+	}
+	return ps
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}

@@ -1,0 +1,241 @@
+package bundle
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/hex"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Repositories lists the full names of the image repositories, sorted.
+func (b *Bundle) Repositories() []string { return b.repos }
+
+// Tags lists a repository's tags, sorted; nil if it is not in the bundle.
+func (b *Bundle) Tags(repository string) []string {
+	t, ok := b.tags[repository]
+	if !ok {
+		return nil
+	}
+	out := make([]string, 0, len(t))
+	for k := range t {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// ResolveTag returns the digest a repository's tag points at.
+func (b *Bundle) ResolveTag(repository, tag string) (string, bool) {
+	d, ok := b.tags[repository][tag]
+	return d, ok
+}
+
+// Content returns where the blob with digest lies: size bytes at off in
+// r, and its media type (set for manifests). The blob's digest is checked
+// the first time it is asked for; a blob that fails is refused from then
+// on. When the blob lies within one file, r is that *os.File, so a server
+// can send it with sendfile.
+func (b *Bundle) Content(digest string) (r io.ReaderAt, off, size int64, mediaType string, err error) {
+	e, ok := b.byDigest[digest]
+	if !ok {
+		return nil, 0, 0, "", fmt.Errorf("blob %s: %w", digest, fs.ErrNotExist)
+	}
+	c := b.checks[digest]
+	c.once.Do(func() { c.err = b.checkEntry(e, nil) })
+	if c.err != nil {
+		return nil, 0, 0, "", c.err
+	}
+	r, off = b.locate(e.Offset, e.Size)
+	return r, off, e.Size, e.MediaType, nil
+}
+
+// locate returns the file and offset holding [off, off+size) of the
+// bundle when one file holds it all, else the whole bundle.
+func (b *Bundle) locate(off, size int64) (io.ReaderAt, int64) {
+	abs := b.base + off
+	for _, p := range b.parts {
+		if abs >= p.start && abs+size <= p.start+p.size {
+			return p.f, abs - p.start
+		}
+	}
+	return b.ra, off
+}
+
+// Open returns a reader of the file at path in the bundle, after checking
+// its digest.
+func (b *Bundle) Open(path string) (*io.SectionReader, error) {
+	e, ok := b.byPath[path]
+	if !ok {
+		return nil, fmt.Errorf("open %s in bundle %s: %w", path, b.name, fs.ErrNotExist)
+	}
+	if err := b.checkEntry(e, nil); err != nil {
+		return nil, err
+	}
+	return io.NewSectionReader(b.ra, e.Offset, e.Size), nil
+}
+
+// ReadFile returns the bytes of the file at path after checking its digest.
+func (b *Bundle) ReadFile(path string) ([]byte, error) {
+	r, err := b.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	data := make([]byte, r.Size())
+	if _, err := r.ReadAt(data, 0); err != nil && err != io.EOF {
+		return nil, fmt.Errorf("read %s in bundle %s: %w", path, b.name, err)
+	}
+	return data, nil
+}
+
+func newHash(digest string) (hash.Hash, string) {
+	if strings.HasPrefix(digest, "sha512:") {
+		return sha512.New(), "sha512:"
+	}
+	return sha256.New(), "sha256:"
+}
+
+// checkEntry hashes an entry and compares it with its signed digest.
+func (b *Bundle) checkEntry(e *Entry, progress *atomic.Int64) error {
+	h, algo := newHash(e.Digest)
+	buf := make([]byte, 1<<20)
+	sr := io.NewSectionReader(b.ra, e.Offset, e.Size)
+	for {
+		n, err := sr.Read(buf)
+		h.Write(buf[:n])
+		if progress != nil {
+			progress.Add(int64(n))
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("%w: read %s: %v; copy the bundle again", ErrCorrupt, e.Path, err)
+		}
+	}
+	got := algo + hex.EncodeToString(h.Sum(nil))
+	if got != e.Digest {
+		return fmt.Errorf("%w: %s (%d bytes at offset %d) has digest %s, the signed metadata says %s: the bundle was damaged in transit or altered; copy it again (or rebuild it) and run airlock bundle verify",
+			ErrCorrupt, e.Path, e.Size, e.Offset, got, e.Digest)
+	}
+	return nil
+}
+
+// VerifyResult reports a full verification.
+type VerifyResult struct {
+	Entries  int
+	Bytes    int64
+	Duration time.Duration
+	KeyID    string
+	Trusted  bool
+}
+
+// Throughput is bytes per second.
+func (r VerifyResult) Throughput() float64 {
+	if r.Duration <= 0 {
+		return 0
+	}
+	return float64(r.Bytes) / r.Duration.Seconds()
+}
+
+// VerifyOptions tunes Verify.
+type VerifyOptions struct {
+	// Workers hash entries in parallel; 0 means 2.
+	Workers int
+	// Progress, when set, is called about every 200ms with bytes hashed so far
+	// and the total.
+	Progress func(done, total int64)
+}
+
+// Verify checks the digest of every entry (the signature and structure
+// were checked by Open). It returns every failure, joined.
+func (b *Bundle) Verify(ctx context.Context, opts VerifyOptions) (VerifyResult, error) {
+	start := time.Now()
+	workers := opts.Workers
+	if workers <= 0 {
+		workers = 2
+	}
+	entries := make([]*Entry, len(b.meta.Entries))
+	var total int64
+	for i := range b.meta.Entries {
+		entries[i] = &b.meta.Entries[i]
+		total += entries[i].Size
+	}
+	// Largest first, so that the workers finish together.
+	sort.SliceStable(entries, func(i, j int) bool { return entries[i].Size > entries[j].Size })
+	var (
+		done   atomic.Int64
+		mu     sync.Mutex
+		errs   []error
+		next   atomic.Int64
+		wg     sync.WaitGroup
+		stopPg = make(chan struct{})
+	)
+	if opts.Progress != nil {
+		go func() {
+			t := time.NewTicker(200 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-stopPg:
+					return
+				case <-t.C:
+					opts.Progress(done.Load(), total)
+				}
+			}
+		}()
+	}
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(entries) || ctx.Err() != nil {
+					return
+				}
+				if err := b.checkEntry(entries[i], &done); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(stopPg)
+	if opts.Progress != nil {
+		opts.Progress(done.Load(), total)
+	}
+	res := VerifyResult{Entries: len(entries), Bytes: done.Load(), Duration: time.Since(start), KeyID: b.meta.KeyID, Trusted: b.trusted}
+	if err := ctx.Err(); err != nil {
+		return res, fmt.Errorf("verify bundle %s: %w", b.name, err)
+	}
+	if len(errs) > 0 {
+		sort.Slice(errs, func(i, j int) bool { return errs[i].Error() < errs[j].Error() })
+		return res, fmt.Errorf("verify bundle %s: %d of %d entries failed:\n%w", b.name, len(errs), len(entries), joinLines(errs))
+	}
+	return res, nil
+}
+
+type lineErrors []error
+
+func (l lineErrors) Error() string {
+	var s []string
+	for _, e := range l {
+		s = append(s, "  "+e.Error())
+	}
+	return strings.Join(s, "\n")
+}
+
+func (l lineErrors) Unwrap() []error { return l }
+
+func joinLines(errs []error) error { return lineErrors(errs) }

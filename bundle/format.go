@@ -1,0 +1,202 @@
+// Package bundle reads and writes airlock bundles: everything a site needs
+// (container images, Helm charts, files such as kernels and OS images) in
+// one signed file that airlock serves from in place.
+//
+// # Format
+//
+// A bundle is an uncompressed POSIX tar archive followed by a 64-byte
+// trailer. The archive holds an OCI image layout (oci-layout, index.json,
+// blobs/sha256/...), charts under charts/, files under files/, and, last,
+// airlock/metadata.json and its ed25519 signature airlock/metadata.json.sig.
+// The metadata lists every entry of the archive with the offset of its
+// bytes, size, digest and media type, plus the images (reference, digest,
+// platforms), charts (and the images they reference) and files. The
+// trailer gives the offsets of the metadata and the signature, the size of
+// the bundle and, for a bundle split into parts, the part size.
+//
+// Because entries are stored uncompressed at known offsets, a blob is read
+// (and sent with sendfile) straight from the bundle file. `tar -x` of a
+// bundle gives a plain OCI image layout.
+//
+// A bundle may be appended to the airlock executable (a self-contained
+// executable): the trailer at the end of the file gives the bundle size,
+// so the bundle starts at file size minus bundle size. It may also be
+// split into numbered parts (site.bundle.001, .002, ...) that are read
+// back as one.
+//
+// # Trust
+//
+// Opening a bundle checks the trailer, the part sizes, the signature over
+// the metadata, that every archive header matches the metadata, and that
+// no path is duplicated, absolute or escapes with "..". Each blob's digest
+// is checked before it is first served (and remembered); Verify checks
+// every digest at once.
+package bundle
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// API version and kinds.
+const (
+	APIVersion   = "airlock.dev/v1alpha1"
+	KindMetadata = "BundleMetadata"
+)
+
+// Paths of the metadata and signature in the archive.
+const (
+	MetadataPath  = "airlock/metadata.json"
+	SignaturePath = "airlock/metadata.json.sig"
+)
+
+// Limits that bound what a reader allocates for untrusted input.
+const (
+	maxMetadataSize = 256 << 20
+	trailerSize     = 64
+)
+
+var trailerMagic = [8]byte{'A', 'L', 'B', 'U', 'N', 'D', 'L', 'E'}
+
+const formatVersion = 1
+
+// Errors a caller may test for with errors.Is.
+var (
+	// ErrNotBundle: no airlock trailer at the end of the file.
+	ErrNotBundle = errors.New("not an airlock bundle")
+	// ErrCorrupt: the bundle's structure or a digest does not match.
+	ErrCorrupt = errors.New("bundle is corrupt")
+	// ErrSignature: the signature does not verify or is by another key.
+	ErrSignature = errors.New("bundle signature is not valid")
+	// ErrMissingPart: a part of a split bundle is missing or has the wrong size.
+	ErrMissingPart = errors.New("bundle part missing")
+)
+
+// Metadata is the signed description of a bundle's contents.
+type Metadata struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	// Created is when the bundle was built (RFC 3339).
+	Created string `json:"created"`
+	// Name is the bundle's name from bundle.yaml.
+	Name string `json:"name,omitempty"`
+	// KeyID names the signing key: the first 16 hex digits of the SHA-256 of
+	// the public key.
+	KeyID string `json:"keyID"`
+	// PublicKey is the signing key (ed25519, 32 bytes), so that a bundle's
+	// integrity can be checked without the key file; trust still requires
+	// the key to be given.
+	PublicKey []byte `json:"publicKey"`
+	// Entries lists every archive entry except the metadata and signature.
+	Entries []Entry `json:"entries"`
+	Images  []Image `json:"images,omitempty"`
+	Charts  []Chart `json:"charts,omitempty"`
+	Files   []File  `json:"files,omitempty"`
+}
+
+// Entry is one file in the archive.
+type Entry struct {
+	Path string `json:"path"`
+	// Offset of the entry's bytes from the start of the bundle.
+	Offset int64  `json:"offset"`
+	Size   int64  `json:"size"`
+	Digest string `json:"digest"`
+	// MediaType is set for manifests and indexes.
+	MediaType string `json:"mediaType,omitempty"`
+}
+
+// Image is a container image (or index) in the bundle.
+type Image struct {
+	// Repository is the full upstream name: docker.io/library/nginx.
+	Repository string `json:"repository"`
+	Tag        string `json:"tag,omitempty"`
+	// Digest of the top manifest or index.
+	Digest    string   `json:"digest"`
+	MediaType string   `json:"mediaType"`
+	Platforms []string `json:"platforms,omitempty"`
+	// Size is the total of the manifests, configs and layers kept.
+	Size int64 `json:"size"`
+	// From says why the image is there: "bundle.yaml" or "chart NAME".
+	From []string `json:"from,omitempty"`
+}
+
+// Ref returns repository:tag, or repository@digest for an untagged image.
+func (i Image) Ref() string {
+	if i.Tag != "" {
+		return i.Repository + ":" + i.Tag
+	}
+	return i.Repository + "@" + i.Digest
+}
+
+// Chart is a packaged Helm chart in the bundle.
+type Chart struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	// Path of the chart archive (.tgz) in the bundle.
+	Path   string `json:"path"`
+	Digest string `json:"digest"`
+	Source string `json:"source"`
+	// Images lists every image the chart references when rendered with
+	// the values of bundle.yaml.
+	Images []string `json:"images,omitempty"`
+}
+
+// File is a file carried in the bundle (kernel, iPXE binary, OS image...).
+type File struct {
+	Name   string `json:"name"`
+	Path   string `json:"path"`
+	Size   int64  `json:"size"`
+	Digest string `json:"digest"`
+	Source string `json:"source,omitempty"`
+}
+
+// trailer is the fixed-size record at the end of a bundle.
+type trailer struct {
+	metaOff, metaSize int64
+	sigOff, sigSize   int64
+	total             int64 // bundle size including the trailer
+	partSize          int64 // 0 when the bundle is not split
+}
+
+func (t trailer) marshal() []byte {
+	b := make([]byte, trailerSize)
+	copy(b, trailerMagic[:])
+	binary.BigEndian.PutUint32(b[8:], formatVersion)
+	for i, v := range []int64{t.metaOff, t.metaSize, t.sigOff, t.sigSize, t.total, t.partSize} {
+		binary.BigEndian.PutUint64(b[16+8*i:], uint64(v))
+	}
+	return b
+}
+
+func parseTrailer(b []byte) (trailer, error) {
+	var t trailer
+	if len(b) != trailerSize || string(b[:8]) != string(trailerMagic[:]) {
+		return t, ErrNotBundle
+	}
+	if v := binary.BigEndian.Uint32(b[8:]); v != formatVersion {
+		return t, fmt.Errorf("%w: format version %d, this airlock reads version %d (use a matching airlock)", ErrNotBundle, v, formatVersion)
+	}
+	vals := make([]int64, 6)
+	for i := range vals {
+		u := binary.BigEndian.Uint64(b[16+8*i:])
+		if u > 1<<62 {
+			return t, fmt.Errorf("%w: trailer field %d out of range", ErrCorrupt, i)
+		}
+		vals[i] = int64(u)
+	}
+	t = trailer{vals[0], vals[1], vals[2], vals[3], vals[4], vals[5]}
+	switch {
+	case t.total < trailerSize+1024:
+		return t, fmt.Errorf("%w: trailer gives a bundle size of %d bytes", ErrCorrupt, t.total)
+	case t.metaSize <= 0 || t.metaSize > maxMetadataSize:
+		return t, fmt.Errorf("%w: trailer gives a metadata size of %d bytes", ErrCorrupt, t.metaSize)
+	case t.sigSize != 64:
+		return t, fmt.Errorf("%w: trailer gives a signature size of %d bytes (ed25519 signatures are 64)", ErrCorrupt, t.sigSize)
+	case t.metaOff < 0 || t.metaOff+t.metaSize > t.total-trailerSize || t.sigOff < 0 || t.sigOff+t.sigSize > t.total-trailerSize:
+		return t, fmt.Errorf("%w: trailer points outside the bundle", ErrCorrupt)
+	case t.partSize < 0:
+		return t, fmt.Errorf("%w: negative part size", ErrCorrupt)
+	}
+	return t, nil
+}

@@ -1,0 +1,111 @@
+package bundle
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+)
+
+// Inspection is what `airlock bundle inspect` shows.
+type Inspection struct {
+	Name     string   `json:"name"`
+	Path     string   `json:"path"`
+	Parts    []string `json:"parts,omitempty"`
+	Embedded bool     `json:"embedded"`
+	Size     int64    `json:"size"`
+	Created  string   `json:"created"`
+	KeyID    string   `json:"keyID"`
+	Trusted  bool     `json:"trusted"`
+	Entries  int      `json:"entries"`
+	Images   []Image  `json:"images"`
+	Charts   []Chart  `json:"charts"`
+	Files    []File   `json:"files"`
+}
+
+// Inspect describes the bundle's contents from its signed metadata.
+func (b *Bundle) Inspect() Inspection {
+	in := Inspection{
+		Name: b.meta.Name, Path: b.name, Embedded: b.Embedded(), Size: b.size,
+		Created: b.meta.Created, KeyID: b.meta.KeyID, Trusted: b.trusted,
+		Entries: len(b.meta.Entries), Images: b.meta.Images, Charts: b.meta.Charts, Files: b.meta.Files,
+	}
+	if len(b.parts) > 1 {
+		in.Parts = b.Parts()
+	}
+	if in.Images == nil {
+		in.Images = []Image{}
+	}
+	if in.Charts == nil {
+		in.Charts = []Chart{}
+	}
+	if in.Files == nil {
+		in.Files = []File{}
+	}
+	return in
+}
+
+// HumanSize renders a byte count with a binary unit.
+func HumanSize(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// WriteText renders the inspection for a terminal.
+func (in Inspection) WriteText(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	trust := "signature valid, key not given (use --key to trust it)"
+	if in.Trusted {
+		trust = "signature valid, trusted key"
+	}
+	where := in.Path
+	if in.Embedded {
+		where += " (self-contained executable)"
+	}
+	if len(in.Parts) > 0 {
+		where += fmt.Sprintf(" (%d parts)", len(in.Parts))
+	}
+	fmt.Fprintf(tw, "Bundle:\t%s\n", in.Name)
+	fmt.Fprintf(tw, "File:\t%s\n", where)
+	fmt.Fprintf(tw, "Size:\t%s (%d entries)\n", HumanSize(in.Size), in.Entries)
+	fmt.Fprintf(tw, "Created:\t%s\n", in.Created)
+	fmt.Fprintf(tw, "Key:\t%s (%s)\n", in.KeyID, trust)
+	fmt.Fprintf(tw, "\nIMAGES (%d)\tDIGEST\tSIZE\tPLATFORMS\tFROM\n", len(in.Images))
+	for _, im := range in.Images {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", im.Ref(), shortDigest(im.Digest), HumanSize(im.Size), strings.Join(im.Platforms, ","), strings.Join(im.From, ", "))
+	}
+	fmt.Fprintf(tw, "\nCHARTS (%d)\tVERSION\tIMAGES\n", len(in.Charts))
+	for _, c := range in.Charts {
+		imgs := append([]string(nil), c.Images...)
+		sort.Strings(imgs)
+		first := "-"
+		if len(imgs) > 0 {
+			first = imgs[0]
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", c.Name, c.Version, first)
+		for _, im := range imgs[min(1, len(imgs)):] {
+			fmt.Fprintf(tw, "\t\t%s\n", im)
+		}
+	}
+	fmt.Fprintf(tw, "\nFILES (%d)\tSIZE\tDIGEST\n", len(in.Files))
+	for _, f := range in.Files {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", f.Name, HumanSize(f.Size), shortDigest(f.Digest))
+	}
+	return tw.Flush()
+}
+
+func shortDigest(d string) string {
+	if i := strings.IndexByte(d, ':'); i >= 0 && len(d) > i+13 {
+		return d[:i+13]
+	}
+	return d
+}

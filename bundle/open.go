@@ -1,0 +1,466 @@
+package bundle
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+)
+
+// OpenOptions says what a bundle must satisfy to be opened.
+type OpenOptions struct {
+	// PublicKey, when set, is the key the bundle must be signed with.
+	// Without it the signature is still checked against the key recorded
+	// in the bundle (integrity), but the bundle is not Trusted.
+	PublicKey ed25519.PublicKey
+}
+
+// Bundle is an open, structurally checked bundle.
+type Bundle struct {
+	name    string // for messages
+	parts   []part
+	ra      io.ReaderAt // the bundle's bytes, from 0 to size
+	size    int64
+	base    int64 // offset of the bundle in the first file (an executable prefix)
+	trusted bool
+	meta    Metadata
+
+	byPath   map[string]*Entry
+	byDigest map[string]*Entry
+	checks   map[string]*check
+	repos    []string
+	tags     map[string]map[string]string // repository -> tag -> digest
+}
+
+type part struct {
+	name  string
+	f     *os.File
+	start int64 // bundle offset of the part's first byte
+	size  int64 // bytes of the bundle in this part
+	skip  int64 // bytes before the bundle in this file (executable)
+}
+
+type check struct {
+	once sync.Once
+	err  error
+}
+
+var partSuffix = regexp.MustCompile(`\.[0-9]{3}$`)
+
+// Open opens the bundle at name: a bundle file, a self-contained
+// executable, or the first part (or base name) of a split bundle.
+func Open(name string, opts OpenOptions) (*Bundle, error) {
+	files, err := openParts(name)
+	if err != nil {
+		return nil, err
+	}
+	b, err := openFiles(name, files, opts)
+	if err != nil {
+		for _, f := range files {
+			f.Close()
+		}
+		return nil, err
+	}
+	return b, nil
+}
+
+// OpenExecutable opens the bundle appended to the running executable. It
+// returns an error wrapping ErrNotBundle when there is none.
+func OpenExecutable(opts OpenOptions) (*Bundle, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find own executable: %w", err)
+	}
+	f, err := os.Open(exe)
+	if err != nil {
+		return nil, fmt.Errorf("open own executable: %w", err)
+	}
+	b, err := openFiles(exe, []*os.File{f}, opts)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+func openParts(name string) ([]*os.File, error) {
+	base := name
+	st, err := os.Stat(name)
+	switch {
+	case err == nil && st.Mode().IsRegular() && !partSuffix.MatchString(name):
+		f, err := os.Open(name)
+		if err != nil {
+			return nil, fmt.Errorf("open bundle: %w", err)
+		}
+		return []*os.File{f}, nil
+	case err == nil && st.Mode().IsRegular():
+		base = name[:len(name)-4]
+	case err == nil:
+		return nil, fmt.Errorf("open bundle %s: not a regular file", name)
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("open bundle: %w", err)
+	}
+	names, _ := filepath.Glob(globEscape(base) + ".[0-9][0-9][0-9]")
+	sort.Strings(names)
+	if len(names) == 0 {
+		return nil, fmt.Errorf("open bundle: %s: no such file, and no parts %s.001...", name, name)
+	}
+	for i, n := range names {
+		if want := fmt.Sprintf("%s.%03d", base, i+1); n != want {
+			return nil, fmt.Errorf("open bundle %s: %w: %s is missing (found %s); copy it next to the others", base, ErrMissingPart, want, filepath.Base(n))
+		}
+	}
+	var files []*os.File
+	for _, n := range names {
+		f, err := os.Open(n)
+		if err != nil {
+			for _, f := range files {
+				f.Close()
+			}
+			return nil, fmt.Errorf("open bundle part: %w", err)
+		}
+		files = append(files, f)
+	}
+	return files, nil
+}
+
+// globEscape quotes the glob metacharacters of a literal path.
+func globEscape(p string) string {
+	var b strings.Builder
+	for _, r := range p {
+		if strings.ContainsRune(`*?[\\`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+func openFiles(name string, files []*os.File, opts OpenOptions) (*Bundle, error) {
+	b := &Bundle{name: name}
+	var total int64
+	for _, f := range files {
+		st, err := f.Stat()
+		if err != nil {
+			return nil, fmt.Errorf("open bundle: %w", err)
+		}
+		b.parts = append(b.parts, part{name: f.Name(), f: f, start: total, size: st.Size()})
+		total += st.Size()
+	}
+	whole := &multiReader{parts: b.parts}
+	last := b.parts[len(b.parts)-1].name
+	if total < trailerSize {
+		return nil, fmt.Errorf("open bundle %s: %w: only %d bytes; the file is truncated (copy it again)", name, ErrNotBundle, total)
+	}
+	tb := make([]byte, trailerSize)
+	if _, err := whole.ReadAt(tb, total-trailerSize); err != nil {
+		return nil, fmt.Errorf("open bundle %s: read trailer: %w", name, err)
+	}
+	t, err := parseTrailer(tb)
+	if err != nil {
+		if errors.Is(err, ErrNotBundle) && !strings.Contains(err.Error(), "version") {
+			return nil, fmt.Errorf("open bundle %s: %w", name, notBundleReason(whole, total, len(files), last))
+		}
+		return nil, fmt.Errorf("open bundle %s: %w", name, err)
+	}
+	if len(files) > 1 || partSuffix.MatchString(files[0].Name()) {
+		if err := checkParts(b.parts, t, total); err != nil {
+			return nil, fmt.Errorf("open bundle %s: %w", name, err)
+		}
+	}
+	if t.total > total {
+		return nil, fmt.Errorf("open bundle %s: %w: the trailer says %d bytes but there are %d; the file is truncated or damaged (copy it again)", name, ErrCorrupt, t.total, total)
+	}
+	b.base = total - t.total
+	if b.base > 0 {
+		// A self-contained executable: the bundle starts after the program.
+		b.parts[0].skip = b.base
+	}
+	b.size = t.total
+	b.ra = io.NewSectionReader(whole, b.base, t.total)
+	if err := b.readMetadata(t, opts); err != nil {
+		return nil, fmt.Errorf("open bundle %s: %w", name, err)
+	}
+	if err := b.checkEntries(t); err != nil {
+		return nil, fmt.Errorf("open bundle %s: %w", name, err)
+	}
+	if err := b.walkArchive(t); err != nil {
+		return nil, fmt.Errorf("open bundle %s: %w", name, err)
+	}
+	b.index()
+	return b, nil
+}
+
+// notBundleReason explains a missing trailer: a truncated bundle (the file
+// starts like a bundle) or something else.
+func notBundleReason(r io.ReaderAt, total int64, nparts int, last string) error {
+	hdr := make([]byte, 512)
+	if _, err := r.ReadAt(hdr, 0); err == nil {
+		if h, err := tar.NewReader(bytes.NewReader(hdr)).Next(); err == nil && h.Name == "oci-layout" {
+			if nparts > 1 {
+				return fmt.Errorf("%w: no trailer at the end of %s: the last part is missing or truncated (copy every part again)", ErrMissingPart, last)
+			}
+			return fmt.Errorf("%w: no trailer at the end: the bundle is truncated (%d bytes); copy it again and run airlock bundle verify", ErrCorrupt, total)
+		}
+	}
+	return fmt.Errorf("%w: no airlock trailer at the end of %s (is it a bundle? a bundle's last 64 bytes start with ALBUNDLE)", ErrNotBundle, last)
+}
+
+func checkParts(parts []part, t trailer, total int64) error {
+	if t.partSize <= 0 {
+		return fmt.Errorf("%w: %d parts found but the bundle was not split; remove the extra files", ErrCorrupt, len(parts))
+	}
+	want := int((t.total + t.partSize - 1) / t.partSize)
+	base := strings.TrimSuffix(parts[0].name, ".001")
+	for i := 0; i < want; i++ {
+		size := t.partSize
+		if i == want-1 {
+			size = t.total - int64(want-1)*t.partSize
+		}
+		pn := fmt.Sprintf("%s.%03d", base, i+1)
+		if i >= len(parts) {
+			return fmt.Errorf("%w: %s (part %d of %d, %d bytes) is missing; copy it next to the others", ErrMissingPart, pn, i+1, want, size)
+		}
+		if parts[i].size != size {
+			return fmt.Errorf("%w: %s has %d bytes, want %d (part %d of %d); copy it again", ErrMissingPart, pn, parts[i].size, size, i+1, want)
+		}
+	}
+	if len(parts) > want {
+		return fmt.Errorf("%w: %d parts found, the bundle has %d; remove %s", ErrCorrupt, len(parts), want, parts[want].name)
+	}
+	_ = total
+	return nil
+}
+
+func (b *Bundle) readMetadata(t trailer, opts OpenOptions) error {
+	raw := make([]byte, t.metaSize)
+	if _, err := b.ra.ReadAt(raw, t.metaOff); err != nil {
+		return fmt.Errorf("read metadata: %w", err)
+	}
+	sig := make([]byte, t.sigSize)
+	if _, err := b.ra.ReadAt(sig, t.sigOff); err != nil {
+		return fmt.Errorf("read signature: %w", err)
+	}
+	// The key is read from the metadata before the signature is checked
+	// with it; nothing else of the metadata is used until then.
+	var keyOnly struct {
+		KeyID     string `json:"keyID"`
+		PublicKey []byte `json:"publicKey"`
+	}
+	if err := json.Unmarshal(raw, &keyOnly); err != nil || len(keyOnly.PublicKey) != ed25519.PublicKeySize {
+		return fmt.Errorf("%w: %s (%d bytes at offset %d, as the trailer says) is damaged: no signing key in it; copy the bundle again or rebuild it", ErrCorrupt, MetadataPath, t.metaSize, t.metaOff)
+	}
+	pub := ed25519.PublicKey(keyOnly.PublicKey)
+	if opts.PublicKey != nil && !pub.Equal(opts.PublicKey) {
+		return fmt.Errorf("%w: signed by key %s, not by the given key %s; use the public key of the key that signed it, or rebuild the bundle with yours", ErrSignature, KeyID(pub), KeyID(opts.PublicKey))
+	}
+	if !ed25519.Verify(pub, raw, sig) {
+		return fmt.Errorf("%w: %s does not match its signature %s (key %s): one of them was altered or damaged; copy the bundle again or rebuild it", ErrSignature, MetadataPath, SignaturePath, KeyID(pub))
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&b.meta); err != nil {
+		return fmt.Errorf("%w: decode %s: %v (built by a newer airlock?)", ErrCorrupt, MetadataPath, err)
+	}
+	if b.meta.APIVersion != APIVersion || b.meta.Kind != KindMetadata {
+		return fmt.Errorf("%w: metadata is %s %s, want %s %s", ErrCorrupt, b.meta.APIVersion, b.meta.Kind, APIVersion, KindMetadata)
+	}
+	if b.meta.KeyID != KeyID(pub) {
+		return fmt.Errorf("%w: metadata key ID %s does not match its key %s", ErrCorrupt, b.meta.KeyID, KeyID(pub))
+	}
+	b.trusted = opts.PublicKey != nil
+	return nil
+}
+
+var digestRE = regexp.MustCompile(`^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$`)
+
+// checkPath refuses paths that are absolute, unclean or escape the archive.
+func checkPath(p string) error {
+	switch {
+	case p == "" || strings.HasPrefix(p, "/"):
+		return fmt.Errorf("%w: path %q is not relative; refusing it (rebuild the bundle with airlock bundle build)", ErrCorrupt, p)
+	case p == ".." || strings.HasPrefix(p, "../") || strings.Contains(p, "/../") || strings.HasSuffix(p, "/.."):
+		return fmt.Errorf("%w: path %q escapes the bundle with ..; refusing it (rebuild the bundle with airlock bundle build)", ErrCorrupt, p)
+	case path.Clean(p) != p || strings.ContainsAny(p, "\\\x00"):
+		return fmt.Errorf("%w: path %q is not clean", ErrCorrupt, p)
+	}
+	return nil
+}
+
+// checkEntries checks the metadata's entries: clean unique paths, valid
+// digests, sorted non-overlapping ranges inside the archive.
+func (b *Bundle) checkEntries(t trailer) error {
+	seen := map[string]bool{MetadataPath: true, SignaturePath: true}
+	var end int64
+	for i, e := range b.meta.Entries {
+		if err := checkPath(e.Path); err != nil {
+			return fmt.Errorf("entry %d: %w", i, err)
+		}
+		if seen[e.Path] {
+			return fmt.Errorf("%w: path %q appears twice; the bundle was tampered with or built by a broken tool: rebuild it", ErrCorrupt, e.Path)
+		}
+		seen[e.Path] = true
+		if !digestRE.MatchString(e.Digest) {
+			return fmt.Errorf("%w: entry %s: invalid digest %q", ErrCorrupt, e.Path, e.Digest)
+		}
+		if e.Size < 0 || e.Offset < end+512 || e.Offset%512 != 0 || e.Offset+e.Size > t.metaOff {
+			return fmt.Errorf("%w: entry %s: bytes [%d, %d) are out of order or outside the archive", ErrCorrupt, e.Path, e.Offset, e.Offset+e.Size)
+		}
+		end = e.Offset + e.Size
+	}
+	if t.sigOff < t.metaOff+t.metaSize {
+		return fmt.Errorf("%w: signature overlaps the metadata", ErrCorrupt)
+	}
+	return nil
+}
+
+// walkArchive reads every tar header and checks it against the metadata,
+// so that an extracted bundle holds exactly what was signed.
+func (b *Bundle) walkArchive(t trailer) error {
+	want := map[string]Entry{}
+	for _, e := range b.meta.Entries {
+		want[e.Path] = e
+	}
+	want[MetadataPath] = Entry{Path: MetadataPath, Offset: t.metaOff, Size: t.metaSize}
+	want[SignaturePath] = Entry{Path: SignaturePath, Offset: t.sigOff, Size: t.sigSize}
+	sr := io.NewSectionReader(b.ra, 0, b.size-trailerSize)
+	tr := tar.NewReader(sr)
+	seen := 0
+	done := map[string]bool{}
+	last := "the start"
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			pos, _ := sr.Seek(0, io.SeekCurrent)
+			return fmt.Errorf("%w: archive header %d (after %q, near offset %d) is damaged: %v; copy the bundle again or rebuild it", ErrCorrupt, seen+1, last, pos, err)
+		}
+		if err := checkPath(h.Name); err != nil {
+			return fmt.Errorf("archive entry %d: %w", seen+1, err)
+		}
+		pos, _ := sr.Seek(0, io.SeekCurrent)
+		e, ok := want[h.Name]
+		switch {
+		case !ok && done[h.Name]:
+			return fmt.Errorf("%w: archive path %q appears twice; the bundle was tampered with: rebuild it", ErrCorrupt, h.Name)
+		case !ok:
+			return fmt.Errorf("%w: archive entry %q is not in the signed metadata; the bundle was tampered with: rebuild it", ErrCorrupt, h.Name)
+		case h.Typeflag != tar.TypeReg:
+			return fmt.Errorf("%w: archive entry %q is not a regular file", ErrCorrupt, h.Name)
+		case pos != e.Offset || h.Size != e.Size:
+			return fmt.Errorf("%w: archive entry %q at %d (%d bytes), the metadata says %d (%d bytes)", ErrCorrupt, h.Name, pos, h.Size, e.Offset, e.Size)
+		}
+		done[h.Name] = true
+		last = h.Name
+		delete(want, h.Name)
+		seen++
+	}
+	if len(want) > 0 {
+		var missing []string
+		for p := range want {
+			missing = append(missing, p)
+		}
+		sort.Strings(missing)
+		return fmt.Errorf("%w: %d signed entries missing from the archive, first %s", ErrCorrupt, len(missing), missing[0])
+	}
+	return nil
+}
+
+func (b *Bundle) index() {
+	b.byPath = map[string]*Entry{}
+	b.byDigest = map[string]*Entry{}
+	b.checks = map[string]*check{}
+	for i := range b.meta.Entries {
+		e := &b.meta.Entries[i]
+		b.byPath[e.Path] = e
+		if strings.HasPrefix(e.Path, "blobs/") {
+			if _, ok := b.byDigest[e.Digest]; !ok {
+				b.byDigest[e.Digest] = e
+				b.checks[e.Digest] = &check{}
+			}
+		}
+	}
+	b.tags = map[string]map[string]string{}
+	for _, im := range b.meta.Images {
+		if b.tags[im.Repository] == nil {
+			b.tags[im.Repository] = map[string]string{}
+			b.repos = append(b.repos, im.Repository)
+		}
+		if im.Tag != "" {
+			b.tags[im.Repository][im.Tag] = im.Digest
+		}
+	}
+	sort.Strings(b.repos)
+}
+
+// Close closes the bundle's files.
+func (b *Bundle) Close() error {
+	var err error
+	for _, p := range b.parts {
+		err = errors.Join(err, p.f.Close())
+	}
+	return err
+}
+
+// Metadata returns the bundle's signed metadata.
+func (b *Bundle) Metadata() Metadata { return b.meta }
+
+// Trusted reports whether the signature was checked against a given key.
+func (b *Bundle) Trusted() bool { return b.trusted }
+
+// Size is the bundle's size in bytes.
+func (b *Bundle) Size() int64 { return b.size }
+
+// Name is the path the bundle was opened from.
+func (b *Bundle) Name() string { return b.name }
+
+// Embedded reports whether the bundle is appended to an executable.
+func (b *Bundle) Embedded() bool { return b.base > 0 }
+
+// Parts lists the files the bundle is read from.
+func (b *Bundle) Parts() []string {
+	var n []string
+	for _, p := range b.parts {
+		n = append(n, p.name)
+	}
+	return n
+}
+
+// multiReader reads a sequence of files as one.
+type multiReader struct{ parts []part }
+
+func (m *multiReader) ReadAt(p []byte, off int64) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		i := sort.Search(len(m.parts), func(i int) bool { return m.parts[i].start+m.parts[i].size > off })
+		if i == len(m.parts) {
+			return n, io.EOF
+		}
+		pt := m.parts[i]
+		chunk := p
+		if rem := pt.start + pt.size - off; int64(len(chunk)) > rem {
+			chunk = chunk[:rem]
+		}
+		k, err := pt.f.ReadAt(chunk, off-pt.start)
+		n += k
+		off += int64(k)
+		p = p[k:]
+		if err != nil && !(err == io.EOF && k == len(chunk)) {
+			return n, err
+		}
+	}
+	return n, nil
+}

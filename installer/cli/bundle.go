@@ -1,0 +1,307 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"airlock.dev/airlock/bundle"
+	"airlock.dev/airlock/bundle/build"
+	"airlock.dev/airlock/installer/config"
+)
+
+// newBundleCommand builds `airlock bundle build|verify|inspect|check|keygen`.
+func newBundleCommand(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "bundle",
+		Short: "Build, sign, verify and inspect offline bundles",
+		Long: `A bundle carries everything a site needs (images, Helm charts, files) in one
+signed file, or appended to the airlock executable itself (--embed).
+
+  airlock bundle keygen --out site            site.key (keep it) and site.pub
+  airlock bundle check -f bundle.yaml         check bundle.yaml, print every problem
+  airlock bundle build -f bundle.yaml -o site.bundle --key site.key
+  airlock bundle verify --key site.pub site.bundle
+  airlock bundle inspect site.bundle`,
+	}
+	cmd.AddCommand(
+		newBundleKeygenCommand(g),
+		newBundleCheckCommand(g),
+		newBundleBuildCommand(g),
+		newBundleVerifyCommand(g),
+		newBundleInspectCommand(g),
+	)
+	return cmd
+}
+
+func newBundleKeygenCommand(g *globals) *cobra.Command {
+	var out string
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "keygen",
+		Short: "Make an ed25519 key pair for signing bundles",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			id, err := bundle.Keygen(bundle.KeygenOptions{PrivatePath: out + ".key", PublicPath: out + ".pub", Force: force})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.streams.Out, "key %s: private key %s.key (keep it on the connected side), public key %s.pub (give it to the site)\n", id, out, out)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&out, "out", "airlock-bundle", "write OUT.key and OUT.pub")
+	cmd.Flags().BoolVar(&force, "force", false, "overwrite existing key files")
+	return cmd
+}
+
+// loadBundleSpec reads and checks bundle.yaml, printing its problems.
+func loadBundleSpec(w io.Writer, file string) (*build.Spec, error) {
+	spec, problems, err := build.LoadSpec(file)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range problems {
+		fmt.Fprintln(w, p)
+	}
+	if errs := problems.Errors(); len(errs) > 0 {
+		fmt.Fprintf(w, "%s: %s; fix them and run airlock bundle check -f %s\n", file, countProblems(problems), file)
+		return nil, &exitError{code: 1}
+	}
+	return spec, nil
+}
+
+func newBundleCheckCommand(g *globals) *cobra.Command {
+	var file string
+	cmd := &cobra.Command{
+		Use:   "check -f bundle.yaml",
+		Short: "Check a bundle.yaml and print every problem as FILE:LINE:COL: path: message",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			spec, err := loadBundleSpec(g.streams.Out, file)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.streams.Out, "%s: valid: %d images, %d charts, %d files\n", file, len(spec.Images), len(spec.Charts), len(spec.Files))
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&file, "file", "f", "bundle.yaml", "bundle spec (YAML)")
+	_ = cmd.MarkFlagFilename("file", "yaml", "yml")
+	return cmd
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+func newBundleBuildCommand(g *globals) *cobra.Command {
+	var (
+		file, out, keyPath, cache, split, binary string
+		embed                                    bool
+		concurrency                              int
+	)
+	cmd := &cobra.Command{
+		Use:   "build -f bundle.yaml -o site.bundle --key site.key",
+		Short: "Gather images, charts and files into a signed bundle (run on the connected side)",
+		Long: `Build pulls every image (multi-arch indexes kept, blobs de-duplicated), every
+chart (and every image the chart references when rendered with the values in
+bundle.yaml) and every file (checked against its sha256), and writes a signed
+bundle. Downloads are kept in the cache directory, so running build again
+after an interruption, or after editing bundle.yaml, fetches only what is new.
+
+--split 4G writes site.bundle.001, .002, ... for removable media; airlock reads
+them back as one. --embed writes a self-contained executable: this airlock
+binary with the bundle appended.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			spec, err := loadBundleSpec(g.streams.Err, file)
+			if err != nil {
+				return err
+			}
+			key, err := bundle.ReadPrivateKey(keyPath)
+			if err != nil {
+				return err
+			}
+			opts := build.Options{
+				Spec: spec, SpecDir: filepath.Dir(file), Output: out, Key: key, CacheDir: cache,
+				Progress: g.streams.Err, ProgressTTY: isTerminal(g.streams.Err), Concurrency: concurrency, Log: g.log,
+			}
+			if split != "" {
+				q, err := config.ParseQuantity(split)
+				if err != nil {
+					return fmt.Errorf("--split: %w", err)
+				}
+				opts.PartSize = int64(q)
+			}
+			if embed {
+				if opts.PartSize > 0 {
+					return errors.New("--embed and --split cannot be combined: a self-contained executable is one file")
+				}
+				if binary == "" {
+					if binary, err = os.Executable(); err != nil {
+						return fmt.Errorf("--embed: find this executable: %w", err)
+					}
+				}
+				opts.Embed = binary
+			}
+			res, err := build.Build(cmd.Context(), opts)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.streams.Out, "%s\n", strings.Join(res.Paths, "\n"))
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&file, "file", "f", "bundle.yaml", "bundle spec (YAML)")
+	f.StringVarP(&out, "out", "o", "site.bundle", "bundle (or self-contained executable) to write")
+	f.StringVar(&keyPath, "key", "", "private signing key (from airlock bundle keygen)")
+	f.StringVar(&cache, "cache", "", "download cache, reused by later builds (default OUT.cache)")
+	f.StringVar(&split, "split", "", "split into parts of this size, like 4G or 700Mi")
+	f.BoolVar(&embed, "embed", false, "write a self-contained executable: airlock with the bundle appended")
+	f.StringVar(&binary, "airlock-binary", "", "with --embed, the airlock executable to use (default: this one)")
+	f.IntVar(&concurrency, "concurrency", 4, "parallel downloads")
+	_ = cmd.MarkFlagRequired("key")
+	_ = cmd.MarkFlagFilename("file", "yaml", "yml")
+	return cmd
+}
+
+// openBundle opens the named bundle, or this executable's own bundle
+// when name is empty.
+func openBundle(name, keyPath string) (*bundle.Bundle, error) {
+	var opts bundle.OpenOptions
+	if keyPath != "" {
+		pub, err := bundle.ReadPublicKey(keyPath)
+		if err != nil {
+			return nil, err
+		}
+		opts.PublicKey = pub
+	}
+	if name == "" {
+		b, err := bundle.OpenExecutable(opts)
+		if errors.Is(err, bundle.ErrNotBundle) {
+			return nil, fmt.Errorf("no bundle given, and this airlock executable carries none: name a bundle file (%w)", err)
+		}
+		return b, err
+	}
+	return bundle.Open(name, opts)
+}
+
+type verifyReport struct {
+	Bundle        string  `json:"bundle"`
+	KeyID         string  `json:"keyID"`
+	Trusted       bool    `json:"trusted"`
+	Entries       int     `json:"entries"`
+	Bytes         int64   `json:"bytes"`
+	Seconds       float64 `json:"seconds"`
+	BytesPerSec   float64 `json:"bytesPerSecond"`
+	Verified      bool    `json:"verified"`
+	Error         string  `json:"error,omitempty"`
+	SelfContained bool    `json:"selfContained"`
+}
+
+func newBundleVerifyCommand(g *globals) *cobra.Command {
+	var keyPath string
+	var workers int
+	var output *string
+	cmd := &cobra.Command{
+		Use:   "verify [--key site.pub] [BUNDLE]",
+		Short: "Check a bundle's signature and every digest, and print the throughput",
+		Long: `Verify checks the signature over the bundle's metadata (against --key when
+given), the archive structure, and the digest of every blob and file. With no
+BUNDLE it verifies the bundle appended to this executable.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(*output); err != nil {
+				return err
+			}
+			name := ""
+			if len(args) == 1 {
+				name = args[0]
+			}
+			start := time.Now()
+			b, err := openBundle(name, keyPath)
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			tty := *output == "text" && isTerminal(g.streams.Err)
+			opts := bundle.VerifyOptions{Workers: workers}
+			if tty {
+				opts.Progress = func(done, total int64) {
+					fmt.Fprintf(g.streams.Err, "\r\033[Kverifying: %s of %s", bundle.HumanSize(done), bundle.HumanSize(total))
+				}
+			}
+			res, verr := b.Verify(cmd.Context(), opts)
+			if tty {
+				fmt.Fprint(g.streams.Err, "\r\033[K")
+			}
+			d := time.Since(start)
+			rep := verifyReport{
+				Bundle: b.Name(), KeyID: res.KeyID, Trusted: res.Trusted, Entries: res.Entries, Bytes: res.Bytes,
+				Seconds: d.Seconds(), BytesPerSec: float64(res.Bytes) / d.Seconds(), Verified: verr == nil, SelfContained: b.Embedded(),
+			}
+			if verr != nil {
+				rep.Error = verr.Error()
+			}
+			err = render(g.streams.Out, *output, rep, func(w io.Writer) error {
+				if verr != nil {
+					return nil
+				}
+				trust := "trusted key"
+				if !res.Trusted {
+					trust = "key not given, integrity only (use --key site.pub to trust it)"
+				}
+				fmt.Fprintf(w, "%s: OK: signature by key %s (%s); %d entries, %s checked in %s (%s/s)\n",
+					b.Name(), res.KeyID, trust, res.Entries, bundle.HumanSize(res.Bytes), d.Round(time.Millisecond), bundle.HumanSize(int64(rep.BytesPerSec)))
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			return verr
+		},
+	}
+	cmd.Flags().StringVar(&keyPath, "key", "", "public key the bundle must be signed with")
+	cmd.Flags().IntVar(&workers, "workers", 2, "entries hashed in parallel")
+	output = outputFlag(cmd)
+	return cmd
+}
+
+func newBundleInspectCommand(g *globals) *cobra.Command {
+	var keyPath string
+	var output *string
+	cmd := &cobra.Command{
+		Use:   "inspect [--key site.pub] [BUNDLE]",
+		Short: "Show a bundle's images, charts (and the images they reference) and files",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(*output); err != nil {
+				return err
+			}
+			name := ""
+			if len(args) == 1 {
+				name = args[0]
+			}
+			b, err := openBundle(name, keyPath)
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			in := b.Inspect()
+			return render(g.streams.Out, *output, in, in.WriteText)
+		},
+	}
+	cmd.Flags().StringVar(&keyPath, "key", "", "public key the bundle must be signed with")
+	output = outputFlag(cmd)
+	return cmd
+}

@@ -1,0 +1,98 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// runBundle runs `airlock bundle ARGS` and returns stdout, stderr and the error.
+func runBundle(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	g := &globals{streams: Streams{In: strings.NewReader(""), Out: &out, Err: &errOut}}
+	cmd := newBundleCommand(g)
+	cmd.SetArgs(args)
+	cmd.SetOut(&out)
+	cmd.SetErr(&errOut)
+	cmd.SilenceUsage, cmd.SilenceErrors = true, true
+	err := cmd.ExecuteContext(context.Background())
+	return out.String(), errOut.String(), err
+}
+
+func TestBundleCommands(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "site")
+	if out, _, err := runBundle(t, "keygen", "--out", key); err != nil || !strings.Contains(out, "site.pub") {
+		t.Fatalf("keygen: %s %v", out, err)
+	}
+	if _, _, err := runBundle(t, "keygen", "--out", key); err == nil || !strings.Contains(err.Error(), "--force") {
+		t.Fatalf("keygen over an existing key: %v", err)
+	}
+	kernel := []byte("a kernel")
+	os.WriteFile(filepath.Join(dir, "vmlinuz"), kernel, 0o644)
+	sum := sha256.Sum256(kernel)
+	chartDir := filepath.Join(dir, "mychart")
+	os.MkdirAll(filepath.Join(chartDir, "templates"), 0o755)
+	os.WriteFile(filepath.Join(chartDir, "Chart.yaml"), []byte("apiVersion: v2\nname: mychart\nversion: 0.1.0\n"), 0o644)
+	os.WriteFile(filepath.Join(chartDir, "templates", "cm.yaml"), []byte("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n"), 0o644)
+	spec := "apiVersion: airlock.dev/v1alpha1\nkind: Bundle\nmetadata: {name: cli}\ncharts:\n  - name: mychart\n    path: mychart\nfiles:\n  - name: vmlinuz\n    url: vmlinuz\n    sha256: " + hex.EncodeToString(sum[:]) + "\n"
+	specPath := filepath.Join(dir, "bundle.yaml")
+	os.WriteFile(specPath, []byte(spec), 0o644)
+
+	// check: a broken spec lists every problem with its position.
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("apiVersion: airlock.dev/v1alpha1\nkind: Bundle\nimagez: []\nfiles:\n  - name: ../x\n    url: x\n    sha256: nope\n"), 0o644)
+	out, _, err := runBundle(t, "check", "-f", bad)
+	if err == nil || !strings.Contains(out, "bad.yaml:3:1: imagez:") || !strings.Contains(out, "files[0].sha256") || !strings.Contains(out, "files[0].name") {
+		t.Fatalf("check of a broken spec: %v\n%s", err, out)
+	}
+	if out, _, err := runBundle(t, "check", "-f", specPath); err != nil || !strings.Contains(out, "valid") {
+		t.Fatalf("check: %v %s", err, out)
+	}
+
+	bpath := filepath.Join(dir, "site.bundle")
+	if _, errOut, err := runBundle(t, "build", "-f", specPath, "-o", bpath, "--key", key+".key"); err != nil {
+		t.Fatalf("build: %v\n%s", err, errOut)
+	}
+	out, _, err = runBundle(t, "verify", "--key", key+".pub", bpath)
+	if err != nil || !strings.Contains(out, "OK: signature by key") || !strings.Contains(out, "/s)") {
+		t.Fatalf("verify: %v %s", err, out)
+	}
+	out, _, err = runBundle(t, "verify", "-o", "json", bpath)
+	var rep verifyReport
+	if err != nil || json.Unmarshal([]byte(out), &rep) != nil || !rep.Verified || rep.Trusted {
+		t.Fatalf("verify -o json: %v %s", err, out)
+	}
+	out, _, err = runBundle(t, "inspect", bpath)
+	if err != nil || !strings.Contains(out, "mychart") || !strings.Contains(out, "vmlinuz") {
+		t.Fatalf("inspect: %v %s", err, out)
+	}
+	// A wrong key is refused.
+	other := filepath.Join(dir, "other")
+	runBundle(t, "keygen", "--out", other)
+	if _, _, err := runBundle(t, "verify", "--key", other+".pub", bpath); err == nil || !strings.Contains(err.Error(), "not by the given key") {
+		t.Fatalf("verify with another key: %v", err)
+	}
+	// Split and embedded forms.
+	if _, errOut, err := runBundle(t, "build", "-f", specPath, "-o", filepath.Join(dir, "split.bundle"), "--key", key+".key", "--split", "1Mi"); err != nil {
+		t.Fatalf("build --split: %v\n%s", err, errOut)
+	}
+	if _, _, err := runBundle(t, "verify", "--key", key+".pub", filepath.Join(dir, "split.bundle")); err != nil {
+		t.Fatalf("verify split: %v", err)
+	}
+	exe := filepath.Join(dir, "airlock-site")
+	if _, errOut, err := runBundle(t, "build", "-f", specPath, "-o", exe, "--key", key+".key", "--embed", "--airlock-binary", "/bin/true"); err != nil {
+		t.Fatalf("build --embed: %v\n%s", err, errOut)
+	}
+	out, _, err = runBundle(t, "verify", "-o", "json", "--key", key+".pub", exe)
+	if err != nil || !strings.Contains(out, `"selfContained": true`) {
+		t.Fatalf("verify embedded: %v %s", err, out)
+	}
+}
