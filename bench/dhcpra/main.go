@@ -1,10 +1,11 @@
-// Command dhcpra measures what airlock's no-op IPv6 router advertisement
-// (dhcp.Config.RouterAdvert) saves when Debian's undionly.kpxe boots: a
+// Command dhcpra measures what airlock's "no IPv6 router here"
+// advertisement (services/ra) saves when Debian's iPXE boots: a
 // QEMU BIOS machine (TCG) with QEMU's iPXE ROM network-boots from airlock's
 // DHCP and TFTP in a namespace; its first script chains undionly.kpxe over
 // TFTP, and the time from that first script fetch to the second (made by
 // undionly.kpxe's iPXE after its own DHCP and IPv6 autoconfiguration) is
-// measured with the advertisement off and on.
+// measured with the advertisement (one a second, as serve sends them) off
+// and on.
 //
 //	go run ./bench/dhcpra          (root; apt-get install qemu-system-x86 ipxe-qemu ipxe)
 package main
@@ -27,6 +28,7 @@ import (
 
 	"airlock.dev/airlock/e2e/netns"
 	"airlock.dev/airlock/services/dhcp"
+	"airlock.dev/airlock/services/ra"
 	"airlock.dev/airlock/services/tftp"
 )
 
@@ -43,15 +45,15 @@ func main() {
 	res := map[bool][]time.Duration{}
 	rom := map[bool][]time.Duration{}
 	for i := range *runs {
-		for _, ra := range []bool{false, true} {
-			first, d, err := boot(qemu, ra, i)
+		for _, on := range []bool{false, true} {
+			first, d, err := boot(qemu, on, i)
 			if err != nil {
-				log.Fatalf("router advertisement %v: %v", ra, err)
+				log.Fatalf("router advertisement %v: %v", on, err)
 			}
 			fmt.Printf("run %d, router advertisement %-5v: QEMU start to the ROM's script %5.1f s; undionly.kpxe to its script %5.1f s\n",
-				i+1, ra, first.Seconds(), d.Seconds())
-			res[ra] = append(res[ra], d)
-			rom[ra] = append(rom[ra], first)
+				i+1, on, first.Seconds(), d.Seconds())
+			res[on] = append(res[on], d)
+			rom[on] = append(rom[on], first)
 		}
 	}
 	off, on := median(res[false]), median(res[true])
@@ -66,7 +68,7 @@ func median(d []time.Duration) time.Duration {
 	return d[len(d)/2]
 }
 
-func boot(qemu string, ra bool, run int) (rom, chained time.Duration, err error) {
+func boot(qemu string, withRA bool, run int) (rom, chained time.Duration, err error) {
 	ns, err := netns.Add(netns.UniqueName("albra"))
 	if err != nil {
 		return 0, 0, err
@@ -83,10 +85,16 @@ func boot(qemu string, ra bool, run int) (rom, chained time.Duration, err error)
 	var socks *dhcp.Sockets
 	var tconn net.PacketConn
 	var hln net.Listener
+	var adv *ra.Advertiser
 	if err := ns.Do(func() error {
 		var err error
 		if socks, err = dhcp.Listen("br0", false); err != nil {
 			return err
+		}
+		if withRA {
+			if adv, err = ra.Open("br0"); err != nil {
+				return err
+			}
 		}
 		if tconn, err = net.ListenPacket("udp4", "10.79.0.1:69"); err != nil {
 			return err
@@ -96,9 +104,6 @@ func boot(qemu string, ra bool, run int) (rom, chained time.Duration, err error)
 	}); err != nil {
 		return 0, 0, err
 	}
-	if ra && socks.RA == nil {
-		return 0, 0, fmt.Errorf("no router advertisement socket: %v", socks.RAErr)
-	}
 	cfg := dhcp.Defaults()
 	cfg.Interface = "br0"
 	cfg.Mode = dhcp.ModeFull
@@ -106,7 +111,6 @@ func boot(qemu string, ra bool, run int) (rom, chained time.Duration, err error)
 	cfg.Subnet = dhcp.Subnet{Prefix: netip.MustParsePrefix("10.79.0.0/24"),
 		RangeStart: netip.MustParseAddr("10.79.0.100"), RangeEnd: netip.MustParseAddr("10.79.0.200")}
 	cfg.ForeignProbe = 0
-	cfg.RouterAdvert = ra
 	cfg.Boot.HTTPBase = "http://10.79.0.1:8080"
 	logger := slog.New(slog.DiscardHandler)
 	dsrv, err := dhcp.New(cfg, socks, dhcp.NewMemStore(), logger)
@@ -144,6 +148,9 @@ func boot(qemu string, ra bool, run int) (rom, chained time.Duration, err error)
 	wg.Go(func() { _ = dsrv.Run(ctx) })
 	wg.Go(func() { _ = tsrv.Run(ctx) })
 	wg.Go(func() { _ = hsrv.Serve(hln) })
+	if adv != nil {
+		wg.Go(func() { _ = adv.Run(ctx, time.Second) })
+	}
 	defer func() { cancel(); hsrv.Close(); wg.Wait() }()
 	<-dsrv.Ready()
 

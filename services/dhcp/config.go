@@ -67,10 +67,6 @@ type Config struct {
 	// server answered the probe. Dangerous: two authoritative servers on
 	// one segment hand out conflicting addresses.
 	AllowForeignServer bool
-	// RouterAdvert answers IPv6 router solicitations in full mode with a
-	// no-op advertisement (lifetime 0, no prefix, no flags), which ends
-	// iPXE's ~13 s wait for IPv6 configuration. See ra.go.
-	RouterAdvert bool
 
 	Boot Boot
 }
@@ -116,8 +112,7 @@ func Defaults() Config {
 		DeclineHold:  10 * time.Minute,
 		ProbeTimeout: 300 * time.Millisecond,
 		ConflictHold: 10 * time.Minute,
-		ForeignProbe: 5 * time.Second,
-		RouterAdvert: true, // dnsmasq pings before it offers: its offer comes after ~3 s
+		ForeignProbe: 5 * time.Second, // dnsmasq pings before it offers: its offer comes after ~3 s
 		Boot: Boot{
 			BIOSFile: "undionly.kpxe",
 			// snponly.efi starts ~4 s faster than ipxe.efi under UEFI

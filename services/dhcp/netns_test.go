@@ -18,8 +18,6 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
-	"golang.org/x/net/icmp"
-	"golang.org/x/net/ipv6"
 
 	"airlock.dev/airlock/e2e/netns"
 )
@@ -442,104 +440,4 @@ func TestNetnsRelayed(t *testing.T) {
 		t.Fatalf("relayed client got ip=%s router=%s", env["ip"], env["router"])
 	}
 	t.Logf("relayed client got %s via dhcrelay", ip)
-}
-
-// TestNetnsRouterAdvertisement: in full mode the server answers a router
-// solicitation with a no-op advertisement (lifetime 0, no flags), the
-// message that ends iPXE's IPv6 autoconfiguration wait.
-func TestNetnsRouterAdvertisement(t *testing.T) {
-	srvNS := netns.NewTest(t, "als")
-	cli := netns.NewTest(t, "alc")
-	netns.MustVeth(t, srvNS, "eth0", cli, "eth0")
-	srvNS.MustAddr(t, "eth0", "10.70.0.1/24")
-	for _, n := range []*netns.NS{srvNS, cli} {
-		waitLinkLocal(t, n)
-	}
-	cfg := netnsConfig(ModeFull)
-	cfg.ForeignProbe = 0
-	if _, err := startServer(t, srvNS, cfg, nil); err != nil {
-		t.Fatal(err)
-	}
-	var c *icmp.PacketConn
-	if err := cli.Do(func() error {
-		var err error
-		c, err = icmp.ListenPacket("ip6:ipv6-icmp", "::")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	p := c.IPv6PacketConn()
-	if err := p.SetControlMessage(ipv6.FlagHopLimit, true); err != nil {
-		t.Fatal(err)
-	}
-	ifi := mustInterfaceIn(t, cli, "eth0")
-	p.SetMulticastInterface(ifi)
-	p.SetMulticastHopLimit(255)
-	// Drain the unsolicited advertisement sent at start: the one wanted
-	// here answers the solicitation.
-	drain := make([]byte, 1500)
-	p.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-	for {
-		if _, _, _, err := p.ReadFrom(drain); err != nil {
-			break
-		}
-	}
-	rs := []byte{133, 0, 0, 0, 0, 0, 0, 0}
-	start := time.Now()
-	if _, err := p.WriteTo(rs, &ipv6.ControlMessage{IfIndex: ifi.Index, HopLimit: 255}, &net.IPAddr{IP: net.ParseIP("ff02::2")}); err != nil {
-		t.Fatalf("send router solicitation: %v", err)
-	}
-	buf := make([]byte, 1500)
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		p.SetReadDeadline(deadline)
-		n, cm, src, err := p.ReadFrom(buf)
-		if err != nil {
-			break
-		}
-		lifetime, flags, ok := parseRA(buf[:n])
-		if !ok {
-			continue
-		}
-		if lifetime != 0 || flags != 0 || cm == nil || cm.HopLimit != 255 {
-			t.Fatalf("advertisement from %v: lifetime %d flags %#x hop limit %v", src, lifetime, flags, cm)
-		}
-		if ip := src.(*net.IPAddr).IP; !ip.IsLinkLocalUnicast() {
-			t.Fatalf("advertisement from non-link-local %v", ip)
-		}
-		t.Logf("router advertisement (lifetime 0, no flags) from %v after %v", src, time.Since(start).Round(time.Millisecond))
-		return
-	}
-	t.Fatal("no router advertisement within 5 s")
-}
-
-// waitLinkLocal waits until eth0 in n has a usable (non-tentative) IPv6
-// link-local address.
-func waitLinkLocal(t *testing.T, n *netns.NS) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		out, err := n.Command(ctx, "ip", "-6", "addr", "show", "dev", "eth0", "scope", "link").CombinedOutput()
-		cancel()
-		if err == nil && strings.Contains(string(out), "fe80") && !strings.Contains(string(out), "tentative") {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("no IPv6 link-local address on eth0 in %s", n.Name)
-}
-
-func mustInterfaceIn(t *testing.T, n *netns.NS, name string) *net.Interface {
-	t.Helper()
-	var ifi *net.Interface
-	if err := n.Do(func() error {
-		var err error
-		ifi, err = net.InterfaceByName(name)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return ifi
 }

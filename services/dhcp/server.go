@@ -35,10 +35,6 @@ type Sockets struct {
 	Proxy net.PacketConn
 	// Prober probes addresses before they are offered; may be nil.
 	Prober Prober
-	// RA answers IPv6 router solicitations (see ra.go); may be nil, and
-	// RAErr then says why.
-	RA    *RASocket
-	RAErr error
 }
 
 // Close closes every socket.
@@ -48,9 +44,6 @@ func (s *Sockets) Close() error {
 		if c != nil {
 			errs = append(errs, c.Close())
 		}
-	}
-	if s.RA != nil {
-		errs = append(errs, s.RA.Close())
 	}
 	if c, ok := s.Prober.(io.Closer); ok {
 		errs = append(errs, c.Close())
@@ -92,7 +85,6 @@ func Listen(iface string, withProxyPort bool) (*Sockets, error) {
 		return nil, errors.Join(err, s.Close())
 	}
 	s.Prober = p
-	s.RA, s.RAErr = ListenRA(iface)
 	return &s, nil
 }
 
@@ -207,13 +199,6 @@ func (s *Server) Run(ctx context.Context) error {
 		rwg.Go(func() { s.readLoop(s.socks.Proxy, ProxyPort, packets) })
 	}
 	rwg.Go(func() { s.watchForeign(mode) })
-	switch {
-	case mode != ModeFull || !s.cfg.RouterAdvert:
-	case s.socks.RA == nil:
-		s.log.Warn("dhcp: cannot answer IPv6 router solicitations; iPXE will wait ~13 s for IPv6 before booting", "err", s.socks.RAErr)
-	default:
-		rwg.Go(func() { raResponder(ctx, s.socks.RA, s.log) })
-	}
 	s.log.Info("dhcp: serving", "interface", s.cfg.Interface, "mode", mode, "server", s.cfg.ServerIP)
 	close(s.ready)
 
