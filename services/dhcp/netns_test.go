@@ -197,8 +197,13 @@ func TestNetnsFullModeUdhcpc(t *testing.T) {
 	cfg.Reservations = []Reservation{{MAC: mustMAC("52:54:00:aa:00:01"), IP: netip.MustParseAddr("10.70.0.42"), Hostname: "cp-1"}}
 	store := NewFileStore(filepath.Join(t.TempDir(), "leases.jsonl"))
 	// 10.70.0.100, the first pool address, is squatted by a host with a
-	// static address: the server must probe it and skip it.
+	// static address: the server must probe it and skip it. 10.70.0.101
+	// is squatted by a host that ignores ICMP echo: ARP finds it.
 	l.host("", "10.70.0.100/24")
+	quiet := l.host("", "10.70.0.101/24")
+	if err := quiet.Sysctl("net.ipv4.icmp_echo_ignore_all", "1"); err != nil {
+		t.Fatal(err)
+	}
 	srv, err := startServer(t, srvNS, cfg, store)
 	if err != nil {
 		t.Fatal(err)
@@ -210,8 +215,8 @@ func TestNetnsFullModeUdhcpc(t *testing.T) {
 	a := l.host("52:54:00:bb:00:01", "")
 	envA := udhcpc(t, a, "-V", "PXEClient:Arch:00000:UNDI:002001", "-O", "bootfile", "-O", "tftp")
 	t.Logf("client A: ip=%s boot_file=%s siaddr=%s", envA["ip"], envA["boot_file"], envA["siaddr"])
-	if envA["ip"] != "10.70.0.101" {
-		t.Errorf("client A got %s, want 10.70.0.101 (10.70.0.100 answers ARP/ICMP)", envA["ip"])
+	if envA["ip"] != "10.70.0.102" {
+		t.Errorf("client A got %s, want 10.70.0.102 (10.70.0.100 answers ICMP and ARP, 10.70.0.101 ARP only)", envA["ip"])
 	}
 	for k, want := range map[string]string{
 		"subnet": "255.255.255.0", "router": "10.70.0.1", "dns": "10.70.0.1", "domain": "rack.lab",

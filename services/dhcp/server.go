@@ -80,11 +80,16 @@ func Listen(iface string, withProxyPort bool) (*Sockets, error) {
 			setRecvBuffer(uc, 4<<20)
 		}
 	}
-	p, err := NewICMPProber()
+	icmpP, err := NewICMPProber()
 	if err != nil {
 		return nil, errors.Join(err, s.Close())
 	}
-	s.Prober = p
+	probes := ProbeSet{ICMP: icmpP}
+	// ARP as well on the segment itself: hosts that drop ICMP answer it.
+	if arpP, err := NewARPProber(iface); err == nil {
+		probes.ARP = arpP
+	}
+	s.Prober = probes
 	return &s, nil
 }
 
