@@ -233,9 +233,8 @@ func perfdhcp(ns *netns.NS, args ...string) string {
 }
 
 var (
-	reSent  = regexp.MustCompile(`sent packets: (\d+)`)
-	reRecv  = regexp.MustCompile(`received packets: (\d+)`)
-	reDrops = regexp.MustCompile(`drops: (\d+)`)
+	reSent = regexp.MustCompile(`sent packets: (\d+)`)
+	reRecv = regexp.MustCompile(`received packets: (\d+)`)
 )
 
 // result parses perfdhcp's two exchange sections (DO, RA): sent and
