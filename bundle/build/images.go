@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -18,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"airlock.dev/airlock/bundle"
@@ -129,7 +131,7 @@ func (b *builder) manifest(ctx context.Context, repo name.Repository, raw []byte
 		}
 		sort.Strings(kept)
 		return total, kept, nil
-	case types.OCIManifestSchema1, types.DockerManifestSchema1, types.DockerManifestSchema1Signed:
+	case types.DockerManifestSchema1, types.DockerManifestSchema1Signed:
 		return 0, nil, fmt.Errorf("%s is a Docker schema 1 manifest, which containerd no longer pulls; use a newer tag", d)
 	default:
 		m, err := v1.ParseManifest(strings.NewReader(string(raw)))
@@ -141,18 +143,58 @@ func (b *builder) manifest(ctx context.Context, repo name.Repository, raw []byte
 				continue // foreign layer, fetched from its URL by the runtime
 			}
 			dg := l.Digest.String()
-			lref := repo.Digest(dg)
 			b.addBlob(&blob{digest: dg, size: l.Size, fetch: func(ctx context.Context) (io.ReadCloser, error) {
-				layer, err := remote.Layer(lref, b.remoteOpts(ctx)...)
-				if err != nil {
-					return nil, err
-				}
-				return layer.Compressed()
+				return b.getBlob(ctx, repo, dg)
 			}})
 			total += l.Size
 		}
 		return total, nil, nil
 	}
+}
+
+// getBlob streams a blob from the registry. Unlike remote.Layer it does
+// not hash the bytes: fetchBlob hashes them once while writing the cache.
+func (b *builder) getBlob(ctx context.Context, repo name.Repository, digest string) (io.ReadCloser, error) {
+	rt, err := b.repoTransport(ctx, repo)
+	if err != nil {
+		return nil, err
+	}
+	u := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", repo.Registry.Scheme(), repo.RegistryStr(), repo.RepositoryStr(), digest)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := (&http.Client{Transport: rt}).Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, fmt.Errorf("GET %s: %s", u, resp.Status)
+	}
+	return resp.Body, nil
+}
+
+// repoTransport returns an authenticated transport for pulling from repo,
+// made once per repository.
+func (b *builder) repoTransport(ctx context.Context, repo name.Repository) (http.RoundTripper, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if rt, ok := b.transports[repo.String()]; ok {
+		return rt, nil
+	}
+	auth, err := authn.DefaultKeychain.Resolve(repo)
+	if err != nil {
+		return nil, fmt.Errorf("credentials for %s: %w", repo, err)
+	}
+	// The transport outlives this call's context: it is reused by every
+	// blob of the repository.
+	rt, err := transport.NewWithContext(context.WithoutCancel(ctx), repo.Registry, auth, b.client.Transport, []string{repo.Scope(transport.PullScope)})
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", repo.Registry, err)
+	}
+	b.transports[repo.String()] = rt
+	return rt, nil
 }
 
 func platformString(p *v1.Platform) string {

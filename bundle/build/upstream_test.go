@@ -125,7 +125,9 @@ func newUpstream(t testing.TB) *upstream {
 		mutate.IndexAddendum{Add: arm, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}}},
 	)
 	push("busybox:1.36", u.index, nil)
-	push("registry.k8s.io/pause:3.10", nil, image(1, "linux/amd64"))
+	// One image with OCI media types (the others use Docker's).
+	oci := mutate.ConfigMediaType(mutate.MediaType(image(1, "linux/amd64"), types.OCIManifestSchema1), types.OCIConfigJSON)
+	push("registry.k8s.io/pause:3.10", nil, oci)
 	push("nvcr.io/nvidia/k8s-device-plugin:v0.17.0", nil, image(2, "linux/amd64"))
 	push("quay.io/prometheus/node-exporter:v1.8.2", nil, image(2, "linux/amd64"))
 	push("ghcr.io/airlock-test/hook:1.0", nil, image(1, "linux/amd64"))
