@@ -62,6 +62,7 @@ func TestBuildFromLocalUpstream(t *testing.T) {
 	}
 	wantRefs := []string{
 		"docker.io/library/busybox:1.36",
+		"ghcr.io/airlock-test/charts/ocichart:0.1.0",
 		"ghcr.io/airlock-test/hook:1.0",
 		"nvcr.io/nvidia/k8s-device-plugin:v0.17.0",
 		"quay.io/prometheus/node-exporter:v1.8.2",
@@ -73,13 +74,17 @@ func TestBuildFromLocalUpstream(t *testing.T) {
 	if bb := m.Images[0]; !slices.Equal(bb.Platforms, []string{"linux/amd64", "linux/arm64/v8"}) || bb.MediaType != "application/vnd.oci.image.index.v1+json" {
 		t.Errorf("busybox: platforms %v media type %s", bb.Platforms, bb.MediaType)
 	}
-	if len(m.Charts) != 1 || !slices.Equal(m.Charts[0].Images, []string{"ghcr.io/airlock-test/hook:1.0", "quay.io/prometheus/node-exporter:v1.8.2", "registry.k8s.io/pause:3.10"}) {
+	if len(m.Charts) != 2 || !slices.Equal(m.Charts[0].Images, []string{"ghcr.io/airlock-test/hook:1.0", "quay.io/prometheus/node-exporter:v1.8.2", "registry.k8s.io/pause:3.10"}) ||
+		m.Charts[1].Name != "ocichart" || !slices.Equal(m.Charts[1].Images, []string{"nvcr.io/nvidia/k8s-device-plugin:v0.17.0"}) {
 		t.Errorf("chart images: %+v", m.Charts)
 	}
 	if data, err := b.ReadFile("files/vmlinuz"); err != nil || !bytes.Equal(data, u.file) {
 		t.Errorf("file vmlinuz: %v", err)
 	}
 	if _, err := b.ReadFile("files/ipxe/ipxe.efi"); err != nil {
+		t.Error(err)
+	}
+	if _, err := b.ReadFile("charts/ocichart-0.1.0.tgz"); err != nil {
 		t.Error(err)
 	}
 	if _, err := b.ReadFile("charts/exporter-1.2.3.tgz"); err != nil {
@@ -89,7 +94,9 @@ func TestBuildFromLocalUpstream(t *testing.T) {
 	// two platforms is stored once.
 	seen := map[string]int{}
 	for _, e := range m.Entries {
-		seen[e.Digest]++
+		if strings.HasPrefix(e.Path, "blobs/") {
+			seen[e.Digest]++
+		}
 	}
 	for d, n := range seen {
 		if n > 1 {

@@ -24,6 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chartutil"
@@ -174,6 +175,27 @@ spec:
 	if _, err := chartutil.Save(ch, chartDir); err != nil {
 		t.Fatal(err)
 	}
+	// A second chart, pushed as an OCI artifact the way helm push does.
+	ociChart := &chart.Chart{
+		Metadata: &chart.Metadata{APIVersion: "v2", Name: "ocichart", Version: "0.1.0"},
+		Templates: []*chart.File{{Name: "templates/pod.yaml", Data: []byte("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n    - name: c\n      image: nvcr.io/nvidia/k8s-device-plugin:v0.17.0\n")}},
+	}
+	ociDir := t.TempDir()
+	tgzPath, err := chartutil.Save(ociChart, ociDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tgz, err := os.ReadFile(tgzPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	art, err := mutate.AppendLayers(empty.Image, static.NewLayer(tgz, helmChartLayer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	art = mutate.ConfigMediaType(mutate.MediaType(art, types.OCIManifestSchema1), "application/vnd.cncf.helm.config.v1+json")
+	push("ghcr.io/airlock-test/charts/ocichart:0.1.0", nil, art)
+
 	u.charts = httptest.NewServer(http.FileServer(http.Dir(chartDir)))
 	t.Cleanup(u.charts.Close)
 	idx, err := repo.IndexDirectory(chartDir, u.charts.URL)
@@ -225,6 +247,8 @@ charts:
     values:
       image:
         tag: v1.8.2
+  - oci: oci://ghcr.io/airlock-test/charts/ocichart
+    version: 0.1.0
 files:
   - name: vmlinuz
     url: %s/vmlinuz
