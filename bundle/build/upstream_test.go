@@ -177,7 +177,7 @@ spec:
 	}
 	// A second chart, pushed as an OCI artifact the way helm push does.
 	ociChart := &chart.Chart{
-		Metadata: &chart.Metadata{APIVersion: "v2", Name: "ocichart", Version: "0.1.0"},
+		Metadata:  &chart.Metadata{APIVersion: "v2", Name: "ocichart", Version: "0.1.0"},
 		Templates: []*chart.File{{Name: "templates/pod.yaml", Data: []byte("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n    - name: c\n      image: nvcr.io/nvidia/k8s-device-plugin:v0.17.0\n")}},
 	}
 	ociDir := t.TempDir()
