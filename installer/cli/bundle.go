@@ -189,7 +189,7 @@ func openBundle(name, keyPath string) (*bundle.Bundle, error) {
 	if name == "" {
 		b, err := bundle.OpenExecutable(opts)
 		if errors.Is(err, bundle.ErrNotBundle) {
-			return nil, errors.New("no bundle given, and this airlock executable carries none: name a bundle file")
+			return nil, fmt.Errorf("no bundle given, and this airlock executable carries none: name a bundle file (%w)", err)
 		}
 		return b, err
 	}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"airlock.dev/airlock/installer/control"
+	"airlock.dev/airlock/installer/inventory"
 	"airlock.dev/airlock/installer/plan"
 	"airlock.dev/airlock/installer/state"
 )
@@ -27,27 +30,44 @@ func newPlanCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var journal *state.Journal
-			store, err := state.OpenReadOnly(g.stateDir)
-			switch {
-			case err == nil:
-				defer store.Close()
-				journal = state.NewJournal(store)
-			case errors.Is(err, state.ErrNoState):
-				// Nothing has run yet: every phase is pending.
-			default:
+			machines, journal, err := readProgress(cmd.Context(), g.stateDir)
+			if err != nil {
 				return fmt.Errorf("plan: %w", err)
 			}
-			p, err := plan.Make(a, journal)
-			if err != nil {
-				return err
-			}
+			p := plan.Make(a, machines, journal)
 			return render(g.streams.Out, *output, p, func(w io.Writer) error { return printPlan(w, p) })
 		},
 	}
 	file = answersFlag(cmd)
 	output = outputFlag(cmd)
 	return cmd
+}
+
+// readProgress gets the inventory and the journal from the running airlock,
+// or from the store when none runs; both are empty when nothing ran yet.
+func readProgress(ctx context.Context, stateDir string) ([]inventory.Machine, []state.Entry, error) {
+	c := control.NewClient(stateDir)
+	machines, err := c.Machines(ctx)
+	if err == nil {
+		journal, err := c.Journal(ctx)
+		return machines, journal, err
+	}
+	if !errors.Is(err, control.ErrNotRunning) {
+		return nil, nil, err
+	}
+	st, err := state.OpenReadOnly(stateDir)
+	if errors.Is(err, state.ErrNoState) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	defer st.Close()
+	if machines, err = inventory.List(st); err != nil {
+		return nil, nil, err
+	}
+	journal, err := state.NewJournal(st).Entries()
+	return machines, journal, err
 }
 
 func printPlan(out io.Writer, p plan.Plan) error {
@@ -70,6 +90,13 @@ func printPlan(out io.Writer, p plan.Plan) error {
 			expects = "expects " + strings.Join(r.Expected, ", ")
 		}
 		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Role, r.Hostname, r.Match, r.Admitted, expects)
+	}
+	fmt.Fprintln(w, "\nDiscovered machines")
+	if len(p.Machines) == 0 {
+		fmt.Fprintln(w, "  none yet: they appear as they network-boot")
+	}
+	for _, m := range p.Machines {
+		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.MachineID, dash(m.Rack), dash(m.Serial), dash(m.Rule), dash(m.Hostname), m.Admission, m.Reason)
 	}
 	c := p.Cluster
 	fmt.Fprintf(w, "\nCluster %s\n  distribution\t%s\n  control planes\t%s\n  endpoint\t%s\n  pods\t%s\n  services\t%s\n",

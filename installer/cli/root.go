@@ -108,6 +108,10 @@ the cluster and lays down the platform from one signed bundle.`,
 		newValidateCommand(g),
 		newPlanCommand(g),
 		newSchemaCommand(g),
+		newInventoryCommand(g),
+		newServeCommand(g),
+		newLabCommand(g),
+		newBundleCommand(g),
 	)
 	return root
 }

@@ -1,8 +1,9 @@
 // Package plan works out what an install would do from an answer file and
 // what the state store already records, without touching anything: the
-// services airlock would run, the rules and the machines they expect, the
-// cluster, the platform components in order, and the pipeline phases with
-// those the journal shows finished.
+// services airlock would run, the rules and the machines they expect, what
+// each discovered machine would become, the cluster, the platform
+// components in order, and the pipeline phases with those the journal
+// shows finished.
 package plan
 
 import (
@@ -11,22 +12,26 @@ import (
 	"slices"
 	"strings"
 
+	"airlock.dev/airlock/installer/assign"
 	"airlock.dev/airlock/installer/config"
+	"airlock.dev/airlock/installer/inventory"
 	"airlock.dev/airlock/installer/state"
 	"airlock.dev/airlock/manifests"
 )
 
 // Plan is what an install would do.
 type Plan struct {
-	Site      string      `json:"site"`
-	Services  []Service   `json:"services"`
-	Bundle    string      `json:"bundle"`
-	Admission string      `json:"admission"`
-	Racks     []Rack      `json:"racks,omitempty"`
-	Rules     []Rule      `json:"rules"`
-	Cluster   Cluster     `json:"cluster"`
-	Platform  []Component `json:"platform"`
-	Phases    []Phase     `json:"phases"`
+	Site      string    `json:"site"`
+	Services  []Service `json:"services"`
+	Bundle    string    `json:"bundle"`
+	Admission string    `json:"admission"`
+	Racks     []Rack    `json:"racks,omitempty"`
+	Rules     []Rule    `json:"rules"`
+	// Machines is what each discovered machine would become.
+	Machines []assign.Assignment `json:"machines"`
+	Cluster  Cluster             `json:"cluster"`
+	Platform []Component         `json:"platform"`
+	Phases   []Phase             `json:"phases"`
 }
 
 // Service is one network service airlock would run.
@@ -89,8 +94,9 @@ var phases = []struct{ name, does string }{
 	{"handover", "in-cluster registry and state; the cluster no longer needs the laptop"},
 }
 
-// Make computes the plan. journal may be nil when there is no state yet.
-func Make(a *config.Answers, journal *state.Journal) (Plan, error) {
+// Make computes the plan from the answers, the machines discovered so far
+// and the journal (both empty when nothing has run yet).
+func Make(a *config.Answers, machines []inventory.Machine, journal []state.Entry) Plan {
 	p := Plan{Site: a.Site.Name, Admission: a.Admission.Policy}
 	p.Services = services(a.Network)
 	p.Bundle = a.Bundle.Path
@@ -106,22 +112,21 @@ func Make(a *config.Answers, journal *state.Journal) (Plan, error) {
 	for _, r := range a.Machines {
 		p.Rules = append(p.Rules, rule(r, a.Admission.Policy))
 	}
+	p.Machines = assign.Assign(a, machines)
 	p.Cluster = cluster(a)
 	p.Platform = platform(a, manifests.Default())
+	last := map[string]string{}
+	for _, e := range journal {
+		last[e.Step] = e.Status
+	}
 	for _, ph := range phases {
 		status := "pending"
-		if journal != nil {
-			last, found, err := journal.Last(ph.name)
-			if err != nil {
-				return Plan{}, err
-			}
-			if found {
-				status = last.Status
-			}
+		if s, ok := last[ph.name]; ok {
+			status = s
 		}
 		p.Phases = append(p.Phases, Phase{Name: ph.name, Does: ph.does, Status: status})
 	}
-	return p, nil
+	return p
 }
 
 func services(n config.Network) []Service {

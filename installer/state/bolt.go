@@ -16,7 +16,8 @@ import (
 // FileName is the state store's file inside the state directory.
 const FileName = "airlock.db"
 
-const ownerFile = "owner.pid"
+// OwnerFile holds the PID of the process that owns the store for writing.
+const OwnerFile = "owner.pid"
 
 // lockWait is how long Open waits for another process's lock before
 // giving up: short, so a second airlock fails at once.
@@ -52,7 +53,7 @@ func openBolt(dir string, list []Migration) (*BoltStore, error) {
 	if err := migrate(s, list); err != nil {
 		return nil, errors.Join(err, db.Close())
 	}
-	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, OwnerFile), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600); err != nil {
 		return nil, errors.Join(fmt.Errorf("record state owner: %w", err), db.Close())
 	}
 	return s, nil
@@ -88,7 +89,7 @@ func lockError(dir, path string, err error) error {
 		return fmt.Errorf("open state store %s: %w", path, err)
 	}
 	owner := "another process"
-	if raw, readErr := os.ReadFile(filepath.Join(dir, ownerFile)); readErr == nil {
+	if raw, readErr := os.ReadFile(filepath.Join(dir, OwnerFile)); readErr == nil {
 		owner = "process " + strings.TrimSpace(string(raw))
 	}
 	return fmt.Errorf("%w: %s is held by %s; stop it or use another --state directory", ErrLocked, path, owner)
@@ -124,7 +125,7 @@ func (s *BoltStore) Check() error {
 // Close implements Store.
 func (s *BoltStore) Close() error {
 	if !s.readOnly {
-		if err := os.Remove(filepath.Join(s.dir, ownerFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := os.Remove(filepath.Join(s.dir, OwnerFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return errors.Join(fmt.Errorf("remove state owner file: %w", err), s.db.Close())
 		}
 	}

@@ -1,0 +1,57 @@
+# airlock: `make help` lists the targets. Everything runs as root on a
+# Debian 12 machine with Go and make (the tests create network namespaces).
+
+SHELL       := /bin/bash
+GO          ?= go
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS     := -s -w -X airlock.dev/airlock/installer/cli.version=$(VERSION)
+TEST_FLAGS  ?= -count=1 -timeout 30m
+STATE       ?= $(CURDIR)/.cache/demo-state
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: deps
+deps: ## install the Debian packages the build and tests need (apt-get, once)
+	@bash .ci/deps
+
+.PHONY: build
+build: ## build bin/airlock (with Debian's iPXE embedded) and bin/airlock-agent
+	@bash .ci/deps
+	cd services/ipxe && sh fetch.sh
+	CGO_ENABLED=0 $(GO) build -trimpath -tags ipxe_embed -ldflags '$(LDFLAGS)' -o bin/airlock .
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/airlock-agent ./installer/agent/cmd/airlock-agent
+
+.PHONY: test
+test: deps build ## go vet, formatting, and every unit, integration and end-to-end test
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+	$(GO) vet -tags e2e ./e2e/...
+	$(GO) test $(TEST_FLAGS) ./...
+	AIRLOCK_BIN=$(CURDIR)/bin/airlock $(GO) test $(TEST_FLAGS) -tags e2e ./e2e/
+
+.PHONY: e2e
+e2e: deps build ## end-to-end tests against the built binary (network namespaces, QEMU)
+	AIRLOCK_BIN=$(CURDIR)/bin/airlock $(GO) test $(TEST_FLAGS) -v -tags e2e ./e2e/
+
+.PHONY: bench
+bench: deps build ## benchmarks against their peers; figures go to bench/RESULTS.md
+	@ls bench/*.sh >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 1; }
+	@for b in bench/*.sh; do echo "== $$b"; bash $$b || exit 1; done
+
+.PHONY: lint
+lint: ## gofmt, go vet and staticcheck
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+
+.PHONY: demo
+demo: build ## a virtual rack of QEMU machines discovered by airlock; Ctrl-C removes it
+	STATE=$(STATE) bash e2e/demo.sh
+
+.PHONY: clean
+clean: ## remove build output and caches made here
+	rm -rf bin .cache

@@ -1,0 +1,134 @@
+package lab
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"airlock.dev/airlock/e2e/netns"
+)
+
+func TestPlanAndValidate(t *testing.T) {
+	o := Options{StateDir: "/x", Nodes: 5, Racks: 2, Firmware: Mixed}
+	o.Defaults()
+	if err := o.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	vms, sws := plan(o, "/x/lab", 0x10)
+	if len(vms) != 5 || len(sws) != 2 || sws[1].SystemName != "rack-b-tor" {
+		t.Fatalf("plan: %+v %+v", vms, sws)
+	}
+	racks := map[string]int{}
+	serials, macs, uuids := map[string]bool{}, map[string]bool{}, map[string]bool{}
+	for i, vm := range vms {
+		racks[vm.Rack]++
+		serials[vm.Serial], macs[vm.MAC], uuids[vm.UUID] = true, true, true
+		if want := []string{BIOS, UEFI}[i%2]; vm.Firmware != want {
+			t.Errorf("%s firmware %s, want %s", vm.Name, vm.Firmware, want)
+		}
+		if (vm.Vars != "") != (vm.Firmware == UEFI) {
+			t.Errorf("%s vars %q", vm.Name, vm.Vars)
+		}
+	}
+	if racks["rack-a"] != 3 || racks["rack-b"] != 2 || len(serials) != 5 || len(macs) != 5 || len(uuids) != 5 {
+		t.Fatalf("racks %v serials %v macs %v", racks, serials, macs)
+	}
+	if vms[3].Serial != "LAB-B-01" || vms[3].Port() != "Eth1/1" || vms[2].Port() != "Eth1/3" {
+		t.Fatalf("names: %+v", vms[3])
+	}
+	bad := Options{Nodes: 0, Racks: 3, Firmware: "coreboot", Subnet: netip.MustParsePrefix("10.0.0.0/30"), Accel: "hvf"}
+	err := bad.Validate()
+	for _, want := range []string{"stateDir", "nodes", "racks", "firmware", "subnet", "accel"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate() = %v, want a problem with %s", err, want)
+		}
+	}
+}
+
+// TestDownAfterCrash runs Up in a child process that dies without Down
+// (as a crashed airlock would), then checks that Down, from the recorded
+// state alone, removes the namespace, the VM processes and the files.
+func TestDownAfterCrash(t *testing.T) {
+	if dir := os.Getenv("AIRLOCK_LAB_CRASH_CHILD"); dir != "" {
+		// The child: bring up a lab whose VMs idle (no boot device), then
+		// die abruptly.
+		s, err := Up(context.Background(), Options{StateDir: dir, Nodes: 2, Firmware: BIOS, Detach: true, DiskGB: 1})
+		if err != nil {
+			os.Stderr.WriteString(err.Error())
+			os.Exit(3)
+		}
+		os.Stdout.WriteString(s.Namespace)
+		os.Exit(0) // no Down: a crash
+	}
+	netns.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
+	state := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestDownAfterCrash$")
+	cmd.Env = append(os.Environ(), "AIRLOCK_LAB_CRASH_CHILD="+state)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("child: %v %s", err, out)
+	}
+	s, err := Status(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = Down(state) })
+	if !strings.HasPrefix(string(out), s.Namespace) {
+		t.Fatalf("child made namespace %q, state says %q", out, s.Namespace)
+	}
+	running := 0
+	for _, vm := range s.VMs {
+		if vm.Running {
+			running++
+		}
+	}
+	if running != 2 {
+		t.Fatalf("%d detached VMs running after the crash, want 2: %+v", running, s.VMs)
+	}
+	if _, err := os.Stat(filepath.Join(netns.RunDir, s.Namespace)); err != nil {
+		t.Fatalf("namespace gone before Down: %v", err)
+	}
+	start := time.Now()
+	if err := Down(state); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Down took %s", time.Since(start).Round(time.Millisecond))
+	assertGone(t, s)
+	if err := Down(state); err != nil {
+		t.Fatalf("second Down: %v", err)
+	}
+	if _, err := Status(state); !os.IsNotExist(err) && !strings.Contains(err.Error(), "no such file") {
+		t.Fatalf("Status after Down: %v", err)
+	}
+}
+
+// TestStartReportsQEMUErrors: a VM whose QEMU refuses to start makes Start
+// fail with QEMU's own message, and Up removes what it made.
+func TestStartReportsQEMUErrors(t *testing.T) {
+	netns.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
+	state := t.TempDir()
+	_, err := Up(context.Background(), Options{StateDir: state, Nodes: 1, MemoryMB: 1 << 30, DiskGB: 1})
+	if err == nil || !strings.Contains(err.Error(), "quit right after starting") {
+		t.Fatalf("Up with 1 PiB of memory: %v", err)
+	}
+	t.Logf("error: %v", err)
+	if _, err := os.Stat(StateFile(state)); err == nil {
+		t.Fatal("Up left the lab recorded after failing")
+	}
+}
+
+func TestProbeKVM(t *testing.T) {
+	qemu := netns.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
+	ks, _ := filepath.Glob("/boot/vmlinuz-*-cloud-amd64")
+	if len(ks) == 0 {
+		t.Fatalf("no /boot/vmlinuz-*-cloud-amd64: apt-get install linux-image-cloud-amd64")
+	}
+	start := time.Now()
+	ok := ProbeKVM(context.Background(), qemu, ks[len(ks)-1])
+	t.Logf("KVM usable here: %v (probe took %s)", ok, time.Since(start).Round(time.Millisecond))
+}

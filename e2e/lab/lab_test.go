@@ -1,0 +1,316 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/services/agentapi"
+)
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// bootFiles builds the agent and the discovery image with the airlock
+// commands (black-box: this library imports no installer package) and
+// returns Debian's cloud kernel and the image.
+func bootFiles(t *testing.T) (kernel, initrd string) {
+	t.Helper()
+	ks, _ := filepath.Glob("/boot/vmlinuz-*-cloud-amd64")
+	if len(ks) == 0 {
+		t.Fatalf("no /boot/vmlinuz-*-cloud-amd64: apt-get install linux-image-cloud-amd64")
+	}
+	kernel = ks[len(ks)-1]
+	modules := filepath.Join("/lib/modules", strings.TrimPrefix(filepath.Base(kernel), "vmlinuz-"))
+	dir := t.TempDir()
+	agent := filepath.Join(dir, "airlock-agent")
+	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", agent, "airlock.dev/airlock/installer/agent/cmd/airlock-agent")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build agent: %v\n%s", err, out)
+	}
+	initrd = filepath.Join(dir, "initrd.img")
+	img := exec.Command("go", "run", "airlock.dev/airlock/installer/bootimage/cmd/airlock-bootimage", "-agent", agent, "-modules", modules, "-o", initrd)
+	if out, err := img.CombinedOutput(); err != nil {
+		t.Fatalf("build boot image: %v\n%s", err, out)
+	}
+	return kernel, initrd
+}
+
+// bootServer is the smallest airlock the lab needs: busybox udhcpd handing
+// out an http:// boot file, and HTTP serving iPXE scripts (one fresh token
+// per boot), the kernel, the initrd and the agent API.
+type bootServer struct {
+	backend *agentapi.MemBackend
+	logs    *lockedBuffer
+	url     string
+	mu      sync.Mutex
+	scripts map[string]time.Time // MAC -> when its script was served
+}
+
+func startBootServer(t *testing.T, ctx context.Context, s *State, kernel, initrd string) *bootServer {
+	t.Helper()
+	busybox := netns.RequireTool(t, "busybox", "busybox-static")
+	ns, err := netns.Open(s.Namespace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip, _, _ := strings.Cut(s.ServerAddr, "/")
+	var ln net.Listener
+	if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp", ip+":0"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	b := &bootServer{backend: agentapi.NewMemBackend(2), logs: &lockedBuffer{}, url: "http://" + ln.Addr().String(), scripts: map[string]time.Time{}}
+	log := slog.New(slog.NewTextHandler(b.logs, nil))
+	mux := http.NewServeMux()
+	mux.Handle(agentapi.Prefix, agentapi.NewHandler(b.backend, log))
+	mux.HandleFunc("GET /boot.ipxe", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "#!ipxe\nchain %s/node.ipxe?mac=${net0/mac}\n", b.url)
+	})
+	mux.HandleFunc("GET /node.ipxe", func(w http.ResponseWriter, r *http.Request) {
+		mac, err := net.ParseMAC(r.URL.Query().Get("mac"))
+		if err != nil {
+			http.Error(w, "bad mac", http.StatusBadRequest)
+			return
+		}
+		tok, _ := agentapi.NewToken(nil)
+		b.backend.Issue(tok)
+		b.mu.Lock()
+		b.scripts[mac.String()] = time.Now()
+		b.mu.Unlock()
+		bootif := "01-" + strings.ReplaceAll(mac.String(), ":", "-")
+		fmt.Fprintf(w, "#!ipxe\nkernel %s/vmlinuz initrd=initrd console=ttyS0 quiet panic=-1 airlock.url=%s airlock.token=%s airlock.lldp=2s BOOTIF=%s\ninitrd --name initrd %s/initrd\nboot\n",
+			b.url, b.url, tok, bootif, b.url)
+		log.Info("iPXE script served", "mac", mac)
+	})
+	mux.HandleFunc("GET /vmlinuz", func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, kernel) })
+	mux.HandleFunc("GET /initrd", func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, initrd) })
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	dir := t.TempDir()
+	conf := fmt.Sprintf("interface %s\nstart 10.77.0.100\nend 10.77.0.200\noption subnet 255.255.255.0\nboot_file %s/boot.ipxe\nlease_file %s\npidfile %s\n",
+		s.Bridge, b.url, filepath.Join(dir, "leases"), filepath.Join(dir, "pid"))
+	os.WriteFile(filepath.Join(dir, "udhcpd.conf"), []byte(conf), 0o644)
+	os.WriteFile(filepath.Join(dir, "leases"), nil, 0o644)
+	cmd := ns.Command(ctx, busybox, "udhcpd", "-f", filepath.Join(dir, "udhcpd.conf"))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return b
+}
+
+// TestLabNetworkBoot brings up a BIOS and a UEFI VM in two racks; both
+// network-boot through their iPXE ROMs into the discovery image and
+// register with serials, MACs, disks and LLDP racks. Down then removes
+// everything.
+func TestLabNetworkBoot(t *testing.T) {
+	netns.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
+	if _, err := os.Stat("/usr/lib/ipxe/qemu/efi-virtio.rom"); err != nil {
+		t.Fatalf("no iPXE ROM for virtio-net: apt-get install ipxe-qemu")
+	}
+	kernel, initrd := bootFiles(t)
+	state := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 170*time.Second)
+	defer cancel()
+	opts := Options{StateDir: state, Nodes: 2, Racks: 2, Firmware: Mixed, DiskGB: 8, Log: slog.New(slog.NewTextHandler(os.Stderr, nil))}
+	s, err := Prepare(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep := os.Getenv("AIRLOCK_E2E_KEEP") == "1"
+	t.Cleanup(func() {
+		if keep && t.Failed() {
+			t.Logf("keeping the lab: state in %s, namespace %s; remove with lab.Down", state, s.Namespace)
+			return
+		}
+		if err := Down(state); err != nil {
+			t.Errorf("Down: %v", err)
+		}
+	})
+	b := startBootServer(t, ctx, s, kernel, initrd)
+	go s.RunSwitches(ctx, opts.Log, time.Second)
+	if err := Start(ctx, opts, s); err != nil {
+		t.Fatal(err)
+	}
+
+	want := map[string]VM{}
+	for _, vm := range s.VMs {
+		want[vm.Serial] = vm
+	}
+	seen := map[string]bool{}
+	for len(seen) < len(want) {
+		for _, m := range b.backend.Machines() {
+			inv := m.Inventory
+			vm, ok := want[inv.System.Serial]
+			if !ok || seen[vm.Serial] {
+				continue
+			}
+			seen[vm.Serial] = true
+			b.mu.Lock()
+			script := b.scripts[vm.MAC]
+			b.mu.Unlock()
+			t.Logf("%s (%s, %s): from QEMU start: iPXE script %s, registered %s; agent: %s", vm.Name, vm.Firmware, vm.Rack,
+				script.Sub(vm.Started).Round(time.Millisecond), m.Registered.Sub(vm.Started).Round(time.Millisecond), agentTimes(vm))
+			if inv.System.UUID != vm.UUID || m.Registration.BootMAC != vm.MAC || inv.System.Firmware != vm.Firmware {
+				t.Errorf("%s: uuid %s mac %s firmware %s, want %s %s %s", vm.Name, inv.System.UUID, m.Registration.BootMAC, inv.System.Firmware, vm.UUID, vm.MAC, vm.Firmware)
+			}
+			if inv.System.ChassisLocation != fmt.Sprintf("%s U%d", vm.Rack, vm.Slot) {
+				t.Errorf("%s: chassis location %q", vm.Name, inv.System.ChassisLocation)
+			}
+			if len(inv.Disks) != 1 || inv.Disks[0].SizeBytes != 8<<30 {
+				t.Errorf("%s: disks %+v", vm.Name, inv.Disks)
+			}
+			if len(inv.NICs) != 1 || inv.NICs[0].LLDP == nil || inv.NICs[0].LLDP.SystemName != vm.Rack+"-tor" || inv.NICs[0].LLDP.PortID != vm.Port() {
+				t.Errorf("%s: nics %+v", vm.Name, inv.NICs)
+			} else {
+				t.Logf("%s: LLDP neighbour %s port %s", vm.Name, inv.NICs[0].LLDP.SystemName, inv.NICs[0].LLDP.PortID)
+			}
+		}
+		if len(seen) == len(want) {
+			break
+		}
+		select {
+		case <-b.backend.Changed():
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+			var logs strings.Builder
+			for _, vm := range s.VMs {
+				out, _ := os.ReadFile(vm.SerialLog)
+				q, _ := os.ReadFile(filepath.Join(s.Dir, vm.Name+".qemu.log"))
+				fmt.Fprintf(&logs, "--- %s serial:\n%s\n--- qemu:\n%s\n", vm.Name, out, q)
+			}
+			t.Fatalf("only %d of %d VMs registered\n%s\nserver:\n%s", len(seen), len(want), logs.String(), b.logs)
+		}
+	}
+
+	// A rebooted VM is the same machine: order the BIOS VM to reboot; it
+	// network-boots again, gets a new token and registers as the same
+	// machine ID.
+	var first agentapi.MachineRecord
+	var bios VM
+	for _, vm := range s.VMs {
+		if vm.Firmware == BIOS {
+			bios = vm
+		}
+	}
+	for _, m := range b.backend.Machines() {
+		if m.Inventory.System.Serial == bios.Serial {
+			first = m
+		}
+	}
+	ordered := time.Now()
+	b.backend.Order(first.MachineID, agentapi.Order{Kind: agentapi.OrderReboot})
+	for again := false; !again; {
+		for _, m := range b.backend.Machines() {
+			if m.Inventory.System.Serial == bios.Serial && m.BootID != first.BootID {
+				if m.MachineID != first.MachineID {
+					t.Fatalf("rebooted VM registered as %s, was %s", m.MachineID, first.MachineID)
+				}
+				t.Logf("%s: reboot order to registration as the same machine %s: %s", bios.Name, m.MachineID, time.Since(ordered).Round(time.Millisecond))
+				again = true
+			}
+		}
+		if len(b.backend.Machines()) != len(want) {
+			t.Fatalf("machines: %d, want %d", len(b.backend.Machines()), len(want))
+		}
+		if again {
+			break
+		}
+		select {
+		case <-b.backend.Changed():
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+			out, _ := os.ReadFile(bios.SerialLog)
+			t.Fatalf("rebooted VM did not register again\nserial:\n%s\nserver:\n%s", out, b.logs)
+		}
+	}
+	serial, _ := os.ReadFile(bios.SerialLog)
+	for _, want := range []string{"SeaBIOS", "iPXE", "airlock", "registered"} {
+		if !strings.Contains(string(serial), want) {
+			t.Errorf("BIOS serial log lacks %q:\n%s", want, serial)
+		}
+	}
+
+	st, err := Status(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, vm := range st.VMs {
+		if !vm.Running {
+			t.Errorf("Status: %s not running", vm.Name)
+		}
+	}
+	if err := Down(state); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, s)
+}
+
+// agentTimes reads the agent's log lines from a VM's serial console and
+// says when (from QEMU start, by the guest clock, which QEMU sets from the
+// host's) the agent started, had its network and registered.
+func agentTimes(vm VM) string {
+	data, _ := os.ReadFile(vm.SerialLog)
+	var out []string
+	seen := map[string]bool{}
+	for _, line := range strings.Split(string(data), "\n") {
+		i := strings.Index(line, "time=")
+		if i < 0 {
+			continue
+		}
+		ts, err := time.Parse(time.RFC3339Nano, strings.Fields(line[i+5:])[0])
+		if err != nil {
+			continue
+		}
+		for _, msg := range []string{`msg="kernel modules"`, "msg=links", `msg="DHCP lease"`, "msg=registered"} {
+			if strings.Contains(line, msg) && !seen[msg] {
+				seen[msg] = true
+				out = append(out, fmt.Sprintf("%s at %s", strings.Trim(strings.TrimPrefix(msg, "msg="), `"`), ts.Sub(vm.Started).Round(100*time.Millisecond)))
+			}
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
+func assertGone(t *testing.T, s *State) {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(netns.RunDir, s.Namespace)); err == nil {
+		t.Errorf("namespace %s still exists", s.Namespace)
+	}
+	for _, vm := range s.VMs {
+		if vm.PID > 0 && ours(vm.PID, s.Dir) {
+			t.Errorf("VM %s (pid %d) still running", vm.Name, vm.PID)
+		}
+	}
+	if _, err := os.Stat(s.Dir); err == nil {
+		t.Errorf("lab directory %s still exists", s.Dir)
+	}
+}

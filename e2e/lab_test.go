@@ -1,0 +1,194 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"airlock.dev/airlock/e2e/netns"
+)
+
+// cloudKernel finds Debian's linux-image-cloud-amd64 kernel and modules,
+// which stand in for the bundle's kernel package in tests.
+func cloudKernel(t *testing.T) (kernel, modules string) {
+	t.Helper()
+	ks, _ := filepath.Glob("/boot/vmlinuz-*-cloud-amd64")
+	if len(ks) == 0 {
+		t.Fatal("no /boot/vmlinuz-*-cloud-amd64: apt-get install linux-image-cloud-amd64")
+	}
+	kernel = ks[len(ks)-1]
+	modules = "/lib/modules/" + strings.TrimPrefix(filepath.Base(kernel), "vmlinuz-")
+	if _, err := os.Stat(filepath.Join(modules, "modules.dep")); err != nil {
+		t.Fatalf("%s/modules.dep missing: apt-get install --reinstall linux-image-cloud-amd64", modules)
+	}
+	return kernel, modules
+}
+
+type labVM struct {
+	Name, Rack, Firmware, Serial, MAC string
+	Slot                              int
+	DiskSize                          int64
+	Started                           time.Time
+	Running                           bool
+}
+
+type machine struct {
+	ID, Serial, BootMAC, Rack, RackSource, Switch, SwitchPort, Firmware string
+	Boots                                                               int
+	FirstSeen, LastSeen                                                 time.Time
+	Flags                                                               []string
+	Hardware                                                            struct {
+		Disks []struct{ SizeBytes int64 }
+	}
+}
+
+func inventoryOf(t *testing.T, stateDir string) map[string]machine {
+	t.Helper()
+	out, err := airlock(t, "inventory", "-o", "json", "--state", stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list []machine
+	readJSON(t, out, &list)
+	bySerial := map[string]machine{}
+	for _, m := range list {
+		bySerial[m.Serial] = m
+	}
+	return bySerial
+}
+
+// The issue's acceptance test: a lab of 2 BIOS + 2 UEFI VMs in 2 racks all
+// appear in the inventory with the right serials, MACs, disk sizes and
+// racks within 180 s; a rebooted VM stays the same machine; a forged agent
+// report is refused and logged.
+func TestLabDiscoversAVirtualRack(t *testing.T) {
+	bin := airlockBin(t)
+	busybox := netns.RequireTool(t, "busybox", "busybox-static")
+	kernel, modules := cloudKernel(t)
+	stateDir := t.TempDir()
+	if os.Getenv("AIRLOCK_E2E_KEEP") == "1" {
+		stateDir, _ = os.MkdirTemp("", "airlock-e2e-lab-")
+	}
+	begin := time.Now()
+	if _, err := airlock(t, "lab", "up", "--state", stateDir, "--nodes", "4", "--racks", "2", "--firmware", "mixed",
+		"--kernel", kernel, "--modules", modules, "--agent", filepath.Join(filepath.Dir(bin), "airlock-agent")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if keep(t) {
+			t.Logf("the lab is still up: airlock lab status --state %s; serial consoles in %s/lab; airlock lab down --state %s", stateDir, stateDir, stateDir)
+			return
+		}
+		if _, err := airlock(t, "lab", "down", "--state", stateDir); err != nil {
+			t.Error(err)
+		}
+	})
+	var status struct {
+		Namespace string
+		Serving   bool
+		VMs       []labVM
+	}
+	out, err := airlock(t, "lab", "status", "-o", "json", "--state", stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readJSON(t, out, &status)
+	if len(status.VMs) != 4 || !status.Serving {
+		t.Fatalf("lab status = %s", out)
+	}
+
+	deadline := begin.Add(180 * time.Second)
+	var found map[string]machine
+	for {
+		found = inventoryOf(t, stateDir)
+		if len(found) >= 4 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(2 * time.Second)
+	}
+	if len(found) != 4 {
+		t.Fatalf("%d of 4 machines discovered within 180 s of lab up; the lab's airlock log ends:\n%s", len(found), labLogTail(stateDir))
+	}
+	firmwares := map[string]int{}
+	for _, vm := range status.VMs {
+		m, ok := found[vm.Serial]
+		if !ok {
+			t.Errorf("VM %s (serial %s) is not in the inventory", vm.Name, vm.Serial)
+			continue
+		}
+		firmwares[vm.Firmware]++
+		port := fmt.Sprintf("Eth1/%d", vm.Slot)
+		if m.BootMAC != strings.ToLower(vm.MAC) || m.Rack != vm.Rack || m.RackSource != "lldp" ||
+			m.Switch != vm.Rack+"-tor" || m.SwitchPort != port || m.Firmware != vm.Firmware || len(m.Flags) != 0 {
+			t.Errorf("VM %s: got mac %s rack %s (%s) switch %s %s firmware %s flags %v; want mac %s rack %s switch %s-tor %s firmware %s",
+				vm.Name, m.BootMAC, m.Rack, m.RackSource, m.Switch, m.SwitchPort, m.Firmware, m.Flags, vm.MAC, vm.Rack, vm.Rack, port, vm.Firmware)
+		}
+		if len(m.Hardware.Disks) != 1 || m.Hardware.Disks[0].SizeBytes != vm.DiskSize {
+			t.Errorf("VM %s: disks %+v, want one of %d bytes", vm.Name, m.Hardware.Disks, vm.DiskSize)
+		}
+		t.Logf("%s (%s, %s): discovered %.1f s after its VM started", vm.Name, vm.Firmware, vm.Rack, m.FirstSeen.Sub(vm.Started).Seconds())
+	}
+	if firmwares["bios"] != 2 || firmwares["uefi"] != 2 {
+		t.Errorf("firmware mix = %v, want 2 bios and 2 uefi", firmwares)
+	}
+
+	// A forged report (a token airlock never issued) is refused and logged.
+	ns, err := netns.Open(status.Namespace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := "0123456789abcdef." + strings.Repeat("A", 43)
+	err = ns.Command(context.Background(), busybox, "wget", "-q", "-O", "-", "--header", "Authorization: Bearer "+forged,
+		"--header", "Content-Type: application/json", "--post-data", `{"bootMAC":"52:54:00:66:66:66","arch":"amd64","inventory":{}}`,
+		"http://10.77.0.1:8080/api/v1/agent/register").Run()
+	if err == nil {
+		t.Error("a report with a forged token was accepted")
+	}
+	if log := labLogTail(stateDir); !strings.Contains(readLabLog(t, stateDir), `reason="unknown or revoked agent token"`) {
+		t.Errorf("the forged report was not logged; log ends:\n%s", log)
+	}
+
+	// A rebooted VM comes back as the same machine, not a new one.
+	vm := status.VMs[0]
+	before := found[vm.Serial]
+	if _, err := airlock(t, "inventory", "rediscover", before.ID, "--state", stateDir); err != nil {
+		t.Fatal(err)
+	}
+	rebootBy := time.Now().Add(150 * time.Second)
+	for {
+		found = inventoryOf(t, stateDir)
+		if found[vm.Serial].Boots > before.Boots || time.Now().After(rebootBy) {
+			break
+		}
+		time.Sleep(2 * time.Second)
+	}
+	after := found[vm.Serial]
+	if after.Boots != before.Boots+1 || after.ID != before.ID || len(found) != 4 {
+		t.Fatalf("after a reboot %s is %s with %d boots (before %s with %d) and the inventory holds %d machines:\n%s",
+			vm.Name, after.ID, after.Boots, before.ID, before.Boots, len(found), labLogTail(stateDir))
+	}
+	t.Logf("%s rebooted and was rediscovered as the same machine %s", vm.Name, after.ID)
+}
+
+func readLabLog(t *testing.T, stateDir string) string {
+	data, err := os.ReadFile(filepath.Join(stateDir, "lab", "airlock.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+func labLogTail(stateDir string) string {
+	data, _ := os.ReadFile(filepath.Join(stateDir, "lab", "airlock.log"))
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > 25 {
+		lines = lines[len(lines)-25:]
+	}
+	return strings.Join(lines, "\n")
+}

@@ -1,0 +1,158 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"airlock.dev/airlock/e2e/lab"
+	"airlock.dev/airlock/installer/control"
+	"airlock.dev/airlock/installer/engine"
+	"airlock.dev/airlock/installer/inventory"
+)
+
+func newLabCommand(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "lab",
+		Short: "A virtual rack of QEMU machines on this computer, to rehearse an install",
+		Long: `airlock lab builds a virtual rack in a private network namespace: a bridge as
+the provisioning network, QEMU machines (BIOS, UEFI or both) that network-boot
+from an airlock running inside the namespace, and a simulated top-of-rack
+switch per rack that speaks LLDP. Nothing touches the host's interfaces.`,
+	}
+	cmd.AddCommand(newLabUpCommand(g), newLabStatusCommand(g), newLabDownCommand(g), newLabRunCommand(g))
+	return cmd
+}
+
+func newLabUpCommand(g *globals) *cobra.Command {
+	o := engine.LabOptions{Nodes: 4, Racks: 2, Firmware: lab.Mixed, Accel: "auto"}
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Bring up the virtual rack and its airlock; returns while it runs",
+		Example: `  airlock lab up --nodes 4 --firmware mixed --racks 2 \
+    --kernel /boot/vmlinuz-6.1.0-41-cloud-amd64 --modules /lib/modules/6.1.0-41-cloud-amd64
+  airlock inventory
+  airlock lab down`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			self, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("find the airlock executable: %w", err)
+			}
+			o.Self, o.StateDir, o.Log = self, g.stateDir, g.log
+			if o.Agent == "" {
+				o.Agent = filepath.Join(filepath.Dir(self), "airlock-agent")
+			}
+			o.Args = []string{"--log-format", g.logFormat, "--log-level", g.logLevel}
+			s, err := engine.LabUp(cmd.Context(), o)
+			if err != nil {
+				return fmt.Errorf("lab up: %w", err)
+			}
+			fmt.Fprintf(g.streams.Out, "lab up: %d machines in %d racks on %s (namespace %s)\n", len(s.VMs), len(s.Switches), s.Subnet, s.Namespace)
+			fmt.Fprintf(g.streams.Out, "watch them appear: airlock inventory --state %s\nserial consoles and logs: %s\nremove it all:     airlock lab down --state %s\n", g.stateDir, s.Dir, g.stateDir)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&o.Nodes, "nodes", o.Nodes, "virtual machines")
+	f.IntVar(&o.Racks, "racks", o.Racks, "racks (each with its own top-of-rack switch)")
+	f.StringVar(&o.Firmware, "firmware", o.Firmware, "bios, uefi or mixed")
+	f.StringVar(&o.Accel, "accel", o.Accel, "auto (KVM only if a test guest really boots under it), tcg or kvm")
+	f.StringVar(&o.Kernel, "kernel", "", "discovery kernel (from the bundle's kernel package)")
+	f.StringVar(&o.ModulesDir, "modules", "", "the kernel's module tree (/lib/modules/RELEASE)")
+	f.StringVar(&o.Agent, "agent", "", "airlock-agent binary (default: next to this airlock)")
+	_ = cmd.RegisterFlagCompletionFunc("firmware", fixedCompletion(lab.BIOS, lab.UEFI, lab.Mixed))
+	return cmd
+}
+
+// labStatus is what lab status prints with -o json|yaml.
+type labStatus struct {
+	Namespace string      `json:"namespace"`
+	Subnet    string      `json:"subnet"`
+	Serving   bool        `json:"serving"`
+	VMs       []labVMInfo `json:"vms"`
+}
+
+type labVMInfo struct {
+	lab.VM
+	Discovered string `json:"discovered,omitempty"` // machine ID once the agent reported
+	Rack       string `json:"discoveredRack,omitempty"`
+}
+
+func newLabStatusCommand(g *globals) *cobra.Command {
+	var output *string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the virtual rack: machines, whether they run, whether airlock discovered them",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkOutput(*output); err != nil {
+				return err
+			}
+			s, err := lab.Status(g.stateDir)
+			if errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("no lab in %s: airlock lab up makes one", g.stateDir)
+			}
+			if err != nil {
+				return err
+			}
+			st := labStatus{Namespace: s.Namespace, Subnet: s.Subnet}
+			machines, err := control.NewClient(g.stateDir).Machines(cmd.Context())
+			st.Serving = err == nil
+			bySerial := map[string]inventory.Machine{}
+			for _, m := range machines {
+				bySerial[m.Serial] = m
+			}
+			for _, vm := range s.VMs {
+				info := labVMInfo{VM: vm}
+				if m, ok := bySerial[vm.Serial]; ok {
+					info.Discovered, info.Rack = m.ID, m.Rack
+				}
+				st.VMs = append(st.VMs, info)
+			}
+			return render(g.streams.Out, *output, st, func(w io.Writer) error {
+				fmt.Fprintf(w, "lab %s on %s; airlock serving: %v\n", st.Namespace, st.Subnet, st.Serving)
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "VM\tRACK\tPORT\tFIRMWARE\tSERIAL\tMAC\tRUNNING\tDISCOVERED")
+				for _, vm := range st.VMs {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%v\t%s\n", vm.Name, vm.VM.Rack, vm.Port(), vm.Firmware, vm.Serial, vm.MAC, vm.Running, dash(vm.Discovered))
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	output = outputFlag(cmd)
+	return cmd
+}
+
+func newLabDownCommand(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "down",
+		Short: "Remove the virtual rack: machines, its airlock, namespace and files",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := engine.LabDown(g.stateDir); err != nil {
+				return fmt.Errorf("lab down: %w", err)
+			}
+			fmt.Fprintln(g.streams.Out, "lab down: removed")
+			return nil
+		},
+	}
+}
+
+func newLabRunCommand(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:    "run",
+		Short:  "The lab's own airlock (started by lab up inside the lab's namespace)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return engine.LabRun(cmd.Context(), g.stateDir, g.log)
+		},
+	}
+}

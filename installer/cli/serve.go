@@ -1,0 +1,120 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"airlock.dev/airlock/bundle"
+	"airlock.dev/airlock/installer/config"
+	"airlock.dev/airlock/installer/engine"
+	"airlock.dev/airlock/installer/state"
+	"airlock.dev/airlock/services/ipxe"
+	"airlock.dev/airlock/services/registry"
+)
+
+func newServeCommand(g *globals) *cobra.Command {
+	var (
+		file         *string
+		iface        string
+		bootFiles    string
+		image        engine.DiscoveryImage
+		httpPort     int
+		allowForeign bool
+		bundlePath   string
+	)
+	cmd := &cobra.Command{
+		Use:   "serve -f FILE",
+		Short: "Serve DHCP, TFTP, HTTP boot and the agent API on the provisioning network",
+		Long: `Run the boot services on the answer file's provisioning network until
+interrupted: DHCP (full, proxy or auto), TFTP for the iPXE first stage, HTTP
+for iPXE scripts, the discovery kernel and boot image, and the agent API that
+records discovered machines in the inventory. airlock serve refuses to start
+until network.interface names the NIC to serve on.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := loadAnswers(g.streams.Err, *file)
+			if err != nil {
+				return err
+			}
+			if iface != "" {
+				a.Network.Interface = iface
+			}
+			var files fs.FS
+			if bootFiles != "" {
+				if _, err := os.Stat(bootFiles); err != nil {
+					return fmt.Errorf("--boot-files: %w", err)
+				}
+				files = os.DirFS(bootFiles)
+			}
+			if bundlePath != "" {
+				a.Bundle.Path = bundlePath
+			}
+			b, err := serveBundle(a.Bundle, g)
+			if err != nil {
+				return err
+			}
+			var reg registry.Backend
+			if b != nil {
+				defer b.Close()
+				reg = b
+			}
+			ipxeFS, err := ipxe.FS()
+			if err != nil {
+				ipxeFS = nil // Serve warns that machines will get no boot file
+			}
+			st, err := state.Open(g.stateDir)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			return engine.Serve(cmd.Context(), engine.ServeOptions{
+				Answers:          a,
+				Store:            st,
+				StateDir:         g.stateDir,
+				IPXE:             ipxeFS,
+				Files:            files,
+				Image:            image,
+				HTTPPort:         httpPort,
+				Registry:         reg,
+				AllowForeignDHCP: allowForeign,
+				Log:              g.log,
+				Ready: func(s engine.Serving) {
+					fmt.Fprintf(g.streams.Err, "airlock: serving on %s (DHCP %s, HTTP %s, TFTP %v, registry %s); Ctrl-C stops\n", s.Interface, s.Mode, s.HTTP, s.TFTP, dash(s.Registry))
+				},
+			})
+		},
+	}
+	file = answersFlag(cmd)
+	f := cmd.Flags()
+	f.StringVar(&iface, "interface", "", "serve on this NIC (overrides network.interface)")
+	f.StringVar(&bootFiles, "boot-files", "", "directory served under /files/: the discovery kernel and boot image")
+	f.StringVar(&image.Kernel, "kernel", "vmlinuz", "discovery kernel, relative to --boot-files")
+	f.StringVar(&image.Initrd, "initrd", "initramfs.img", "discovery boot image, relative to --boot-files")
+	f.StringVar(&image.Cmdline, "kernel-args", "console=ttyS0", "extra kernel arguments for the discovery image")
+	f.IntVar(&httpPort, "http-port", 8080, "HTTP boot port")
+	f.StringVar(&bundlePath, "bundle", "", "bundle to serve (overrides bundle.path; default: the one appended to this executable)")
+	f.BoolVar(&allowForeign, "allow-foreign-dhcp", false, "DANGEROUS: serve full DHCP although another DHCP server answers on the segment")
+	return cmd
+}
+
+// serveBundle opens the answers' bundle, or the one appended to this
+// executable when the answers name none. It returns nil (and says so) when
+// there is no bundle at all: serve then runs the boot services only.
+func serveBundle(cfg config.Bundle, g *globals) (*bundle.Bundle, error) {
+	b, err := openBundle(cfg.Path, cfg.PublicKey)
+	if cfg.Path == "" && errors.Is(err, bundle.ErrNotBundle) {
+		g.log.Warn("no bundle: neither bundle.path nor a bundle appended to this executable; serving the boot services without a registry")
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err // it names the bundle and what is wrong with it
+	}
+	if !b.Trusted() {
+		g.log.Warn("bundle checked for integrity only: set bundle.publicKey to require your signing key", "bundle", b.Name())
+	}
+	return b, nil
+}

@@ -1,0 +1,190 @@
+// Package control is the control socket of a running airlock: while one
+// process owns the state store (serve, install, wizard, lab up), other
+// commands ask it over HTTP + JSON on a unix socket in the state directory,
+// readable by its owner only. When no airlock runs, they open the store
+// read-only instead.
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"airlock.dev/airlock/installer/inventory"
+	"airlock.dev/airlock/installer/state"
+)
+
+// SocketName is the control socket's file in the state directory.
+const SocketName = "airlock.sock"
+
+// ErrNotRunning means no airlock process serves the state directory.
+var ErrNotRunning = errors.New("no airlock is running on this state directory")
+
+// Source is what the control socket reports and acts on.
+type Source interface {
+	Machines() ([]inventory.Machine, error)
+	Journal() ([]state.Entry, error)
+	Rediscover(machineID string) error
+}
+
+// EngineSource answers from the running engine's inventory and journal.
+type EngineSource struct {
+	Inventory *inventory.Store
+	Store     state.Store
+}
+
+// Machines implements Source.
+func (s EngineSource) Machines() ([]inventory.Machine, error) { return s.Inventory.List() }
+
+// Journal implements Source.
+func (s EngineSource) Journal() ([]state.Entry, error) { return state.NewJournal(s.Store).Entries() }
+
+// Rediscover implements Source.
+func (s EngineSource) Rediscover(id string) error { return s.Inventory.Rediscover(id) }
+
+// Listen creates the control socket in stateDir, owner-only. A stale socket
+// left by a crashed airlock is replaced; a live one is an error.
+func Listen(stateDir string) (net.Listener, error) {
+	path := filepath.Join(stateDir, SocketName)
+	if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		conn.Close()
+		return nil, fmt.Errorf("control socket %s is served by another airlock", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale control socket: %w", err)
+	}
+	old := syscall.Umask(0o177)
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listen on control socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		return nil, errors.Join(fmt.Errorf("restrict control socket: %w", err), ln.Close())
+	}
+	return ln, nil
+}
+
+// Handler serves the control API.
+func Handler(src Source, log *slog.Logger) http.Handler {
+	mux := http.NewServeMux()
+	reply := func(w http.ResponseWriter, v any, err error) {
+		w.Header().Set("Content-Type", "application/json")
+		if err != nil {
+			log.Error("control request failed", "err", err)
+			w.WriteHeader(http.StatusInternalServerError)
+			json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+			return
+		}
+		json.NewEncoder(w).Encode(v)
+	}
+	mux.HandleFunc("GET /v1/inventory", func(w http.ResponseWriter, _ *http.Request) {
+		m, err := src.Machines()
+		reply(w, m, err)
+	})
+	mux.HandleFunc("GET /v1/journal", func(w http.ResponseWriter, _ *http.Request) {
+		j, err := src.Journal()
+		reply(w, j, err)
+	})
+	mux.HandleFunc("POST /v1/machines/{id}/rediscover", func(w http.ResponseWriter, r *http.Request) {
+		err := src.Rediscover(r.PathValue("id"))
+		if errors.Is(err, inventory.ErrNoMachine) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusNotFound)
+			json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+			return
+		}
+		reply(w, map[string]string{"machine": r.PathValue("id"), "order": "reboot into discovery"}, err)
+	})
+	return mux
+}
+
+// Serve answers on ln until ctx is cancelled, then drains for up to 5 s.
+func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("control socket: %w", err)
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return fmt.Errorf("control socket shutdown: %w", err)
+	}
+	return nil
+}
+
+// Client talks to the airlock that owns a state directory.
+type Client struct {
+	http *http.Client
+}
+
+// NewClient returns a client for the control socket in stateDir.
+func NewClient(stateDir string) *Client {
+	path := filepath.Join(stateDir, SocketName)
+	return &Client{http: &http.Client{
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		}},
+	}}
+}
+
+func (c *Client) do(ctx context.Context, method, path string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, method, "http://airlock"+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
+			return ErrNotRunning
+		}
+		return fmt.Errorf("control socket: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct{ Error string }
+		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+			return errors.New(e.Error)
+		}
+		return fmt.Errorf("control socket: %s: %s", resp.Status, body)
+	}
+	return json.Unmarshal(body, v)
+}
+
+// Machines asks the running airlock for its inventory.
+func (c *Client) Machines(ctx context.Context) ([]inventory.Machine, error) {
+	var out []inventory.Machine
+	return out, c.do(ctx, http.MethodGet, "/v1/inventory", &out)
+}
+
+// Journal asks the running airlock for its journal.
+func (c *Client) Journal(ctx context.Context) ([]state.Entry, error) {
+	var out []state.Entry
+	return out, c.do(ctx, http.MethodGet, "/v1/journal", &out)
+}
+
+// Rediscover asks the running airlock to reboot a machine into discovery.
+func (c *Client) Rediscover(ctx context.Context, machineID string) error {
+	var out map[string]string
+	return c.do(ctx, http.MethodPost, "/v1/machines/"+url.PathEscape(machineID)+"/rediscover", &out)
+}

@@ -1,0 +1,68 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"airlock.dev/airlock/installer/inventory"
+	"airlock.dev/airlock/installer/state"
+)
+
+func TestControlSocket(t *testing.T) {
+	dir := t.TempDir()
+	st, err := state.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := state.NewJournal(st).Record("serve", state.StatusStarted, "", nil); err != nil {
+		t.Fatal(err)
+	}
+	c := NewClient(dir)
+	if _, err := c.Machines(context.Background()); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("before Listen: %v, want ErrNotRunning", err)
+	}
+	ln, err := Listen(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := os.Stat(filepath.Join(dir, SocketName))
+	if err != nil || info.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode = %v, %v; want 0600", info.Mode(), err)
+	}
+	if _, err := Listen(dir); err == nil {
+		t.Error("a second Listen on a live socket succeeded")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Serve(ctx, ln, Handler(EngineSource{Inventory: inventory.New(st, nil, slog.New(slog.NewTextHandler(io.Discard, nil))), Store: st}, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	}()
+	machines, err := c.Machines(context.Background())
+	if err != nil || len(machines) != 0 {
+		t.Fatalf("machines = %v, %v", machines, err)
+	}
+	j, err := c.Journal(context.Background())
+	if err != nil || len(j) != 1 || j[0].Step != "serve" {
+		t.Fatalf("journal = %v, %v", j, err)
+	}
+	if err := c.Rediscover(context.Background(), "m-nosuch"); err == nil || !strings.Contains(err.Error(), "no such machine") {
+		t.Errorf("rediscover of an unknown machine: %v", err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Serve after cancel = %v, want nil", err)
+	}
+	// The socket file of a dead airlock is stale: the next Listen replaces it.
+	ln2, err := Listen(dir)
+	if err != nil {
+		t.Fatalf("Listen over a stale socket: %v", err)
+	}
+	ln2.Close()
+}

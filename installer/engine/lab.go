@@ -1,0 +1,370 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/template"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"airlock.dev/airlock/e2e/lab"
+	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/installer/bootimage"
+	"airlock.dev/airlock/installer/config"
+	"airlock.dev/airlock/installer/control"
+	"airlock.dev/airlock/installer/state"
+	"airlock.dev/airlock/services/ipxe"
+)
+
+// Files the lab keeps in its directory (StateDir/lab).
+const (
+	labAnswers   = "answers.yaml"  // the answer file the lab's airlock serves
+	labBootDir   = "boot"          // discovery kernel and boot image
+	labLog       = "airlock.log"   // the background airlock's log
+	labReady     = "ready"         // written once the services serve
+	labOwnsStore = "owns-store"    // the lab created the state store, so down removes it
+	labKernel    = "vmlinuz"       // under labBootDir
+	labInitrd    = "initramfs.img" // under labBootDir
+)
+
+// LabOptions describe a virtual rack to bring up.
+type LabOptions struct {
+	StateDir string
+	Nodes    int
+	Racks    int
+	Firmware string // bios, uefi or mixed
+	Accel    string // auto (probe KVM, else TCG), tcg or kvm
+	// Kernel and ModulesDir are the discovery kernel and its module tree
+	// (the bundle's kernel package; Debian's linux-image-cloud-amd64 here).
+	Kernel, ModulesDir string
+	// Agent is the static airlock-agent binary that becomes /init.
+	Agent string
+	// Self is the airlock executable to run in the lab's namespace.
+	Self string
+	// Args are global flags passed on to it (log format and level).
+	Args []string
+	Log  *slog.Logger
+}
+
+// ErrLabUp means a lab is already recorded in the state directory.
+var ErrLabUp = errors.New("a lab is already up in this state directory: `airlock lab status` shows it, `airlock lab down` removes it")
+
+// LabUp builds the discovery boot image, makes the virtual rack, starts an
+// airlock inside the rack's namespace (in the background, serving the
+// rack and playing its switches) and, once it serves, powers on the VMs.
+// It returns while the lab keeps running; LabDown removes it all.
+func LabUp(ctx context.Context, o LabOptions) (_ *lab.State, err error) {
+	if _, err := lab.Load(o.StateDir); err == nil {
+		return nil, ErrLabUp
+	}
+	if err := checkLabInputs(o); err != nil {
+		return nil, err
+	}
+	if o.Accel == "" || o.Accel == "auto" {
+		// /dev/kvm existing is not enough (nested KVM hangs guests here):
+		// use KVM only when a guest really boots under it.
+		o.Accel = "tcg"
+		if _, err := os.Stat("/dev/kvm"); err == nil && lab.ProbeKVM(ctx, "qemu-system-x86_64", o.Kernel) {
+			o.Accel = "kvm"
+		}
+		o.Log.Info("lab acceleration", "accel", o.Accel)
+	}
+	_, statErr := os.Stat(filepath.Join(o.StateDir, state.FileName))
+	storeExisted := statErr == nil
+	lo := lab.Options{StateDir: o.StateDir, Nodes: o.Nodes, Racks: o.Racks, Firmware: o.Firmware, Accel: o.Accel, Detach: true, Log: o.Log}
+	s, err := lab.Prepare(ctx, lo)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, LabDown(o.StateDir))
+		}
+	}()
+	if !storeExisted {
+		if err := os.WriteFile(filepath.Join(s.Dir, labOwnsStore), nil, 0o600); err != nil {
+			return nil, err
+		}
+	}
+	if err := buildLabBoot(s.Dir, o); err != nil {
+		return nil, err
+	}
+	answers, err := labAnswerFile(s)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(s.Dir, labAnswers), answers, 0o600); err != nil {
+		return nil, err
+	}
+	if err := startLabAirlock(ctx, s, o); err != nil {
+		return nil, err
+	}
+	if err := lab.Start(ctx, lo, s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func checkLabInputs(o LabOptions) error {
+	var errs []error
+	if o.Kernel == "" {
+		errs = append(errs, errors.New("--kernel: the discovery kernel is required (Debian: /boot/vmlinuz-*-cloud-amd64 from linux-image-cloud-amd64)"))
+	} else if _, err := os.Stat(o.Kernel); err != nil {
+		errs = append(errs, fmt.Errorf("--kernel: %w", err))
+	}
+	if o.ModulesDir == "" {
+		errs = append(errs, errors.New("--modules: the kernel's module tree is required (Debian: /lib/modules/RELEASE)"))
+	} else if _, err := os.Stat(filepath.Join(o.ModulesDir, "modules.dep")); err != nil {
+		errs = append(errs, fmt.Errorf("--modules: %s has no modules.dep: %w", o.ModulesDir, err))
+	}
+	if _, err := os.Stat(o.Agent); err != nil {
+		errs = append(errs, fmt.Errorf("--agent: %w (make build writes bin/airlock-agent)", err))
+	}
+	return errors.Join(errs...)
+}
+
+func buildLabBoot(dir string, o LabOptions) error {
+	boot := filepath.Join(dir, labBootDir)
+	if err := os.MkdirAll(boot, 0o700); err != nil {
+		return err
+	}
+	kernel, err := os.ReadFile(o.Kernel)
+	if err != nil {
+		return fmt.Errorf("read kernel: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(boot, labKernel), kernel, 0o600); err != nil {
+		return err
+	}
+	agent, err := os.ReadFile(o.Agent)
+	if err != nil {
+		return fmt.Errorf("read agent: %w", err)
+	}
+	var img bytes.Buffer
+	rep, err := bootimage.Build(&img, bootimage.Options{Agent: agent, ModulesDir: o.ModulesDir, Compression: bootimage.Gzip, Log: o.Log})
+	if err != nil {
+		return fmt.Errorf("build the discovery boot image: %w", err)
+	}
+	o.Log.Info("discovery boot image built", "kernel", rep.KernelRelease, "modules", len(rep.Modules), "bytes", rep.Bytes)
+	return os.WriteFile(filepath.Join(boot, labInitrd), img.Bytes(), 0o600)
+}
+
+var labAnswersTmpl = template.Must(template.New("lab").Parse(`# Written by airlock lab up for the virtual rack in this directory.
+apiVersion: airlock.dev/v1alpha1
+kind: Install
+site: {name: lab}
+network:
+  interface: {{.Bridge}}
+  mode: full
+  subnet: {{.Subnet}}
+  address: {{.Address}}
+  dynamicRange: {start: {{.Start}}, end: {{.End}}}
+  leaseTime: 1h
+racks:
+{{- range .Racks}}
+  - name: {{.Name}}
+    tor: {{.ToR}}
+    ports:
+{{- range .Ports}}
+      - {port: {{.Port}}, serial: {{.Serial}}}
+{{- end}}
+{{- end}}
+machines:
+  - name: control-plane
+    match: {serials: [{{.First}}]}
+    role: control-plane
+    hostname: cp-1
+  - name: workers
+    role: worker
+    hostname: worker-{rack}-{index}
+admission: {policy: any}
+cluster: {name: lab}
+`))
+
+// labAnswerFile is the answer file for the lab's own airlock: full DHCP on
+// the bridge, and the rack plan exactly as the lab cabled it.
+func labAnswerFile(s *lab.State) ([]byte, error) {
+	subnet, err := netip.ParsePrefix(s.Subnet)
+	if err != nil {
+		return nil, err
+	}
+	server, err := netip.ParsePrefix(s.ServerAddr)
+	if err != nil {
+		return nil, err
+	}
+	type port struct{ Port, Serial string }
+	type rack struct {
+		Name, ToR string
+		Ports     []port
+	}
+	var racks []rack
+	for _, sw := range s.Switches {
+		r := rack{Name: sw.Rack, ToR: sw.SystemName}
+		for _, vm := range s.VMs {
+			if vm.Rack == sw.Rack {
+				r.Ports = append(r.Ports, port{vm.Port(), vm.Serial})
+			}
+		}
+		racks = append(racks, r)
+	}
+	base := subnet.Masked().Addr().As4()
+	at := func(host byte) netip.Addr { b := base; b[3] += host; return netip.AddrFrom4(b) }
+	var out bytes.Buffer
+	err = labAnswersTmpl.Execute(&out, map[string]any{
+		"Bridge": s.Bridge, "Subnet": subnet.Masked(), "Address": server.Addr(),
+		"Start": at(100), "End": at(200), "Racks": racks, "First": s.VMs[0].Serial,
+	})
+	if err != nil {
+		return nil, err
+	}
+	a, src, problems := config.Parse(labAnswers, out.Bytes())
+	problems = append(problems, a.Validate(src)...)
+	if err := problems.Err(); err != nil {
+		return nil, fmt.Errorf("the lab's answer file does not validate (a bug): %w", err)
+	}
+	return out.Bytes(), nil
+}
+
+// startLabAirlock starts `airlock lab run` inside the lab's namespace, in
+// its own session so that it outlives this process, and waits until its
+// services serve.
+func startLabAirlock(ctx context.Context, s *lab.State, o LabOptions) error {
+	ns, err := netns.Open(s.Namespace)
+	if err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(filepath.Join(s.Dir, labLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	args := append([]string{"lab", "run", "--state", o.StateDir}, o.Args...)
+	cmd := ns.Command(context.WithoutCancel(ctx), o.Self, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start the lab's airlock: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	deadline := time.NewTimer(90 * time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if _, err := os.Stat(filepath.Join(s.Dir, labReady)); err == nil {
+			o.Log.Info("lab airlock serving", "pid", cmd.Process.Pid, "log", filepath.Join(s.Dir, labLog))
+			return nil
+		}
+		select {
+		case err := <-exited:
+			return fmt.Errorf("the lab's airlock exited (%v); its log:\n%s", err, tail(filepath.Join(s.Dir, labLog), 20))
+		case <-deadline.C:
+			return fmt.Errorf("the lab's airlock did not serve within 90 s; its log:\n%s", tail(filepath.Join(s.Dir, labLog), 20))
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+func tail(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// LabRun is the lab's airlock: it runs inside the lab's namespace, serves
+// the provisioning network on the bridge and plays the racks' switches
+// until ctx is cancelled.
+func LabRun(ctx context.Context, stateDir string, log *slog.Logger) error {
+	s, err := lab.Load(stateDir)
+	if err != nil {
+		return fmt.Errorf("no lab in %s: %w", stateDir, err)
+	}
+	a, problems, err := config.Load(filepath.Join(s.Dir, labAnswers))
+	if err != nil {
+		return err
+	}
+	if err := problems.Err(); err != nil {
+		return err
+	}
+	st, err := state.Open(stateDir)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	ipxeFS, err := ipxe.FS()
+	if err != nil {
+		// The VMs' NICs carry iPXE in their option ROMs and go straight
+		// to HTTP; only TFTP-first-stage clients need the binaries.
+		log.Warn("lab: " + err.Error())
+		ipxeFS = nil
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		return Serve(gctx, ServeOptions{
+			Answers: a, Store: st, StateDir: stateDir, IPXE: ipxeFS,
+			Files: os.DirFS(filepath.Join(s.Dir, labBootDir)),
+			Image: DiscoveryImage{Kernel: labKernel, Initrd: labInitrd, Cmdline: "console=ttyS0"},
+			Log:   log,
+			Ready: func(Serving) {
+				if err := os.WriteFile(filepath.Join(s.Dir, labReady), nil, 0o600); err != nil {
+					log.Error("lab: mark ready", "err", err)
+				}
+			},
+		})
+	})
+	g.Go(func() error { return s.RunSwitches(gctx, log.With("part", "switches"), time.Second) })
+	return g.Wait()
+}
+
+// LabDown removes the lab: its VMs, its airlock (which lives in the lab's
+// namespace and goes with it), the namespace, the lab directory, and the
+// state store if the lab created it.
+func LabDown(stateDir string) error {
+	s, err := lab.Load(stateDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	_, ownsErr := os.Stat(filepath.Join(s.Dir, labOwnsStore))
+	if err := lab.Down(stateDir); err != nil {
+		return err
+	}
+	// The lab's airlock died with its namespace; its control socket is stale.
+	if _, err := control.NewClient(stateDir).Journal(context.Background()); errors.Is(err, control.ErrNotRunning) {
+		if err := os.Remove(filepath.Join(stateDir, control.SocketName)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove the lab's control socket: %w", err)
+		}
+	}
+	if ownsErr == nil {
+		for _, name := range []string{state.FileName, state.OwnerFile} {
+			if err := os.Remove(filepath.Join(stateDir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("remove the lab's state store: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// LabLogTail returns the last lines of the lab airlock's log.
+func LabLogTail(stateDir string, n int) string {
+	return tail(filepath.Join(stateDir, "lab", labLog), n)
+}

@@ -1,0 +1,593 @@
+package dhcp
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+)
+
+// Prober tells whether an address is already in use on the network (it
+// answers ARP or ICMP echo). It is the handler's only I/O, behind an
+// interface so that tests can answer from a table.
+type Prober interface {
+	InUse(ctx context.Context, ip netip.Addr) bool
+}
+
+// ProxyPort is the PXE boot server (BINL) port used beside proxyDHCP.
+const ProxyPort = 4011
+
+// Request is a received packet with where it came from.
+type Request struct {
+	Msg *dhcpv4.DHCPv4
+	// Port is the local port it arrived on: 67, or ProxyPort.
+	Port int
+	Peer netip.AddrPort
+}
+
+// Response is the handler's answer.
+type Response struct {
+	Msg *dhcpv4.DHCPv4
+	// Dest is where to send it; broadcast is 255.255.255.255:68.
+	Dest netip.AddrPort
+	// Save lists leases to persist before Msg is sent.
+	Save []Lease
+}
+
+// Handler decides the reply to each request. Apart from the Prober it does
+// no I/O; it keeps the lease table in memory.
+type Handler struct {
+	cfg   Config
+	mode  Mode // full or proxy, never auto
+	probe Prober
+	log   *slog.Logger
+	now   func() time.Time
+
+	reservedByMAC map[string]Reservation
+	reservedIP    map[netip.Addr]string
+
+	mu     sync.Mutex
+	byIP   map[netip.Addr]*Lease
+	byMAC  map[string]*Lease
+	cursor map[netip.Prefix]netip.Addr
+}
+
+// NewHandler returns a handler for cfg in mode (ModeFull or ModeProxy) with
+// the leases loaded from the store. probe may be nil (no probing).
+func NewHandler(cfg Config, mode Mode, leases []Lease, probe Prober, log *slog.Logger) *Handler {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Boot.TFTPServer == (netip.Addr{}) {
+		cfg.Boot.TFTPServer = cfg.ServerIP
+	}
+	h := &Handler{
+		cfg: cfg, mode: mode, probe: probe, log: log, now: time.Now,
+		reservedByMAC: map[string]Reservation{},
+		reservedIP:    map[netip.Addr]string{},
+		byIP:          map[netip.Addr]*Lease{},
+		byMAC:         map[string]*Lease{},
+		cursor:        map[netip.Prefix]netip.Addr{},
+	}
+	for _, r := range cfg.Reservations {
+		mac := r.MAC.String()
+		h.reservedByMAC[mac] = r
+		h.reservedIP[r.IP] = mac
+	}
+	for _, l := range leases {
+		l := l
+		if !l.IP.IsValid() {
+			continue
+		}
+		h.byIP[l.IP] = &l
+		if l.MAC != "" && (l.State == StateBound || l.State == StateReleased) {
+			if old := h.byMAC[l.MAC]; old == nil || old.Expires.Before(l.Expires) {
+				h.byMAC[l.MAC] = &l
+			}
+		}
+	}
+	return h
+}
+
+// Mode returns the mode the handler serves (full or proxy).
+func (h *Handler) Mode() Mode { return h.mode }
+
+// Leases returns a copy of the lease table.
+func (h *Handler) Leases() []Lease {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]Lease, 0, len(h.byIP))
+	for _, l := range h.byIP {
+		out = append(out, *l)
+	}
+	return out
+}
+
+var (
+	broadcastDest = netip.AddrPortFrom(netip.AddrFrom4([4]byte{255, 255, 255, 255}), dhcpv4.ClientPort)
+	zeroIP        = net.IPv4zero.To4()
+)
+
+// Handle returns the reply to req, or nil when there is nothing to send.
+func (h *Handler) Handle(ctx context.Context, req Request) *Response {
+	m := req.Msg
+	if m == nil || m.OpCode != dhcpv4.OpcodeBootRequest || len(m.ClientHWAddr) != 6 {
+		return nil
+	}
+	client := Classify(m)
+	if h.mode == ModeProxy {
+		return h.handleProxy(req, client)
+	}
+	if req.Port == ProxyPort {
+		return nil
+	}
+	switch m.MessageType() {
+	case dhcpv4.MessageTypeDiscover:
+		return h.discover(ctx, req, client)
+	case dhcpv4.MessageTypeRequest:
+		return h.request(req, client)
+	case dhcpv4.MessageTypeDecline:
+		h.decline(m)
+		return h.saveOnly(m)
+	case dhcpv4.MessageTypeRelease:
+		h.release(m)
+		return h.saveOnly(m)
+	case dhcpv4.MessageTypeInform:
+		return h.inform(req, client)
+	}
+	return nil
+}
+
+// subnetOf picks the subnet a request belongs to: the relayed subnet
+// holding giaddr, else the local one.
+func (h *Handler) subnetOf(m *dhcpv4.DHCPv4) *Subnet {
+	if gi, ok := addr4(m.GatewayIPAddr); ok {
+		for i := range h.cfg.Relayed {
+			if h.cfg.Relayed[i].Prefix.Contains(gi) {
+				return &h.cfg.Relayed[i]
+			}
+		}
+		if h.cfg.Subnet.Prefix.IsValid() && h.cfg.Subnet.Prefix.Contains(gi) {
+			return &h.cfg.Subnet
+		}
+		return nil
+	}
+	if h.cfg.Subnet.Prefix.IsValid() {
+		return &h.cfg.Subnet
+	}
+	return nil
+}
+
+func addr4(ip net.IP) (netip.Addr, bool) {
+	a, ok := netip.AddrFromSlice(ip.To4())
+	if !ok || a.IsUnspecified() {
+		return netip.Addr{}, false
+	}
+	return a, true
+}
+
+func (h *Handler) discover(ctx context.Context, req Request, client Client) *Response {
+	m := req.Msg
+	sub := h.subnetOf(m)
+	if sub == nil {
+		h.log.Debug("dhcp: no subnet for request", "mac", m.ClientHWAddr, "giaddr", m.GatewayIPAddr)
+		return nil
+	}
+	requested, _ := addr4(m.RequestedIPAddress())
+	ip, ok := h.allocate(ctx, m.ClientHWAddr.String(), sub, requested)
+	if !ok {
+		return nil
+	}
+	return h.respond(req, client, dhcpv4.MessageTypeOffer, ip, sub, nil)
+}
+
+// maxProbeTries bounds how many candidates one DISCOVER may probe.
+const maxProbeTries = 8
+
+// allocate picks an address for mac, holds it as offered, and probes it
+// unless it is known to be the client's own.
+func (h *Handler) allocate(ctx context.Context, mac string, sub *Subnet, requested netip.Addr) (netip.Addr, bool) {
+	for range maxProbeTries {
+		now := h.now()
+		h.mu.Lock()
+		if l := h.byMAC[mac]; l != nil && l.probing {
+			// A retransmission while this client's address is being
+			// probed: the first request will answer.
+			h.mu.Unlock()
+			return netip.Addr{}, false
+		}
+		ip, known, ok := h.pickLocked(mac, sub, requested, now)
+		var held *Lease
+		if ok {
+			held = &Lease{IP: ip, MAC: mac, State: StateOffered, Expires: now.Add(h.cfg.OfferHold)}
+			held.probing = !known && h.probe != nil && h.cfg.ProbeTimeout > 0
+			h.holdLocked(held)
+		}
+		h.mu.Unlock()
+		if !ok {
+			h.log.Warn("dhcp: no free address", "subnet", sub.Prefix, "mac", mac)
+			return netip.Addr{}, false
+		}
+		if !held.probing {
+			return ip, true
+		}
+		pctx, cancel := context.WithTimeout(ctx, h.cfg.ProbeTimeout)
+		inUse := h.probe.InUse(pctx, ip)
+		cancel()
+		if !inUse {
+			h.mu.Lock()
+			held.probing = false
+			h.mu.Unlock()
+			return ip, true
+		}
+		h.log.Warn("dhcp: address answers on the network, skipping it", "ip", ip, "hold", h.cfg.ConflictHold)
+		h.mu.Lock()
+		held.probing = false
+		if cur := h.byMAC[mac]; cur == held {
+			delete(h.byMAC, mac)
+		}
+		h.byIP[ip] = &Lease{IP: ip, State: StateConflict, Expires: h.now().Add(h.cfg.ConflictHold)}
+		h.mu.Unlock()
+		requested = netip.Addr{}
+	}
+	return netip.Addr{}, false
+}
+
+// pickLocked chooses an address; known means it needs no probe (reserved
+// for the client, or the client's own previous lease).
+func (h *Handler) pickLocked(mac string, sub *Subnet, requested netip.Addr, now time.Time) (ip netip.Addr, known, ok bool) {
+	if r, ok := h.reservedByMAC[mac]; ok && sub.Prefix.Contains(r.IP) {
+		return r.IP, true, true
+	}
+	if l := h.byMAC[mac]; l != nil && sub.Prefix.Contains(l.IP) && h.freeLocked(l.IP, mac, sub, now) {
+		return l.IP, true, true
+	}
+	if requested.IsValid() && inRange(sub, requested) && h.freeLocked(requested, mac, sub, now) {
+		return requested, false, true
+	}
+	start := h.cursor[sub.Prefix]
+	if !start.IsValid() || !inRange(sub, start) {
+		start = sub.RangeStart
+	}
+	ip = start
+	for range rangeSize(sub) {
+		if h.freeLocked(ip, mac, sub, now) {
+			next := ip.Next()
+			if !inRange(sub, next) {
+				next = sub.RangeStart
+			}
+			h.cursor[sub.Prefix] = next
+			return ip, false, true
+		}
+		ip = ip.Next()
+		if !inRange(sub, ip) {
+			ip = sub.RangeStart
+		}
+	}
+	return netip.Addr{}, false, false
+}
+
+func inRange(sub *Subnet, ip netip.Addr) bool {
+	return !ip.Less(sub.RangeStart) && !sub.RangeEnd.Less(ip)
+}
+
+func rangeSize(sub *Subnet) int {
+	a, b := sub.RangeStart.As4(), sub.RangeEnd.As4()
+	s := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+	e := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	if e < s {
+		return 0
+	}
+	return int(e-s) + 1
+}
+
+// freeLocked reports whether ip may be given to mac.
+func (h *Handler) freeLocked(ip netip.Addr, mac string, sub *Subnet, now time.Time) bool {
+	if owner, ok := h.reservedIP[ip]; ok && owner != mac {
+		return false
+	}
+	if ip == h.cfg.ServerIP || ip == sub.Router || ip == sub.Prefix.Masked().Addr() || ip == lastAddr(sub.Prefix) {
+		return false
+	}
+	if l := h.byIP[ip]; l != nil && l.active(now) && l.MAC != mac {
+		return false
+	}
+	return true
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	a := p.Masked().Addr().As4()
+	bits := p.Bits()
+	for i := range 4 {
+		for b := range 8 {
+			if i*8+b >= bits {
+				a[i] |= 0x80 >> b
+			}
+		}
+	}
+	return netip.AddrFrom4(a)
+}
+
+// holdLocked records l as the lease of its address and of its MAC, dropping
+// the MAC's previous offer elsewhere.
+func (h *Handler) holdLocked(l *Lease) {
+	if old := h.byMAC[l.MAC]; old != nil && old.IP != l.IP && old.State == StateOffered {
+		if h.byIP[old.IP] == old {
+			delete(h.byIP, old.IP)
+		}
+	}
+	if cur := h.byIP[l.IP]; cur != nil && cur.MAC == l.MAC && cur.State == StateBound && l.State == StateOffered {
+		// Re-offering a client its bound address must not shorten the lease.
+		return
+	}
+	h.byIP[l.IP] = l
+	if l.MAC != "" {
+		h.byMAC[l.MAC] = l
+	}
+}
+
+func (h *Handler) request(req Request, client Client) *Response {
+	m := req.Msg
+	mac := m.ClientHWAddr.String()
+	if sid, ok := addr4(m.ServerIdentifier()); ok && sid != h.cfg.ServerIP {
+		// The client chose another server's offer: free ours.
+		h.mu.Lock()
+		if l := h.byMAC[mac]; l != nil && l.State == StateOffered {
+			delete(h.byMAC, mac)
+			if h.byIP[l.IP] == l {
+				delete(h.byIP, l.IP)
+			}
+		}
+		h.mu.Unlock()
+		return nil
+	}
+	ip, ok := addr4(m.RequestedIPAddress())
+	if !ok {
+		ip, ok = addr4(m.ClientIPAddr)
+	}
+	if !ok {
+		return nil
+	}
+	sub := h.subnetOf(m)
+	if sub == nil {
+		return nil
+	}
+	if !sub.Prefix.Contains(ip) {
+		return h.nak(req, "requested address is not on this network")
+	}
+	now := h.now()
+	h.mu.Lock()
+	r, reserved := h.reservedByMAC[mac]
+	switch {
+	case reserved && sub.Prefix.Contains(r.IP) && r.IP != ip:
+		h.mu.Unlock()
+		return h.nak(req, "this machine has a reserved address")
+	case !h.freeLocked(ip, mac, sub, now):
+		h.mu.Unlock()
+		return h.nak(req, "address is in use")
+	case !inRange(sub, ip) && !(reserved && r.IP == ip):
+		h.mu.Unlock()
+		return h.nak(req, "address is outside the pool")
+	}
+	l := &Lease{IP: ip, MAC: mac, State: StateBound, Expires: now.Add(h.cfg.LeaseTime)}
+	if reserved {
+		l.Hostname = r.Hostname
+	}
+	if old := h.byMAC[mac]; old != nil && old.IP != ip && h.byIP[old.IP] == old && old.State == StateOffered {
+		delete(h.byIP, old.IP)
+	}
+	h.byIP[ip] = l
+	h.byMAC[mac] = l
+	h.mu.Unlock()
+	return h.respond(req, client, dhcpv4.MessageTypeAck, ip, sub, []Lease{*l})
+}
+
+func (h *Handler) decline(m *dhcpv4.DHCPv4) {
+	ip, ok := addr4(m.RequestedIPAddress())
+	if !ok {
+		return
+	}
+	mac := m.ClientHWAddr.String()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l := h.byIP[ip]
+	if l == nil || l.MAC != mac {
+		return
+	}
+	h.log.Warn("dhcp: client declined address (in use on the network)", "ip", ip, "mac", mac)
+	delete(h.byMAC, mac)
+	h.byIP[ip] = &Lease{IP: ip, State: StateDeclined, Expires: h.now().Add(h.cfg.DeclineHold)}
+}
+
+func (h *Handler) release(m *dhcpv4.DHCPv4) {
+	ip, ok := addr4(m.ClientIPAddr)
+	if !ok {
+		return
+	}
+	mac := m.ClientHWAddr.String()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l := h.byIP[ip]
+	if l == nil || l.MAC != mac || l.State != StateBound {
+		return
+	}
+	// Keep the MAC on the record so the client gets the same address back.
+	nl := &Lease{IP: ip, MAC: mac, Hostname: l.Hostname, State: StateReleased, Expires: h.now()}
+	h.byIP[ip] = nl
+	h.byMAC[mac] = nl
+}
+
+// saveOnly returns a response with no message, carrying the lease record of
+// the address a DECLINE or RELEASE named, to persist it.
+func (h *Handler) saveOnly(m *dhcpv4.DHCPv4) *Response {
+	ip, ok := addr4(m.RequestedIPAddress())
+	if m.MessageType() == dhcpv4.MessageTypeRelease {
+		ip, ok = addr4(m.ClientIPAddr)
+	}
+	if !ok {
+		return nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l := h.byIP[ip]
+	if l == nil || (l.State != StateDeclined && l.State != StateReleased) {
+		return nil
+	}
+	return &Response{Save: []Lease{*l}}
+}
+
+func (h *Handler) inform(req Request, client Client) *Response {
+	sub := h.subnetOf(req.Msg)
+	if sub == nil {
+		return nil
+	}
+	return h.respond(req, client, dhcpv4.MessageTypeAck, netip.Addr{}, sub, nil)
+}
+
+func (h *Handler) handleProxy(req Request, client Client) *Response {
+	if !client.Netboot() {
+		return nil // proxyDHCP only answers network-boot clients
+	}
+	m := req.Msg
+	switch m.MessageType() {
+	case dhcpv4.MessageTypeDiscover:
+		if req.Port == ProxyPort {
+			return nil
+		}
+		return h.respond(req, client, dhcpv4.MessageTypeOffer, netip.Addr{}, nil, nil)
+	case dhcpv4.MessageTypeRequest, dhcpv4.MessageTypeInform:
+		sid, hasSID := addr4(m.ServerIdentifier())
+		if req.Port != ProxyPort && (!hasSID || sid != h.cfg.ServerIP) {
+			return nil // addressed to the real DHCP server
+		}
+		return h.respond(req, client, dhcpv4.MessageTypeAck, netip.Addr{}, nil, nil)
+	}
+	return nil
+}
+
+func (h *Handler) nak(req Request, why string) *Response {
+	h.log.Info("dhcp: NAK", "mac", req.Msg.ClientHWAddr, "reason", why)
+	reply, err := dhcpv4.NewReplyFromRequest(req.Msg,
+		dhcpv4.WithMessageType(dhcpv4.MessageTypeNak),
+		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(h.cfg.ServerIP.AsSlice())),
+		dhcpv4.WithOption(dhcpv4.OptMessage(why)),
+	)
+	if err != nil {
+		return nil
+	}
+	dest := broadcastDest
+	if gi, ok := addr4(req.Msg.GatewayIPAddr); ok {
+		dest = netip.AddrPortFrom(gi, dhcpv4.ServerPort)
+		reply.SetBroadcast()
+	}
+	return &Response{Msg: reply, Dest: dest}
+}
+
+// respond builds an OFFER or ACK. yiaddr and sub are unset for proxy and
+// INFORM replies.
+func (h *Handler) respond(req Request, client Client, typ dhcpv4.MessageType, yiaddr netip.Addr, sub *Subnet, save []Lease) *Response {
+	m := req.Msg
+	mods := []dhcpv4.Modifier{
+		dhcpv4.WithMessageType(typ),
+		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(h.cfg.ServerIP.AsSlice())),
+	}
+	if yiaddr.IsValid() {
+		mods = append(mods, dhcpv4.WithYourIP(yiaddr.AsSlice()))
+	}
+	if ci, ok := addr4(m.ClientIPAddr); ok && typ == dhcpv4.MessageTypeAck {
+		mods = append(mods, dhcpv4.WithClientIP(ci.AsSlice()))
+	}
+	if sub != nil {
+		mods = append(mods, dhcpv4.WithNetmask(net.CIDRMask(sub.Prefix.Bits(), 32)))
+		if sub.Router.IsValid() {
+			mods = append(mods, dhcpv4.WithOption(dhcpv4.OptRouter(sub.Router.AsSlice())))
+		}
+		if len(sub.DNS) > 0 {
+			var dns []net.IP
+			for _, d := range sub.DNS {
+				dns = append(dns, d.AsSlice())
+			}
+			mods = append(mods, dhcpv4.WithOption(dhcpv4.OptDNS(dns...)))
+		}
+		if sub.DomainName != "" {
+			mods = append(mods, dhcpv4.WithOption(dhcpv4.OptDomainName(sub.DomainName)))
+		}
+		if yiaddr.IsValid() {
+			lt := h.cfg.LeaseTime
+			mods = append(mods,
+				dhcpv4.WithOption(dhcpv4.OptIPAddressLeaseTime(lt)),
+				dhcpv4.WithOption(dhcpv4.OptRenewTimeValue(lt/2)),
+				dhcpv4.WithOption(dhcpv4.OptRebindingTimeValue(lt*7/8)),
+			)
+			if r, ok := h.reservedByMAC[m.ClientHWAddr.String()]; ok && r.IP == yiaddr && r.Hostname != "" {
+				mods = append(mods, dhcpv4.WithOption(dhcpv4.OptHostName(r.Hostname)))
+			}
+		}
+	}
+	if client.Netboot() {
+		if bc, ok := h.cfg.Boot.choose(client, m); ok {
+			mods = append(mods, h.bootMods(m, bc)...)
+		} else if h.mode == ModeProxy {
+			return nil // nothing to offer this firmware
+		} else {
+			h.log.Info("dhcp: no first stage for this firmware", "mac", m.ClientHWAddr, "arch", client.Arch, "vendor", client.Vendor)
+		}
+	}
+	reply, err := dhcpv4.NewReplyFromRequest(m, mods...)
+	if err != nil {
+		return nil
+	}
+	return &Response{Msg: reply, Dest: destination(req, reply), Save: save}
+}
+
+func (h *Handler) bootMods(m *dhcpv4.DHCPv4, bc bootChoice) []dhcpv4.Modifier {
+	var mods []dhcpv4.Modifier
+	if len(bc.file) <= 127 {
+		mods = append(mods, func(d *dhcpv4.DHCPv4) { d.BootFileName = bc.file })
+	}
+	mods = append(mods, dhcpv4.WithOption(dhcpv4.OptBootFileName(bc.file)))
+	if bc.tftp {
+		mods = append(mods,
+			dhcpv4.WithServerIP(h.cfg.Boot.TFTPServer.AsSlice()),
+			dhcpv4.WithOption(dhcpv4.OptTFTPServerName(h.cfg.Boot.TFTPServer.String())),
+		)
+	}
+	if bc.vendor != "" {
+		mods = append(mods, dhcpv4.WithOption(dhcpv4.OptClassIdentifier(bc.vendor)))
+	}
+	if bc.ipxeNoWait {
+		// iPXE encapsulated option 175.176 (no-pxedhcp) = 1: do not wait
+		// ~3 s for proxyDHCP offers.
+		mods = append(mods, dhcpv4.WithGeneric(dhcpv4.GenericOptionCode(175), []byte{176, 1, 1}))
+	}
+	if h.mode == ModeProxy {
+		// PXE vendor options: discovery control 8 = boot the file named
+		// here, skip boot server discovery.
+		mods = append(mods, dhcpv4.WithGeneric(dhcpv4.OptionVendorSpecificInformation, []byte{6, 1, 8, 255}))
+		if g := m.GetOneOption(dhcpv4.OptionClientMachineIdentifier); len(g) > 0 {
+			mods = append(mods, dhcpv4.WithGeneric(dhcpv4.OptionClientMachineIdentifier, g))
+		}
+		mods = append(mods, func(d *dhcpv4.DHCPv4) { d.YourIPAddr = zeroIP })
+	}
+	return mods
+}
+
+// destination picks where a reply goes (RFC 2131 4.1). Without a raw socket
+// a client with no address yet is reached by broadcast.
+func destination(req Request, reply *dhcpv4.DHCPv4) netip.AddrPort {
+	m := req.Msg
+	if req.Port == ProxyPort && req.Peer.IsValid() {
+		return req.Peer
+	}
+	if gi, ok := addr4(m.GatewayIPAddr); ok {
+		return netip.AddrPortFrom(gi, dhcpv4.ServerPort)
+	}
+	if ci, ok := addr4(m.ClientIPAddr); ok && reply.MessageType() != dhcpv4.MessageTypeNak {
+		return netip.AddrPortFrom(ci, dhcpv4.ClientPort)
+	}
+	return broadcastDest
+}

@@ -1,0 +1,206 @@
+// Package httpboot is airlock's HTTP boot service: per-machine iPXE scripts
+// (discover, install, or boot the local disk), the iPXE binaries for UEFI
+// HTTP boot, and kernels, initramfs and images served with Range support
+// (http.ServeContent, which uses sendfile for files on disk). Other handlers,
+// such as the agent API, are mounted beside them.
+package httpboot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// State is what a machine should do when it network-boots.
+type State string
+
+// States.
+const (
+	StateDiscover State = "discover"
+	StateInstall  State = "install"
+	StateLocal    State = "local"
+)
+
+// BootSpec is what one machine boots: a kernel and initramfs paths under
+// /files/ and extra kernel arguments. Local boot needs neither.
+type BootSpec struct {
+	State   State
+	Kernel  string
+	Initrds []string
+	Cmdline string
+}
+
+// Backend answers which BootSpec a machine gets, by MAC. The installer
+// implements it over its inventory; MemBackend is the in-memory twin.
+type Backend interface {
+	BootSpec(ctx context.Context, mac net.HardwareAddr) (BootSpec, error)
+}
+
+// Config tunes the service; Defaults fills it.
+type Config struct {
+	// BaseURL is how machines reach this service, e.g.
+	// "http://10.0.0.1:8080" (used in scripts and kernel arguments).
+	BaseURL string
+	// Timeouts. There is no whole-response write timeout: images are
+	// large; IdleTimeout and ReadHeaderTimeout bound slow clients.
+	ReadHeaderTimeout time.Duration
+	ReadTimeout       time.Duration
+	IdleTimeout       time.Duration
+	// MaxHeaderBytes and MaxBodyBytes bound requests (bodies only reach
+	// mounted handlers).
+	MaxHeaderBytes int
+	MaxBodyBytes   int64
+	// DrainTimeout bounds the graceful shutdown.
+	DrainTimeout time.Duration
+}
+
+// Defaults returns the default configuration.
+func Defaults() Config {
+	return Config{
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		MaxBodyBytes:      4 << 20,
+		DrainTimeout:      15 * time.Second,
+	}
+}
+
+// Server is the HTTP boot service.
+type Server struct {
+	cfg     Config
+	ln      net.Listener
+	backend Backend
+	ipxe    fs.FS
+	files   fs.FS
+	log     *slog.Logger
+	mux     *http.ServeMux
+}
+
+// New returns the service on ln. ipxeFS holds the iPXE binaries (may be nil
+// when none are available), files the kernels, initramfs and images.
+// Run closes ln.
+func New(cfg Config, ln net.Listener, backend Backend, ipxeFS, files fs.FS, log *slog.Logger) (*Server, error) {
+	if ln == nil || backend == nil || files == nil {
+		return nil, errors.New("httpboot: listener, backend and files are required")
+	}
+	if !strings.HasPrefix(cfg.BaseURL, "http://") && !strings.HasPrefix(cfg.BaseURL, "https://") {
+		return nil, fmt.Errorf("httpboot: BaseURL %q is not an http:// URL", cfg.BaseURL)
+	}
+	cfg.BaseURL = strings.TrimSuffix(cfg.BaseURL, "/")
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg, ln: ln, backend: backend, ipxe: ipxeFS, files: files, log: log, mux: http.NewServeMux()}
+	s.mux.HandleFunc("GET /ipxe/boot.ipxe", s.script)
+	s.mux.HandleFunc("GET /ipxe/{name...}", s.serveFS(func() fs.FS { return s.ipxe }, "/ipxe/"))
+	s.mux.HandleFunc("GET /files/{path...}", s.serveFS(func() fs.FS { return s.files }, "/files/"))
+	return s, nil
+}
+
+// Mount serves h under prefix (e.g. "/api/v1/agent/"), with the request
+// body limited to MaxBodyBytes. Call before Run.
+func (s *Server) Mount(prefix string, h http.Handler) {
+	s.mux.Handle(prefix, http.MaxBytesHandler(h, s.cfg.MaxBodyBytes))
+}
+
+// Handler returns the whole service as an http.Handler (for tests).
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// Run serves until ctx is cancelled, then drains in-flight requests for up
+// to DrainTimeout. It returns nil after a cancel.
+func (s *Server) Run(ctx context.Context) error {
+	srv := &http.Server{
+		Handler:           s.mux,
+		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
+		ReadTimeout:       s.cfg.ReadTimeout,
+		IdleTimeout:       s.cfg.IdleTimeout,
+		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(s.ln) }()
+	s.log.Info("httpboot: serving", "addr", s.ln.Addr(), "base", s.cfg.BaseURL)
+	select {
+	case err := <-done:
+		return fmt.Errorf("httpboot: serve: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.DrainTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		s.log.Warn("httpboot: requests still running after the drain timeout; closing", "err", err)
+		srv.Close()
+	}
+	<-done
+	return nil
+}
+
+// serveFS serves files from the fs.FS returned by get with Range support.
+func (s *Server) serveFS(get func() fs.FS, prefix string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		name := strings.TrimPrefix(r.URL.Path, prefix)
+		fsys := get()
+		if fsys == nil {
+			http.Error(w, "no iPXE binaries in this airlock build", http.StatusNotFound)
+			return
+		}
+		if name == "" || strings.ContainsAny(name, "\\\x00") || !fs.ValidPath(name) {
+			http.Error(w, "bad path", http.StatusBadRequest)
+			return
+		}
+		f, err := fsys.Open(name)
+		if err != nil {
+			http.NotFound(w, r)
+			return
+		}
+		defer f.Close()
+		st, err := f.Stat()
+		if err != nil || !st.Mode().IsRegular() {
+			http.NotFound(w, r)
+			return
+		}
+		rs, ok := f.(io.ReadSeeker)
+		if !ok {
+			http.Error(w, "file is not seekable", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		http.ServeContent(w, r, "", st.ModTime(), rs)
+	}
+}
+
+// script renders the iPXE script for the machine named by ?mac=.
+func (s *Server) script(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	macStr := r.URL.Query().Get("mac")
+	if macStr == "" {
+		// Reached without the MAC (e.g. typed by hand): ask iPXE for it.
+		_ = renderChainSelf(w, s.cfg.BaseURL)
+		return
+	}
+	mac, err := net.ParseMAC(macStr)
+	if err != nil || len(mac) != 6 {
+		http.Error(w, "bad mac", http.StatusBadRequest)
+		return
+	}
+	spec, err := s.backend.BootSpec(r.Context(), mac)
+	if err != nil {
+		s.log.Error("httpboot: boot spec", "mac", mac.String(), "err", err)
+		_ = renderRetry(w, s.cfg.BaseURL, mac, err)
+		return
+	}
+	if err := renderScript(w, s.cfg.BaseURL, mac, spec); err != nil {
+		s.log.Error("httpboot: render script", "mac", mac.String(), "err", err)
+		return
+	}
+	s.log.Info("httpboot: script", "mac", mac.String(), "state", spec.State)
+}

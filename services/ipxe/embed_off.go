@@ -1,0 +1,11 @@
+//go:build !ipxe_embed
+
+package ipxe
+
+import "embed"
+
+//go:generate sh fetch.sh
+
+var files embed.FS
+
+const embedded = false

@@ -1,0 +1,188 @@
+// Package tftp serves the iPXE first stage read-only over TFTP from an
+// fs.FS (the embedded iPXE binaries, or a bundle's). It negotiates blksize
+// and tsize, accepts only plain relative paths, bounds concurrent transfers
+// and the time each may take. Everything larger than the first stage goes
+// over HTTP.
+package tftp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	ptftp "github.com/pin/tftp/v3"
+)
+
+// Config tunes the server; Defaults fills it.
+type Config struct {
+	// MaxTransfers bounds concurrent transfers; more are refused.
+	MaxTransfers int
+	// TransferTimeout bounds one whole transfer.
+	TransferTimeout time.Duration
+	// Timeout is the per-packet retransmission timeout; Retries the count.
+	Timeout time.Duration
+	Retries int
+	// Anticipate > 1 sends that many blocks before waiting for an ACK
+	// (pin/tftp's experimental sender-anticipate; 0 = lock-step RFC 1350).
+	Anticipate uint
+	// DrainTimeout bounds how long Run waits for transfers at shutdown.
+	DrainTimeout time.Duration
+}
+
+// Defaults returns the default configuration.
+func Defaults() Config {
+	return Config{
+		MaxTransfers:    64,
+		TransferTimeout: 2 * time.Minute,
+		Timeout:         2 * time.Second,
+		Retries:         5,
+		DrainTimeout:    10 * time.Second,
+	}
+}
+
+// ErrBadPath is returned for a request that is not a plain relative path.
+var ErrBadPath = errors.New("only plain relative paths are served")
+
+// CleanPath checks a requested name: no absolute paths, no "..", no NUL,
+// no backslashes, no empty elements. It returns the fs.FS name.
+func CleanPath(name string) (string, error) {
+	if name == "" || strings.ContainsAny(name, "\x00\\") || strings.HasPrefix(name, "/") || !fs.ValidPath(name) {
+		return "", fmt.Errorf("%q: %w", name, ErrBadPath)
+	}
+	for _, el := range strings.Split(name, "/") {
+		if el == ".." || el == "." {
+			return "", fmt.Errorf("%q: %w", name, ErrBadPath)
+		}
+	}
+	return name, nil
+}
+
+// Server serves files from an fs.FS on one UDP socket (single-port mode:
+// every transfer uses the socket passed in, so it works in whatever network
+// namespace the socket was opened and through simple firewalls).
+type Server struct {
+	fsys fs.FS
+	conn net.PacketConn
+	cfg  Config
+	log  *slog.Logger
+	sem  chan struct{}
+}
+
+// New returns a server for fsys on conn. Run closes conn.
+func New(fsys fs.FS, conn net.PacketConn, cfg Config, log *slog.Logger) (*Server, error) {
+	if fsys == nil || conn == nil {
+		return nil, errors.New("tftp: a file system and a socket are required")
+	}
+	if cfg.MaxTransfers <= 0 || cfg.TransferTimeout <= 0 || cfg.Timeout <= 0 || cfg.Retries <= 0 {
+		return nil, errors.New("tftp: MaxTransfers, TransferTimeout, Timeout and Retries must be positive")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{fsys: fsys, conn: conn, cfg: cfg, log: log, sem: make(chan struct{}, cfg.MaxTransfers)}, nil
+}
+
+// Run serves until ctx is cancelled, then lets transfers drain for up to
+// DrainTimeout. It returns nil after a cancel.
+func (s *Server) Run(ctx context.Context) error {
+	srv := ptftp.NewServer(s.read, nil)
+	srv.EnableSinglePort()
+	srv.SetTimeout(s.cfg.Timeout)
+	srv.SetRetries(s.cfg.Retries)
+	if s.cfg.Anticipate > 1 {
+		srv.SetAnticipate(s.cfg.Anticipate)
+	}
+	srv.SetHook(hook{s.log})
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(s.conn) }()
+	s.log.Info("tftp: serving", "addr", s.conn.LocalAddr())
+	select {
+	case err := <-done:
+		s.conn.Close()
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("tftp: serve: %w", err)
+	case <-ctx.Done():
+	}
+	srv.Shutdown()
+	select {
+	case <-done:
+	case <-time.After(s.cfg.DrainTimeout):
+		s.log.Warn("tftp: transfers still running at shutdown; closing")
+	}
+	s.conn.Close()
+	return nil
+}
+
+// read is the read handler: one transfer.
+func (s *Server) read(name string, rf io.ReaderFrom) error {
+	peer := ""
+	if ot, ok := rf.(ptftp.OutgoingTransfer); ok {
+		a := ot.RemoteAddr()
+		peer = a.String()
+	}
+	clean, err := CleanPath(name)
+	if err != nil {
+		s.log.Warn("tftp: refused", "file", name, "peer", peer, "err", err)
+		return err
+	}
+	select {
+	case s.sem <- struct{}{}:
+		defer func() { <-s.sem }()
+	default:
+		s.log.Warn("tftp: too many transfers; refused", "file", clean, "peer", peer)
+		return errors.New("server busy")
+	}
+	f, err := s.fsys.Open(clean)
+	if err != nil {
+		s.log.Info("tftp: not found", "file", clean, "peer", peer)
+		return fmt.Errorf("open %s: %w", clean, fs.ErrNotExist)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() {
+		return fmt.Errorf("open %s: %w", clean, fs.ErrNotExist)
+	}
+	if ot, ok := rf.(ptftp.OutgoingTransfer); ok {
+		ot.SetSize(st.Size()) // tsize (RFC 2349)
+	}
+	r := &deadlineReader{r: f, deadline: time.Now().Add(s.cfg.TransferTimeout)}
+	n, err := rf.ReadFrom(r)
+	if err != nil {
+		return fmt.Errorf("send %s to %s after %d bytes: %w", clean, peer, n, err)
+	}
+	s.log.Debug("tftp: sent", "file", clean, "peer", peer, "bytes", n)
+	return nil
+}
+
+// deadlineReader fails reads once the transfer's time is up, which aborts
+// the transfer.
+type deadlineReader struct {
+	r        io.Reader
+	deadline time.Time
+}
+
+func (d *deadlineReader) Read(p []byte) (int, error) {
+	if time.Now().After(d.deadline) {
+		return 0, errors.New("transfer took too long")
+	}
+	return d.r.Read(p)
+}
+
+type hook struct{ log *slog.Logger }
+
+func (h hook) OnSuccess(st ptftp.TransferStats) {
+	h.log.Debug("tftp: transfer done", "file", st.Filename, "peer", st.RemoteAddr, "duration", st.Duration)
+}
+
+func (h hook) OnFailure(st ptftp.TransferStats, err error) {
+	// EDK2 asks for tsize and then aborts with error 8: normal.
+	h.log.Debug("tftp: transfer ended early", "file", st.Filename, "peer", st.RemoteAddr, "err", err)
+}
