@@ -261,7 +261,7 @@ func (b *builder) write() ([]string, int64, error) {
 	if _, err := w.AddBytes("index.json", index, "application/vnd.oci.image.index.v1+json"); err != nil {
 		return fail(err)
 	}
-	meta := bundle.Metadata{Name: b.opts.Spec.Metadata.Name, Charts: b.charts, Files: b.files}
+	meta := bundle.Metadata{Name: b.opts.Spec.Metadata.Name, Charts: b.charts, Files: b.files, Components: b.opts.Spec.Components}
 	for _, im := range b.images {
 		meta.Images = append(meta.Images, *im)
 	}

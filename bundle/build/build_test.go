@@ -53,10 +53,13 @@ func TestBuildFromLocalUpstream(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := b.Metadata()
+	if !slices.Equal(m.Components, []string{"cni", "gpu-operator"}) {
+		t.Errorf("components %v", m.Components)
+	}
 	var refs []string
 	for _, im := range m.Images {
 		refs = append(refs, im.Ref())
-		if want := u.digests[im.Ref()]; want != im.Digest {
+		if want, ok := u.digests[im.Ref()]; ok && want != im.Digest {
 			t.Errorf("%s: digest %s, upstream %s", im.Ref(), im.Digest, want)
 		}
 	}
@@ -66,6 +69,7 @@ func TestBuildFromLocalUpstream(t *testing.T) {
 		"ghcr.io/airlock-test/hook:1.0",
 		"nvcr.io/nvidia/k8s-device-plugin:v0.17.0",
 		"quay.io/prometheus/node-exporter:v1.8.2",
+		"quay.io/prometheus/node-exporter@" + u.digests["quay.io/prometheus/node-exporter:v1.8.2"],
 		"registry.k8s.io/pause:3.10",
 	}
 	if !slices.Equal(refs, wantRefs) {

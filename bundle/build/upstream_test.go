@@ -235,10 +235,12 @@ func (u *upstream) specFor(t testing.TB, dir string) []byte {
 kind: Bundle
 metadata:
   name: test-site
+components: [cni, gpu-operator]
 images:
   - ref: busybox:1.36
   - ref: nvcr.io/nvidia/k8s-device-plugin:v0.17.0
     platforms: [linux/amd64]
+  - ref: quay.io/prometheus/node-exporter@%s
 charts:
   - name: exporter
     repo: %s
@@ -256,7 +258,7 @@ files:
   - name: ipxe/ipxe.efi
     url: ipxe.efi
     sha256: %s
-`, u.charts.URL, u.files.URL, sha256hex(u.file), sha256hex([]byte("not really ipxe"))))
+`, u.digests["quay.io/prometheus/node-exporter:v1.8.2"], u.charts.URL, u.files.URL, sha256hex(u.file), sha256hex([]byte("not really ipxe"))))
 }
 
 func testKey(t testing.TB) (ed25519.PublicKey, ed25519.PrivateKey) {
