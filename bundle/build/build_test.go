@@ -40,6 +40,17 @@ func buildTestBundle(t testing.TB, u *upstream, dir string, mod func(*Options)) 
 func TestBuildFromLocalUpstream(t *testing.T) {
 	u := newUpstream(t)
 	dir := t.TempDir()
+	// Helm must not touch the user's configuration or cache: point every
+	// place it could use at an empty directory and check it stays empty.
+	home := t.TempDir()
+	for _, v := range []string{"HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME"} {
+		t.Setenv(v, home)
+	}
+	defer func() {
+		if ents, _ := os.ReadDir(home); len(ents) > 0 {
+			t.Errorf("the build wrote into the home directory: %v", ents)
+		}
+	}()
 	out, res := buildTestBundle(t, u, dir, nil)
 	if res.Fetched == 0 || res.Reused != 0 {
 		t.Errorf("first build fetched %d reused %d", res.Fetched, res.Reused)
