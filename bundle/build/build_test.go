@@ -86,6 +86,11 @@ func TestBuildFromLocalUpstream(t *testing.T) {
 	if !slices.Equal(refs, wantRefs) {
 		t.Fatalf("images %v, want %v", refs, wantRefs)
 	}
+	for _, im := range m.Images {
+		if len(im.Platforms) == 0 && !strings.Contains(im.Repository, "charts") {
+			t.Errorf("%s: no platform", im.Ref())
+		}
+	}
 	if bb := m.Images[0]; !slices.Equal(bb.Platforms, []string{"linux/amd64", "linux/arm64/v8"}) || bb.MediaType != "application/vnd.oci.image.index.v1+json" {
 		t.Errorf("busybox: platforms %v media type %s", bb.Platforms, bb.MediaType)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -121,10 +122,12 @@ func (b *builder) manifest(ctx context.Context, repo name.Repository, raw []byte
 				return 0, nil, err
 			}
 			total += n
-			if m.Platform != nil && !isIndex(mt) {
+			switch {
+			case isIndex(mt):
+				kept = append(kept, sub...)
+			case m.Platform != nil:
 				kept = append(kept, platformString(m.Platform))
 			}
-			kept = append(kept, sub...)
 		}
 		if len(kept) == 0 && len(platforms) > 0 {
 			return 0, nil, fmt.Errorf("the index %s has none of the platforms %s", d, strings.Join(platforms, ", "))
@@ -138,7 +141,24 @@ func (b *builder) manifest(ctx context.Context, repo name.Repository, raw []byte
 		if err != nil {
 			return 0, nil, fmt.Errorf("parse manifest %s (%s): %w", d, mediaType, err)
 		}
-		for _, l := range append([]v1.Descriptor{m.Config}, m.Layers...) {
+		// The image config is small: fetch it now (it tells the platform).
+		var platforms []string
+		if m.Config.Size <= 4<<20 {
+			raw, err := b.fetchSmall(ctx, repo, m.Config.Digest.String(), m.Config.Size)
+			if err != nil {
+				return 0, nil, fmt.Errorf("fetch config of %s: %w", d, err)
+			}
+			b.addBlob(&blob{digest: m.Config.Digest.String(), size: m.Config.Size, data: raw})
+			total += m.Config.Size
+			var cf struct{ OS, Architecture, Variant string }
+			if json.Unmarshal(raw, &cf) == nil && cf.OS != "" && cf.Architecture != "" {
+				platforms = []string{platformString(&v1.Platform{OS: cf.OS, Architecture: cf.Architecture, Variant: cf.Variant})}
+			}
+		}
+		for i, l := range append([]v1.Descriptor{m.Config}, m.Layers...) {
+			if i == 0 && m.Config.Size <= 4<<20 {
+				continue
+			}
 			if len(l.URLs) > 0 && !l.MediaType.IsDistributable() {
 				continue // foreign layer, fetched from its URL by the runtime
 			}
@@ -148,8 +168,25 @@ func (b *builder) manifest(ctx context.Context, repo name.Repository, raw []byte
 			}})
 			total += l.Size
 		}
-		return total, nil, nil
+		return total, platforms, nil
 	}
+}
+
+// fetchSmall reads a small blob into memory and checks its digest.
+func (b *builder) fetchSmall(ctx context.Context, repo name.Repository, digest string, size int64) ([]byte, error) {
+	rc, err := b.getBlob(ctx, repo, digest)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	raw, err := io.ReadAll(io.LimitReader(rc, size+1))
+	if err != nil {
+		return nil, err
+	}
+	if got := digestOf(raw); got != digest || int64(len(raw)) != size {
+		return nil, fmt.Errorf("blob %s: got %d bytes with digest %s, want %d bytes", digest, len(raw), got, size)
+	}
+	return raw, nil
 }
 
 // getBlob streams a blob from the registry. Unlike remote.Layer it does
