@@ -29,7 +29,7 @@ func DiscoveryFromKernelPackage(pkg io.Reader, digest, stateDir string, agent []
 		return nil, DiscoveryImage{}, fmt.Errorf("kernel package digest %q is not sha256:HEX", digest)
 	}
 	dir := filepath.Join(stateDir, "boot", digest[len("sha256:"):])
-	image := DiscoveryImage{Kernel: labKernel, Initrd: labInitrd, Cmdline: "console=ttyS0"}
+	image := DiscoveryImage{Kernel: bootKernel, Initrd: bootInitrd, Cmdline: "console=ttyS0"}
 	if _, err := os.Stat(filepath.Join(dir, "ready")); err == nil {
 		return os.DirFS(dir), image, nil
 	}
@@ -41,7 +41,7 @@ func DiscoveryFromKernelPackage(pkg io.Reader, digest, stateDir string, agent []
 	if err != nil {
 		return nil, DiscoveryImage{}, fmt.Errorf("bundle file %s: %w", KernelPackage, err)
 	}
-	if err := os.Rename(k.Image, filepath.Join(dir, labKernel)); err != nil {
+	if err := os.Rename(k.Image, filepath.Join(dir, bootKernel)); err != nil {
 		return nil, DiscoveryImage{}, err
 	}
 	var img bytes.Buffer
@@ -49,7 +49,7 @@ func DiscoveryFromKernelPackage(pkg io.Reader, digest, stateDir string, agent []
 	if err != nil {
 		return nil, DiscoveryImage{}, fmt.Errorf("assemble the discovery image from %s: %w", KernelPackage, err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, labInitrd), img.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, bootInitrd), img.Bytes(), 0o644); err != nil {
 		return nil, DiscoveryImage{}, err
 	}
 	if err := errors.Join(os.RemoveAll(work), os.WriteFile(filepath.Join(dir, "ready"), nil, 0o600)); err != nil {
