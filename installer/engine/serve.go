@@ -22,6 +22,7 @@ import (
 	"airlock.dev/airlock/services/dhcp"
 	"airlock.dev/airlock/services/httpboot"
 	"airlock.dev/airlock/services/ipxe"
+	"airlock.dev/airlock/services/ra"
 	"airlock.dev/airlock/services/registry"
 	"airlock.dev/airlock/services/tftp"
 )
@@ -116,6 +117,14 @@ func Serve(ctx context.Context, o ServeOptions) error {
 			return errors.Join(fmt.Errorf("listen for the registry: %w", err), httpLn.Close(), closeIf(tftpConn), socks.Close())
 		}
 	}
+	// "No IPv6 router here", so that firmware iPXE does not wait ~13 s for
+	// one; sent only once DHCP runs in full mode (airlock owns the segment).
+	adv, err := ra.Open(a.Network.Interface)
+	if err != nil {
+		log.Warn("no IPv6 router advertisements: iPXE will wait ~13 s for an IPv6 router at each boot", "err", err)
+	} else {
+		defer adv.Close()
+	}
 	ctlLn, err := control.Listen(o.StateDir)
 	if err != nil {
 		return errors.Join(err, httpLn.Close(), closeIf(tftpConn), socks.Close(), closeListener(regLn))
@@ -159,6 +168,9 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		case <-dsrv.Ready():
 		case <-gctx.Done():
 			return nil
+		}
+		if adv != nil && dsrv.Mode() == dhcp.ModeFull {
+			g.Go(func() error { return adv.Run(gctx, time.Second) })
 		}
 		s := Serving{Interface: a.Network.Interface, Mode: dsrv.Mode(), HTTP: base, TFTP: tftpConn != nil}
 		if regLn != nil {
