@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -13,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"airlock.dev/airlock/bundle"
 )
 
 // runBundle runs `airlock bundle ARGS` and returns stdout, stderr and the error.
@@ -82,6 +85,10 @@ func TestBundleCommands(t *testing.T) {
 	runBundle(t, "keygen", "--out", other)
 	if _, _, err := runBundle(t, "verify", "--key", other+".pub", bpath); err == nil || !strings.Contains(err.Error(), "not by the given key") {
 		t.Fatalf("verify with another key: %v", err)
+	}
+	// With no bundle named, this (test) executable carries none.
+	if _, err := openBundle("", ""); !errors.Is(err, bundle.ErrNotBundle) {
+		t.Fatalf("openBundle of an executable without a bundle: %v", err)
 	}
 	// serve answers the registry API until cancelled.
 	ctx, cancel := context.WithCancel(context.Background())
