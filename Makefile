@@ -22,8 +22,9 @@ deps: ## install the Debian packages the build and tests need (apt-get, once)
 build: ## build bin/airlock (with Debian's iPXE embedded) and bin/airlock-agent
 	@bash .ci/deps
 	cd services/ipxe && sh fetch.sh
-	CGO_ENABLED=0 $(GO) build -trimpath -tags ipxe_embed -ldflags '$(LDFLAGS)' -o bin/airlock .
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/airlock-agent ./installer/agent/cmd/airlock-agent
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/airlock-agent ./installer/agent/cmd/airlock-agent
+	cp bin/airlock-agent installer/agentbin/bin/airlock-agent
+	CGO_ENABLED=0 $(GO) build -trimpath -tags 'ipxe_embed agent_embed' -ldflags '$(LDFLAGS)' -o bin/airlock .
 
 .PHONY: test
 test: deps build ## go vet, formatting, and every unit, integration and end-to-end test

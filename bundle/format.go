@@ -93,6 +93,8 @@ type Metadata struct {
 	Images  []Image `json:"images,omitempty"`
 	Charts  []Chart `json:"charts,omitempty"`
 	Files   []File  `json:"files,omitempty"`
+	// Components are the platform catalog components the bundle serves.
+	Components []string `json:"components,omitempty"`
 }
 
 // Entry is one file in the archive.

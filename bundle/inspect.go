@@ -22,6 +22,8 @@ type Inspection struct {
 	Images   []Image  `json:"images"`
 	Charts   []Chart  `json:"charts"`
 	Files    []File   `json:"files"`
+	// Components are the platform catalog components the bundle serves.
+	Components []string `json:"components"`
 }
 
 // Inspect describes the bundle's contents from its signed metadata.
@@ -30,6 +32,10 @@ func (b *Bundle) Inspect() Inspection {
 		Name: b.meta.Name, Path: b.name, Embedded: b.Embedded(), Size: b.size,
 		Created: b.meta.Created, KeyID: b.meta.KeyID, Trusted: b.trusted,
 		Entries: len(b.meta.Entries), Images: b.meta.Images, Charts: b.meta.Charts, Files: b.meta.Files,
+		Components: b.meta.Components,
+	}
+	if in.Components == nil {
+		in.Components = []string{}
 	}
 	if len(b.parts) > 1 {
 		in.Parts = b.Parts()
@@ -79,6 +85,9 @@ func (in Inspection) WriteText(w io.Writer) error {
 	fmt.Fprintf(tw, "Size:\t%s (%d entries)\n", HumanSize(in.Size), in.Entries)
 	fmt.Fprintf(tw, "Created:\t%s\n", in.Created)
 	fmt.Fprintf(tw, "Key:\t%s (%s)\n", in.KeyID, trust)
+	if len(in.Components) > 0 {
+		fmt.Fprintf(tw, "Components:\t%s\n", strings.Join(in.Components, ", "))
+	}
 	fmt.Fprintf(tw, "\nIMAGES (%d)\tDIGEST\tSIZE\tPLATFORMS\tFROM\n", len(in.Images))
 	for _, im := range in.Images {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", im.Ref(), shortDigest(im.Digest), HumanSize(im.Size), strings.Join(im.Platforms, ","), strings.Join(im.From, ", "))

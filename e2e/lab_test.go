@@ -12,23 +12,8 @@ import (
 	"time"
 
 	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/e2e/testkit"
 )
-
-// cloudKernel finds Debian's linux-image-cloud-amd64 kernel and modules,
-// which stand in for the bundle's kernel package in tests.
-func cloudKernel(t *testing.T) (kernel, modules string) {
-	t.Helper()
-	ks, _ := filepath.Glob("/boot/vmlinuz-*-cloud-amd64")
-	if len(ks) == 0 {
-		t.Fatal("no /boot/vmlinuz-*-cloud-amd64: apt-get install linux-image-cloud-amd64")
-	}
-	kernel = ks[len(ks)-1]
-	modules = "/lib/modules/" + strings.TrimPrefix(filepath.Base(kernel), "vmlinuz-")
-	if _, err := os.Stat(filepath.Join(modules, "modules.dep")); err != nil {
-		t.Fatalf("%s/modules.dep missing: apt-get install --reinstall linux-image-cloud-amd64", modules)
-	}
-	return kernel, modules
-}
 
 type labVM struct {
 	Name, Rack, Firmware, Serial, MAC string
@@ -70,7 +55,7 @@ func inventoryOf(t *testing.T, stateDir string) map[string]machine {
 func TestLabDiscoversAVirtualRack(t *testing.T) {
 	bin := airlockBin(t)
 	busybox := netns.RequireTool(t, "busybox", "busybox-static")
-	kernel, modules := cloudKernel(t)
+	kernel, modules := testkit.CloudKernel(t)
 	stateDir := t.TempDir()
 	if os.Getenv("AIRLOCK_E2E_KEEP") == "1" {
 		stateDir, _ = os.MkdirTemp("", "airlock-e2e-lab-")

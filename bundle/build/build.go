@@ -80,6 +80,8 @@ type builder struct {
 	chartFile map[string]string // chart path in bundle -> cache path
 	files     []bundle.File
 	fileCache map[string]string // file path in bundle -> cache path
+	// transports are authenticated per repository.
+	transports map[string]http.RoundTripper
 }
 
 type blob struct {
@@ -118,6 +120,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		prog:   newProgress(opts.Progress, opts.ProgressTTY),
 		blobs:  map[string]*blob{}, byRef: map[string]*bundle.Image{},
 		chartFile: map[string]string{}, fileCache: map[string]string{},
+		transports: map[string]http.RoundTripper{},
 	}
 	for _, d := range []string{"blobs/sha256", "charts", "files", "tmp"} {
 		if err := os.MkdirAll(filepath.Join(b.cache, d), 0o755); err != nil {
@@ -177,6 +180,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("build bundle: %w", err)
 	}
+	fetchDone := time.Now()
 	paths, size, err := b.write()
 	if err != nil {
 		return nil, fmt.Errorf("build bundle: %w", err)
@@ -186,9 +190,10 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		Blobs: len(b.blobs), Fetched: fetched, Reused: reused, Duration: time.Since(start),
 		KeyID: bundle.KeyID(opts.Key.Public().(ed25519.PublicKey)),
 	}
-	b.prog.linef("wrote %s: %s, %d images, %d charts, %d files, %d blobs (%s downloaded, %s reused from %s) in %s, key %s",
+	b.prog.linef("wrote %s: %s, %d images, %d charts, %d files, %d blobs (%s downloaded, %s reused from %s) in %s (writing %s), key %s",
 		strings.Join(paths, ", "), bundle.HumanSize(size), res.Images, res.Charts, res.Files, res.Blobs,
-		bundle.HumanSize(fetched), bundle.HumanSize(reused), b.cache, res.Duration.Round(time.Millisecond), res.KeyID)
+		bundle.HumanSize(fetched), bundle.HumanSize(reused), b.cache, res.Duration.Round(time.Millisecond),
+		time.Since(fetchDone).Round(time.Millisecond), res.KeyID)
 	return res, nil
 }
 
@@ -256,7 +261,7 @@ func (b *builder) write() ([]string, int64, error) {
 	if _, err := w.AddBytes("index.json", index, "application/vnd.oci.image.index.v1+json"); err != nil {
 		return fail(err)
 	}
-	meta := bundle.Metadata{Name: b.opts.Spec.Metadata.Name, Charts: b.charts, Files: b.files}
+	meta := bundle.Metadata{Name: b.opts.Spec.Metadata.Name, Charts: b.charts, Files: b.files, Components: b.opts.Spec.Components}
 	for _, im := range b.images {
 		meta.Images = append(meta.Images, *im)
 	}

@@ -40,6 +40,17 @@ func buildTestBundle(t testing.TB, u *upstream, dir string, mod func(*Options)) 
 func TestBuildFromLocalUpstream(t *testing.T) {
 	u := newUpstream(t)
 	dir := t.TempDir()
+	// Helm must not touch the user's configuration or cache: point every
+	// place it could use at an empty directory and check it stays empty.
+	home := t.TempDir()
+	for _, v := range []string{"HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME"} {
+		t.Setenv(v, home)
+	}
+	defer func() {
+		if ents, _ := os.ReadDir(home); len(ents) > 0 {
+			t.Errorf("the build wrote into the home directory: %v", ents)
+		}
+	}()
 	out, res := buildTestBundle(t, u, dir, nil)
 	if res.Fetched == 0 || res.Reused != 0 {
 		t.Errorf("first build fetched %d reused %d", res.Fetched, res.Reused)
@@ -53,33 +64,47 @@ func TestBuildFromLocalUpstream(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := b.Metadata()
+	if !slices.Equal(m.Components, []string{"cni", "gpu-operator"}) {
+		t.Errorf("components %v", m.Components)
+	}
 	var refs []string
 	for _, im := range m.Images {
 		refs = append(refs, im.Ref())
-		if want := u.digests[im.Ref()]; want != im.Digest {
+		if want, ok := u.digests[im.Ref()]; ok && want != im.Digest {
 			t.Errorf("%s: digest %s, upstream %s", im.Ref(), im.Digest, want)
 		}
 	}
 	wantRefs := []string{
 		"docker.io/library/busybox:1.36",
+		"ghcr.io/airlock-test/charts/ocichart:0.1.0",
 		"ghcr.io/airlock-test/hook:1.0",
 		"nvcr.io/nvidia/k8s-device-plugin:v0.17.0",
 		"quay.io/prometheus/node-exporter:v1.8.2",
+		"quay.io/prometheus/node-exporter@" + u.digests["quay.io/prometheus/node-exporter:v1.8.2"],
 		"registry.k8s.io/pause:3.10",
 	}
 	if !slices.Equal(refs, wantRefs) {
 		t.Fatalf("images %v, want %v", refs, wantRefs)
 	}
+	for _, im := range m.Images {
+		if len(im.Platforms) == 0 && !strings.Contains(im.Repository, "charts") {
+			t.Errorf("%s: no platform", im.Ref())
+		}
+	}
 	if bb := m.Images[0]; !slices.Equal(bb.Platforms, []string{"linux/amd64", "linux/arm64/v8"}) || bb.MediaType != "application/vnd.oci.image.index.v1+json" {
 		t.Errorf("busybox: platforms %v media type %s", bb.Platforms, bb.MediaType)
 	}
-	if len(m.Charts) != 1 || !slices.Equal(m.Charts[0].Images, []string{"ghcr.io/airlock-test/hook:1.0", "quay.io/prometheus/node-exporter:v1.8.2", "registry.k8s.io/pause:3.10"}) {
+	if len(m.Charts) != 2 || !slices.Equal(m.Charts[0].Images, []string{"ghcr.io/airlock-test/hook:1.0", "quay.io/prometheus/node-exporter:v1.8.2", "registry.k8s.io/pause:3.10"}) ||
+		m.Charts[1].Name != "ocichart" || !slices.Equal(m.Charts[1].Images, []string{"nvcr.io/nvidia/k8s-device-plugin:v0.17.0"}) {
 		t.Errorf("chart images: %+v", m.Charts)
 	}
 	if data, err := b.ReadFile("files/vmlinuz"); err != nil || !bytes.Equal(data, u.file) {
 		t.Errorf("file vmlinuz: %v", err)
 	}
 	if _, err := b.ReadFile("files/ipxe/ipxe.efi"); err != nil {
+		t.Error(err)
+	}
+	if _, err := b.ReadFile("charts/ocichart-0.1.0.tgz"); err != nil {
 		t.Error(err)
 	}
 	if _, err := b.ReadFile("charts/exporter-1.2.3.tgz"); err != nil {
@@ -89,7 +114,9 @@ func TestBuildFromLocalUpstream(t *testing.T) {
 	// two platforms is stored once.
 	seen := map[string]int{}
 	for _, e := range m.Entries {
-		seen[e.Digest]++
+		if strings.HasPrefix(e.Path, "blobs/") {
+			seen[e.Digest]++
+		}
 	}
 	for d, n := range seen {
 		if n > 1 {

@@ -163,7 +163,7 @@ func clientTool(t *testing.T, pkg string) string {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
 	cmd.Dir = mod
-	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOWORK=off")
+	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=readonly", "GOWORK=off")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build %s in %s: %v\n%s", pkg, mod, err, b)
 	}
@@ -287,12 +287,13 @@ func TestClientsPullFromSelfContainedExecutable(t *testing.T) {
 			toml := fmt.Sprintf("server = \"https://%s\"\n\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", h, addr)
 			os.WriteFile(filepath.Join(hosts, h, "hosts.toml"), []byte(toml), 0o644)
 		}
-		for _, ref := range []string{"docker.io/library/busybox:1.36", "registry.k8s.io/pause:3.10", "nvcr.io/nvidia/k8s-device-plugin:v0.17.0", "quay.io/prometheus/node-exporter:v1.8.2", "ghcr.io/airlock-test/hook:1.0"} {
+		refs := []string{"docker.io/library/busybox:1.36", "registry.k8s.io/pause:3.10", "nvcr.io/nvidia/k8s-device-plugin:v0.17.0", "quay.io/prometheus/node-exporter:v1.8.2", "ghcr.io/airlock-test/hook:1.0"}
+		for _, ref := range refs {
 			c("images", "pull", "--hosts-dir", hosts, "--snapshotter", "native", "--platform", "linux/amd64", ref)
 		}
 		list := string(c("images", "ls"))
-		for ref, d := range u.digests {
-			if !strings.Contains(list, ref) || !strings.Contains(list, d) {
+		for _, ref := range refs {
+			if d := u.digests[ref]; !strings.Contains(list, ref) || !strings.Contains(list, d) {
 				t.Errorf("ctr images ls lacks %s %s:\n%s", ref, d, list)
 			}
 		}

@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -18,6 +20,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"airlock.dev/airlock/bundle"
@@ -119,40 +122,116 @@ func (b *builder) manifest(ctx context.Context, repo name.Repository, raw []byte
 				return 0, nil, err
 			}
 			total += n
-			if m.Platform != nil && !isIndex(mt) {
+			switch {
+			case isIndex(mt):
+				kept = append(kept, sub...)
+			case m.Platform != nil:
 				kept = append(kept, platformString(m.Platform))
 			}
-			kept = append(kept, sub...)
 		}
 		if len(kept) == 0 && len(platforms) > 0 {
 			return 0, nil, fmt.Errorf("the index %s has none of the platforms %s", d, strings.Join(platforms, ", "))
 		}
 		sort.Strings(kept)
 		return total, kept, nil
-	case types.OCIManifestSchema1, types.DockerManifestSchema1, types.DockerManifestSchema1Signed:
+	case types.DockerManifestSchema1, types.DockerManifestSchema1Signed:
 		return 0, nil, fmt.Errorf("%s is a Docker schema 1 manifest, which containerd no longer pulls; use a newer tag", d)
 	default:
 		m, err := v1.ParseManifest(strings.NewReader(string(raw)))
 		if err != nil {
 			return 0, nil, fmt.Errorf("parse manifest %s (%s): %w", d, mediaType, err)
 		}
-		for _, l := range append([]v1.Descriptor{m.Config}, m.Layers...) {
+		// The image config is small: fetch it now (it tells the platform).
+		var platforms []string
+		if m.Config.Size <= 4<<20 {
+			raw, err := b.fetchSmall(ctx, repo, m.Config.Digest.String(), m.Config.Size)
+			if err != nil {
+				return 0, nil, fmt.Errorf("fetch config of %s: %w", d, err)
+			}
+			b.addBlob(&blob{digest: m.Config.Digest.String(), size: m.Config.Size, data: raw})
+			total += m.Config.Size
+			var cf struct{ OS, Architecture, Variant string }
+			if json.Unmarshal(raw, &cf) == nil && cf.OS != "" && cf.Architecture != "" {
+				platforms = []string{platformString(&v1.Platform{OS: cf.OS, Architecture: cf.Architecture, Variant: cf.Variant})}
+			}
+		}
+		for i, l := range append([]v1.Descriptor{m.Config}, m.Layers...) {
+			if i == 0 && m.Config.Size <= 4<<20 {
+				continue
+			}
 			if len(l.URLs) > 0 && !l.MediaType.IsDistributable() {
 				continue // foreign layer, fetched from its URL by the runtime
 			}
 			dg := l.Digest.String()
-			lref := repo.Digest(dg)
 			b.addBlob(&blob{digest: dg, size: l.Size, fetch: func(ctx context.Context) (io.ReadCloser, error) {
-				layer, err := remote.Layer(lref, b.remoteOpts(ctx)...)
-				if err != nil {
-					return nil, err
-				}
-				return layer.Compressed()
+				return b.getBlob(ctx, repo, dg)
 			}})
 			total += l.Size
 		}
-		return total, nil, nil
+		return total, platforms, nil
 	}
+}
+
+// fetchSmall reads a small blob into memory and checks its digest.
+func (b *builder) fetchSmall(ctx context.Context, repo name.Repository, digest string, size int64) ([]byte, error) {
+	rc, err := b.getBlob(ctx, repo, digest)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	raw, err := io.ReadAll(io.LimitReader(rc, size+1))
+	if err != nil {
+		return nil, err
+	}
+	if got := digestOf(raw); got != digest || int64(len(raw)) != size {
+		return nil, fmt.Errorf("blob %s: got %d bytes with digest %s, want %d bytes", digest, len(raw), got, size)
+	}
+	return raw, nil
+}
+
+// getBlob streams a blob from the registry. Unlike remote.Layer it does
+// not hash the bytes: fetchBlob hashes them once while writing the cache.
+func (b *builder) getBlob(ctx context.Context, repo name.Repository, digest string) (io.ReadCloser, error) {
+	rt, err := b.repoTransport(ctx, repo)
+	if err != nil {
+		return nil, err
+	}
+	u := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", repo.Registry.Scheme(), repo.RegistryStr(), repo.RepositoryStr(), digest)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := (&http.Client{Transport: rt}).Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, fmt.Errorf("GET %s: %s", u, resp.Status)
+	}
+	return resp.Body, nil
+}
+
+// repoTransport returns an authenticated transport for pulling from repo,
+// made once per repository.
+func (b *builder) repoTransport(ctx context.Context, repo name.Repository) (http.RoundTripper, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if rt, ok := b.transports[repo.String()]; ok {
+		return rt, nil
+	}
+	auth, err := authn.DefaultKeychain.Resolve(repo)
+	if err != nil {
+		return nil, fmt.Errorf("credentials for %s: %w", repo, err)
+	}
+	// The transport outlives this call's context: it is reused by every
+	// blob of the repository.
+	rt, err := transport.NewWithContext(context.WithoutCancel(ctx), repo.Registry, auth, b.client.Transport, []string{repo.Scope(transport.PullScope)})
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", repo.Registry, err)
+	}
+	b.transports[repo.String()] = rt
+	return rt, nil
 }
 
 func platformString(p *v1.Platform) string {

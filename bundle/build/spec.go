@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"airlock.dev/airlock/installer/config"
+	"airlock.dev/airlock/manifests"
 )
 
 // APIVersion and Kind of bundle.yaml.
@@ -30,10 +31,13 @@ type Spec struct {
 	Metadata   Metadata `yaml:"metadata" json:"metadata"`
 	// Platforms are the default platforms kept from multi-arch images
 	// (os/arch[/variant]); empty keeps every platform.
-	Platforms []string    `yaml:"platforms" json:"platforms,omitempty"`
-	Images    []ImageSpec `yaml:"images" json:"images,omitempty"`
-	Charts    []ChartSpec `yaml:"charts" json:"charts,omitempty"`
-	Files     []FileSpec  `yaml:"files" json:"files,omitempty"`
+	Platforms []string `yaml:"platforms" json:"platforms,omitempty"`
+	// Components are the platform catalog components (manifests) this
+	// bundle carries the charts and images for.
+	Components []string    `yaml:"components" json:"components,omitempty"`
+	Images     []ImageSpec `yaml:"images" json:"images,omitempty"`
+	Charts     []ChartSpec `yaml:"charts" json:"charts,omitempty"`
+	Files      []FileSpec  `yaml:"files" json:"files,omitempty"`
 }
 
 // Metadata names the bundle.
@@ -142,6 +146,17 @@ func (s *Spec) validate(file string, pos config.Positions, failed map[string]boo
 		}
 	}
 	checkPlatforms("platforms", s.Platforms)
+	catalog := manifests.Default()
+	seenComp := map[string]bool{}
+	for i, c := range s.Components {
+		path := fmt.Sprintf("components[%d]", i)
+		if _, ok := catalog.Component(c); !ok {
+			add(path, "%q is not a platform component; the catalog has %s", c, strings.Join(catalog.Names(), ", "))
+		} else if seenComp[c] {
+			add(path, "%q is listed twice", c)
+		}
+		seenComp[c] = true
+	}
 	seenImg := map[string]int{}
 	for i, im := range s.Images {
 		path := fmt.Sprintf("images[%d]", i)

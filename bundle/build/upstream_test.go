@@ -24,6 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chartutil"
@@ -125,7 +126,9 @@ func newUpstream(t testing.TB) *upstream {
 		mutate.IndexAddendum{Add: arm, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}}},
 	)
 	push("busybox:1.36", u.index, nil)
-	push("registry.k8s.io/pause:3.10", nil, image(1, "linux/amd64"))
+	// One image with OCI media types (the others use Docker's).
+	oci := mutate.ConfigMediaType(mutate.MediaType(image(1, "linux/amd64"), types.OCIManifestSchema1), types.OCIConfigJSON)
+	push("registry.k8s.io/pause:3.10", nil, oci)
 	push("nvcr.io/nvidia/k8s-device-plugin:v0.17.0", nil, image(2, "linux/amd64"))
 	push("quay.io/prometheus/node-exporter:v1.8.2", nil, image(2, "linux/amd64"))
 	push("ghcr.io/airlock-test/hook:1.0", nil, image(1, "linux/amd64"))
@@ -172,6 +175,27 @@ spec:
 	if _, err := chartutil.Save(ch, chartDir); err != nil {
 		t.Fatal(err)
 	}
+	// A second chart, pushed as an OCI artifact the way helm push does.
+	ociChart := &chart.Chart{
+		Metadata:  &chart.Metadata{APIVersion: "v2", Name: "ocichart", Version: "0.1.0"},
+		Templates: []*chart.File{{Name: "templates/pod.yaml", Data: []byte("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n    - name: c\n      image: nvcr.io/nvidia/k8s-device-plugin:v0.17.0\n")}},
+	}
+	ociDir := t.TempDir()
+	tgzPath, err := chartutil.Save(ociChart, ociDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tgz, err := os.ReadFile(tgzPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	art, err := mutate.AppendLayers(empty.Image, static.NewLayer(tgz, helmChartLayer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	art = mutate.ConfigMediaType(mutate.MediaType(art, types.OCIManifestSchema1), "application/vnd.cncf.helm.config.v1+json")
+	push("ghcr.io/airlock-test/charts/ocichart:0.1.0", nil, art)
+
 	u.charts = httptest.NewServer(http.FileServer(http.Dir(chartDir)))
 	t.Cleanup(u.charts.Close)
 	idx, err := repo.IndexDirectory(chartDir, u.charts.URL)
@@ -211,10 +235,12 @@ func (u *upstream) specFor(t testing.TB, dir string) []byte {
 kind: Bundle
 metadata:
   name: test-site
+components: [cni, gpu-operator]
 images:
   - ref: busybox:1.36
   - ref: nvcr.io/nvidia/k8s-device-plugin:v0.17.0
     platforms: [linux/amd64]
+  - ref: quay.io/prometheus/node-exporter@%s
 charts:
   - name: exporter
     repo: %s
@@ -223,6 +249,8 @@ charts:
     values:
       image:
         tag: v1.8.2
+  - oci: oci://ghcr.io/airlock-test/charts/ocichart
+    version: 0.1.0
 files:
   - name: vmlinuz
     url: %s/vmlinuz
@@ -230,7 +258,7 @@ files:
   - name: ipxe/ipxe.efi
     url: ipxe.efi
     sha256: %s
-`, u.charts.URL, u.files.URL, sha256hex(u.file), sha256hex([]byte("not really ipxe"))))
+`, u.digests["quay.io/prometheus/node-exporter:v1.8.2"], u.charts.URL, u.files.URL, sha256hex(u.file), sha256hex([]byte("not really ipxe"))))
 }
 
 func testKey(t testing.TB) (ed25519.PublicKey, ed25519.PrivateKey) {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/e2e/testkit"
 )
 
 func TestPlanAndValidate(t *testing.T) {
@@ -124,11 +125,8 @@ func TestStartReportsQEMUErrors(t *testing.T) {
 
 func TestProbeKVM(t *testing.T) {
 	qemu := netns.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
-	ks, _ := filepath.Glob("/boot/vmlinuz-*-cloud-amd64")
-	if len(ks) == 0 {
-		t.Fatalf("no /boot/vmlinuz-*-cloud-amd64: apt-get install linux-image-cloud-amd64")
-	}
+	kernel, _ := testkit.CloudKernel(t)
 	start := time.Now()
-	ok := ProbeKVM(context.Background(), qemu, ks[len(ks)-1])
+	ok := ProbeKVM(context.Background(), qemu, kernel)
 	t.Logf("KVM usable here: %v (probe took %s)", ok, time.Since(start).Round(time.Millisecond))
 }

@@ -1,7 +1,6 @@
 package lab
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -16,45 +15,18 @@ import (
 	"time"
 
 	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/e2e/testkit"
 	"airlock.dev/airlock/services/agentapi"
 )
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // bootFiles builds the agent and the discovery image with the airlock
 // commands (black-box: this library imports no installer package) and
 // returns Debian's cloud kernel and the image.
 func bootFiles(t *testing.T) (kernel, initrd string) {
 	t.Helper()
-	ks, _ := filepath.Glob("/boot/vmlinuz-*-cloud-amd64")
-	if len(ks) == 0 {
-		t.Fatalf("no /boot/vmlinuz-*-cloud-amd64: apt-get install linux-image-cloud-amd64")
-	}
-	kernel = ks[len(ks)-1]
-	modules := filepath.Join("/lib/modules", strings.TrimPrefix(filepath.Base(kernel), "vmlinuz-"))
-	dir := t.TempDir()
-	agent := filepath.Join(dir, "airlock-agent")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", agent, "airlock.dev/airlock/installer/agent/cmd/airlock-agent")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build agent: %v\n%s", err, out)
-	}
-	initrd = filepath.Join(dir, "initrd.img")
+	kernel, modules := testkit.CloudKernel(t)
+	agent := testkit.BuildAgent(t)
+	initrd = filepath.Join(t.TempDir(), "initrd.img")
 	img := exec.Command("go", "run", "airlock.dev/airlock/installer/bootimage/cmd/airlock-bootimage", "-agent", agent, "-modules", modules, "-o", initrd)
 	if out, err := img.CombinedOutput(); err != nil {
 		t.Fatalf("build boot image: %v\n%s", err, out)
@@ -67,7 +39,7 @@ func bootFiles(t *testing.T) (kernel, initrd string) {
 // per boot), the kernel, the initrd and the agent API.
 type bootServer struct {
 	backend *agentapi.MemBackend
-	logs    *lockedBuffer
+	logs    *testkit.Buffer
 	url     string
 	mu      sync.Mutex
 	scripts map[string]time.Time // MAC -> when its script was served
@@ -85,7 +57,7 @@ func startBootServer(t *testing.T, ctx context.Context, s *State, kernel, initrd
 	if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp", ip+":0"); return err }); err != nil {
 		t.Fatal(err)
 	}
-	b := &bootServer{backend: agentapi.NewMemBackend(2), logs: &lockedBuffer{}, url: "http://" + ln.Addr().String(), scripts: map[string]time.Time{}}
+	b := &bootServer{backend: agentapi.NewMemBackend(2), logs: &testkit.Buffer{}, url: "http://" + ln.Addr().String(), scripts: map[string]time.Time{}}
 	log := slog.New(slog.NewTextHandler(b.logs, nil))
 	mux := http.NewServeMux()
 	mux.Handle(agentapi.Prefix, agentapi.NewHandler(b.backend, log))

@@ -22,5 +22,6 @@ func runRouter(ctx context.Context, ns *netns.NS, bridge string, interval time.D
 	}); err != nil {
 		return err
 	}
+	defer adv.Close()
 	return adv.Run(ctx, interval)
 }

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -12,31 +11,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/e2e/testkit"
 	"airlock.dev/airlock/services/agentapi"
 	"airlock.dev/airlock/services/agentapi/lldp"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestAgentInNamespaces runs the agent's network path for real: a "switch"
 // namespace holding busybox udhcpd, an LLDP sender and airlock's agent
@@ -61,7 +43,7 @@ func TestAgentInNamespaces(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	udhcpd := sw.Command(ctx, busybox, "udhcpd", "-f", filepath.Join(dir, "udhcpd.conf"))
-	udhcpdLog := &syncBuffer{}
+	udhcpdLog := &testkit.Buffer{}
 	udhcpd.Stdout, udhcpd.Stderr = udhcpdLog, udhcpdLog
 	if err := udhcpd.Start(); err != nil {
 		t.Fatal(err)
@@ -69,7 +51,7 @@ func TestAgentInNamespaces(t *testing.T) {
 	t.Cleanup(func() { _ = udhcpd.Process.Kill(); _ = udhcpd.Wait() })
 
 	// airlock's side: the agent handler on a real socket in the switch namespace.
-	logs := &syncBuffer{}
+	logs := &testkit.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, nil))
 	backend := agentapi.NewMemBackend(1)
 	tok, _ := agentapi.NewToken(nil)

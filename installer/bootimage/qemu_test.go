@@ -10,68 +10,17 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/e2e/testkit"
 	"airlock.dev/airlock/services/agentapi"
 	"airlock.dev/airlock/services/agentapi/lldp"
 )
 
 var captureRegistration = flag.String("capture-registration", "", "write the registration the booted agent sent to this file (a fixture for services/agentapi)")
-
-// cloudKernel finds Debian's linux-image-cloud-amd64 kernel and modules.
-func cloudKernel(t *testing.T) (kernel, modules string) {
-	t.Helper()
-	ks, _ := filepath.Glob("/boot/vmlinuz-*-cloud-amd64")
-	if len(ks) == 0 {
-		t.Fatalf("no /boot/vmlinuz-*-cloud-amd64: apt-get install linux-image-cloud-amd64")
-	}
-	kernel = ks[len(ks)-1]
-	release := strings.TrimPrefix(filepath.Base(kernel), "vmlinuz-")
-	modules = filepath.Join("/lib/modules", release)
-	if _, err := os.Stat(filepath.Join(modules, "modules.dep")); err != nil {
-		t.Fatalf("no %s/modules.dep: apt-get install --reinstall linux-image-cloud-amd64", modules)
-	}
-	return kernel, modules
-}
-
-// buildAgent compiles the static agent for amd64.
-func buildAgent(t *testing.T) []byte {
-	t.Helper()
-	out := filepath.Join(t.TempDir(), "airlock-agent")
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, "airlock.dev/airlock/installer/agent/cmd/airlock-agent")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build agent: %v\n%s", err, b)
-	}
-	data, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return data
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestBootInQEMU builds the image from Debian's cloud kernel modules and
 // boots it in QEMU (TCG, -kernel/-initrd) on a tap inside a test
@@ -80,13 +29,13 @@ func (l *lockedBuffer) String() string {
 func TestBootInQEMU(t *testing.T) {
 	qemu := netns.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
 	busybox := netns.RequireTool(t, "busybox", "busybox-static")
-	kernel, modules := cloudKernel(t)
+	kernel, modules := testkit.CloudKernel(t)
 	dir := t.TempDir()
 
 	for _, comp := range []string{Gzip, Zstd} {
 		t.Run(comp, func(t *testing.T) {
 			var img bytes.Buffer
-			rep, err := Build(&img, Options{Agent: buildAgent(t), ModulesDir: modules, Compression: comp})
+			rep, err := Build(&img, Options{Agent: readAgent(t), ModulesDir: modules, Compression: comp})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -123,7 +72,7 @@ func bootOnce(t *testing.T, qemu, busybox, kernel, initrd string) {
 	}
 	t.Cleanup(func() { _ = udhcpd.Process.Kill(); _ = udhcpd.Wait() })
 
-	logs := &lockedBuffer{}
+	logs := &testkit.Buffer{}
 	backend := agentapi.NewMemBackend(2)
 	tok, _ := agentapi.NewToken(nil)
 	backend.Issue(tok)
@@ -167,7 +116,7 @@ func bootOnce(t *testing.T, qemu, busybox, kernel, initrd string) {
 	}
 	start := time.Now()
 	vm := ns.Command(ctx, qemu, args...)
-	var qout lockedBuffer
+	var qout testkit.Buffer
 	vm.Stdout, vm.Stderr = &qout, &qout
 	if err := vm.Start(); err != nil {
 		t.Fatal(err)
@@ -216,4 +165,14 @@ func bootOnce(t *testing.T, qemu, busybox, kernel, initrd string) {
 		out, _ := os.ReadFile(serial)
 		t.Logf("serial:\n%s", out)
 	}
+}
+
+// readAgent builds the agent and returns the binary.
+func readAgent(t *testing.T) []byte {
+	t.Helper()
+	data, err := os.ReadFile(testkit.BuildAgent(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,9 +17,10 @@ import (
 	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/bundle/build"
 	"airlock.dev/airlock/installer/config"
+	"airlock.dev/airlock/services/registry"
 )
 
-// newBundleCommand builds `airlock bundle build|verify|inspect|check|keygen`.
+// newBundleCommand builds `airlock bundle build|verify|inspect|check|keygen|serve`.
 func newBundleCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bundle",
@@ -37,7 +40,54 @@ signed file, or appended to the airlock executable itself (--embed).
 		newBundleBuildCommand(g),
 		newBundleVerifyCommand(g),
 		newBundleInspectCommand(g),
+		newBundleServeCommand(g),
 	)
+	return cmd
+}
+
+func newBundleServeCommand(g *globals) *cobra.Command {
+	var keyPath, listen string
+	cmd := &cobra.Command{
+		Use:   "serve [--key site.pub] [--listen ADDR] [BUNDLE]",
+		Short: "Serve only the bundle's images as a read-only OCI registry (airlock serve runs every service)",
+		Long: `Serve answers the OCI distribution API from the bundle (or from the bundle
+appended to this executable when BUNDLE is left out) until interrupted.
+Point containerd at it with a hosts.toml mirror per upstream registry:
+
+  # /etc/containerd/certs.d/docker.io/hosts.toml (same for registry.k8s.io,
+  # nvcr.io, quay.io, ghcr.io)
+  server = "https://registry-1.docker.io"
+  [host."http://AIRLOCK:5000"]
+    capabilities = ["pull", "resolve"]
+
+containerd then asks for /v2/library/nginx/manifests/1.25?ns=docker.io and the
+registry answers with docker.io/library/nginx:1.25 from the bundle.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := ""
+			if len(args) == 1 {
+				name = args[0]
+			}
+			b, err := openBundle(name, keyPath)
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			l, err := net.Listen("tcp", listen)
+			if err != nil {
+				return fmt.Errorf("registry: listen: %w", err)
+			}
+			log := g.log
+			if log == nil {
+				log = slog.New(slog.DiscardHandler)
+			}
+			log.Info("registry serving", "bundle", b.Name(), "address", l.Addr().String(), "repositories", len(b.Repositories()), "trusted", b.Trusted())
+			fmt.Fprintf(g.streams.Out, "serving %s on %s\n", b.Name(), l.Addr())
+			return registry.New(b, log).Run(cmd.Context(), l)
+		},
+	}
+	cmd.Flags().StringVar(&keyPath, "key", "", "public key the bundle must be signed with")
+	cmd.Flags().StringVar(&listen, "listen", ":5000", "address to serve on")
 	return cmd
 }
 

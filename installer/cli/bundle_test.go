@@ -6,10 +6,16 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"airlock.dev/airlock/bundle"
 )
 
 // runBundle runs `airlock bundle ARGS` and returns stdout, stderr and the error.
@@ -80,6 +86,32 @@ func TestBundleCommands(t *testing.T) {
 	if _, _, err := runBundle(t, "verify", "--key", other+".pub", bpath); err == nil || !strings.Contains(err.Error(), "not by the given key") {
 		t.Fatalf("verify with another key: %v", err)
 	}
+	// With no bundle named, this (test) executable carries none.
+	if _, err := openBundle("", ""); !errors.Is(err, bundle.ErrNotBundle) {
+		t.Fatalf("openBundle of an executable without a bundle: %v", err)
+	}
+	// serve answers the registry API until cancelled.
+	ctx, cancel := context.WithCancel(context.Background())
+	serveOut := &syncBuffer{}
+	g := &globals{streams: Streams{Out: serveOut, Err: serveOut}}
+	serve := newBundleCommand(g)
+	serve.SetArgs([]string{"serve", "--listen", "127.0.0.1:0", bpath})
+	done := make(chan error, 1)
+	go func() { done <- serve.ExecuteContext(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(serveOut.String(), "serving") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	addr := strings.TrimSpace(serveOut.String()[strings.LastIndex(serveOut.String(), " ")+1:])
+	resp, err := http.Get("http://" + addr + "/v2/")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("serve: GET /v2/: %v %v (output %q)", resp, err, serveOut.String())
+	}
+	resp.Body.Close()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("serve returned %v after cancel", err)
+	}
 	// Split and embedded forms.
 	if _, errOut, err := runBundle(t, "build", "-f", specPath, "-o", filepath.Join(dir, "split.bundle"), "--key", key+".key", "--split", "1Mi"); err != nil {
 		t.Fatalf("build --split: %v\n%s", err, errOut)
@@ -95,4 +127,21 @@ func TestBundleCommands(t *testing.T) {
 	if err != nil || !strings.Contains(out, `"selfContained": true`) {
 		t.Fatalf("verify embedded: %v %s", err, out)
 	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"airlock.dev/airlock/bundle"
+	"airlock.dev/airlock/installer/agentbin"
 	"airlock.dev/airlock/installer/config"
 	"airlock.dev/airlock/installer/engine"
 	"airlock.dev/airlock/installer/state"
@@ -61,6 +62,14 @@ until network.interface names the NIC to serve on.`,
 			if b != nil {
 				defer b.Close()
 				reg = b
+				if files == nil {
+					if files, image, err = discoveryFromBundle(b, g); err != nil {
+						return err
+					}
+				}
+			}
+			if files == nil {
+				g.log.Warn("no discovery image: neither --boot-files nor " + engine.KernelPackage + " in a bundle; machines get an address and an iPXE script that cannot boot")
 			}
 			ipxeFS, err := ipxe.FS()
 			if err != nil {
@@ -99,6 +108,29 @@ until network.interface names the NIC to serve on.`,
 	f.StringVar(&bundlePath, "bundle", "", "bundle to serve (overrides bundle.path; default: the one appended to this executable)")
 	f.BoolVar(&allowForeign, "allow-foreign-dhcp", false, "DANGEROUS: serve full DHCP although another DHCP server answers on the segment")
 	return cmd
+}
+
+// discoveryFromBundle assembles the discovery image from the bundle's
+// kernel package and the agent this airlock carries.
+func discoveryFromBundle(b *bundle.Bundle, g *globals) (fs.FS, engine.DiscoveryImage, error) {
+	var digest, path string
+	for _, f := range b.Metadata().Files {
+		if f.Name == engine.KernelPackage {
+			digest, path = f.Digest, f.Path
+		}
+	}
+	if path == "" {
+		return nil, engine.DiscoveryImage{}, nil
+	}
+	agent, err := agentbin.Binary()
+	if err != nil {
+		return nil, engine.DiscoveryImage{}, err
+	}
+	pkg, err := b.Open(path)
+	if err != nil {
+		return nil, engine.DiscoveryImage{}, err
+	}
+	return engine.DiscoveryFromKernelPackage(pkg, digest, g.stateDir, agent, g.log)
 }
 
 // serveBundle opens the answers' bundle, or the one appended to this

@@ -27,13 +27,17 @@ import (
 
 // Files the lab keeps in its directory (StateDir/lab).
 const (
-	labAnswers   = "answers.yaml"  // the answer file the lab's airlock serves
-	labBootDir   = "boot"          // discovery kernel and boot image
-	labLog       = "airlock.log"   // the background airlock's log
-	labReady     = "ready"         // written once the services serve
-	labOwnsStore = "owns-store"    // the lab created the state store, so down removes it
-	labKernel    = "vmlinuz"       // under labBootDir
-	labInitrd    = "initramfs.img" // under labBootDir
+	labAnswers   = "answers.yaml" // the answer file the lab's airlock serves
+	labBootDir   = "boot"         // discovery kernel and boot image
+	labLog       = "airlock.log"  // the background airlock's log
+	labReady     = "ready"        // written once the services serve
+	labOwnsStore = "owns-store"   // the lab created the state store, so down removes it
+)
+
+// Names of the discovery kernel and boot image in a boot files directory.
+const (
+	bootKernel = "vmlinuz"
+	bootInitrd = "initramfs.img"
 )
 
 // LabOptions describe a virtual rack to bring up.
@@ -141,7 +145,7 @@ func buildLabBoot(dir string, o LabOptions) error {
 	if err != nil {
 		return fmt.Errorf("read kernel: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(boot, labKernel), kernel, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(boot, bootKernel), kernel, 0o600); err != nil {
 		return err
 	}
 	agent, err := os.ReadFile(o.Agent)
@@ -154,7 +158,7 @@ func buildLabBoot(dir string, o LabOptions) error {
 		return fmt.Errorf("build the discovery boot image: %w", err)
 	}
 	o.Log.Info("discovery boot image built", "kernel", rep.KernelRelease, "modules", len(rep.Modules), "bytes", rep.Bytes)
-	return os.WriteFile(filepath.Join(boot, labInitrd), img.Bytes(), 0o600)
+	return os.WriteFile(filepath.Join(boot, bootInitrd), img.Bytes(), 0o600)
 }
 
 var labAnswersTmpl = template.Must(template.New("lab").Parse(`# Written by airlock lab up for the virtual rack in this directory.
@@ -320,7 +324,7 @@ func LabRun(ctx context.Context, stateDir string, log *slog.Logger) error {
 		return Serve(gctx, ServeOptions{
 			Answers: a, Store: st, StateDir: stateDir, IPXE: ipxeFS,
 			Files: os.DirFS(filepath.Join(s.Dir, labBootDir)),
-			Image: DiscoveryImage{Kernel: labKernel, Initrd: labInitrd, Cmdline: "console=ttyS0"},
+			Image: DiscoveryImage{Kernel: bootKernel, Initrd: bootInitrd, Cmdline: "console=ttyS0"},
 			Log:   log,
 			Ready: func(Serving) {
 				if err := os.WriteFile(filepath.Join(s.Dir, labReady), nil, 0o600); err != nil {

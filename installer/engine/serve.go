@@ -122,6 +122,8 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	adv, err := ra.Open(a.Network.Interface)
 	if err != nil {
 		log.Warn("no IPv6 router advertisements: iPXE will wait ~13 s for an IPv6 router at each boot", "err", err)
+	} else {
+		defer adv.Close()
 	}
 	ctlLn, err := control.Listen(o.StateDir)
 	if err != nil {
@@ -169,8 +171,6 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		}
 		if adv != nil && dsrv.Mode() == dhcp.ModeFull {
 			g.Go(func() error { return adv.Run(gctx, time.Second) })
-		} else if adv != nil {
-			adv.Close()
 		}
 		s := Serving{Interface: a.Network.Interface, Mode: dsrv.Mode(), HTTP: base, TFTP: tftpConn != nil}
 		if regLn != nil {

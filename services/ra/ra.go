@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -25,6 +26,7 @@ var Advertisement = []byte{134, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
 
 // Advertiser sends advertisements on one interface.
 type Advertiser struct {
+	once    sync.Once
 	fd      int
 	ifindex int
 	ifname  string
@@ -59,11 +61,10 @@ func (a *Advertiser) Send() error {
 	return unix.Sendto(a.fd, Advertisement, 0, to)
 }
 
-// Run sends an advertisement every interval until ctx is cancelled, then
-// closes the socket and returns nil. Send errors are retried at the next
-// tick: they pass once the link-local address is usable.
+// Run sends an advertisement every interval until ctx is cancelled and
+// returns nil. Send errors are retried at the next tick: they pass once
+// the link-local address is usable. The caller closes the advertiser.
 func (a *Advertiser) Run(ctx context.Context, interval time.Duration) error {
-	defer unix.Close(a.fd)
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -76,5 +77,9 @@ func (a *Advertiser) Run(ctx context.Context, interval time.Duration) error {
 	}
 }
 
-// Close closes the socket of an advertiser that will not Run.
-func (a *Advertiser) Close() error { return unix.Close(a.fd) }
+// Close closes the socket; later calls do nothing.
+func (a *Advertiser) Close() error {
+	var err error
+	a.once.Do(func() { err = unix.Close(a.fd) })
+	return err
+}

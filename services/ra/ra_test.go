@@ -47,6 +47,7 @@ func TestAdvertisementReachesTheSegment(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	defer adv.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- adv.Run(ctx, 200*time.Millisecond) }()

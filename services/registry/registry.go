@@ -74,7 +74,7 @@ func (s *Server) Run(ctx context.Context, l net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(l) }()
+	go func() { errc <- srv.Serve(bufListener{l}) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("registry: serve on %s: %w", l.Addr(), err)
@@ -94,3 +94,15 @@ func (s *Server) Run(ctx context.Context, l net.Listener) error {
 
 // isNotExist reports whether a backend error means "no such content".
 func isNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }
+
+// bufListener gives accepted TCP connections a large send buffer, so that
+// sendfile moves big chunks per system call.
+type bufListener struct{ net.Listener }
+
+func (l bufListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok && err == nil {
+		_ = tc.SetWriteBuffer(4 << 20)
+	}
+	return c, err
+}

@@ -1,0 +1,5 @@
+//go:build !agent_embed
+
+package agentbin
+
+var agent []byte
