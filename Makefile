@@ -39,8 +39,8 @@ e2e: deps build ## end-to-end tests against the built binary (network namespaces
 	AIRLOCK_BIN=$(CURDIR)/bin/airlock $(GO) test $(TEST_FLAGS) -v -tags e2e ./e2e/
 
 .PHONY: bench
-bench: deps build ## benchmarks against their peers; figures go to bench/RESULTS.md
-	@ls bench/*.sh >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 1; }
+bench: build ## every benchmark beside its peer (installs the peers); figures go to bench/RESULTS.md
+	@bash .ci/deps bench
 	@for b in bench/*.sh; do echo "== $$b"; bash $$b || exit 1; done
 
 .PHONY: lint
