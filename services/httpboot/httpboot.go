@@ -16,6 +16,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"airlock.dev/airlock/services/sendbuf"
 )
 
 // State is what a machine should do when it network-boots.
@@ -126,7 +128,7 @@ func (s *Server) Run(ctx context.Context) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(s.ln) }()
+	go func() { done <- srv.Serve(sendbuf.Listener(s.ln)) }()
 	s.log.Info("httpboot: serving", "addr", s.ln.Addr(), "base", s.cfg.BaseURL)
 	select {
 	case err := <-done:

@@ -28,6 +28,8 @@ import (
 	"net"
 	"net/http"
 	"time"
+
+	"airlock.dev/airlock/services/sendbuf"
 )
 
 // Backend is the content the registry serves. It uses only standard types
@@ -74,7 +76,7 @@ func (s *Server) Run(ctx context.Context, l net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(bufListener{l}) }()
+	go func() { errc <- srv.Serve(sendbuf.Listener(l)) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("registry: serve on %s: %w", l.Addr(), err)
@@ -94,15 +96,3 @@ func (s *Server) Run(ctx context.Context, l net.Listener) error {
 
 // isNotExist reports whether a backend error means "no such content".
 func isNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }
-
-// bufListener gives accepted TCP connections a large send buffer, so that
-// sendfile moves big chunks per system call.
-type bufListener struct{ net.Listener }
-
-func (l bufListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if tc, ok := c.(*net.TCPConn); ok && err == nil {
-		_ = tc.SetWriteBuffer(4 << 20)
-	}
-	return c, err
-}
