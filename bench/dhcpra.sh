@@ -1,5 +1,5 @@
 #!/bin/bash
-# dhcpra benchmark against its peer; see bench/RESULTS-boot.md. Runs as root.
+# dhcpra benchmark against its peer; see bench/RESULTS.md. Runs as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec go run ./bench/dhcpra "$@"
