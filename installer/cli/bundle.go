@@ -64,11 +64,7 @@ containerd then asks for /v2/library/nginx/manifests/1.25?ns=docker.io and the
 registry answers with docker.io/library/nginx:1.25 from the bundle.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name := ""
-			if len(args) == 1 {
-				name = args[0]
-			}
-			b, err := openBundle(name, keyPath)
+			b, err := openBundle(bundleArg(args), keyPath)
 			if err != nil {
 				return err
 			}
@@ -227,6 +223,14 @@ binary with the bundle appended.`,
 
 // openBundle opens the named bundle, or this executable's own bundle
 // when name is empty.
+// bundleArg is the optional BUNDLE argument ("" means this executable's own).
+func bundleArg(args []string) string {
+	if len(args) == 1 {
+		return args[0]
+	}
+	return ""
+}
+
 func openBundle(name, keyPath string) (*bundle.Bundle, error) {
 	var opts bundle.OpenOptions
 	if keyPath != "" {
@@ -338,11 +342,7 @@ func newBundleInspectCommand(g *globals) *cobra.Command {
 			if err := checkOutput(*output); err != nil {
 				return err
 			}
-			name := ""
-			if len(args) == 1 {
-				name = args[0]
-			}
-			b, err := openBundle(name, keyPath)
+			b, err := openBundle(bundleArg(args), keyPath)
 			if err != nil {
 				return err
 			}
