@@ -278,12 +278,8 @@ BUNDLE it verifies the bundle appended to this executable.`,
 			if err := checkOutput(*output); err != nil {
 				return err
 			}
-			name := ""
-			if len(args) == 1 {
-				name = args[0]
-			}
 			start := time.Now()
-			b, err := openBundle(name, keyPath)
+			b, err := openBundle(bundleArg(args), keyPath)
 			if err != nil {
 				return err
 			}
