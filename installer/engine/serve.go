@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -96,26 +97,39 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	}
 
 	inv := inventory.New(o.Store, a.Racks, log.With("part", "inventory"))
-	// Sockets first, so that a port in use fails before anything serves.
+	// Open every socket and build every server before anything serves, so
+	// that a port in use or a bad setting fails cleanly. Until the servers
+	// run (and own them), opened sockets are closed on the way out.
+	var opened []io.Closer
+	fail := func(err error) error {
+		for i := len(opened) - 1; i >= 0; i-- {
+			err = errors.Join(err, opened[i].Close())
+		}
+		return err
+	}
 	httpLn, err := net.Listen("tcp", net.JoinHostPort(addr.String(), strconv.Itoa(o.HTTPPort)))
 	if err != nil {
 		return fmt.Errorf("listen for HTTP boot: %w", err)
 	}
+	opened = append(opened, httpLn)
 	var tftpConn net.PacketConn
 	if o.IPXE != nil {
 		if tftpConn, err = net.ListenPacket("udp4", net.JoinHostPort(addr.String(), "69")); err != nil {
-			return errors.Join(fmt.Errorf("listen for TFTP: %w", err), httpLn.Close())
+			return fail(fmt.Errorf("listen for TFTP: %w", err))
 		}
+		opened = append(opened, tftpConn)
 	}
 	socks, err := dhcp.Listen(a.Network.Interface, dcfg.Mode != dhcp.ModeFull)
 	if err != nil {
-		return errors.Join(err, httpLn.Close(), closeIf(tftpConn))
+		return fail(err)
 	}
+	opened = append(opened, socks)
 	var regLn net.Listener
 	if o.Registry != nil {
 		if regLn, err = net.Listen("tcp", net.JoinHostPort(addr.String(), strconv.Itoa(o.RegistryPort))); err != nil {
-			return errors.Join(fmt.Errorf("listen for the registry: %w", err), httpLn.Close(), closeIf(tftpConn), socks.Close())
+			return fail(fmt.Errorf("listen for the registry: %w", err))
 		}
+		opened = append(opened, regLn)
 	}
 	// "No IPv6 router here", so that firmware iPXE does not wait ~13 s for
 	// one; sent only once DHCP runs in full mode (airlock owns the segment).
@@ -127,8 +141,9 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	}
 	ctlLn, err := control.Listen(o.StateDir)
 	if err != nil {
-		return errors.Join(err, httpLn.Close(), closeIf(tftpConn), socks.Close(), closeListener(regLn))
+		return fail(err)
 	}
+	opened = append(opened, ctlLn)
 
 	hcfg := httpboot.Defaults()
 	hcfg.BaseURL = base
@@ -138,12 +153,18 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	}
 	hb, err := httpboot.New(hcfg, httpLn, &BootDecider{Inventory: inv, Image: o.Image}, o.IPXE, files, log.With("part", "httpboot"))
 	if err != nil {
-		return errors.Join(err, httpLn.Close(), closeIf(tftpConn), socks.Close(), ctlLn.Close())
+		return fail(err)
 	}
 	hb.Mount(agentapi.Prefix, agentapi.NewHandler(inv, log.With("part", "agentapi")))
 	dsrv, err := dhcp.New(dcfg, socks, Leases{o.Store}, log.With("part", "dhcp"))
 	if err != nil {
-		return errors.Join(err, httpLn.Close(), closeIf(tftpConn), socks.Close(), ctlLn.Close())
+		return fail(err)
+	}
+	var tsrv *tftp.Server
+	if tftpConn != nil {
+		if tsrv, err = tftp.New(o.IPXE, tftpConn, tftp.Defaults(), log.With("part", "tftp")); err != nil {
+			return fail(err)
+		}
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -156,11 +177,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		reg := registry.New(o.Registry, log.With("part", "registry"))
 		g.Go(func() error { return reg.Run(gctx, regLn) })
 	}
-	if tftpConn != nil {
-		tsrv, err := tftp.New(o.IPXE, tftpConn, tftp.Defaults(), log.With("part", "tftp"))
-		if err != nil {
-			return errors.Join(err, tftpConn.Close())
-		}
+	if tsrv != nil {
 		g.Go(func() error { return tsrv.Run(gctx) })
 	}
 	g.Go(func() error {
@@ -172,7 +189,7 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		if adv != nil && dsrv.Mode() == dhcp.ModeFull {
 			g.Go(func() error { return adv.Run(gctx, time.Second) })
 		}
-		s := Serving{Interface: a.Network.Interface, Mode: dsrv.Mode(), HTTP: base, TFTP: tftpConn != nil}
+		s := Serving{Interface: a.Network.Interface, Mode: dsrv.Mode(), HTTP: base, TFTP: tsrv != nil}
 		if regLn != nil {
 			s.Registry = regLn.Addr().String()
 		}
@@ -183,20 +200,6 @@ func Serve(ctx context.Context, o ServeOptions) error {
 		return nil
 	})
 	return g.Wait()
-}
-
-func closeListener(l net.Listener) error {
-	if l == nil {
-		return nil
-	}
-	return l.Close()
-}
-
-func closeIf(c net.PacketConn) error {
-	if c == nil {
-		return nil
-	}
-	return c.Close()
 }
 
 type emptyFS struct{}
