@@ -27,6 +27,8 @@ import (
 	"time"
 
 	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/installer/engine"
+	"airlock.dev/airlock/installer/state"
 	"airlock.dev/airlock/services/dhcp"
 )
 
@@ -39,6 +41,7 @@ func main() {
 	only := flag.String("only", "", "run only this server: airlock or kea")
 	workers := flag.Int("workers", 0, "airlock worker goroutines (0: the server's default)")
 	memStore := flag.Bool("mem", false, "airlock keeps leases in memory only (to see what persistence costs)")
+	stateStore := flag.Bool("state", false, "airlock keeps leases in its bbolt state store, as airlock serve does (default: the dhcp package's file store)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the airlock run")
 	flag.Parse()
 	if *cpuprofile != "" {
@@ -78,12 +81,21 @@ func main() {
 	defer cleanupK()
 
 	store := dhcp.LeaseStore(dhcp.NewFileStore(filepath.Join(dir, "airlock-leases.jsonl")))
-	if *memStore {
-		store = dhcp.NewMemStore()
+	storeText := "leases in a file (written before each ACK, fsync within 100 ms)"
+	switch {
+	case *memStore:
+		store, storeText = dhcp.NewMemStore(), "leases in memory only"
+	case *stateStore:
+		st, err := state.Open(filepath.Join(dir, "state"))
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer st.Close()
+		store, storeText = engine.Leases{Store: st}, "leases in the bbolt state store (one fsynced transaction per batch, before its ACKs), as airlock serve does"
 	}
 	ab, stop := startAirlock(aSrv, store, *workers)
 	stopKea := startKea(kSrv, dir, *keaThreads, *keaQueue)
-	fmt.Printf("airlock: full mode, leases in a file (written before each ACK, fsync within 100 ms), probing off as in Kea 2.2\n")
+	fmt.Printf("airlock: full mode, %s, probing off as in Kea 2.2\n", storeText)
 	fmt.Printf("Kea 2.2: multi-threaded (%d threads, queue %d), memfile persisted\n", *keaThreads, *keaQueue)
 	var airlockBest, keaBest int
 	aOK, kOK := *only != "kea", *only != "airlock"
