@@ -9,7 +9,6 @@ package assign
 import (
 	"cmp"
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 
@@ -119,15 +118,12 @@ func Matches(match config.Match, m inventory.Machine) bool {
 	return true
 }
 
-var unsafeLabel = regexp.MustCompile(`[^a-z0-9-]+`)
-
 // Hostname expands a rule's hostname template for m, the index-th machine
 // (from 1) the rule matched: {rack}, {index} and {serial} become DNS-safe
 // text.
 func Hostname(template string, m inventory.Machine, index int) string {
 	label := func(s, fallback string) string {
-		s = strings.Trim(unsafeLabel.ReplaceAllString(strings.ToLower(s), "-"), "-")
-		if s == "" {
+		if s = inventory.DNSLabel(s); s == "" {
 			return fallback
 		}
 		return s

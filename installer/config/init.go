@@ -67,8 +67,5 @@ func Example(o InitOptions) ([]byte, error) {
 
 // nthHost returns the n-th address after the network address of p.
 func nthHost(p netip.Prefix, n uint32) netip.Addr {
-	a := p.Masked().Addr().As4()
-	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
-	v += n
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+	return fromUint32(toUint32(p.Masked().Addr()) + n)
 }

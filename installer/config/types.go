@@ -9,6 +9,7 @@
 package config
 
 import (
+	"encoding/binary"
 	"net/netip"
 )
 
@@ -69,6 +70,21 @@ type Range struct {
 // Contains reports whether a lies in the range.
 func (r Range) Contains(a netip.Addr) bool {
 	return r.Start.Compare(a) <= 0 && a.Compare(r.End) <= 0
+}
+
+// Size is the number of addresses in the range (IPv4).
+func (r Range) Size() uint32 { return toUint32(r.End) - toUint32(r.Start) + 1 }
+
+// toUint32 and fromUint32 convert IPv4 addresses for arithmetic.
+func toUint32(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.BigEndian.Uint32(b[:])
+}
+
+func fromUint32(v uint32) netip.Addr {
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b)
 }
 
 // RelayedSubnet is a subnet behind a DHCP relay.

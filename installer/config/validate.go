@@ -274,11 +274,7 @@ func (v *validator) rangeIn(path string, r Range, p netip.Prefix) bool {
 }
 
 func broadcast(p netip.Prefix) netip.Addr {
-	a := p.Masked().Addr().As4()
-	hostBits := 32 - p.Bits()
-	n := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
-	n |= uint32(1)<<hostBits - 1
-	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
+	return fromUint32(toUint32(p.Masked().Addr()) | uint32(1)<<(32-p.Bits()) - 1)
 }
 
 func (v *validator) racks(racks []Rack) {

@@ -384,7 +384,7 @@ func (s *Store) rackOf(m *Machine) (rack, source string) {
 		return rackNameFromSwitch(m.Switch), "lldp"
 	}
 	if loc := m.Hardware.System.ChassisLocation; loc != "" {
-		return sanitizeName(loc), "chassis"
+		return DNSLabel(loc), "chassis"
 	}
 	if r, _, ok := s.planned(m); ok {
 		return r.Name, "plan"
@@ -444,7 +444,10 @@ func orUnknown(s string) string {
 
 var nonNameRE = regexp.MustCompile(`[^a-z0-9-]+`)
 
-func sanitizeName(s string) string {
+// DNSLabel turns free text (a switch name, a chassis location, a serial)
+// into a DNS label: lower case, runs of other characters as '-', at most
+// 63 characters; it may return "".
+func DNSLabel(s string) string {
 	s = nonNameRE.ReplaceAllString(strings.ToLower(strings.TrimSpace(s)), "-")
 	s = strings.Trim(s, "-")
 	if len(s) > 63 {
@@ -454,7 +457,7 @@ func sanitizeName(s string) string {
 }
 
 func rackNameFromSwitch(name string) string {
-	n := sanitizeName(name)
+	n := DNSLabel(name)
 	for _, suffix := range []string{"-tor", "-leaf", "-sw", "-switch"} {
 		if trimmed, ok := strings.CutSuffix(n, suffix); ok && trimmed != "" {
 			return trimmed

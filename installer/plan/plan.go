@@ -159,13 +159,7 @@ func rangeText(r *config.Range) string {
 	if r == nil {
 		return "none"
 	}
-	return fmt.Sprintf("%s-%s (%d addresses)", r.Start, r.End, size(r.Start, r.End))
-}
-
-func size(a, b netip.Addr) uint32 {
-	x, y := a.As4(), b.As4()
-	return (uint32(y[0])<<24 | uint32(y[1])<<16 | uint32(y[2])<<8 | uint32(y[3])) -
-		(uint32(x[0])<<24 | uint32(x[1])<<16 | uint32(x[2])<<8 | uint32(x[3])) + 1
+	return fmt.Sprintf("%s-%s (%d addresses)", r.Start, r.End, r.Size())
 }
 
 func addrOr(a netip.Addr, fallback string) string {
