@@ -367,8 +367,3 @@ func LabDown(stateDir string) error {
 	}
 	return nil
 }
-
-// LabLogTail returns the last lines of the lab airlock's log.
-func LabLogTail(stateDir string, n int) string {
-	return tail(filepath.Join(stateDir, "lab", labLog), n)
-}
