@@ -58,6 +58,17 @@ func (b *Bundle) Content(digest string) (r io.ReaderAt, off, size int64, mediaTy
 	return r, off, e.Size, e.MediaType, nil
 }
 
+// Unchecked returns the bytes of the blob with digest without checking
+// them, for a caller that hashes them itself as it reads (bundle build
+// reusing an earlier bundle's blobs).
+func (b *Bundle) Unchecked(digest string) (*io.SectionReader, error) {
+	e, ok := b.byDigest[digest]
+	if !ok {
+		return nil, fmt.Errorf("blob %s: %w", digest, fs.ErrNotExist)
+	}
+	return io.NewSectionReader(b.ra, e.Offset, e.Size), nil
+}
+
 // locate returns the file and offset holding [off, off+size) of the
 // bundle when one file holds it all, else the whole bundle.
 func (b *Bundle) locate(off, size int64) (io.ReaderAt, int64) {

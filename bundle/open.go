@@ -114,7 +114,7 @@ func openParts(name string) ([]*os.File, error) {
 	names, _ := filepath.Glob(globEscape(base) + ".[0-9][0-9][0-9]")
 	sort.Strings(names)
 	if len(names) == 0 {
-		return nil, fmt.Errorf("open bundle: %s: no such file, and no parts %s.001...", name, name)
+		return nil, fmt.Errorf("open bundle: %s: no such file, and no split parts (%s.001 and on)", name, name)
 	}
 	for i, n := range names {
 		if want := fmt.Sprintf("%s.%03d", base, i+1); n != want {

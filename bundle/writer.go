@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 	"time"
 )
 
@@ -26,6 +27,10 @@ type WriterOptions struct {
 	// Time is written into the archive headers and the metadata; zero
 	// means now.
 	Time time.Time
+	// Resumable opens existing .partial output without truncating it and
+	// leaves it in place on Abort, so that a later build can reuse the
+	// content of reserved entries it wrote (after checking its digests).
+	Resumable bool
 }
 
 // Writer writes a bundle. Add entries, then Finish; Abort removes what
@@ -35,8 +40,10 @@ type Writer struct {
 	path    string
 	opts    WriterOptions
 	out     *partWriter
+	base    int64 // size of the executable prefix
 	pos     int64 // bytes of bundle written (excluding an executable prefix)
 	entries []Entry
+	regions []*Region
 	seen    map[string]bool
 	created time.Time
 	// unchecked lets tests write duplicate and escaping paths.
@@ -56,7 +63,7 @@ func Create(path string, opts WriterOptions) (*Writer, error) {
 		t = time.Now()
 	}
 	w := &Writer{path: path, opts: opts, seen: map[string]bool{}, created: t.UTC().Truncate(time.Second)}
-	w.out = &partWriter{base: path, partSize: opts.PartSize}
+	w.out = &partWriter{base: path, partSize: opts.PartSize, keep: opts.Resumable}
 	if opts.PartSize <= 0 {
 		w.out.partSize = 1 << 62
 		w.out.single = true
@@ -75,6 +82,7 @@ func Create(path string, opts WriterOptions) (*Writer, error) {
 			w.Abort()
 			return nil, fmt.Errorf("create self-contained executable: copy %s: %w", opts.Executable, err)
 		}
+		w.base = w.out.off
 	}
 	return w, nil
 }
@@ -130,6 +138,65 @@ func (w *Writer) AddFile(path string, src *os.File, size int64, digest, mediaTyp
 	return w.pad(size)
 }
 
+// Reserve adds an entry of size bytes at path whose content the caller
+// writes later through the returned Region, in any order and concurrently
+// with other regions, while more entries are added. The caller vouches
+// for digest, as with AddFile; Finish refuses to sign until every region
+// is Complete.
+func (w *Writer) Reserve(path string, size int64, digest, mediaType string) (*Region, error) {
+	if err := w.header(path, size); err != nil {
+		return nil, err
+	}
+	r := &Region{out: w.out, path: path, start: w.base + w.pos, size: size}
+	if err := w.out.skip(size); err != nil {
+		return nil, fmt.Errorf("add %s: %w", path, err)
+	}
+	w.entries = append(w.entries, Entry{Path: path, Offset: w.pos, Size: size, Digest: digest, MediaType: mediaType})
+	w.pos += size
+	w.regions = append(w.regions, r)
+	return r, w.pad(size)
+}
+
+// Region is the content of a reserved entry.
+type Region struct {
+	out         *partWriter
+	path        string
+	start, size int64
+	complete    atomic.Bool
+}
+
+// Size is the entry's size.
+func (r *Region) Size() int64 { return r.size }
+
+// WriteAt writes p at offset off of the entry.
+func (r *Region) WriteAt(p []byte, off int64) (int, error) {
+	if off < 0 || off+int64(len(p)) > r.size {
+		return 0, fmt.Errorf("write %s: %d bytes at %d are outside its %d bytes", r.path, len(p), off, r.size)
+	}
+	return r.out.writeAt(p, r.start+off)
+}
+
+// ReadAt reads what the region holds (in a resumed build, what an earlier
+// run wrote there).
+func (r *Region) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 || off >= r.size {
+		return 0, io.EOF
+	}
+	p = p[:min(int64(len(p)), r.size-off)]
+	n, err := r.out.readAt(p, r.start+off)
+	if err == nil && off+int64(n) == r.size {
+		err = io.EOF
+	}
+	return n, err
+}
+
+// Complete marks the region's content as written and starts writing it
+// back to disk.
+func (r *Region) Complete() {
+	r.complete.Store(true)
+	r.out.startWriteback(r.start, r.size)
+}
+
 // AddBytes adds data at path and returns its digest.
 func (w *Writer) AddBytes(path string, data []byte, mediaType string) (string, error) {
 	sum := sha256.Sum256(data)
@@ -156,6 +223,12 @@ func (w *Writer) Finish(meta Metadata, key ed25519.PrivateKey) ([]string, error)
 	if !ok || len(key) != ed25519.PrivateKeySize {
 		w.Abort()
 		return nil, errors.New("finish bundle: the signing key is not an ed25519 key")
+	}
+	for _, r := range w.regions {
+		if !r.complete.Load() {
+			w.Abort()
+			return nil, fmt.Errorf("finish bundle: the content of %s was never written", r.path)
+		}
 	}
 	meta.APIVersion, meta.Kind = APIVersion, KindMetadata
 	meta.Created = w.created.Format(time.RFC3339)
@@ -216,12 +289,16 @@ func (w *Writer) Finish(meta Metadata, key ed25519.PrivateKey) ([]string, error)
 func (w *Writer) Abort() { w.out.abort() }
 
 // partWriter writes a byte stream into one file or into numbered parts.
+// Offsets are global: the position in the stream, an executable prefix
+// included. Sequential writes advance off; reserved ranges are filled
+// later with writeAt, concurrently with each other.
 type partWriter struct {
 	base     string
 	partSize int64
 	single   bool
+	keep     bool // open existing .partial files without truncating them, and leave them on abort
 	files    []*os.File
-	cur      int64 // bytes in the last file
+	off      int64 // sequential position
 }
 
 func (p *partWriter) finalName(i int) string {
@@ -231,35 +308,42 @@ func (p *partWriter) finalName(i int) string {
 	return fmt.Sprintf("%s.%03d", p.base, i+1)
 }
 
-func (p *partWriter) file() (*os.File, int64, error) {
-	if len(p.files) == 0 || p.cur == p.partSize {
-		if len(p.files) >= 999 {
-			return nil, 0, errors.New("more than 999 parts: use a larger --split size")
+// part returns the file holding global offset off (creating the parts up
+// to it) and the room left in that part from off.
+func (p *partWriter) part(off int64) (*os.File, int64, int64, error) {
+	i := int(off / p.partSize)
+	if i >= 999 {
+		return nil, 0, 0, errors.New("more than 999 parts: use a larger --split size")
+	}
+	for len(p.files) <= i {
+		flags := os.O_RDWR | os.O_CREATE
+		if !p.keep {
+			flags |= os.O_TRUNC
 		}
-		f, err := os.OpenFile(p.finalName(len(p.files))+".partial", os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+		f, err := os.OpenFile(p.finalName(len(p.files))+".partial", flags, 0o644)
 		if err != nil {
-			return nil, 0, err
+			return nil, 0, 0, err
 		}
 		p.files = append(p.files, f)
-		p.cur = 0
 	}
-	return p.files[len(p.files)-1], p.partSize - p.cur, nil
+	local := off - int64(i)*p.partSize
+	return p.files[i], local, p.partSize - local, nil
 }
 
-func (p *partWriter) Write(b []byte) (int, error) {
+// writeAt writes b at global offset off, across parts if it must. It is
+// safe for concurrent use on disjoint ranges once the parts exist (skip
+// creates them).
+func (p *partWriter) writeAt(b []byte, off int64) (int, error) {
 	n := 0
 	for len(b) > 0 {
-		f, room, err := p.file()
+		f, local, room, err := p.part(off)
 		if err != nil {
 			return n, err
 		}
-		chunk := b
-		if int64(len(chunk)) > room {
-			chunk = chunk[:room]
-		}
-		m, err := f.Write(chunk)
+		chunk := b[:min(int64(len(b)), room)]
+		m, err := f.WriteAt(chunk, local)
 		n += m
-		p.cur += int64(m)
+		off += int64(m)
 		if err != nil {
 			return n, err
 		}
@@ -268,17 +352,56 @@ func (p *partWriter) Write(b []byte) (int, error) {
 	return n, nil
 }
 
+// readAt reads from global offset off (used to check resumed content).
+func (p *partWriter) readAt(b []byte, off int64) (int, error) {
+	n := 0
+	for len(b) > 0 {
+		f, local, room, err := p.part(off)
+		if err != nil {
+			return n, err
+		}
+		m, err := f.ReadAt(b[:min(int64(len(b)), room)], local)
+		n += m
+		off += int64(m)
+		if err != nil {
+			return n, err
+		}
+		b = b[m:]
+	}
+	return n, nil
+}
+
+func (p *partWriter) Write(b []byte) (int, error) {
+	n, err := p.writeAt(b, p.off)
+	p.off += int64(n)
+	return n, err
+}
+
+// skip leaves n bytes to be written later, creating the parts they span.
+func (p *partWriter) skip(n int64) error {
+	if n > 0 {
+		if _, _, _, err := p.part(p.off + n - 1); err != nil {
+			return err
+		}
+	}
+	p.off += n
+	return nil
+}
+
 // copyFile copies size bytes from src's current offset; between files the
 // kernel copies (copy_file_range) without passing the bytes through us.
 func (p *partWriter) copyFile(src *os.File, size int64) error {
 	for size > 0 {
-		f, room, err := p.file()
+		f, local, room, err := p.part(p.off)
 		if err != nil {
+			return err
+		}
+		if _, err := f.Seek(local, io.SeekStart); err != nil {
 			return err
 		}
 		chunk := min(room, size)
 		m, err := f.ReadFrom(&io.LimitedReader{R: src, N: chunk})
-		p.cur += m
+		p.off += m
 		size -= m
 		if err != nil {
 			return err
@@ -290,9 +413,32 @@ func (p *partWriter) copyFile(src *os.File, size int64) error {
 	return nil
 }
 
+// startWriteback asks the kernel to start writing [off, off+n) to disk
+// now, so that the fsync at commit has little left to do.
+func (p *partWriter) startWriteback(off, n int64) {
+	for n > 0 {
+		f, local, room, err := p.part(off)
+		if err != nil {
+			return
+		}
+		chunk := min(room, n)
+		syncRange(f, local, chunk)
+		off += chunk
+		n -= chunk
+	}
+}
+
 func (p *partWriter) commit(mode os.FileMode) ([]string, error) {
 	var paths []string
 	for i, f := range p.files {
+		size := p.partSize
+		if i == len(p.files)-1 {
+			size = p.off - int64(i)*p.partSize
+		}
+		// A resumed .partial may be longer than this build's layout.
+		if err := f.Truncate(size); err != nil {
+			return nil, err
+		}
 		if err := f.Chmod(mode); err != nil {
 			return nil, err
 		}
@@ -323,7 +469,9 @@ func (p *partWriter) commit(mode os.FileMode) ([]string, error) {
 func (p *partWriter) abort() {
 	for i, f := range p.files {
 		f.Close()
-		os.Remove(p.finalName(i) + ".partial")
+		if !p.keep {
+			os.Remove(p.finalName(i) + ".partial")
+		}
 	}
 	p.files = nil
 }

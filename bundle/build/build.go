@@ -28,8 +28,10 @@ type Options struct {
 	Output string
 	// Key signs the bundle.
 	Key ed25519.PrivateKey
-	// CacheDir keeps downloaded blobs, charts and files between runs;
-	// default Output + ".cache".
+	// CacheDir keeps downloaded charts and files between runs; default
+	// Output + ".cache". Image blobs go straight into the bundle: an
+	// interrupted build resumes from its partial output, and a rebuild
+	// reuses the blobs of the bundle it replaces.
 	CacheDir string
 	// PartSize splits the bundle into parts of this size (0: one file).
 	PartSize int64
@@ -58,8 +60,8 @@ type Result struct {
 	Charts   int
 	Files    int
 	Blobs    int
-	Fetched  int64 // bytes downloaded
-	Reused   int64 // bytes found in the cache
+	Fetched  int64 // blob bytes downloaded
+	Reused   int64 // blob bytes reused from an interrupted build or the bundle replaced
 	Duration time.Duration
 	KeyID    string
 }
@@ -122,7 +124,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		chartFile: map[string]string{}, fileCache: map[string]string{},
 		transports: map[string]http.RoundTripper{},
 	}
-	for _, d := range []string{"blobs/sha256", "charts", "files", "tmp"} {
+	for _, d := range []string{"charts", "files", "tmp"} {
 		if err := os.MkdirAll(filepath.Join(b.cache, d), 0o755); err != nil {
 			return nil, fmt.Errorf("build bundle: cache: %w", err)
 		}
@@ -176,24 +178,17 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 			return nil, fmt.Errorf("build bundle: files[%d] %s: %w", i, f.Name, err)
 		}
 	}
-	fetched, reused, err := b.fetchBlobs(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("build bundle: %w", err)
-	}
-	fetchDone := time.Now()
-	paths, size, err := b.write()
-	if err != nil {
-		return nil, fmt.Errorf("build bundle: %w", err)
-	}
 	res := &Result{
-		Paths: paths, Size: size, Images: len(b.images), Charts: len(b.charts), Files: len(b.files),
-		Blobs: len(b.blobs), Fetched: fetched, Reused: reused, Duration: time.Since(start),
+		Images: len(b.images), Charts: len(b.charts), Files: len(b.files), Blobs: len(b.blobs),
 		KeyID: bundle.KeyID(opts.Key.Public().(ed25519.PublicKey)),
 	}
-	b.prog.linef("wrote %s: %s, %d images, %d charts, %d files, %d blobs (%s downloaded, %s reused from %s) in %s (writing %s), key %s",
-		strings.Join(paths, ", "), bundle.HumanSize(size), res.Images, res.Charts, res.Files, res.Blobs,
-		bundle.HumanSize(fetched), bundle.HumanSize(reused), b.cache, res.Duration.Round(time.Millisecond),
-		time.Since(fetchDone).Round(time.Millisecond), res.KeyID)
+	if err := b.write(ctx, res); err != nil {
+		return nil, fmt.Errorf("build bundle: %w", err)
+	}
+	res.Duration = time.Since(start)
+	b.prog.linef("wrote %s: %s, %d images, %d charts, %d files, %d blobs (%s downloaded, %s reused) in %s, key %s",
+		strings.Join(res.Paths, ", "), bundle.HumanSize(res.Size), res.Images, res.Charts, res.Files, res.Blobs,
+		bundle.HumanSize(res.Fetched), bundle.HumanSize(res.Reused), res.Duration.Round(time.Millisecond), res.KeyID)
 	return res, nil
 }
 
@@ -207,76 +202,114 @@ func chartLabel(c ChartSpec) string {
 	return c.Name + " " + c.Version
 }
 
-func (b *builder) blobPath(digest string) string {
-	algo, hex, _ := strings.Cut(digest, ":")
-	return filepath.Join(b.cache, "blobs", algo, hex)
-}
-
-// write assembles the bundle from the cache.
-func (b *builder) write() ([]string, int64, error) {
-	w, err := bundle.Create(b.opts.Output, bundle.WriterOptions{PartSize: b.opts.PartSize, Executable: b.opts.Embed, Time: b.opts.Time})
+// write lays the bundle out, puts every blob in place (see blobs.go),
+// signs it and moves it to its final name.
+func (b *builder) write(ctx context.Context, res *Result) error {
+	wopts := bundle.WriterOptions{PartSize: b.opts.PartSize, Executable: b.opts.Embed, Time: b.opts.Time, Resumable: true}
+	w, err := bundle.Create(b.opts.Output, wopts)
 	if err != nil {
-		return nil, 0, err
+		return err
 	}
-	fail := func(err error) ([]string, int64, error) {
-		w.Abort()
-		return nil, 0, err
-	}
+	committed := false
+	defer func() {
+		if !committed {
+			w.Abort() // the partial output stays for the next run
+		}
+	}()
 	if _, err := w.AddBytes("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`), ""); err != nil {
-		return fail(err)
+		return err
 	}
 	digests := make([]string, 0, len(b.blobs))
 	for d := range b.blobs {
 		digests = append(digests, d)
 	}
 	sort.Strings(digests)
+	var slots []slot
 	for _, d := range digests {
 		bl := b.blobs[d]
 		algo, hex, _ := strings.Cut(d, ":")
 		p := "blobs/" + algo + "/" + hex
 		if bl.data != nil {
 			if _, err := w.AddBytes(p, bl.data, bl.mediaType); err != nil {
-				return fail(err)
+				return err
 			}
 			continue
 		}
-		if err := addCached(w, p, b.blobPath(d), bl.size, d, bl.mediaType); err != nil {
-			return fail(err)
+		r, err := w.Reserve(p, bl.size, d, bl.mediaType)
+		if err != nil {
+			return err
 		}
+		slots = append(slots, slot{bl, r})
 	}
 	for _, c := range b.charts {
 		if err := addCached(w, c.Path, b.chartFile[c.Path], -1, c.Digest, ""); err != nil {
-			return fail(err)
+			return err
 		}
 	}
 	for _, f := range b.files {
 		if err := addCached(w, f.Path, b.fileCache[f.Path], f.Size, f.Digest, ""); err != nil {
-			return fail(err)
+			return err
 		}
 	}
 	index, err := b.layoutIndex()
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	if _, err := w.AddBytes("index.json", index, "application/vnd.oci.image.index.v1+json"); err != nil {
-		return fail(err)
+		return err
 	}
+
+	// Reuse what an interrupted run of this same layout wrote, and the
+	// blobs of the bundle being replaced.
+	var exeSize int64
+	if b.opts.Embed != "" {
+		if st, err := os.Stat(b.opts.Embed); err == nil {
+			exeSize = st.Size()
+		}
+	}
+	layout := layoutID(w.Entries(), wopts, exeSize)
+	jpath := resumePath(b.opts.Output)
+	prevLayout, resumed := readJournal(jpath)
+	same := prevLayout == layout
+	if !same {
+		resumed = nil
+	}
+	j, err := startJournal(jpath, layout, same)
+	if err != nil {
+		return err
+	}
+	defer j.close()
+	old, err := bundle.Open(b.opts.Output, bundle.OpenOptions{})
+	if err != nil {
+		old = nil // nothing to reuse: no earlier bundle, or not a readable one
+	}
+	stats, err := b.fill(ctx, slots, resumed, old, j)
+	if old != nil {
+		old.Close()
+	}
+	res.Fetched, res.Reused = stats.fetched.Load(), stats.reused.Load()
+	if err != nil {
+		return fmt.Errorf("%w (the partial bundle is kept: run the build again to resume)", err)
+	}
+
 	meta := bundle.Metadata{Name: b.opts.Spec.Metadata.Name, Charts: b.charts, Files: b.files, Components: b.opts.Spec.Components}
 	for _, im := range b.images {
 		meta.Images = append(meta.Images, *im)
 	}
 	sort.Slice(meta.Images, func(i, j int) bool { return meta.Images[i].Ref() < meta.Images[j].Ref() })
 	paths, err := w.Finish(meta, b.opts.Key)
+	committed = true // Finish aborts by itself when it fails
 	if err != nil {
-		return nil, 0, err
+		return err
 	}
-	var size int64
+	os.Remove(jpath)
+	res.Paths = paths
 	for _, p := range paths {
 		if st, err := os.Stat(p); err == nil {
-			size += st.Size()
+			res.Size += st.Size()
 		}
 	}
-	return paths, size, nil
+	return nil
 }
 
 func addCached(w *bundle.Writer, path, cached string, size int64, digest, mediaType string) error {

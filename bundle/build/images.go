@@ -5,16 +5,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
-	"sync/atomic"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -271,100 +266,4 @@ func (b *builder) addBlob(bl *blob) {
 		return
 	}
 	b.blobs[bl.digest] = bl
-}
-
-// fetchBlobs downloads every blob not yet in the cache, checking digests.
-func (b *builder) fetchBlobs(ctx context.Context) (fetched, reused int64, err error) {
-	var todo []*blob
-	var total int64
-	for _, bl := range b.blobs {
-		if bl.data != nil {
-			continue
-		}
-		if st, err := os.Stat(b.blobPath(bl.digest)); err == nil && st.Size() == bl.size {
-			reused += bl.size
-			continue
-		}
-		todo = append(todo, bl)
-		total += bl.size
-	}
-	sort.Slice(todo, func(i, j int) bool { return todo[i].size > todo[j].size })
-	if len(todo) == 0 {
-		b.prog.linef("blobs: all %d in the cache (%s)", len(b.blobs), bundle.HumanSize(reused))
-		return 0, reused, nil
-	}
-	b.prog.linef("blobs: fetching %d (%s), %s already in the cache", len(todo), bundle.HumanSize(total), bundle.HumanSize(reused))
-	var (
-		done atomic.Int64
-		next atomic.Int64
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-	)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stop := b.prog.running(func() string {
-		return fmt.Sprintf("blobs: %s of %s", bundle.HumanSize(done.Load()), bundle.HumanSize(total))
-	})
-	for w := 0; w < b.opts.Concurrency; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(todo) || ctx.Err() != nil {
-					return
-				}
-				if err := b.fetchBlob(ctx, todo[i], &done); err != nil {
-					mu.Lock()
-					errs = append(errs, err)
-					mu.Unlock()
-					cancel()
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	stop()
-	if len(errs) > 0 {
-		return done.Load(), reused, errors.Join(errs...)
-	}
-	return done.Load(), reused, nil
-}
-
-func (b *builder) fetchBlob(ctx context.Context, bl *blob, done *atomic.Int64) error {
-	rc, err := bl.fetch(ctx)
-	if err != nil {
-		return fmt.Errorf("fetch blob %s: %w", bl.digest, err)
-	}
-	defer rc.Close()
-	final := b.blobPath(bl.digest)
-	tmp, err := os.CreateTemp(filepath.Join(b.cache, "tmp"), "blob-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(tmp, h, countWriter{done}), rc)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("fetch blob %s: %w", bl.digest, err)
-	}
-	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != bl.digest || n != bl.size {
-		return fmt.Errorf("fetch blob %s: got %d bytes with digest %s, want %d bytes", bl.digest, n, got, bl.size)
-	}
-	if err := os.Rename(tmp.Name(), final); err != nil {
-		return fmt.Errorf("fetch blob %s: %w", bl.digest, err)
-	}
-	return nil
-}
-
-type countWriter struct{ n *atomic.Int64 }
-
-func (c countWriter) Write(p []byte) (int, error) {
-	c.n.Add(int64(len(p)))
-	return len(p), nil
 }

@@ -161,8 +161,12 @@ func newBundleBuildCommand(g *globals) *cobra.Command {
 		Long: `Build pulls every image (multi-arch indexes kept, blobs de-duplicated), every
 chart (and every image the chart references when rendered with the values in
 bundle.yaml) and every file (checked against its sha256), and writes a signed
-bundle. Downloads are kept in the cache directory, so running build again
-after an interruption, or after editing bundle.yaml, fetches only what is new.
+bundle. Image blobs are written straight into the bundle as they arrive: until
+it is signed, the output is OUT.partial with a journal, OUT.resume, so running
+build again after an interruption fetches only what is missing (blobs already
+written are hashed again, not trusted). A rebuild after editing bundle.yaml
+takes the blobs it can from the bundle it replaces. Charts and files are kept
+in the cache directory (--cache) between runs.
 
 --split 4G writes site.bundle.001, .002, ... for removable media; airlock reads
 them back as one. --embed writes a self-contained executable: this airlock
@@ -211,7 +215,7 @@ binary with the bundle appended.`,
 	f.StringVarP(&file, "file", "f", "bundle.yaml", "bundle spec (YAML)")
 	f.StringVarP(&out, "out", "o", "site.bundle", "bundle (or self-contained executable) to write")
 	f.StringVar(&keyPath, "key", "", "private signing key (from airlock bundle keygen)")
-	f.StringVar(&cache, "cache", "", "download cache, reused by later builds (default OUT.cache)")
+	f.StringVar(&cache, "cache", "", "charts and files downloaded, reused by later builds (default OUT.cache)")
 	f.StringVar(&split, "split", "", "split into parts of this size, like 4G or 700Mi")
 	f.BoolVar(&embed, "embed", false, "write a self-contained executable: airlock with the bundle appended")
 	f.StringVar(&binary, "airlock-binary", "", "with --embed, the airlock executable to use (default: this one)")
