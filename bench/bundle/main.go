@@ -280,12 +280,12 @@ func benchBuild(sizeMiB, rounds int, workDir string, peerSync bool) error {
 	ours, theirs := medianD(oursAll), medianD(theirsAll)
 	tst, _ := os.Stat(tarball)
 	fmt.Printf("medians of %d rounds:\n", rounds)
-	fmt.Printf("airlock bundle build       %6.2fs  (%s signed bundle, %d blobs)\n", ours.Seconds(), bundle.HumanSize(res.Size), res.Blobs)
+	fmt.Printf("%-33s %6.2fs  (%s signed bundle, %d blobs)\n", "airlock bundle build", ours.Seconds(), bundle.HumanSize(res.Size), res.Blobs)
 	peer := "skopeo copy + tar | zstd"
 	if peerSync {
 		peer += " + sync"
 	}
-	fmt.Printf("%-26s %6.2fs  (%s tar.zst)\n", peer, theirs.Seconds(), bundle.HumanSize(tst.Size()))
+	fmt.Printf("%-33s %6.2fs  (%s tar.zst)\n", peer, theirs.Seconds(), bundle.HumanSize(tst.Size()))
 	fmt.Printf("ratio skopeo/airlock: airlock is %.2fx faster (goal >= 3x)\n", theirs.Seconds()/ours.Seconds())
 	return nil
 }
