@@ -7,12 +7,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"airlock.dev/airlock/bundle"
 )
@@ -20,11 +22,15 @@ import (
 // Image blobs go straight into the bundle, never through a cache: every
 // blob's size is known from its manifest, so the whole archive is laid out
 // first, each blob's range of the output is reserved, and workers fill the
-// ranges as they download, hashing as they go. Until it is signed and
-// renamed, the output is OUT.partial (OUT.NNN.partial when split) beside a
-// journal, OUT.resume, that lists the blobs written. A later run reuses
+// ranges as they download, hashing as they go. A dropped download is taken
+// up again where it stopped (HTTP Range), a few times, before the build
+// gives up. Until it is signed and renamed, the output is OUT.partial
+// (OUT.NNN.partial when split) beside a journal, OUT.resume, that lists the
+// blobs written and how far the unfinished ones got. A later run reuses
 //   - the blobs the journal lists, when the layout is the same, after
-//     hashing them again where they lie (a power cut may have lost them);
+//     hashing them again where they lie (a power cut may have lost them),
+//     and the start of unfinished ones (fetched whole again if the blob
+//     then does not match its digest);
 //   - the blobs of an earlier bundle at OUT, hashed while they are copied.
 
 const journalHeader = "airlock bundle build resume v1 layout "
@@ -38,27 +44,42 @@ type journal struct {
 	f  *os.File
 }
 
-// readJournal returns the layout an earlier run planned and the digests
-// it wrote. A missing or unreadable journal means nothing can be reused; a
-// torn last line (the run was killed mid-write) is ignored.
-func readJournal(path string) (layout string, done map[string]bool) {
-	done = map[string]bool{}
+// resumeState is what an earlier run of a layout left: blobs written
+// whole, and how far unfinished downloads got.
+type resumeState struct {
+	done map[string]bool
+	at   map[string]int64
+}
+
+// readJournal returns the layout an earlier run planned and what it
+// wrote. A missing or unreadable journal means nothing can be reused; a
+// torn last line (the run was killed mid-write) is ignored, as is any
+// line that does not parse.
+func readJournal(path string) (layout string, rs resumeState) {
+	rs = resumeState{done: map[string]bool{}, at: map[string]int64{}}
 	f, err := os.Open(path)
 	if err != nil {
-		return "", done
+		return "", rs
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	if !sc.Scan() || !strings.HasPrefix(sc.Text(), journalHeader) {
-		return "", done
+		return "", rs
 	}
 	layout = strings.TrimPrefix(sc.Text(), journalHeader)
 	for sc.Scan() {
-		if d := sc.Text(); isDigest(d) {
-			done[d] = true
+		line := sc.Text()
+		if isDigest(line) {
+			rs.done[line] = true
+			continue
+		}
+		var d string
+		var n int64
+		if _, err := fmt.Sscanf(line, "at %s %d", &d, &n); err == nil && isDigest(d) && n > 0 {
+			rs.at[d] = max(rs.at[d], n)
 		}
 	}
-	return layout, done
+	return layout, rs
 }
 
 func isDigest(s string) bool {
@@ -90,10 +111,18 @@ func startJournal(path, layout string, same bool) (*journal, error) {
 	return &journal{f: f}, nil
 }
 
-func (j *journal) record(digest string) error {
+// record notes a blob written whole.
+func (j *journal) record(digest string) error { return j.line(digest) }
+
+// progress notes that the first n bytes of a blob are written.
+func (j *journal) progress(digest string, n int64) error {
+	return j.line(fmt.Sprintf("at %s %d", digest, n))
+}
+
+func (j *journal) line(s string) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	_, err := j.f.WriteString(digest + "\n")
+	_, err := j.f.WriteString(s + "\n")
 	return err
 }
 
@@ -123,7 +152,7 @@ type fillStats struct {
 
 // fill puts every slot's content in place: reused from the partial output
 // (resumed) or from old, else downloaded. Blobs written are recorded in j.
-func (b *builder) fill(ctx context.Context, slots []slot, resumed map[string]bool, old *bundle.Bundle, j *journal) (*fillStats, error) {
+func (b *builder) fill(ctx context.Context, slots []slot, resumed resumeState, old *bundle.Bundle, j *journal) (*fillStats, error) {
 	st := &fillStats{}
 	var total int64
 	for _, s := range slots {
@@ -169,9 +198,9 @@ func (b *builder) fill(ctx context.Context, slots []slot, resumed map[string]boo
 	return st, errors.Join(errs...)
 }
 
-func (b *builder) fillSlot(ctx context.Context, s slot, resumed map[string]bool, old *bundle.Bundle, j *journal, buf []byte, st *fillStats) error {
+func (b *builder) fillSlot(ctx context.Context, s slot, resumed resumeState, old *bundle.Bundle, j *journal, buf []byte, st *fillStats) error {
 	d, size := s.bl.digest, s.bl.size
-	if resumed[d] {
+	if resumed.done[d] {
 		if got, n, err := hashReader(io.NewSectionReader(s.r, 0, size), buf); err == nil && got == d && n == size {
 			s.r.Complete()
 			st.reused.Add(size)
@@ -182,8 +211,9 @@ func (b *builder) fillSlot(ctx context.Context, s slot, resumed map[string]bool,
 	}
 	if old != nil {
 		if src, err := old.Unchecked(d); err == nil && src.Size() == size {
-			got, n, err := copyInto(s.r, src, buf, nil)
-			if err == nil && got == d && n == size {
+			dl := &download{r: s.r, h: sha256.New()}
+			err := dl.copy(src, buf, nil)
+			if err == nil && dl.digest() == d && dl.off == size {
 				s.r.Complete()
 				st.reused.Add(size)
 				st.done.Add(size)
@@ -192,50 +222,145 @@ func (b *builder) fillSlot(ctx context.Context, s slot, resumed map[string]bool,
 			b.log.Info("bundle build: a blob of the earlier bundle did not match its digest; fetching it", "digest", d)
 		}
 	}
-	rc, err := s.bl.fetch(ctx)
-	if err != nil {
-		return fmt.Errorf("fetch blob %s: %w", d, err)
+	dl := &download{r: s.r, h: sha256.New(), j: j, digest0: d, every: b.opts.checkpointEvery}
+	kept := int64(0)
+	if at := resumed.at[d]; at > 0 && at < size {
+		// Hash what an earlier run wrote and go on from there.
+		if _, err := io.CopyBuffer(dl.h, io.NewSectionReader(s.r, 0, at), buf); err == nil {
+			dl.off, kept = at, at
+			st.reused.Add(at)
+			st.done.Add(at)
+		} else {
+			dl.h.Reset()
+		}
 	}
-	defer rc.Close()
-	got, n, err := copyInto(s.r, rc, buf, &st.done)
-	st.fetched.Add(n)
-	if err != nil {
-		return fmt.Errorf("fetch blob %s: %w", d, err)
+	if err := b.fetchInto(ctx, s.bl, dl, buf, st); err != nil {
+		return err
 	}
-	if got != d || n != size {
-		return fmt.Errorf("fetch blob %s: got %d bytes with digest %s, want %d bytes", d, n, got, size)
+	if (dl.digest() != d || dl.off != size) && kept > 0 {
+		// What the earlier run left was damaged: once more, whole.
+		b.log.Info("bundle build: a resumed blob did not match its digest; fetching it whole", "digest", d)
+		st.reused.Add(-kept)
+		dl.reset(st)
+		if err := b.fetchInto(ctx, s.bl, dl, buf, st); err != nil {
+			return err
+		}
+	}
+	if got := dl.digest(); got != d || dl.off != size {
+		return fmt.Errorf("fetch blob %s: got %d bytes with digest %s, want %d bytes", d, dl.off, got, size)
 	}
 	s.r.Complete()
 	return j.record(d)
 }
 
-// copyInto copies src into r from its start, hashing the bytes, and
-// returns their digest and count. More bytes than r holds is an error.
-func copyInto(r *bundle.Region, src io.Reader, buf []byte, done *atomic.Int64) (string, int64, error) {
-	h := sha256.New()
-	var off int64
+// fetchInto downloads the rest of a blob into dl, taking a dropped
+// download up again where it stopped, with growing pauses, a few times.
+func (b *builder) fetchInto(ctx context.Context, bl *blob, dl *download, buf []byte, st *fillStats) error {
+	const attempts = 4
+	wait := b.opts.retryWait
+	for attempt := 1; ; attempt++ {
+		err := b.fetchOnce(ctx, bl, dl, buf, st)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil || attempt == attempts || !retryable(err) {
+			return fmt.Errorf("fetch blob %s: %w", bl.digest, err)
+		}
+		b.log.Warn("bundle build: download dropped; taking it up again", "digest", bl.digest, "at", dl.off, "attempt", attempt, "err", err)
+		b.prog.linef("blob %s: %v; taking it up again at %s in %s", shortD(bl.digest), err, bundle.HumanSize(dl.off), wait)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("fetch blob %s: %w", bl.digest, ctx.Err())
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
+}
+
+func (b *builder) fetchOnce(ctx context.Context, bl *blob, dl *download, buf []byte, st *fillStats) error {
+	if dl.off >= bl.size {
+		return nil
+	}
+	rc, start, err := bl.fetch(ctx, dl.off)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	if start != dl.off {
+		dl.reset(st) // the source sent the whole blob
+	}
+	before := dl.off
+	err = dl.copy(rc, buf, &st.done)
+	st.fetched.Add(dl.off - before)
+	return err
+}
+
+// download is a blob being written into its region: bytes so far, and
+// their hash.
+type download struct {
+	r       *bundle.Region
+	h       hash.Hash
+	off     int64
+	j       *journal // progress checkpoints, every `every` bytes
+	digest0 string
+	every   int64
+	noted   int64
+}
+
+func (dl *download) digest() string { return "sha256:" + hex.EncodeToString(dl.h.Sum(nil)) }
+
+func (dl *download) reset(st *fillStats) {
+	st.done.Add(-dl.off)
+	dl.h.Reset()
+	dl.off, dl.noted = 0, 0
+}
+
+// copy appends what src holds. More bytes than the region holds is an
+// error.
+func (dl *download) copy(src io.Reader, buf []byte, done *atomic.Int64) error {
 	for {
-		n, err := io.ReadFull(src, buf)
+		n, err := readFull(src, buf)
 		if n > 0 {
-			if off+int64(n) > r.Size() {
-				return "", off, fmt.Errorf("more than the %d bytes the manifest gives", r.Size())
+			if dl.off+int64(n) > dl.r.Size() {
+				return fmt.Errorf("more than the %d bytes the manifest gives", dl.r.Size())
 			}
-			h.Write(buf[:n])
-			if _, werr := r.WriteAt(buf[:n], off); werr != nil {
-				return "", off, werr
+			dl.h.Write(buf[:n])
+			if _, werr := dl.r.WriteAt(buf[:n], dl.off); werr != nil {
+				return werr
 			}
-			off += int64(n)
+			dl.off += int64(n)
 			if done != nil {
 				done.Add(int64(n))
 			}
+			if dl.j != nil && dl.off-dl.noted >= dl.every {
+				if err := dl.j.progress(dl.digest0, dl.off); err != nil {
+					return err
+				}
+				dl.noted = dl.off
+			}
 		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			return "sha256:" + hex.EncodeToString(h.Sum(nil)), off, nil
+		if err == io.EOF {
+			return nil
 		}
 		if err != nil {
-			return "", off, err
+			return err
 		}
 	}
+}
+
+// readFull reads until buf is full or src fails. Unlike io.ReadFull it
+// leaves src's error as it is: io.EOF is the end, while an HTTP body cut
+// short says io.ErrUnexpectedEOF.
+func readFull(src io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := src.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // hashReader returns the digest and length of what r holds.

@@ -50,6 +50,12 @@ type Options struct {
 	Log         *slog.Logger
 	// Time is recorded in the bundle; zero means now.
 	Time time.Time
+
+	// checkpointEvery is how often (bytes) a download's progress goes
+	// into the resume journal; retryWait the first pause before a dropped
+	// download is taken up again. Tests shorten them.
+	checkpointEvery int64
+	retryWait       time.Duration
 }
 
 // Result reports a build.
@@ -91,7 +97,9 @@ type blob struct {
 	size      int64
 	mediaType string // set for manifests and indexes
 	data      []byte // manifests are kept in memory (small)
-	fetch     func(ctx context.Context) (io.ReadCloser, error)
+	// fetch streams the blob from byte from on; it returns where the body
+	// starts (0 when the source cannot start elsewhere).
+	fetch func(ctx context.Context, from int64) (io.ReadCloser, int64, error)
 }
 
 // Build gathers everything opts.Spec lists and writes the signed bundle.
@@ -111,6 +119,12 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	}
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.checkpointEvery <= 0 {
+		opts.checkpointEvery = 64 << 20
+	}
+	if opts.retryWait <= 0 {
+		opts.retryWait = time.Second
 	}
 	tr := opts.Transport
 	if tr == nil {
@@ -272,7 +286,7 @@ func (b *builder) write(ctx context.Context, res *Result) error {
 	prevLayout, resumed := readJournal(jpath)
 	same := prevLayout == layout
 	if !same {
-		resumed = nil
+		resumed = resumeState{}
 	}
 	j, err := startJournal(jpath, layout, same)
 	if err != nil {

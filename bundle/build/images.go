@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -158,8 +159,9 @@ func (b *builder) manifest(ctx context.Context, repo name.Repository, raw []byte
 				continue // foreign layer, fetched from its URL by the runtime
 			}
 			dg := l.Digest.String()
-			b.addBlob(&blob{digest: dg, size: l.Size, fetch: func(ctx context.Context) (io.ReadCloser, error) {
-				return b.getBlob(ctx, repo, dg)
+			size := l.Size
+			b.addBlob(&blob{digest: dg, size: size, fetch: func(ctx context.Context, from int64) (io.ReadCloser, int64, error) {
+				return b.getBlob(ctx, repo, dg, from, size)
 			}})
 			total += l.Size
 		}
@@ -169,7 +171,7 @@ func (b *builder) manifest(ctx context.Context, repo name.Repository, raw []byte
 
 // fetchSmall reads a small blob into memory and checks its digest.
 func (b *builder) fetchSmall(ctx context.Context, repo name.Repository, digest string, size int64) ([]byte, error) {
-	rc, err := b.getBlob(ctx, repo, digest)
+	rc, _, err := b.getBlob(ctx, repo, digest, 0, size)
 	if err != nil {
 		return nil, err
 	}
@@ -184,27 +186,55 @@ func (b *builder) fetchSmall(ctx context.Context, repo name.Repository, digest s
 	return raw, nil
 }
 
-// getBlob streams a blob from the registry. Unlike remote.Layer it does
-// not hash the bytes: fetchBlob hashes them once while writing the cache.
-func (b *builder) getBlob(ctx context.Context, repo name.Repository, digest string) (io.ReadCloser, error) {
+// getBlob streams a blob of size bytes from the registry, from byte from
+// on when the registry honours a Range request (it returns where the body
+// starts: from, or 0 when the registry sent the whole blob). Unlike
+// remote.Layer it does not hash the bytes: the caller hashes them once
+// while writing them into the bundle.
+func (b *builder) getBlob(ctx context.Context, repo name.Repository, digest string, from, size int64) (io.ReadCloser, int64, error) {
 	rt, err := b.repoTransport(ctx, repo)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	u := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", repo.Registry.Scheme(), repo.RegistryStr(), repo.RepositoryStr(), digest)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
+	}
+	if from > 0 {
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", from, size-1))
 	}
 	resp, err := (&http.Client{Transport: rt}).Do(req)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	if resp.StatusCode != http.StatusOK {
-		resp.Body.Close()
-		return nil, fmt.Errorf("GET %s: %s", u, resp.Status)
+	switch {
+	case resp.StatusCode == http.StatusOK:
+		return resp.Body, 0, nil
+	case resp.StatusCode == http.StatusPartialContent && from > 0 &&
+		strings.HasPrefix(resp.Header.Get("Content-Range"), fmt.Sprintf("bytes %d-", from)):
+		return resp.Body, from, nil
 	}
-	return resp.Body, nil
+	resp.Body.Close()
+	return nil, 0, &statusError{url: u, status: resp.Status, code: resp.StatusCode}
+}
+
+// statusError is an HTTP reply other than the content asked for.
+type statusError struct {
+	url, status string
+	code        int
+}
+
+func (e *statusError) Error() string { return fmt.Sprintf("GET %s: %s", e.url, e.status) }
+
+// retryable tells whether trying again may succeed: a dropped connection
+// or a server error, not a missing blob or a refusal.
+func retryable(err error) bool {
+	var se *statusError
+	if errors.As(err, &se) {
+		return se.code >= 500 || se.code == http.StatusTooManyRequests
+	}
+	return true
 }
 
 // repoTransport returns an authenticated transport for pulling from repo,

@@ -5,12 +5,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"airlock.dev/airlock/bundle"
 )
@@ -72,7 +75,7 @@ func TestBuildResumesAfterInterruption(t *testing.T) {
 	}
 	_, priv := testKey(t)
 	out := filepath.Join(dir, "site.bundle")
-	opts := Options{Spec: spec, SpecDir: dir, Output: out, Key: priv, Concurrency: 1}
+	opts := Options{Spec: spec, SpecDir: dir, Output: out, Key: priv, Concurrency: 1, retryWait: time.Millisecond}
 
 	// The network drops after three layers.
 	opts.Transport = &failLayers{base: u.transport, ok: 3}
@@ -87,7 +90,8 @@ func TestBuildResumesAfterInterruption(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the partial output was not kept: %v", err)
 	}
-	_, done := readJournal(resumePath(out))
+	_, rs := readJournal(resumePath(out))
+	done := rs.done
 	if len(done) != 3 {
 		t.Fatalf("journal lists %d blobs, want the 3 written", len(done))
 	}
@@ -185,4 +189,181 @@ func TestRebuildReusesTheBundleItReplaces(t *testing.T) {
 		t.Errorf("rebuild reused %d bytes, want %d", second.Reused, first.Fetched-layer.Size)
 	}
 	verifyBundle(t, out)
+}
+
+// cutBodies cuts the body of the first download of each layer after cut
+// bytes, as a connection dropped mid-transfer does; with always set, every
+// download of the layer named only is cut. It counts Range requests.
+type cutBodies struct {
+	base   http.RoundTripper
+	cut    int64
+	only   string // a blob digest (sha256:...); "" for every layer
+	always bool
+
+	mu     sync.Mutex
+	cutOne map[string]bool
+	ranges int
+	served map[string]*atomic.Int64 // body bytes read, by digest
+}
+
+func (c *cutBodies) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := c.base.RoundTrip(req)
+	if err != nil || req.Method != http.MethodGet || !strings.Contains(req.URL.Path, "/blobs/") || resp.ContentLength <= 32<<10 && req.Header.Get("Range") == "" {
+		return resp, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if req.Header.Get("Range") != "" {
+		c.ranges++
+	}
+	d := req.URL.Path[strings.LastIndex(req.URL.Path, "/")+1:]
+	if c.served == nil {
+		c.cutOne, c.served = map[string]bool{}, map[string]*atomic.Int64{}
+	}
+	if c.served[d] == nil {
+		c.served[d] = new(atomic.Int64)
+	}
+	body := &cutBody{rc: resp.Body, left: 1 << 62, served: c.served[d]}
+	resp.Body = body
+	if c.only != "" && d != c.only || c.cutOne[d] && !c.always {
+		return resp, nil
+	}
+	c.cutOne[d] = true
+	body.left = c.cut
+	return resp, nil
+}
+
+type cutBody struct {
+	rc     io.ReadCloser
+	left   int64
+	served *atomic.Int64
+}
+
+func (b *cutBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, io.ErrUnexpectedEOF
+	}
+	n, err := b.rc.Read(p[:min(int64(len(p)), b.left)])
+	b.left -= int64(n)
+	b.served.Add(int64(n))
+	return n, err
+}
+
+func (b *cutBody) Close() error { return b.rc.Close() }
+
+func specForTest(t *testing.T, u *upstream, dir string) *Spec {
+	t.Helper()
+	specData := u.specFor(t, dir)
+	spec, problems := ParseSpec(filepath.Join(dir, "bundle.yaml"), specData)
+	if err := problems.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return spec
+}
+
+// A connection dropped mid-blob is taken up again where it stopped, within
+// the same run: nothing is downloaded twice.
+func TestBuildTakesUpDroppedDownloads(t *testing.T) {
+	u := newUpstream(t)
+	dir := t.TempDir()
+	_, priv := testKey(t)
+	spec := specForTest(t, u, dir)
+	whole, err := Build(context.Background(), Options{Spec: spec, SpecDir: dir, Output: filepath.Join(dir, "whole.bundle"), Key: priv, Transport: u.transport})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "site.bundle")
+	cut := &cutBodies{base: u.transport, cut: 20000}
+	res, err := Build(context.Background(), Options{Spec: spec, SpecDir: dir, Output: out, Key: priv, Transport: cut, retryWait: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := verifyBundle(t, out)
+	var layers int
+	for _, e := range b.Metadata().Entries {
+		if strings.HasPrefix(e.Path, "blobs/") && e.Size > 32<<10 {
+			layers++
+		}
+	}
+	if cut.ranges != layers {
+		t.Errorf("%d Range requests, want one per layer (%d)", cut.ranges, layers)
+	}
+	if res.Fetched != whole.Fetched || res.Reused != 0 {
+		t.Errorf("fetched %d reused %d, want every byte (%d) once", res.Fetched, res.Reused, whole.Fetched)
+	}
+}
+
+// A blob whose download keeps dropping fails the build; the next run
+// starts it where the last one stopped, or, when what was kept turns out
+// damaged, downloads it whole again.
+func TestBuildResumesInsideABlob(t *testing.T) {
+	for _, damaged := range []bool{false, true} {
+		t.Run(fmt.Sprintf("damaged=%v", damaged), func(t *testing.T) { testResumeInsideABlob(t, damaged) })
+	}
+}
+
+func testResumeInsideABlob(t *testing.T, damaged bool) {
+	u := newUpstream(t)
+	dir := t.TempDir()
+	_, priv := testKey(t)
+	out := filepath.Join(dir, "site.bundle")
+	spec := specForTest(t, u, dir)
+	opts := Options{Spec: spec, SpecDir: dir, Output: out, Key: priv, Concurrency: 1, retryWait: time.Millisecond, checkpointEvery: 8 << 10}
+	opts.Transport = u.transport
+	first, err := Build(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Pick a layer, then build into a new output with its downloads cut.
+	b := verifyBundle(t, out)
+	var layer bundle.Entry
+	for _, e := range b.Metadata().Entries {
+		if strings.HasPrefix(e.Path, "blobs/") && e.Size > 32<<10 {
+			layer = e
+		}
+	}
+	b.Close()
+	opts.Output = filepath.Join(dir, "second.bundle")
+	// Each of the 4 attempts gets 10,000 bytes further: not far enough.
+	opts.Transport = &cutBodies{base: u.transport, cut: 10000, only: layer.Digest, always: true}
+	if _, err := Build(context.Background(), opts); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("build with a blob that always drops: %v", err)
+	}
+	_, rs := readJournal(resumePath(opts.Output))
+	at := rs.at[layer.Digest]
+	if at < 8<<10 || at >= layer.Size {
+		t.Fatalf("journal: %s at %d, want the bytes written before the drops", layer.Digest, at)
+	}
+	if damaged {
+		partial, err := os.ReadFile(opts.Output + ".partial")
+		if err != nil {
+			t.Fatal(err)
+		}
+		partial[blobOffset(t, partial, layer.Digest)+100] ^= 0xff
+		if err := os.WriteFile(opts.Output+".partial", partial, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cut := &cutBodies{base: u.transport, cut: 1 << 62}
+	opts.Transport = cut
+	res, err := Build(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifyBundle(t, opts.Output)
+	// One Range request, for the rest of the blob; when that does not add
+	// up to the digest, the whole blob again.
+	if cut.ranges != 1 {
+		t.Errorf("%d Range requests, want 1", cut.ranges)
+	}
+	want := layer.Size - at
+	if damaged {
+		want += layer.Size
+	}
+	if got := cut.served[layer.Digest].Load(); got != want {
+		t.Errorf("downloaded %d bytes of the layer, want %d", got, want)
+	}
+	if !damaged && res.Fetched+res.Reused != first.Fetched {
+		t.Errorf("fetched %d + reused %d, want the %d of the whole", res.Fetched, res.Reused, first.Fetched)
+	}
 }
