@@ -85,6 +85,11 @@ const (
 	bootsBucket    = "boots"         // boot ID -> bootRecord
 )
 
+// unboundTTL is how long a boot token waits for its agent. Every script
+// fetch issues one; a discovery boot registers within minutes, so one
+// still unused after this is from a boot that never got that far.
+const unboundTTL = time.Hour
+
 // Store is the inventory over a state store.
 type Store struct {
 	store state.Store
@@ -127,8 +132,17 @@ func (s *Store) IssueBoot(mac string) (agentapi.Token, error) {
 		return agentapi.Token{}, err
 	}
 	hash := t.SecretHash()
-	rec := bootRecord{SecretHash: hex.EncodeToString(hash[:]), MAC: strings.ToLower(mac), Issued: s.now().UTC()}
-	err = s.store.Update(func(tx state.Tx) error { return putJSON(tx, bootsBucket, t.BootID, rec) })
+	now := s.now().UTC()
+	rec := bootRecord{SecretHash: hex.EncodeToString(hash[:]), MAC: strings.ToLower(mac), Issued: now}
+	err = s.store.Update(func(tx state.Tx) error {
+		// Tokens no agent came back with expire here, so that they do not
+		// pile up with every script fetch.
+		err := deleteBoots(tx, "", func(r bootRecord) bool { return r.Identity == "" && now.Sub(r.Issued) > unboundTTL })
+		if err != nil {
+			return err
+		}
+		return putJSON(tx, bootsBucket, t.BootID, rec)
+	})
 	if err != nil {
 		return agentapi.Token{}, fmt.Errorf("issue boot token: %w", err)
 	}
@@ -190,6 +204,12 @@ func (s *Store) Register(_ context.Context, bootID, identity string, reg *agenta
 		}
 		if rec.MachineID == "" {
 			m.Boots++ // a re-registration within the same boot is not a new boot
+			// A new boot supersedes the machine's earlier ones: their
+			// agents are gone, and their tokens go with them.
+			id := m.ID
+			if err := deleteBoots(tx, bootID, func(r bootRecord) bool { return r.MachineID == id }); err != nil {
+				return err
+			}
 		}
 		s.apply(&m, reg, now)
 		m.AgentState = "registered"
@@ -534,6 +554,27 @@ func summarize(inv agentapi.Inventory) Summary {
 		}
 	}
 	return s
+}
+
+// deleteBoots removes the boot records (but keep) that match.
+func deleteBoots(tx state.Tx, keep string, match func(bootRecord) bool) error {
+	var gone []string
+	err := tx.ForEach(bootsBucket, func(k string, v []byte) error {
+		var r bootRecord
+		if k != keep && json.Unmarshal(v, &r) == nil && match(r) {
+			gone = append(gone, k)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, k := range gone {
+		if err := tx.Delete(bootsBucket, k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func getJSON(tx state.Tx, bucket, key string, v any) (bool, error) {

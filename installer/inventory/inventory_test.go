@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"airlock.dev/airlock/installer/config"
 	"airlock.dev/airlock/installer/state"
@@ -232,5 +233,48 @@ func TestRediscoverOrderGoesOutOnce(t *testing.T) {
 	reply, err = s.Heartbeat(context.Background(), tok.BootID, &agentapi.Heartbeat{Seq: 2, State: "waiting"})
 	if err != nil || len(reply.Orders) != 0 {
 		t.Fatalf("the order went out twice: %+v, %v", reply, err)
+	}
+}
+
+// Boot tokens do not pile up: an unused one expires after unboundTTL, and
+// a machine's new boot retires the tokens of its earlier boots.
+func TestBootTokensDoNotAccumulate(t *testing.T) {
+	s, st := newStore(t, nil)
+	clock := time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC)
+	s.now = func() time.Time { return clock }
+	count := func() int {
+		n := 0
+		st.View(func(tx state.Tx) error {
+			return tx.ForEach(bootsBucket, func(string, []byte) error { n++; return nil })
+		})
+		return n
+	}
+	reg := registration(t, "LAB-0001", "9b2f3c1e-0000-4000-8000-000000000001", "52:54:00:aa:00:01")
+	// A machine that fetched its script three times without booting the
+	// agent, then booted for real.
+	for range 3 {
+		if _, err := s.IssueBoot(reg.BootMAC); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first, _ := register(t, s, reg)
+	if n := count(); n != 4 {
+		t.Fatalf("%d tokens, want 4 within the hour", n)
+	}
+	clock = clock.Add(unboundTTL + time.Minute)
+	second, _ := register(t, s, reg) // reboots: a new token, bound
+	if n := count(); n != 1 {
+		t.Fatalf("%d tokens after an hour and a reboot, want only the current boot's", n)
+	}
+	ctx := context.Background()
+	if _, err := s.Boot(ctx, first.BootID); !errors.Is(err, agentapi.ErrUnknownBoot) {
+		t.Errorf("the earlier boot's token: %v, want it retired", err)
+	}
+	if _, err := s.Boot(ctx, second.BootID); err != nil {
+		t.Errorf("the current boot's token: %v", err)
+	}
+	// The current boot's agent registering again keeps its token.
+	if _, err := s.Register(ctx, second.BootID, agentapi.Identity(reg), reg); err != nil || count() != 1 {
+		t.Errorf("re-registration: %v, %d tokens", err, count())
 	}
 }
