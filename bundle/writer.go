@@ -334,33 +334,24 @@ func (p *partWriter) part(off int64) (*os.File, int64, int64, error) {
 // safe for concurrent use on disjoint ranges once the parts exist (skip
 // creates them).
 func (p *partWriter) writeAt(b []byte, off int64) (int, error) {
-	n := 0
-	for len(b) > 0 {
-		f, local, room, err := p.part(off)
-		if err != nil {
-			return n, err
-		}
-		chunk := b[:min(int64(len(b)), room)]
-		m, err := f.WriteAt(chunk, local)
-		n += m
-		off += int64(m)
-		if err != nil {
-			return n, err
-		}
-		b = b[m:]
-	}
-	return n, nil
+	return p.across(b, off, (*os.File).WriteAt)
 }
 
 // readAt reads from global offset off (used to check resumed content).
 func (p *partWriter) readAt(b []byte, off int64) (int, error) {
+	return p.across(b, off, (*os.File).ReadAt)
+}
+
+// across applies op (a ReadAt or WriteAt) to b at global offset off, one
+// part at a time.
+func (p *partWriter) across(b []byte, off int64, op func(*os.File, []byte, int64) (int, error)) (int, error) {
 	n := 0
 	for len(b) > 0 {
 		f, local, room, err := p.part(off)
 		if err != nil {
 			return n, err
 		}
-		m, err := f.ReadAt(b[:min(int64(len(b)), room)], local)
+		m, err := op(f, b[:min(int64(len(b)), room)], local)
 		n += m
 		off += int64(m)
 		if err != nil {
