@@ -26,37 +26,8 @@ import (
 // from it is registered in the inventory.
 func TestBundleKernelToDiscovery(t *testing.T) {
 	qemu := netns.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
-	dpkgDeb := netns.RequireTool(t, "dpkg-deb", "dpkg")
-	kernel, modules := testkit.CloudKernel(t)
 	dir := t.TempDir()
-
-	// The kernel package.
-	root := filepath.Join(dir, "pkg")
-	for _, d := range []string{"boot", "lib/modules", "DEBIAN"} {
-		os.MkdirAll(filepath.Join(root, d), 0o755)
-	}
-	run(t, exec.Command("cp", kernel, filepath.Join(root, "boot")))
-	run(t, exec.Command("cp", "-a", modules, filepath.Join(root, "lib", "modules")))
-	os.WriteFile(filepath.Join(root, "DEBIAN", "control"), []byte("Package: linux-image-e2e\nVersion: 1\nArchitecture: amd64\nMaintainer: airlock tests <tests@airlock.invalid>\nDescription: e2e kernel\n"), 0o644)
-	deb := filepath.Join(dir, "kernel.deb")
-	run(t, exec.Command(dpkgDeb, "--root-owner-group", "-Zgzip", "-z1", "-b", root, deb))
-	f, err := os.Open(deb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := sha256.New()
-	io.Copy(h, f)
-	f.Close()
-
-	// The signed bundle.
-	if _, err := airlock(t, "bundle", "keygen", "--out", filepath.Join(dir, "site")); err != nil {
-		t.Fatal(err)
-	}
-	spec := writeFile(t, dir, "bundle.yaml", fmt.Sprintf("apiVersion: airlock.dev/v1alpha1\nkind: Bundle\nmetadata: {name: e2e-kernel}\nfiles:\n  - name: boot/kernel.deb\n    url: %s\n    sha256: %s\n", deb, hex.EncodeToString(h.Sum(nil))))
-	bundleFile := filepath.Join(dir, "site.bundle")
-	if _, err := airlock(t, "bundle", "build", "-f", spec, "-o", bundleFile, "--key", filepath.Join(dir, "site.key")); err != nil {
-		t.Fatal(err)
-	}
+	bundleFile := kernelBundle(t, dir)
 
 	// The provisioning network: a bridge with one machine on a tap.
 	srv := newNS(t, "albk")
@@ -98,6 +69,41 @@ func TestBundleKernelToDiscovery(t *testing.T) {
 		}
 		time.Sleep(2 * time.Second)
 	}
+}
+
+// kernelBundle builds a signed bundle (key dir/site.key, dir/site.pub)
+// that carries a Debian kernel package made here with dpkg-deb from the
+// cloud kernel, and returns its path.
+func kernelBundle(t *testing.T, dir string) string {
+	t.Helper()
+	dpkgDeb := netns.RequireTool(t, "dpkg-deb", "dpkg")
+	kernel, modules := testkit.CloudKernel(t)
+	root := filepath.Join(dir, "pkg")
+	for _, d := range []string{"boot", "lib/modules", "DEBIAN"} {
+		os.MkdirAll(filepath.Join(root, d), 0o755)
+	}
+	run(t, exec.Command("cp", kernel, filepath.Join(root, "boot")))
+	run(t, exec.Command("cp", "-a", modules, filepath.Join(root, "lib", "modules")))
+	os.WriteFile(filepath.Join(root, "DEBIAN", "control"), []byte("Package: linux-image-e2e\nVersion: 1\nArchitecture: amd64\nMaintainer: airlock tests <tests@airlock.invalid>\nDescription: e2e kernel\n"), 0o644)
+	deb := filepath.Join(dir, "kernel.deb")
+	run(t, exec.Command(dpkgDeb, "--root-owner-group", "-Zgzip", "-z1", "-b", root, deb))
+	f, err := os.Open(deb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	io.Copy(h, f)
+	f.Close()
+	if _, err := airlock(t, "bundle", "keygen", "--out", filepath.Join(dir, "site")); err != nil {
+		t.Fatal(err)
+	}
+	spec := writeFile(t, dir, "bundle.yaml", fmt.Sprintf("apiVersion: airlock.dev/v1alpha1\nkind: Bundle\nmetadata: {name: e2e-kernel}\nfiles:\n  - name: boot/kernel.deb\n    url: %s\n    sha256: %s\n", deb, hex.EncodeToString(h.Sum(nil))))
+	bundleFile := filepath.Join(dir, "site.bundle")
+	if _, err := airlock(t, "bundle", "build", "-f", spec, "-o", bundleFile, "--key", filepath.Join(dir, "site.key")); err != nil {
+		t.Fatal(err)
+	}
+	os.RemoveAll(root)
+	return bundleFile
 }
 
 func tailString(s string, n int) string {

@@ -177,3 +177,65 @@ func labLogTail(stateDir string) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// Rehearsal with the bundle that will be carried in: lab up --bundle
+// builds the discovery image from the bundle's kernel package, the lab's
+// airlock serves the bundle's registry, and a machine is discovered.
+func TestLabRehearsesABundle(t *testing.T) {
+	bin := airlockBin(t)
+	busybox := netns.RequireTool(t, "busybox", "busybox-static")
+	dir := t.TempDir()
+	bundleFile := kernelBundle(t, dir)
+	stateDir := filepath.Join(dir, "state")
+	out, err := airlock(t, "lab", "up", "--state", stateDir, "--nodes", "1", "--racks", "1", "--firmware", "bios",
+		"--bundle", bundleFile, "--agent", filepath.Join(filepath.Dir(bin), "airlock-agent"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if keep(t) {
+			t.Logf("the lab is still up: airlock lab down --state %s", stateDir)
+			return
+		}
+		if _, err := airlock(t, "lab", "down", "--state", stateDir); err != nil {
+			t.Error(err)
+		}
+	})
+	if !strings.Contains(out, "the bundle's registry: 10.77.0.1:5000") {
+		t.Errorf("lab up did not say where the registry is:\n%s", out)
+	}
+	var status struct {
+		Namespace, Registry string
+		VMs                 []labVM
+	}
+	out, err = airlock(t, "lab", "status", "-o", "json", "--state", stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readJSON(t, out, &status)
+	if status.Registry != "10.77.0.1:5000" || len(status.VMs) != 1 {
+		t.Fatalf("lab status = %s", out)
+	}
+	if log := readLabLog(t, stateDir); !strings.Contains(log, "serving the bundle's registry") {
+		t.Errorf("the lab's airlock does not serve the bundle:\n%s", labLogTail(stateDir))
+	}
+	ns, err := netns.Open(status.Namespace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	catalog, err := ns.Command(context.Background(), busybox, "wget", "-q", "-O", "-", "http://"+status.Registry+"/v2/_catalog").Output()
+	if err != nil || !strings.Contains(string(catalog), `"repositories"`) {
+		t.Errorf("the registry in the lab: %q, %v", catalog, err)
+	}
+	deadline := time.Now().Add(180 * time.Second)
+	for {
+		if m, ok := inventoryOf(t, stateDir)[status.VMs[0].Serial]; ok {
+			t.Logf("discovered from the bundle's kernel %.1f s after its VM started", m.FirstSeen.Sub(status.VMs[0].Started).Seconds())
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not discovered within 180 s; the lab's airlock log ends:\n%s", labLogTail(stateDir))
+		}
+		time.Sleep(2 * time.Second)
+	}
+}

@@ -37,7 +37,9 @@ func newLabUpCommand(g *globals) *cobra.Command {
 		Example: `  airlock lab up --nodes 4 --firmware mixed --racks 2 \
     --kernel /boot/vmlinuz-6.1.0-41-cloud-amd64 --modules /lib/modules/6.1.0-41-cloud-amd64
   airlock inventory
-  airlock lab down`,
+  airlock lab down
+
+  airlock lab up --nodes 2 --bundle site.bundle    # rehearse with the bundle you will carry in`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			self, err := os.Executable()
@@ -54,6 +56,9 @@ func newLabUpCommand(g *globals) *cobra.Command {
 				return fmt.Errorf("lab up: %w", err)
 			}
 			fmt.Fprintf(g.streams.Out, "lab up: %d machines in %d racks on %s (namespace %s)\n", len(s.VMs), len(s.Switches), s.Subnet, s.Namespace)
+			if sv, err := engine.LabServing(g.stateDir); err == nil && sv.Registry != "" {
+				fmt.Fprintf(g.streams.Out, "the bundle's registry: %s, inside the namespace (ip netns exec %s crane catalog --insecure %s)\n", sv.Registry, s.Namespace, sv.Registry)
+			}
 			fmt.Fprintf(g.streams.Out, "watch them appear: airlock inventory --state %s\nserial consoles and logs: %s\nremove it all:     airlock lab down --state %s\n", g.stateDir, s.Dir, g.stateDir)
 			return nil
 		},
@@ -63,8 +68,9 @@ func newLabUpCommand(g *globals) *cobra.Command {
 	f.IntVar(&o.Racks, "racks", o.Racks, "racks (each with its own top-of-rack switch)")
 	f.StringVar(&o.Firmware, "firmware", o.Firmware, "bios, uefi or mixed")
 	f.StringVar(&o.Accel, "accel", o.Accel, "auto (KVM only if a test guest really boots under it), tcg or kvm")
-	f.StringVar(&o.Kernel, "kernel", "", "discovery kernel (from the bundle's kernel package)")
-	f.StringVar(&o.ModulesDir, "modules", "", "the kernel's module tree (/lib/modules/RELEASE)")
+	f.StringVar(&o.Kernel, "kernel", "", "discovery kernel, e.g. /boot/vmlinuz-RELEASE (or --bundle)")
+	f.StringVar(&o.ModulesDir, "modules", "", "the kernel's module tree, /lib/modules/RELEASE (or --bundle)")
+	f.StringVar(&o.Bundle, "bundle", "", "rehearse with this bundle: the discovery image from its "+engine.KernelPackage+", and its registry served in the lab")
 	f.StringVar(&o.Agent, "agent", "", "airlock-agent binary (default: next to this airlock)")
 	_ = cmd.RegisterFlagCompletionFunc("firmware", fixedCompletion(lab.BIOS, lab.UEFI, lab.Mixed))
 	return cmd
@@ -75,6 +81,7 @@ type labStatus struct {
 	Namespace string      `json:"namespace"`
 	Subnet    string      `json:"subnet"`
 	Serving   bool        `json:"serving"`
+	Registry  string      `json:"registry,omitempty"` // the bundle's, inside the namespace
 	VMs       []labVMInfo `json:"vms"`
 }
 
@@ -104,6 +111,9 @@ func newLabStatusCommand(g *globals) *cobra.Command {
 			st := labStatus{Namespace: s.Namespace, Subnet: s.Subnet}
 			machines, err := control.NewClient(g.stateDir).Machines(cmd.Context())
 			st.Serving = err == nil
+			if sv, err := engine.LabServing(g.stateDir); err == nil {
+				st.Registry = sv.Registry
+			}
 			bySerial := map[string]inventory.Machine{}
 			for _, m := range machines {
 				bySerial[m.Serial] = m
@@ -116,7 +126,7 @@ func newLabStatusCommand(g *globals) *cobra.Command {
 				st.VMs = append(st.VMs, info)
 			}
 			return render(g.streams.Out, *output, st, func(w io.Writer) error {
-				fmt.Fprintf(w, "lab %s on %s; airlock serving: %v\n", st.Namespace, st.Subnet, st.Serving)
+				fmt.Fprintf(w, "lab %s on %s; airlock serving: %v; registry: %s\n", st.Namespace, st.Subnet, st.Serving, dash(st.Registry))
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "VM\tRACK\tPORT\tFIRMWARE\tSERIAL\tMAC\tRUNNING\tDISCOVERED")
 				for _, vm := range st.VMs {

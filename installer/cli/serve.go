@@ -111,26 +111,14 @@ until network.interface names the NIC to serve on.`,
 }
 
 // discoveryFromBundle assembles the discovery image from the bundle's
-// kernel package and the agent this airlock carries.
+// kernel package and the agent this airlock carries; no kernel package
+// means no discovery image (serve says so).
 func discoveryFromBundle(b *bundle.Bundle, g *globals) (fs.FS, engine.DiscoveryImage, error) {
-	var digest, path string
-	for _, f := range b.Metadata().Files {
-		if f.Name == engine.KernelPackage {
-			digest, path = f.Digest, f.Path
-		}
-	}
-	if path == "" {
+	files, image, err := engine.DiscoveryFromBundle(b, g.stateDir, agentbin.Binary, g.log)
+	if errors.Is(err, engine.ErrNoKernelPackage) {
 		return nil, engine.DiscoveryImage{}, nil
 	}
-	agent, err := agentbin.Binary()
-	if err != nil {
-		return nil, engine.DiscoveryImage{}, err
-	}
-	pkg, err := b.Open(path)
-	if err != nil {
-		return nil, engine.DiscoveryImage{}, err
-	}
-	return engine.DiscoveryFromKernelPackage(pkg, digest, g.stateDir, agent, g.log)
+	return files, image, err
 }
 
 // serveBundle opens the answers' bundle, or the one appended to this

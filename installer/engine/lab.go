@@ -3,6 +3,7 @@ package engine
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +17,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/e2e/lab"
 	"airlock.dev/airlock/e2e/netns"
 	"airlock.dev/airlock/installer/bootimage"
@@ -23,6 +25,7 @@ import (
 	"airlock.dev/airlock/installer/control"
 	"airlock.dev/airlock/installer/state"
 	"airlock.dev/airlock/services/ipxe"
+	"airlock.dev/airlock/services/registry"
 )
 
 // Files the lab keeps in its directory (StateDir/lab).
@@ -48,8 +51,12 @@ type LabOptions struct {
 	Firmware string // bios, uefi or mixed
 	Accel    string // auto (probe KVM, else TCG), tcg or kvm
 	// Kernel and ModulesDir are the discovery kernel and its module tree
-	// (the bundle's kernel package; Debian's linux-image-cloud-amd64 here).
+	// (Debian's linux-image-cloud-amd64 here).
 	Kernel, ModulesDir string
+	// Bundle, instead of Kernel and ModulesDir, is a bundle to rehearse
+	// with: the discovery image comes from its kernel package, as serve
+	// makes it, and the lab's airlock serves its registry.
+	Bundle string
 	// Agent is the static airlock-agent binary that becomes /init.
 	Agent string
 	// Self is the airlock executable to run in the lab's namespace.
@@ -72,6 +79,18 @@ func LabUp(ctx context.Context, o LabOptions) (_ *lab.State, err error) {
 	}
 	if err := checkLabInputs(o); err != nil {
 		return nil, err
+	}
+	var bundleBoot string // the discovery image's directory, from the bundle
+	if o.Bundle != "" {
+		abs, err := filepath.Abs(o.Bundle)
+		if err != nil {
+			return nil, err
+		}
+		o.Bundle = abs
+		if bundleBoot, err = labBundleBoot(o); err != nil {
+			return nil, fmt.Errorf("--bundle: %w", err)
+		}
+		o.Kernel = filepath.Join(bundleBoot, bootKernel)
 	}
 	if o.Accel == "" || o.Accel == "auto" {
 		// /dev/kvm existing is not enough (nested KVM hangs guests here):
@@ -99,10 +118,10 @@ func LabUp(ctx context.Context, o LabOptions) (_ *lab.State, err error) {
 			return nil, err
 		}
 	}
-	if err := buildLabBoot(s.Dir, o); err != nil {
+	if err := buildLabBoot(s.Dir, bundleBoot, o); err != nil {
 		return nil, err
 	}
-	answers, err := labAnswerFile(s)
+	answers, err := labAnswerFile(s, o.Bundle)
 	if err != nil {
 		return nil, err
 	}
@@ -120,12 +139,23 @@ func LabUp(ctx context.Context, o LabOptions) (_ *lab.State, err error) {
 
 func checkLabInputs(o LabOptions) error {
 	var errs []error
-	if o.Kernel == "" {
+	switch {
+	case o.Bundle != "" && (o.Kernel != "" || o.ModulesDir != ""):
+		errs = append(errs, errors.New("--bundle brings its own kernel package: drop --kernel and --modules"))
+	case o.Bundle != "":
+		if _, err := os.Stat(o.Bundle); err != nil {
+			errs = append(errs, fmt.Errorf("--bundle: %w", err))
+		}
+	case o.Kernel == "":
 		errs = append(errs, errors.New("--kernel: the discovery kernel is required (Debian: /boot/vmlinuz-*-cloud-amd64 from linux-image-cloud-amd64)"))
-	} else if _, err := os.Stat(o.Kernel); err != nil {
-		errs = append(errs, fmt.Errorf("--kernel: %w", err))
+	case o.Kernel != "":
+		if _, err := os.Stat(o.Kernel); err != nil {
+			errs = append(errs, fmt.Errorf("--kernel: %w", err))
+		}
 	}
-	if o.ModulesDir == "" {
+	if o.Bundle != "" {
+		// no module tree to check
+	} else if o.ModulesDir == "" {
 		errs = append(errs, errors.New("--modules: the kernel's module tree is required (Debian: /lib/modules/RELEASE)"))
 	} else if _, err := os.Stat(filepath.Join(o.ModulesDir, "modules.dep")); err != nil {
 		errs = append(errs, fmt.Errorf("--modules: %s has no modules.dep: %w", o.ModulesDir, err))
@@ -136,10 +166,37 @@ func checkLabInputs(o LabOptions) error {
 	return errors.Join(errs...)
 }
 
-func buildLabBoot(dir string, o LabOptions) error {
+// labBundleBoot assembles the discovery image from the bundle's kernel
+// package (kept in the state directory, as serve keeps it) and returns
+// its directory.
+func labBundleBoot(o LabOptions) (string, error) {
+	b, err := bundle.Open(o.Bundle, bundle.OpenOptions{})
+	if err != nil {
+		return "", err
+	}
+	defer b.Close()
+	return discoveryDirFromBundle(b, o.StateDir, func() ([]byte, error) { return os.ReadFile(o.Agent) }, o.Log)
+}
+
+// buildLabBoot puts the discovery kernel and boot image into the lab's
+// boot directory: copied from bundleBoot when the lab rehearses a bundle,
+// else the kernel given and a boot image built from its modules.
+func buildLabBoot(dir, bundleBoot string, o LabOptions) error {
 	boot := filepath.Join(dir, labBootDir)
 	if err := os.MkdirAll(boot, 0o700); err != nil {
 		return err
+	}
+	if bundleBoot != "" {
+		for _, name := range []string{bootKernel, bootInitrd} {
+			data, err := os.ReadFile(filepath.Join(bundleBoot, name))
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(filepath.Join(boot, name), data, 0o600); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	kernel, err := os.ReadFile(o.Kernel)
 	if err != nil {
@@ -191,11 +248,15 @@ machines:
     hostname: worker-{rack}-{index}
 admission: {policy: any}
 cluster: {name: lab}
+{{- if .Bundle}}
+bundle: {path: {{printf "%q" .Bundle}}}
+{{- end}}
 `))
 
 // labAnswerFile is the answer file for the lab's own airlock: full DHCP on
-// the bridge, and the rack plan exactly as the lab cabled it.
-func labAnswerFile(s *lab.State) ([]byte, error) {
+// the bridge, the rack plan exactly as the lab cabled it, and the bundle
+// to serve, if any.
+func labAnswerFile(s *lab.State, bundlePath string) ([]byte, error) {
 	subnet, err := netip.ParsePrefix(s.Subnet)
 	if err != nil {
 		return nil, err
@@ -224,7 +285,7 @@ func labAnswerFile(s *lab.State) ([]byte, error) {
 	var out bytes.Buffer
 	err = labAnswersTmpl.Execute(&out, map[string]any{
 		"Bridge": s.Bridge, "Subnet": subnet.Masked(), "Address": server.Addr(),
-		"Start": at(100), "End": at(200), "Racks": racks, "First": s.VMs[0].Serial,
+		"Start": at(100), "End": at(200), "Racks": racks, "First": s.VMs[0].Serial, "Bundle": bundlePath,
 	})
 	if err != nil {
 		return nil, err
@@ -319,15 +380,27 @@ func LabRun(ctx context.Context, stateDir string, log *slog.Logger) error {
 		log.Warn("lab: " + err.Error())
 		ipxeFS = nil
 	}
+	var reg registry.Backend
+	if a.Bundle.Path != "" {
+		b, err := bundle.Open(a.Bundle.Path, bundle.OpenOptions{})
+		if err != nil {
+			return err
+		}
+		defer b.Close()
+		log.Info("lab: serving the bundle's registry (checked for integrity; the lab does not ask for its signing key)", "bundle", b.Name())
+		reg = b
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		return Serve(gctx, ServeOptions{
 			Answers: a, Store: st, StateDir: stateDir, IPXE: ipxeFS,
-			Files: os.DirFS(filepath.Join(s.Dir, labBootDir)),
-			Image: DiscoveryImage{Kernel: bootKernel, Initrd: bootInitrd, Cmdline: "console=ttyS0"},
-			Log:   log,
-			Ready: func(Serving) {
-				if err := os.WriteFile(filepath.Join(s.Dir, labReady), nil, 0o600); err != nil {
+			Files:    os.DirFS(filepath.Join(s.Dir, labBootDir)),
+			Image:    DiscoveryImage{Kernel: bootKernel, Initrd: bootInitrd, Cmdline: "console=ttyS0"},
+			Registry: reg,
+			Log:      log,
+			Ready: func(sv Serving) {
+				data, _ := json.Marshal(sv)
+				if err := os.WriteFile(filepath.Join(s.Dir, labReady), data, 0o600); err != nil {
 					log.Error("lab: mark ready", "err", err)
 				}
 			},
@@ -335,6 +408,20 @@ func LabRun(ctx context.Context, stateDir string, log *slog.Logger) error {
 	})
 	g.Go(func() error { return s.RunSwitches(gctx, log.With("part", "switches"), time.Second) })
 	return g.Wait()
+}
+
+// LabServing returns what the lab's airlock serves, as it recorded once it
+// started serving.
+func LabServing(stateDir string) (Serving, error) {
+	var sv Serving
+	data, err := os.ReadFile(filepath.Join(filepath.Dir(lab.StateFile(stateDir)), labReady))
+	if err != nil {
+		return sv, err
+	}
+	if err := json.Unmarshal(data, &sv); err != nil {
+		return sv, fmt.Errorf("lab: %s: %w", labReady, err)
+	}
+	return sv, nil
 }
 
 // LabDown removes the lab: its VMs, its airlock (which lives in the lab's

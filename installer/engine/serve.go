@@ -58,11 +58,11 @@ type ServeOptions struct {
 
 // Serving describes running services.
 type Serving struct {
-	Interface string
-	Mode      dhcp.Mode
-	HTTP      string // base URL
-	TFTP      bool
-	Registry  string // host:port, empty when no bundle is served
+	Interface string    `json:"interface"`
+	Mode      dhcp.Mode `json:"mode"`
+	HTTP      string    `json:"http"` // base URL
+	TFTP      bool      `json:"tftp"`
+	Registry  string    `json:"registry,omitempty"` // host:port, empty when no bundle is served
 }
 
 // Serve runs the boot services (DHCP, TFTP, HTTP boot with the agent API)
