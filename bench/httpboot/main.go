@@ -46,6 +46,7 @@ func main() {
 	sizeMiB := flag.Int("size", 64, "file size in MiB")
 	cpuprofile := flag.String("cpuprofile", "", "internal: CPU profile of the airlock server")
 	rounds := flag.Int("rounds", 5, "rounds per client count; each measures both servers, alternating which goes first")
+	rate := flag.Float64("rate", 0, "total GiB/s the clients read at, paced per client (0: as fast as they can)")
 	readBuf := flag.Int("readbuf", 8<<10, "bytes each client read asks for (8 KiB: what io.Copy(io.Discard) asked for before this flag)")
 	flag.Parse()
 	if *serve != "" && *cpuprofile != "" {
@@ -109,12 +110,16 @@ func main() {
 	}
 	// Warm up both (page cache, connections, nginx's workers).
 	for _, srv := range servers {
-		if _, err := load(client, srv.url, 8, time.Second, int64(len(buf)), *readBuf); err != nil {
+		if _, err := load(client, srv.url, 8, time.Second, int64(len(buf)), *readBuf, 0); err != nil {
 			log.Fatalf("%s: warm-up: %v", srv.name, err)
 		}
 	}
-	fmt.Printf("%d MiB file, %d rounds of %s per server and client count, order alternating; client reads %d KiB at a time\n",
-		*sizeMiB, *rounds, *duration, *readBuf>>10)
+	pace := "as fast as they can"
+	if *rate > 0 {
+		pace = fmt.Sprintf("paced to %.2f GiB/s in all", *rate)
+	}
+	fmt.Printf("%d MiB file, %d rounds of %s per server and client count, order alternating; clients read %d KiB at a time, %s\n",
+		*sizeMiB, *rounds, *duration, *readBuf>>10, pace)
 	for _, par := range []int{50, 200} {
 		var tput, cpu []float64
 		var a, n []sample
@@ -125,7 +130,7 @@ func main() {
 			}
 			var got [2]sample
 			for _, i := range order {
-				s, err := measure(client, servers[i], par, *duration, int64(len(buf)), *readBuf)
+				s, err := measure(client, servers[i], par, *duration, int64(len(buf)), *readBuf, *rate)
 				if err != nil {
 					log.Fatalf("%s: %v", servers[i].name, err)
 				}
@@ -172,14 +177,19 @@ func (s sample) String() string {
 		s.gib(), s.secs, s.gibps(), s.server, s.cpuPerGiB(), s.cs/s.gib(), s.client, s.softirq, 100*s.idle)
 }
 
-func measure(c *http.Client, srv server, par int, d time.Duration, size int64, readBuf int) (sample, error) {
+func measure(c *http.Client, srv server, par int, d time.Duration, size int64, readBuf int, rate float64) (sample, error) {
+	// Fresh connections for every measurement, as every booting machine
+	// opens its own: kept-alive ones carry TCP state (autotuned buffers)
+	// from the previous measurement, which made nginx's figure drift
+	// upwards round after round.
+	c.CloseIdleConnections()
 	pids := srv.pids()
 	soft := nsPidsByPrefix("ksoftirqd/")
 	c0, cl0, k0 := cpuSeconds(pids), cpuSeconds([]int{os.Getpid()}), cpuSeconds(soft)
 	busy0, total0 := machineCPU()
 	cs0 := contextSwitches(pids)
 	t0 := time.Now()
-	n, err := load(c, srv.url, par, d, size, readBuf)
+	n, err := load(c, srv.url, par, d, size, readBuf, rate)
 	secs := time.Since(t0).Seconds()
 	c1, cl1, k1 := cpuSeconds(pids), cpuSeconds([]int{os.Getpid()}), cpuSeconds(soft)
 	busy1, total1 := machineCPU()
@@ -192,8 +202,11 @@ func measure(c *http.Client, srv server, par int, d time.Duration, size int64, r
 }
 
 // load runs par clients fetching url repeatedly for d and returns the
-// bytes received. Each client reads readBuf bytes at a time.
-func load(c *http.Client, url string, par int, d time.Duration, size int64, readBuf int) (int64, error) {
+// bytes received. Each client reads readBuf bytes at a time; with rate > 0
+// each client is paced to rate/par GiB/s, taking 256 KiB and then waiting
+// until it is due (as a client behind a slower link would).
+func load(c *http.Client, url string, par int, d time.Duration, size int64, readBuf int, rate float64) (int64, error) {
+	perClient := rate * (1 << 30) / float64(par) // bytes per second
 	var total atomic.Int64
 	var firstErr error
 	var once sync.Once
@@ -202,6 +215,8 @@ func load(c *http.Client, url string, par int, d time.Duration, size int64, read
 	for range par {
 		wg.Go(func() {
 			buf := make([]byte, readBuf)
+			start := time.Now()
+			var got int64
 			for time.Now().Before(deadline) {
 				resp, err := c.Get(url)
 				if err != nil {
@@ -212,6 +227,10 @@ func load(c *http.Client, url string, par int, d time.Duration, size int64, read
 				for {
 					m, err := resp.Body.Read(buf)
 					n += int64(m)
+					if perClient > 0 && (got+n)>>18 != (got+n-int64(m))>>18 {
+						due := start.Add(time.Duration(float64(got+n) / perClient * float64(time.Second)))
+						time.Sleep(time.Until(due))
+					}
 					if err == io.EOF {
 						break
 					}
@@ -222,6 +241,7 @@ func load(c *http.Client, url string, par int, d time.Duration, size int64, read
 				}
 				resp.Body.Close()
 				total.Add(n)
+				got += n
 				if n != size {
 					once.Do(func() { firstErr = fmt.Errorf("short body %d of %d", n, size) })
 					return
