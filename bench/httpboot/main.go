@@ -4,6 +4,13 @@
 // a private network namespace on its loopback; the load generator is this
 // program.
 //
+// Each client count is measured in -rounds rounds; a round measures both
+// servers back to back, alternating which goes first, and the figures
+// reported are the medians of the per-round ratios with their range. Each
+// line also shows what decides the figure besides the server: the load
+// generator's own CPU, ksoftirqd's (softirq work charged to neither
+// server), how idle the machine was, and the server's context switches.
+//
 //	go run ./bench/httpboot        (root; apt-get install nginx-light)
 package main
 
@@ -21,6 +28,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,9 +42,12 @@ import (
 func main() {
 	serve := flag.String("serve", "", "internal: serve this directory with airlock httpboot on -addr")
 	addr := flag.String("addr", "127.0.0.1:8080", "internal: listen address")
-	duration := flag.Duration("duration", 8*time.Second, "per measurement")
+	duration := flag.Duration("duration", 6*time.Second, "per measurement")
 	sizeMiB := flag.Int("size", 64, "file size in MiB")
 	cpuprofile := flag.String("cpuprofile", "", "internal: CPU profile of the airlock server")
+	rounds := flag.Int("rounds", 5, "rounds per client count; each measures both servers, alternating which goes first")
+	rate := flag.Float64("rate", 0, "total GiB/s the clients read at, paced per client (0: as fast as they can)")
+	readBuf := flag.Int("readbuf", 8<<10, "bytes each client read asks for (8 KiB: what io.Copy(io.Discard) asked for before this flag)")
 	flag.Parse()
 	if *serve != "" && *cpuprofile != "" {
 		f, _ := os.Create(*cpuprofile)
@@ -93,50 +104,109 @@ func main() {
 			return c, err
 		},
 	}}
-	type row struct {
-		name     string
-		par      int
-		gib, cpu float64
-		secs     float64
+	servers := []server{
+		{"airlock", "http://127.0.0.1:8080/files/vmlinuz", func() []int { return []int{air.Process.Pid} }},
+		{"nginx", "http://127.0.0.1:8081/files/vmlinuz", func() []int { return nsPids(ns, "nginx") }},
 	}
-	var rows []row
-	for _, par := range []int{50, 200} {
-		for _, srv := range []struct {
-			name string
-			url  string
-			pids func() []int
-		}{
-			{"airlock", "http://127.0.0.1:8080/files/vmlinuz", func() []int { return []int{air.Process.Pid} }},
-			{"nginx", "http://127.0.0.1:8081/files/vmlinuz", func() []int { return nsPids(ns, "nginx") }},
-		} {
-			pids := srv.pids()
-			c0 := cpuSeconds(pids)
-			t0 := time.Now()
-			n, err := load(client, srv.url, par, *duration, int64(len(buf)))
-			secs := time.Since(t0).Seconds()
-			c1 := cpuSeconds(pids)
-			if err != nil {
-				log.Fatalf("%s: %v", srv.name, err)
-			}
-			gib := float64(n) / (1 << 30)
-			rows = append(rows, row{srv.name, par, gib, c1 - c0, secs})
-			fmt.Printf("%-8s %3d clients: %6.2f GiB in %.1fs = %5.2f GiB/s, server CPU %.2f s = %.3f CPU-s/GiB\n",
-				srv.name, par, gib, secs, gib/secs, c1-c0, (c1-c0)/gib)
+	// Warm up both (page cache, connections, nginx's workers).
+	for _, srv := range servers {
+		if _, err := load(client, srv.url, 8, time.Second, int64(len(buf)), *readBuf, 0); err != nil {
+			log.Fatalf("%s: warm-up: %v", srv.name, err)
 		}
 	}
-	for i := 0; i+1 < len(rows); i += 2 {
-		a, n := rows[i], rows[i+1]
-		fmt.Printf("%d clients: throughput airlock/nginx %.2fx; CPU-s per GiB airlock/nginx %.2fx (<=1 is the goal)\n",
-			a.par, (a.gib/a.secs)/(n.gib/n.secs), (a.cpu/a.gib)/(n.cpu/n.gib))
+	pace := "as fast as they can"
+	if *rate > 0 {
+		pace = fmt.Sprintf("paced to %.2f GiB/s in all", *rate)
+	}
+	fmt.Printf("%d MiB file, %d rounds of %s per server and client count, order alternating; clients read %d KiB at a time, %s\n",
+		*sizeMiB, *rounds, *duration, *readBuf>>10, pace)
+	for _, par := range []int{50, 200} {
+		var tput, cpu []float64
+		var a, n []sample
+		for r := range *rounds {
+			order := []int{0, 1}
+			if r%2 == 1 {
+				order = []int{1, 0}
+			}
+			var got [2]sample
+			for _, i := range order {
+				s, err := measure(client, servers[i], par, *duration, int64(len(buf)), *readBuf, *rate)
+				if err != nil {
+					log.Fatalf("%s: %v", servers[i].name, err)
+				}
+				got[i] = s
+				fmt.Printf("round %d %-8s %3d clients: %s\n", r+1, servers[i].name, par, s)
+			}
+			a, n = append(a, got[0]), append(n, got[1])
+			tput = append(tput, got[0].gibps()/got[1].gibps())
+			cpu = append(cpu, got[0].cpuPerGiB()/got[1].cpuPerGiB())
+		}
+		fmt.Printf("%d clients, medians of %d rounds: airlock %.2f GiB/s %.4f CPU-s/GiB; nginx %.2f GiB/s %.4f CPU-s/GiB\n",
+			par, *rounds, median(a, sample.gibps), median(a, sample.cpuPerGiB), median(n, sample.gibps), median(n, sample.cpuPerGiB))
+		fmt.Printf("%d clients: throughput airlock/nginx median %.2fx (%.2f-%.2f); CPU-s per GiB airlock/nginx median %.2fx (%.2f-%.2f) (<=1 is the goal)\n",
+			par, medianOf(tput), minOf(tput), maxOf(tput), medianOf(cpu), minOf(cpu), maxOf(cpu))
 	}
 	cancel()
 	_ = air.Wait()
 	_ = nginx.Wait()
 }
 
+type server struct {
+	name string
+	url  string
+	pids func() []int
+}
+
+// sample is one measurement of one server.
+type sample struct {
+	bytes   int64
+	secs    float64
+	server  float64 // server CPU-s
+	client  float64 // this process's CPU-s (the load generator)
+	softirq float64 // ksoftirqd CPU-s (softirq work charged to no server)
+	idle    float64 // fraction of the machine's CPU time left idle
+	cs      float64 // server context switches
+}
+
+func (s sample) gib() float64       { return float64(s.bytes) / (1 << 30) }
+func (s sample) gibps() float64     { return s.gib() / s.secs }
+func (s sample) cpuPerGiB() float64 { return s.server / s.gib() }
+
+func (s sample) String() string {
+	return fmt.Sprintf("%6.2f GiB in %.1fs = %5.2f GiB/s, server %.2f CPU-s = %.4f CPU-s/GiB, %.0f context switches/GiB; client %.2f CPU-s, ksoftirqd %.2f, idle %2.0f%%",
+		s.gib(), s.secs, s.gibps(), s.server, s.cpuPerGiB(), s.cs/s.gib(), s.client, s.softirq, 100*s.idle)
+}
+
+func measure(c *http.Client, srv server, par int, d time.Duration, size int64, readBuf int, rate float64) (sample, error) {
+	// Fresh connections for every measurement, as every booting machine
+	// opens its own: kept-alive ones carry TCP state (autotuned buffers)
+	// from the previous measurement, which made nginx's figure drift
+	// upwards round after round.
+	c.CloseIdleConnections()
+	pids := srv.pids()
+	soft := nsPidsByPrefix("ksoftirqd/")
+	c0, cl0, k0 := cpuSeconds(pids), cpuSeconds([]int{os.Getpid()}), cpuSeconds(soft)
+	busy0, total0 := machineCPU()
+	cs0 := contextSwitches(pids)
+	t0 := time.Now()
+	n, err := load(c, srv.url, par, d, size, readBuf, rate)
+	secs := time.Since(t0).Seconds()
+	c1, cl1, k1 := cpuSeconds(pids), cpuSeconds([]int{os.Getpid()}), cpuSeconds(soft)
+	busy1, total1 := machineCPU()
+	cs1 := contextSwitches(pids)
+	s := sample{bytes: n, secs: secs, server: c1 - c0, client: cl1 - cl0, softirq: k1 - k0, cs: cs1 - cs0}
+	if total1 > total0 {
+		s.idle = 1 - (busy1-busy0)/(total1-total0)
+	}
+	return s, err
+}
+
 // load runs par clients fetching url repeatedly for d and returns the
-// bytes received.
-func load(c *http.Client, url string, par int, d time.Duration, size int64) (int64, error) {
+// bytes received. Each client reads readBuf bytes at a time; with rate > 0
+// each client is paced to rate/par GiB/s, taking 256 KiB and then waiting
+// until it is due (as a client behind a slower link would).
+func load(c *http.Client, url string, par int, d time.Duration, size int64, readBuf int, rate float64) (int64, error) {
+	perClient := rate * (1 << 30) / float64(par) // bytes per second
 	var total atomic.Int64
 	var firstErr error
 	var once sync.Once
@@ -144,17 +214,36 @@ func load(c *http.Client, url string, par int, d time.Duration, size int64) (int
 	var wg sync.WaitGroup
 	for range par {
 		wg.Go(func() {
+			buf := make([]byte, readBuf)
+			start := time.Now()
+			var got int64
 			for time.Now().Before(deadline) {
 				resp, err := c.Get(url)
 				if err != nil {
 					once.Do(func() { firstErr = err })
 					return
 				}
-				n, err := io.Copy(io.Discard, resp.Body)
+				var n int64
+				for {
+					m, err := resp.Body.Read(buf)
+					n += int64(m)
+					if perClient > 0 && (got+n)>>18 != (got+n-int64(m))>>18 {
+						due := start.Add(time.Duration(float64(got+n) / perClient * float64(time.Second)))
+						time.Sleep(time.Until(due))
+					}
+					if err == io.EOF {
+						break
+					}
+					if err != nil {
+						once.Do(func() { firstErr = err })
+						break
+					}
+				}
 				resp.Body.Close()
 				total.Add(n)
-				if err != nil || n != size {
-					once.Do(func() { firstErr = fmt.Errorf("short body %d: %v", n, err) })
+				got += n
+				if n != size {
+					once.Do(func() { firstErr = fmt.Errorf("short body %d of %d", n, size) })
 					return
 				}
 			}
@@ -162,6 +251,81 @@ func load(c *http.Client, url string, par int, d time.Duration, size int64) (int
 	}
 	wg.Wait()
 	return total.Load(), firstErr
+}
+
+func median(s []sample, f func(sample) float64) float64 {
+	v := make([]float64, len(s))
+	for i := range s {
+		v[i] = f(s[i])
+	}
+	return medianOf(v)
+}
+
+func medianOf(v []float64) float64 {
+	v = slices.Clone(v)
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+func minOf(v []float64) float64 { return slices.Min(v) }
+func maxOf(v []float64) float64 { return slices.Max(v) }
+
+// contextSwitches sums the voluntary and involuntary context switches of
+// every thread of pids.
+func contextSwitches(pids []int) float64 {
+	var n float64
+	for _, pid := range pids {
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		for _, t := range tasks {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, t.Name()))
+			for _, line := range strings.Split(string(b), "\n") {
+				if k, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(k, "ctxt_switches") {
+					x, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+					n += x
+				}
+			}
+		}
+	}
+	return n
+}
+
+// machineCPU returns the busy and total jiffies of the whole machine.
+func machineCPU() (busy, total float64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)[1:]
+	for i, x := range f {
+		v, _ := strconv.ParseFloat(x, 64)
+		total += v
+		if i != 3 && i != 4 { // idle, iowait
+			busy += v
+		}
+	}
+	return busy, total
+}
+
+// nsPidsByPrefix lists the processes (of any namespace) whose comm starts
+// with prefix.
+func nsPidsByPrefix(prefix string) []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if strings.HasPrefix(string(b), prefix) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 func serveAirlock(dir, addr string) {

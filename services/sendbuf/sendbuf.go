@@ -18,6 +18,7 @@ func (l listener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if tc, ok := c.(*net.TCPConn); ok && err == nil {
 		_ = tc.SetWriteBuffer(Size) // best effort: the kernel caps it at wmem_max*2
+		return conn{tc}, nil
 	}
 	return c, err
 }

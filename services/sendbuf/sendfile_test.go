@@ -1,0 +1,191 @@
+package sendbuf
+
+import (
+	"bytes"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// serve accepts through Listener and hands each connection's ReadFrom the
+// reader that open returns, then closes the connection.
+func serve(t *testing.T, open func() io.Reader) string {
+	t.Helper()
+	plain, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { plain.Close() })
+	ln := Listener(plain)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if _, err := c.(io.ReaderFrom).ReadFrom(open()); err != nil {
+					t.Errorf("ReadFrom: %v", err)
+				}
+			}()
+		}
+	}()
+	return plain.Addr().String()
+}
+
+func fetch(t *testing.T, addr string) []byte {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	b, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// Files, sections of files, pipes and plain readers all arrive intact.
+func TestReadFromSendsEveryKindOfReader(t *testing.T) {
+	data := make([]byte, 5<<20+321)
+	rand.Read(data)
+	p := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	file := func(off int64) *os.File {
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		if _, err := f.Seek(off, io.SeekStart); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	for _, tc := range []struct {
+		name string
+		open func() io.Reader
+		want []byte
+	}{
+		{"whole file", func() io.Reader { return file(0) }, data},
+		{"from an offset", func() io.Reader { return file(12345) }, data[12345:]},
+		{"limited section", func() io.Reader { return io.LimitReader(file(4097), 3<<20) }, data[4097 : 4097+3<<20]},
+		{"limit past the end", func() io.Reader { return io.LimitReader(file(len64(data)-10), 100) }, data[len(data)-10:]},
+		{"a section of a file, as the registry's", func() io.Reader {
+			return io.LimitReader(section{file(100)}, 2<<20)
+		}, data[100 : 100+2<<20]},
+		{"pipe", func() io.Reader {
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			go func() { w.Write(data[:1<<20]); w.Close() }()
+			return r
+		}, data[:1<<20]},
+		{"not a file", func() io.Reader { return strings.NewReader("hello") }, []byte("hello")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := fetch(t, serve(t, tc.open)); !bytes.Equal(got, tc.want) {
+				t.Fatalf("got %d bytes, want %d (equal prefix: %v)", len(got), len(tc.want), bytes.HasPrefix(tc.want, got))
+			}
+		})
+	}
+}
+
+func len64(b []byte) int64 { return int64(len(b)) }
+
+// section is a reader over a file that is not an *os.File but gives its
+// descriptor (syscall.Conn), like the registry's fileSection.
+type section struct{ f *os.File }
+
+func (s section) Read(p []byte) (int, error)            { return s.f.Read(p) }
+func (s section) SyscallConn() (syscall.RawConn, error) { return s.f.SyscallConn() }
+
+// ReadFrom leaves the file offset and the LimitedReader where the bytes
+// sent end, as io.Copy's contract asks.
+func TestReadFromAdvancesOffsetAndLimit(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(p, bytes.Repeat([]byte("x"), 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	lr := &io.LimitedReader{R: f, N: 1000}
+	done := make(chan error, 1)
+	addr := serve(t, func() io.Reader { return lr })
+	go func() { fetch(t, addr); done <- nil }()
+	<-done
+	if lr.N != 0 {
+		t.Fatalf("LimitedReader.N = %d after sending, want 0", lr.N)
+	}
+	if off, _ := f.Seek(0, io.SeekCurrent); off != 1000 {
+		t.Fatalf("file offset %d, want 1000", off)
+	}
+}
+
+// Through net/http, as the services use it: ServeContent with a Range.
+func TestServeContentOverListener(t *testing.T) {
+	data := make([]byte, 2<<20)
+	rand.Read(data)
+	p := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	plain, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f, err := os.Open(p)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer f.Close()
+		http.ServeContent(w, r, "", fileModTime(t, f), f)
+	})}
+	go srv.Serve(Listener(plain))
+	defer srv.Close()
+	for _, rng := range []string{"", "bytes=1000-1500999"} {
+		req, _ := http.NewRequest("GET", fmt.Sprintf("http://%s/", plain.Addr()), nil)
+		want := data
+		if rng != "" {
+			req.Header.Set("Range", rng)
+			want = data[1000:1501000]
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("range %q: got %d bytes (err %v), want %d", rng, len(got), err, len(want))
+		}
+	}
+}
+
+func fileModTime(t *testing.T, f *os.File) (mt time.Time) {
+	t.Helper()
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.ModTime()
+}
