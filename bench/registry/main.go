@@ -5,7 +5,7 @@
 // -n times with -c in parallel from each. It prints throughput, server
 // CPU-seconds per GiB (from /proc/PID/stat) and the ratios.
 //
-//	go run ./bench/registry [-size 512] [-n 16] [-c 2] [-rounds 3]
+//	go run ./bench/registry [-size 512] [-n 16] [-c 2] [-rounds 5]
 package main
 
 import (
@@ -46,9 +46,10 @@ func main() {
 	sizeMiB := flag.Int("size", 512, "blob size in MiB")
 	n := flag.Int("n", 16, "downloads per server")
 	c := flag.Int("c", 2, "parallel downloads")
-	rounds := flag.Int("rounds", 3, "rounds, alternating the servers; medians are compared")
+	readBuf := flag.Int("readbuf", 32<<10, "bytes each client read asks for (32 KiB: io.Copy's buffer, how crane and containerd's content writer read)")
+	rounds := flag.Int("rounds", 5, "rounds, alternating which server goes first; the median of the per-round ratios is reported")
 	flag.Parse()
-	if err := run(*sizeMiB, *n, *c, *rounds); err != nil {
+	if err := run(*sizeMiB, *n, *c, *rounds, *readBuf); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -75,7 +76,7 @@ func serve(path string) {
 	}
 }
 
-func run(sizeMiB, n, c, rounds int) error {
+func run(sizeMiB, n, c, rounds, readBuf int) error {
 	reg, err := exec.LookPath("docker-registry")
 	if err != nil {
 		return fmt.Errorf("docker-registry not found: apt-get install docker-registry")
@@ -85,7 +86,7 @@ func run(sizeMiB, n, c, rounds int) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	fmt.Printf("blob of %d MiB, %d downloads per server, %d in parallel\n", sizeMiB, n, c)
+	fmt.Printf("blob of %d MiB, %d downloads per server, %d in parallel, reads of %d KiB\n", sizeMiB, n, c, readBuf>>10)
 	blobPath := filepath.Join(dir, "blob")
 	digest, err := writeBlob(blobPath, int64(sizeMiB)<<20)
 	if err != nil {
@@ -138,22 +139,42 @@ func run(sizeMiB, n, c, rounds int) error {
 
 	size := int64(sizeMiB) << 20
 	var as, ds []result
+	var tputRatios, cpuRatios []float64
 	for i := 0; i < rounds; i++ {
-		a, err := measure("airlock registry", ours, "library/bench", digest, size, n, c)
-		if err != nil {
-			return err
+		// Alternate which server goes first, so that neither always meets
+		// the page cache, the client's state or the machine's load first.
+		var a, d result
+		var err error
+		if i%2 == 0 {
+			if a, err = measure("airlock registry", ours, "library/bench", digest, size, n, c, readBuf); err == nil {
+				d, err = measure("docker-registry", theirs, "library/bench", digest, size, n, c, readBuf)
+			}
+		} else {
+			if d, err = measure("docker-registry", theirs, "library/bench", digest, size, n, c, readBuf); err == nil {
+				a, err = measure("airlock registry", ours, "library/bench", digest, size, n, c, readBuf)
+			}
 		}
-		d, err := measure("docker-registry", theirs, "library/bench", digest, size, n, c)
 		if err != nil {
 			return err
 		}
 		as, ds = append(as, a), append(ds, d)
+		tputRatios = append(tputRatios, a.throughput/d.throughput)
+		cpuRatios = append(cpuRatios, a.cpuPerGiB/d.cpuPerGiB)
 	}
 	a, d := median(as), median(ds)
 	fmt.Printf("\nmedians: airlock %.2f GiB/s, %.3f CPU-s/GiB; docker-registry %.2f GiB/s, %.3f CPU-s/GiB\n", a.throughput, a.cpuPerGiB, d.throughput, d.cpuPerGiB)
-	fmt.Printf("ratio airlock/docker-registry: throughput %.2fx (goal >= 1.0x), server CPU per GiB %.2fx (goal <= 0.3x)\n",
-		a.throughput/d.throughput, a.cpuPerGiB/d.cpuPerGiB)
+	tm, tlo, thi := spread(tputRatios)
+	cm, clo, chi := spread(cpuRatios)
+	fmt.Printf("ratio airlock/docker-registry, median of %d rounds (range): throughput %.2fx (%.2f-%.2f; goal >= 1.0x), server CPU per GiB %.2fx (%.2f-%.2f; goal <= 0.3x)\n",
+		rounds, tm, tlo, thi, cm, clo, chi)
 	return nil
+}
+
+// spread returns the median, smallest and largest of xs.
+func spread(xs []float64) (med, lo, hi float64) {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	return s[len(s)/2], s[0], s[len(s)-1]
 }
 
 type server struct {
@@ -220,7 +241,7 @@ func median(rs []result) result {
 	return result{t[len(t)/2], c[len(c)/2]}
 }
 
-func measure(label string, s *server, name, digest string, size int64, n, c int) (result, error) {
+func measure(label string, s *server, name, digest string, size int64, n, c, readBuf int) (result, error) {
 	url := fmt.Sprintf("http://%s/v2/%s/blobs/%s", s.addr, name, digest)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: c, DisableCompression: true}}
 	get := func() error {
@@ -232,7 +253,9 @@ func measure(label string, s *server, name, digest string, size int64, n, c int)
 		if resp.StatusCode != http.StatusOK {
 			return fmt.Errorf("%s: GET blob: %s", label, resp.Status)
 		}
-		got, err := io.CopyBuffer(io.Discard, resp.Body, make([]byte, 1<<20))
+		// io.Discard's own ReadFrom would read in 8 KiB pieces whatever
+		// the buffer: hide it, so that the client reads readBuf at a time.
+		got, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, resp.Body, make([]byte, readBuf))
 		if err != nil {
 			return err
 		}
