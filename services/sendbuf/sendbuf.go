@@ -11,26 +11,37 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
 
 // Size is the send buffer asked for each accepted connection (the kernel
-// doubles it for its own bookkeeping). With sendfile the buffer holds
-// references to page-cache pages, not copies, so a large one costs little
-// memory.
-const Size = 8 << 20
+// doubles it for its own bookkeeping), while no more than BigConns are
+// open. The kernel counts a sendfile'd page against the socket's memory
+// like a copy, so many large buffers push the whole TCP stack into memory
+// pressure (net.ipv4.tcp_mem, ~1.5 GiB here): beyond BigConns open
+// connections, new ones keep the kernel's autotuning.
+const (
+	Size     = 8 << 20
+	BigConns = 16
+)
 
 // Listener wraps l so that accepted TCP connections get a Size send buffer.
-func Listener(l net.Listener) net.Listener { return listener{l} }
+func Listener(l net.Listener) net.Listener { return &listener{Listener: l} }
 
-type listener struct{ net.Listener }
+type listener struct {
+	net.Listener
+	open atomic.Int64 // connections accepted and not yet closed
+}
 
-func (l listener) Accept() (net.Conn, error) {
+func (l *listener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if tc, ok := c.(*net.TCPConn); ok && err == nil {
-		setSize(tc)
-		return conn{tc}, nil
+		if l.open.Add(1) <= BigConns {
+			setSize(tc)
+		}
+		return &conn{TCPConn: tc, open: &l.open}, nil
 	}
 	return c, err
 }

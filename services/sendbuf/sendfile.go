@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"unsafe"
@@ -15,7 +16,18 @@ import (
 // conn is an accepted TCP connection whose ReadFrom sends files with
 // sendfile(2) called without the Go runtime's system-call bookkeeping when
 // the bytes are in the page cache.
-type conn struct{ *net.TCPConn }
+type conn struct {
+	*net.TCPConn
+	open   *atomic.Int64 // the listener's count of open connections
+	closed sync.Once
+}
+
+// Close closes the connection and counts it out of the listener's open
+// connections.
+func (c *conn) Close() error {
+	c.closed.Do(func() { c.open.Add(-1) })
+	return c.TCPConn.Close()
+}
 
 // window is how far ahead ReadFrom checks that the file's pages are in
 // the page cache before sending them with a raw system call.
@@ -40,7 +52,7 @@ const window = 16 << 20
 // so each window of the file is checked first (cachestat(2), or mincore(2)
 // on kernels older than 6.5) and sent with an ordinary system call unless
 // every page is resident.
-func (c conn) ReadFrom(r io.Reader) (int64, error) {
+func (c *conn) ReadFrom(r io.Reader) (int64, error) {
 	remain := int64(-1) // until EOF
 	src := r
 	lr, limited := r.(*io.LimitedReader)
