@@ -16,8 +16,9 @@ import (
 )
 
 // serve accepts through Listener and hands each connection's ReadFrom the
-// reader that open returns, then closes the connection.
-func serve(t *testing.T, open func() io.Reader) string {
+// reader that open returns, then closes the connection and, if served is
+// not nil, says so on it.
+func serve(t *testing.T, open func() io.Reader, served chan<- struct{}) string {
 	t.Helper()
 	plain, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -32,7 +33,12 @@ func serve(t *testing.T, open func() io.Reader) string {
 				return
 			}
 			go func() {
-				defer c.Close()
+				defer func() {
+					c.Close()
+					if served != nil {
+						served <- struct{}{}
+					}
+				}()
 				if _, err := c.(io.ReaderFrom).ReadFrom(open()); err != nil {
 					t.Errorf("ReadFrom: %v", err)
 				}
@@ -98,7 +104,7 @@ func TestReadFromSendsEveryKindOfReader(t *testing.T) {
 		{"not a file", func() io.Reader { return strings.NewReader("hello") }, []byte("hello")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := fetch(t, serve(t, tc.open)); !bytes.Equal(got, tc.want) {
+			if got := fetch(t, serve(t, tc.open, nil)); !bytes.Equal(got, tc.want) {
 				t.Fatalf("got %d bytes, want %d (equal prefix: %v)", len(got), len(tc.want), bytes.HasPrefix(tc.want, got))
 			}
 		})
@@ -127,10 +133,9 @@ func TestReadFromAdvancesOffsetAndLimit(t *testing.T) {
 	}
 	defer f.Close()
 	lr := &io.LimitedReader{R: f, N: 1000}
-	done := make(chan error, 1)
-	addr := serve(t, func() io.Reader { return lr })
-	go func() { fetch(t, addr); done <- nil }()
-	<-done
+	served := make(chan struct{}, 1)
+	fetch(t, serve(t, func() io.Reader { return lr }, served))
+	<-served // the server's ReadFrom has returned: lr and f are ours again
 	if lr.N != 0 {
 		t.Fatalf("LimitedReader.N = %d after sending, want 0", lr.N)
 	}
