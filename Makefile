@@ -27,11 +27,11 @@ build: ## build bin/airlock (with Debian's iPXE embedded) and bin/airlock-agent
 	CGO_ENABLED=0 $(GO) build -trimpath -tags 'ipxe_embed agent_embed' -ldflags '$(LDFLAGS)' -o bin/airlock .
 
 .PHONY: test
-test: deps build ## go vet, formatting, and every unit, integration and end-to-end test
+test: deps build ## go vet, formatting, and every unit, integration and end-to-end test (unit tests with the race detector)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./e2e/...
-	$(GO) test $(TEST_FLAGS) ./...
+	CGO_ENABLED=1 $(GO) test $(TEST_FLAGS) -race ./...
 	AIRLOCK_BIN=$(CURDIR)/bin/airlock $(GO) test $(TEST_FLAGS) -tags e2e ./e2e/
 
 .PHONY: e2e
