@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -128,7 +129,12 @@ func TestLabNetworkBoot(t *testing.T) {
 		}
 	})
 	b := startBootServer(t, ctx, s, kernel, initrd)
-	go s.RunSwitches(ctx, opts.Log, time.Second)
+	// The switches get their own copy of the lab: Start records PIDs and
+	// start times in s while they run (in the product they run in
+	// another process, the lab's airlock).
+	switches := *s
+	switches.VMs = slices.Clone(s.VMs)
+	go switches.RunSwitches(ctx, opts.Log, time.Second)
 	if err := Start(ctx, opts, s); err != nil {
 		t.Fatal(err)
 	}

@@ -70,7 +70,9 @@ cluster: {name: t}
 	if err == nil || !strings.Contains(err.Error(), "listen for the registry") {
 		t.Fatalf("Serve beside a taken registry port: %v", err)
 	}
-	if after := openFDs(t); after != before {
+	// More open afterwards is a leak; fewer is the runtime (the race
+	// detector's, say) closing one of its own meanwhile.
+	if after := openFDs(t); after > before {
 		t.Errorf("a failed Serve left %d file descriptors open", after-before)
 	}
 	blocker.Close()
