@@ -46,7 +46,7 @@ func main() {
 	sizeMiB := flag.Int("size", 512, "blob size in MiB")
 	n := flag.Int("n", 16, "downloads per server")
 	c := flag.Int("c", 2, "parallel downloads")
-	readBuf := flag.Int("readbuf", 32<<10, "bytes each client read asks for (32 KiB: io.Copy's buffer, how crane and containerd's content writer read)")
+	readBuf := flag.Int("readbuf", 32<<10, "bytes each client read asks for (32 KiB: io.Copy's buffer, as crane and skopeo read; containerd's content.Copy reads 1 MiB)")
 	rounds := flag.Int("rounds", 5, "rounds, alternating which server goes first; the median of the per-round ratios is reported")
 	flag.Parse()
 	if err := run(*sizeMiB, *n, *c, *rounds, *readBuf); err != nil {
