@@ -128,7 +128,7 @@ func (s *Server) Run(ctx context.Context) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(sendbuf.Listener(s.ln)) }()
+	go func() { done <- srv.Serve(sendbuf.Listener(s.ln, sendbuf.Boot)) }()
 	s.log.Info("httpboot: serving", "addr", s.ln.Addr(), "base", s.cfg.BaseURL)
 	select {
 	case err := <-done:

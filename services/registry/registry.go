@@ -76,7 +76,7 @@ func (s *Server) Run(ctx context.Context, l net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(sendbuf.Listener(l)) }()
+	go func() { errc <- srv.Serve(sendbuf.Listener(l, sendbuf.Registry)) }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("registry: serve on %s: %w", l.Addr(), err)

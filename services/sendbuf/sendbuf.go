@@ -16,54 +16,94 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Size is the send buffer asked for each accepted connection (the kernel
-// doubles it for its own bookkeeping), while no more than BigConns are
-// open. The kernel counts a sendfile'd page against the socket's memory
-// like a copy, so many large buffers push the whole TCP stack into memory
-// pressure (net.ipv4.tcp_mem, ~1.5 GiB here): beyond BigConns open
-// connections, new ones keep the kernel's autotuning.
+// Sizes of send buffer a service asks for (the kernel doubles them for
+// its own bookkeeping). The registry streams large layers to a few pulling
+// nodes at a time; the boot server sends kernels and boot images to many
+// machines at once, where a smaller buffer serves better (measured:
+// bench/results-boot.md, results-bundle.md).
 const (
-	Size     = 8 << 20
-	BigConns = 16
+	Registry = 16 << 20
+	Boot     = 8 << 20
 )
 
-// Listener wraps l so that accepted TCP connections get a Size send buffer.
-func Listener(l net.Listener) net.Listener { return &listener{Listener: l} }
+// maxBig caps the connections of one listener that get the large buffer.
+const maxBig = 16
+
+// Listener wraps l so that accepted TCP connections get a send buffer of
+// size bytes while few are open. The kernel counts a sendfile'd page
+// against the socket's memory like a copy, so many large buffers push the
+// whole TCP stack into memory pressure (net.ipv4.tcp_mem; 1.5 GiB on a
+// 24 GiB machine, less on a laptop): the listener gives the large buffer
+// to at most maxBig open connections and to no more than a quarter of the
+// pressure threshold's bytes, and leaves later ones to the kernel's
+// autotuning.
+func Listener(l net.Listener, size int) net.Listener {
+	return &listener{Listener: l, size: size, big: bigConns(size, tcpMemPressure())}
+}
 
 type listener struct {
 	net.Listener
+	size int
+	big  int64        // connections that may have the large buffer at once
 	open atomic.Int64 // connections accepted and not yet closed
 }
 
 func (l *listener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if tc, ok := c.(*net.TCPConn); ok && err == nil {
-		if l.open.Add(1) <= BigConns {
-			setSize(tc)
+		if l.open.Add(1) <= l.big {
+			setSize(tc, l.size)
 		}
 		return &conn{TCPConn: tc, open: &l.open}, nil
 	}
 	return c, err
 }
 
-// setSize gives c a Size send buffer. Setting SO_SNDBUF turns off the
+// bigConns is how many connections may hold a size-byte buffer (2*size
+// with the kernel's doubling) within a quarter of pressure bytes, at most
+// maxBig; with pressure unknown, maxBig.
+func bigConns(size int, pressure int64) int64 {
+	if pressure <= 0 {
+		return maxBig
+	}
+	return max(0, min(maxBig, pressure/4/int64(2*size)))
+}
+
+// tcpMemPressure is net.ipv4.tcp_mem's pressure threshold in bytes, or 0.
+func tcpMemPressure() int64 {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_mem")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 3 {
+		return 0
+	}
+	pages, err := strconv.ParseInt(f[1], 10, 64)
+	if err != nil {
+		return 0
+	}
+	return pages * int64(os.Getpagesize())
+}
+
+// setSize gives c a size-byte send buffer. Setting SO_SNDBUF turns off the
 // kernel's autotuning of the buffer (up to net.ipv4.tcp_wmem's maximum, 4
 // MiB by default) and is capped at net.core.wmem_max (208 KiB by default):
 // on a stock machine it would lock a smaller buffer than autotuning
 // reaches. So: SO_SNDBUFFORCE, which is not capped, when airlock may (as
 // root, which it runs as to serve DHCP); else SO_SNDBUF only if wmem_max
-// allows Size; else autotuning.
-func setSize(c *net.TCPConn) {
+// allows size; else autotuning.
+func setSize(c *net.TCPConn, size int) {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return
 	}
 	_ = raw.Control(func(fd uintptr) {
-		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, Size) == nil {
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, size) == nil {
 			return
 		}
-		if wmemMax() >= Size {
-			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, Size)
+		if wmemMax() >= size {
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, size)
 		}
 	})
 }

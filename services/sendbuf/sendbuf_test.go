@@ -31,7 +31,7 @@ func TestAcceptedConnectionsGetTheBuffer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer plain.Close()
-	ln := Listener(plain)
+	ln := Listener(plain, Boot)
 	go func() {
 		if c, err := net.Dial("tcp", plain.Addr().String()); err == nil {
 			defer c.Close()
@@ -54,8 +54,76 @@ func TestAcceptedConnectionsGetTheBuffer(t *testing.T) {
 	if got <= def {
 		t.Fatalf("accepted connection's send buffer %d is not above the default %d", got, def)
 	}
-	if os.Geteuid() == 0 && got < Size {
-		t.Fatalf("as root the send buffer is %d, want at least %d whatever net.core.wmem_max says", got, Size)
+	if os.Geteuid() == 0 && got < Boot {
+		t.Fatalf("as root the send buffer is %d, want at least %d whatever net.core.wmem_max says", got, Boot)
 	}
-	t.Logf("send buffer %d bytes (a dialled one has %d; asked for %d, which the kernel doubles)", got, def, Size)
+	t.Logf("send buffer %d bytes (a dialled one has %d; asked for %d, which the kernel doubles)", got, def, Boot)
+}
+
+// Large buffers are rationed by the TCP memory pressure threshold.
+func TestBigConnsFollowTCPMemory(t *testing.T) {
+	for _, tc := range []struct {
+		size     int
+		pressure int64
+		want     int64
+	}{
+		{Boot, 1536 << 20, 16},     // this 24 GiB machine: 384 MiB / 16 MiB = 24, capped
+		{Registry, 1536 << 20, 12}, // 384 MiB / 32 MiB
+		{Registry, 512 << 20, 4},   // a laptop's smaller tcp_mem
+		{Registry, 64 << 20, 0},    // too little: autotuning for all
+		{Boot, 0, 16},              // unknown: the cap
+	} {
+		if got := bigConns(tc.size, tc.pressure); got != tc.want {
+			t.Errorf("bigConns(%d, %d) = %d, want %d", tc.size, tc.pressure, got, tc.want)
+		}
+	}
+	if tcpMemPressure() <= 0 {
+		t.Error("net.ipv4.tcp_mem unreadable")
+	}
+}
+
+// Beyond the rationed number, connections keep the kernel's autotuning.
+func TestOnlyTheFirstConnectionsGetTheBuffer(t *testing.T) {
+	plain, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	ln := &listener{Listener: plain, size: Boot, big: 2}
+	var accepted []net.Conn
+	for range 3 {
+		d, err := net.Dial("tcp", plain.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		c, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		accepted = append(accepted, c)
+	}
+	if os.Geteuid() == 0 && (sndbuf(t, accepted[0]) < Boot || sndbuf(t, accepted[1]) < Boot) {
+		t.Error("the first two connections did not get the large buffer")
+	}
+	if got := sndbuf(t, accepted[2]); got >= Boot {
+		t.Errorf("the third connection got %d bytes, want the kernel's own size", got)
+	}
+	// Once fewer are open again, the next one gets it.
+	accepted[0].Close()
+	accepted[2].Close()
+	d, err := net.Dial("tcp", plain.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if os.Geteuid() == 0 && sndbuf(t, c) < Boot {
+		t.Error("a connection accepted after a close did not get the large buffer")
+	}
 }

@@ -25,7 +25,7 @@ func serve(t *testing.T, open func() io.Reader, served chan<- struct{}) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { plain.Close() })
-	ln := Listener(plain)
+	ln := Listener(plain, Boot)
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -165,7 +165,7 @@ func TestServeContentOverListener(t *testing.T) {
 		defer f.Close()
 		http.ServeContent(w, r, "", fileModTime(t, f), f)
 	})}
-	go srv.Serve(Listener(plain))
+	go srv.Serve(Listener(plain, Registry))
 	defer srv.Close()
 	for _, rng := range []string{"", "bytes=1000-1500999"} {
 		req, _ := http.NewRequest("GET", fmt.Sprintf("http://%s/", plain.Addr()), nil)
