@@ -24,7 +24,8 @@ var digestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 // ErrNoKernelPackage means a bundle carries no discovery kernel.
 var ErrNoKernelPackage = errors.New("the bundle has no " + KernelPackage + " (a Debian linux-image package) to build the discovery image from")
 
-// discoveryImage is the kernel and boot image assembled from a bundle.
+// discoveryImage names the discovery kernel and boot image in a boot
+// files directory (assembled from a bundle, or by lab up).
 var discoveryImage = DiscoveryImage{Kernel: bootKernel, Initrd: bootInitrd, Cmdline: "console=ttyS0"}
 
 // DiscoveryFromBundle assembles the discovery image from the bundle's

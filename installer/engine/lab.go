@@ -139,26 +139,23 @@ func LabUp(ctx context.Context, o LabOptions) (_ *lab.State, err error) {
 
 func checkLabInputs(o LabOptions) error {
 	var errs []error
-	switch {
-	case o.Bundle != "" && (o.Kernel != "" || o.ModulesDir != ""):
-		errs = append(errs, errors.New("--bundle brings its own kernel package: drop --kernel and --modules"))
-	case o.Bundle != "":
-		if _, err := os.Stat(o.Bundle); err != nil {
+	if o.Bundle != "" {
+		if o.Kernel != "" || o.ModulesDir != "" {
+			errs = append(errs, errors.New("--bundle brings its own kernel package: drop --kernel and --modules"))
+		} else if _, err := os.Stat(o.Bundle); err != nil {
 			errs = append(errs, fmt.Errorf("--bundle: %w", err))
 		}
-	case o.Kernel == "":
-		errs = append(errs, errors.New("--kernel: the discovery kernel is required (Debian: /boot/vmlinuz-*-cloud-amd64 from linux-image-cloud-amd64)"))
-	case o.Kernel != "":
-		if _, err := os.Stat(o.Kernel); err != nil {
+	} else {
+		if o.Kernel == "" {
+			errs = append(errs, errors.New("--kernel: the discovery kernel is required (Debian: /boot/vmlinuz-*-cloud-amd64 from linux-image-cloud-amd64)"))
+		} else if _, err := os.Stat(o.Kernel); err != nil {
 			errs = append(errs, fmt.Errorf("--kernel: %w", err))
 		}
-	}
-	if o.Bundle != "" {
-		// no module tree to check
-	} else if o.ModulesDir == "" {
-		errs = append(errs, errors.New("--modules: the kernel's module tree is required (Debian: /lib/modules/RELEASE)"))
-	} else if _, err := os.Stat(filepath.Join(o.ModulesDir, "modules.dep")); err != nil {
-		errs = append(errs, fmt.Errorf("--modules: %s has no modules.dep: %w", o.ModulesDir, err))
+		if o.ModulesDir == "" {
+			errs = append(errs, errors.New("--modules: the kernel's module tree is required (Debian: /lib/modules/RELEASE)"))
+		} else if _, err := os.Stat(filepath.Join(o.ModulesDir, "modules.dep")); err != nil {
+			errs = append(errs, fmt.Errorf("--modules: %s has no modules.dep: %w", o.ModulesDir, err))
+		}
 	}
 	if _, err := os.Stat(o.Agent); err != nil {
 		errs = append(errs, fmt.Errorf("--agent: %w (make build writes bin/airlock-agent)", err))
@@ -395,7 +392,7 @@ func LabRun(ctx context.Context, stateDir string, log *slog.Logger) error {
 		return Serve(gctx, ServeOptions{
 			Answers: a, Store: st, StateDir: stateDir, IPXE: ipxeFS,
 			Files:    os.DirFS(filepath.Join(s.Dir, labBootDir)),
-			Image:    DiscoveryImage{Kernel: bootKernel, Initrd: bootInitrd, Cmdline: "console=ttyS0"},
+			Image:    discoveryImage,
 			Registry: reg,
 			Log:      log,
 			Ready: func(sv Serving) {
