@@ -87,6 +87,10 @@ func Create(path string, opts WriterOptions) (*Writer, error) {
 	return w, nil
 }
 
+// Prefix is the size of the executable the bundle is appended to (0 for
+// a plain bundle).
+func (w *Writer) Prefix() int64 { return w.base }
+
 // Created is the time recorded in the bundle.
 func (w *Writer) Created() time.Time { return w.created }
 
@@ -334,32 +338,39 @@ func (p *partWriter) part(off int64) (*os.File, int64, int64, error) {
 // safe for concurrent use on disjoint ranges once the parts exist (skip
 // creates them).
 func (p *partWriter) writeAt(b []byte, off int64) (int, error) {
-	return p.across(b, off, (*os.File).WriteAt)
+	n, err := p.across(off, int64(len(b)), func(f *os.File, local, at, chunk int64) (int64, error) {
+		m, err := f.WriteAt(b[at:at+chunk], local)
+		return int64(m), err
+	})
+	return int(n), err
 }
 
 // readAt reads from global offset off (used to check resumed content).
 func (p *partWriter) readAt(b []byte, off int64) (int, error) {
-	return p.across(b, off, (*os.File).ReadAt)
+	n, err := p.across(off, int64(len(b)), func(f *os.File, local, at, chunk int64) (int64, error) {
+		m, err := f.ReadAt(b[at:at+chunk], local)
+		return int64(m), err
+	})
+	return int(n), err
 }
 
-// across applies op (a ReadAt or WriteAt) to b at global offset off, one
-// part at a time.
-func (p *partWriter) across(b []byte, off int64, op func(*os.File, []byte, int64) (int, error)) (int, error) {
-	n := 0
-	for len(b) > 0 {
-		f, local, room, err := p.part(off)
+// across calls op for each part that [off, off+n) spans, with the part's
+// file, the offset in it, the offset within the range and the length of
+// the piece; op returns how much it did. It returns the total.
+func (p *partWriter) across(off, n int64, op func(f *os.File, local, at, chunk int64) (int64, error)) (int64, error) {
+	var done int64
+	for done < n {
+		f, local, room, err := p.part(off + done)
 		if err != nil {
-			return n, err
+			return done, err
 		}
-		m, err := op(f, b[:min(int64(len(b)), room)], local)
-		n += m
-		off += int64(m)
+		m, err := op(f, local, done, min(n-done, room))
+		done += m
 		if err != nil {
-			return n, err
+			return done, err
 		}
-		b = b[m:]
 	}
-	return n, nil
+	return done, nil
 }
 
 func (p *partWriter) Write(b []byte) (int, error) {
@@ -407,16 +418,10 @@ func (p *partWriter) copyFile(src *os.File, size int64) error {
 // startWriteback asks the kernel to start writing [off, off+n) to disk
 // now, so that the fsync at commit has little left to do.
 func (p *partWriter) startWriteback(off, n int64) {
-	for n > 0 {
-		f, local, room, err := p.part(off)
-		if err != nil {
-			return
-		}
-		chunk := min(room, n)
+	_, _ = p.across(off, n, func(f *os.File, local, _, chunk int64) (int64, error) {
 		syncRange(f, local, chunk)
-		off += chunk
-		n -= chunk
-	}
+		return chunk, nil
+	})
 }
 
 func (p *partWriter) commit(mode os.FileMode) ([]string, error) {

@@ -130,9 +130,9 @@ func (j *journal) close() { j.f.Close() }
 
 // layoutID identifies a layout: the entries with their offsets, sizes and
 // digests, and how the output is cut.
-func layoutID(entries []bundle.Entry, opts bundle.WriterOptions, exeSize int64) string {
+func layoutID(entries []bundle.Entry, partSize, exeSize int64) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "parts %d exe %d\n", opts.PartSize, exeSize)
+	fmt.Fprintf(h, "parts %d exe %d\n", partSize, exeSize)
 	for _, e := range entries {
 		fmt.Fprintf(h, "%s %d %d %s\n", e.Path, e.Offset, e.Size, e.Digest)
 	}

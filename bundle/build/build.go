@@ -275,13 +275,7 @@ func (b *builder) write(ctx context.Context, res *Result) error {
 
 	// Reuse what an interrupted run of this same layout wrote, and the
 	// blobs of the bundle being replaced.
-	var exeSize int64
-	if b.opts.Embed != "" {
-		if st, err := os.Stat(b.opts.Embed); err == nil {
-			exeSize = st.Size()
-		}
-	}
-	layout := layoutID(w.Entries(), wopts, exeSize)
+	layout := layoutID(w.Entries(), wopts.PartSize, w.Prefix())
 	jpath := resumePath(b.opts.Output)
 	prevLayout, resumed := readJournal(jpath)
 	same := prevLayout == layout
