@@ -82,14 +82,8 @@ func readJournal(path string) (layout string, rs resumeState) {
 	return layout, rs
 }
 
-func isDigest(s string) bool {
-	hexPart, ok := strings.CutPrefix(s, "sha256:")
-	if !ok || len(hexPart) != 64 {
-		return false
-	}
-	_, err := hex.DecodeString(hexPart)
-	return err == nil
-}
+// isDigest accepts the sha256 digests the journal records.
+func isDigest(s string) bool { return strings.HasPrefix(s, "sha256:") && digestRE.MatchString(s) }
 
 // startJournal opens the journal for layout: appending when it already
 // describes this layout, anew otherwise.
@@ -150,6 +144,12 @@ type fillStats struct {
 	fetched, reused, done atomic.Int64
 }
 
+// reuse counts n bytes found in place, not downloaded.
+func (st *fillStats) reuse(n int64) {
+	st.reused.Add(n)
+	st.done.Add(n)
+}
+
 // fill puts every slot's content in place: reused from the partial output
 // (resumed) or from old, else downloaded. Blobs written are recorded in j.
 func (b *builder) fill(ctx context.Context, slots []slot, resumed resumeState, old *bundle.Bundle, j *journal) (*fillStats, error) {
@@ -203,8 +203,7 @@ func (b *builder) fillSlot(ctx context.Context, s slot, resumed resumeState, old
 	if resumed.done[d] {
 		if got, n, err := hashReader(io.NewSectionReader(s.r, 0, size), buf); err == nil && got == d && n == size {
 			s.r.Complete()
-			st.reused.Add(size)
-			st.done.Add(size)
+			st.reuse(size)
 			return nil
 		}
 		b.log.Info("bundle build: a blob the journal lists was not intact; fetching it again", "digest", d)
@@ -215,8 +214,7 @@ func (b *builder) fillSlot(ctx context.Context, s slot, resumed resumeState, old
 			err := dl.copy(src, buf, nil)
 			if err == nil && dl.digest() == d && dl.off == size {
 				s.r.Complete()
-				st.reused.Add(size)
-				st.done.Add(size)
+				st.reuse(size)
 				return j.record(d)
 			}
 			b.log.Info("bundle build: a blob of the earlier bundle did not match its digest; fetching it", "digest", d)
@@ -228,8 +226,7 @@ func (b *builder) fillSlot(ctx context.Context, s slot, resumed resumeState, old
 		// Hash what an earlier run wrote and go on from there.
 		if _, err := io.CopyBuffer(dl.h, io.NewSectionReader(s.r, 0, at), buf); err == nil {
 			dl.off, kept = at, at
-			st.reused.Add(at)
-			st.done.Add(at)
+			st.reuse(at)
 		} else {
 			dl.h.Reset()
 		}
