@@ -90,20 +90,21 @@ func TestOnlyTheFirstConnectionsGetTheBuffer(t *testing.T) {
 	}
 	defer plain.Close()
 	ln := &listener{Listener: plain, size: Boot, big: 2}
-	var accepted []net.Conn
-	for range 3 {
+	// connect dials the listener and returns the connection it accepts.
+	connect := func() net.Conn {
 		d, err := net.Dial("tcp", plain.Addr().String())
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer d.Close()
+		t.Cleanup(func() { d.Close() })
 		c, err := ln.Accept()
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Close()
-		accepted = append(accepted, c)
+		t.Cleanup(func() { c.Close() })
+		return c
 	}
+	accepted := []net.Conn{connect(), connect(), connect()}
 	if os.Geteuid() == 0 && (sndbuf(t, accepted[0]) < Boot || sndbuf(t, accepted[1]) < Boot) {
 		t.Error("the first two connections did not get the large buffer")
 	}
@@ -113,16 +114,7 @@ func TestOnlyTheFirstConnectionsGetTheBuffer(t *testing.T) {
 	// Once fewer are open again, the next one gets it.
 	accepted[0].Close()
 	accepted[2].Close()
-	d, err := net.Dial("tcp", plain.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	c, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := connect()
 	if os.Geteuid() == 0 && sndbuf(t, c) < Boot {
 		t.Error("a connection accepted after a close did not get the large buffer")
 	}
