@@ -34,7 +34,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
-	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -48,6 +47,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"airlock.dev/airlock/bench/internal/stats"
 	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/bundle/build"
 )
@@ -277,7 +277,7 @@ func benchBuild(sizeMiB, rounds int, workDir string, peerSync bool) error {
 			os.RemoveAll(rdir) // the last round's outputs are measured below
 		}
 	}
-	ours, theirs := medianD(oursAll), medianD(theirsAll)
+	ours, theirs := stats.Median(oursAll), stats.Median(theirsAll)
 	tst, _ := os.Stat(tarball)
 	fmt.Printf("medians of %d rounds:\n", rounds)
 	fmt.Printf("%-33s %6.2fs  (%s signed bundle, %d blobs)\n", "airlock bundle build", ours.Seconds(), bundle.HumanSize(res.Size), res.Blobs)
@@ -288,10 +288,4 @@ func benchBuild(sizeMiB, rounds int, workDir string, peerSync bool) error {
 	fmt.Printf("%-33s %6.2fs  (%s tar.zst)\n", peer, theirs.Seconds(), bundle.HumanSize(tst.Size()))
 	fmt.Printf("ratio skopeo/airlock: airlock is %.2fx faster (goal >= 3x)\n", theirs.Seconds()/ours.Seconds())
 	return nil
-}
-
-func medianD(ds []time.Duration) time.Duration {
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)/2]
 }

@@ -22,10 +22,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"sync"
 	"time"
 
+	"airlock.dev/airlock/bench/internal/stats"
 	"airlock.dev/airlock/e2e/netns"
 	"airlock.dev/airlock/services/dhcp"
 	"airlock.dev/airlock/services/ra"
@@ -56,16 +56,11 @@ func main() {
 			rom[on] = append(rom[on], first)
 		}
 	}
-	off, on := median(res[false]), median(res[true])
+	off, on := stats.Median(res[false]), stats.Median(res[true])
 	fmt.Printf("undionly.kpxe (Debian ipxe): median %.1f s without the advertisement, %.1f s with it: %.1f s saved per boot\n",
 		off.Seconds(), on.Seconds(), (off - on).Seconds())
 	fmt.Printf("QEMU iPXE ROM (ipxe-qemu): median %.1f s without, %.1f s with (QEMU TCG)\n",
-		median(rom[false]).Seconds(), median(rom[true]).Seconds())
-}
-
-func median(d []time.Duration) time.Duration {
-	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
-	return d[len(d)/2]
+		stats.Median(rom[false]).Seconds(), stats.Median(rom[true]).Seconds())
 }
 
 func boot(qemu string, withRA bool, run int) (rom, chained time.Duration, err error) {

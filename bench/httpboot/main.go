@@ -28,13 +28,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"airlock.dev/airlock/bench/internal/stats"
 	"airlock.dev/airlock/e2e/netns"
 	"airlock.dev/airlock/services/httpboot"
 )
@@ -157,10 +157,13 @@ func main() {
 			mach = append(mach, got[0].machinePerGiB()/got[1].machinePerGiB())
 		}
 		fmt.Printf("%d clients, medians of %d rounds: airlock %.2f GiB/s %.4f CPU-s/GiB; nginx %.2f GiB/s %.4f CPU-s/GiB\n",
-			par, *rounds, median(a, sample.gibps), median(a, sample.cpuPerGiB), median(n, sample.gibps), median(n, sample.cpuPerGiB))
+			par, *rounds, stats.MedianOf(a, sample.gibps), stats.MedianOf(a, sample.cpuPerGiB), stats.MedianOf(n, sample.gibps), stats.MedianOf(n, sample.cpuPerGiB))
+		tm, tlo, thi := stats.Spread(tput)
+		cm, clo, chi := stats.Spread(cpu)
+		mm, mlo, mhi := stats.Spread(mach)
 		fmt.Printf("%d clients: throughput airlock/nginx median %.2fx (%.2f-%.2f); CPU-s per GiB airlock/nginx median %.2fx (%.2f-%.2f) (<=1 is the goal)\n",
-			par, medianOf(tput), minOf(tput), maxOf(tput), medianOf(cpu), minOf(cpu), maxOf(cpu))
-		fmt.Printf("%d clients: whole machine's CPU-s per GiB airlock/nginx median %.2fx (%.2f-%.2f)\n", par, medianOf(mach), minOf(mach), maxOf(mach))
+			par, tm, tlo, thi, cm, clo, chi)
+		fmt.Printf("%d clients: whole machine's CPU-s per GiB airlock/nginx median %.2fx (%.2f-%.2f)\n", par, mm, mlo, mhi)
 	}
 	cancel()
 	_ = air.Wait()
@@ -311,26 +314,6 @@ func load(c *http.Client, url string, par int, d time.Duration, size int64, read
 	wg.Wait()
 	return total.Load(), firstErr
 }
-
-func median(s []sample, f func(sample) float64) float64 {
-	v := make([]float64, len(s))
-	for i := range s {
-		v[i] = f(s[i])
-	}
-	return medianOf(v)
-}
-
-func medianOf(v []float64) float64 {
-	v = slices.Clone(v)
-	slices.Sort(v)
-	if len(v)%2 == 1 {
-		return v[len(v)/2]
-	}
-	return (v[len(v)/2-1] + v[len(v)/2]) / 2
-}
-
-func minOf(v []float64) float64 { return slices.Min(v) }
-func maxOf(v []float64) float64 { return slices.Max(v) }
 
 // contextSwitches sums the voluntary and involuntary context switches of
 // every thread of pids.

@@ -25,13 +25,13 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"airlock.dev/airlock/bench/internal/stats"
 	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/services/registry"
 )
@@ -163,20 +163,14 @@ func run(sizeMiB, n, c, rounds, readBuf int) error {
 	}
 	a, d := median(as), median(ds)
 	fmt.Printf("\nmedians: airlock %.2f GiB/s, %.3f CPU-s/GiB; docker-registry %.2f GiB/s, %.3f CPU-s/GiB\n", a.throughput, a.cpuPerGiB, d.throughput, d.cpuPerGiB)
-	tm, tlo, thi := spread(tputRatios)
-	cm, clo, chi := spread(cpuRatios)
+	tm, tlo, thi := stats.Spread(tputRatios)
+	cm, clo, chi := stats.Spread(cpuRatios)
 	fmt.Printf("ratio airlock/docker-registry, median of %d rounds (range): throughput %.2fx (%.2f-%.2f; goal >= 1.0x), server CPU per GiB %.2fx (%.2f-%.2f; goal <= 0.3x)\n",
 		rounds, tm, tlo, thi, cm, clo, chi)
 	return nil
 }
 
 // spread returns the median, smallest and largest of xs.
-func spread(xs []float64) (med, lo, hi float64) {
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	return s[len(s)/2], s[0], s[len(s)-1]
-}
-
 type server struct {
 	cmd  *exec.Cmd
 	addr string
@@ -231,14 +225,10 @@ type result struct{ throughput, cpuPerGiB float64 }
 
 // median takes the median of each measure separately.
 func median(rs []result) result {
-	t := make([]float64, len(rs))
-	c := make([]float64, len(rs))
-	for i, r := range rs {
-		t[i], c[i] = r.throughput, r.cpuPerGiB
+	return result{
+		stats.MedianOf(rs, func(r result) float64 { return r.throughput }),
+		stats.MedianOf(rs, func(r result) float64 { return r.cpuPerGiB }),
 	}
-	sort.Float64s(t)
-	sort.Float64s(c)
-	return result{t[len(t)/2], c[len(c)/2]}
 }
 
 func measure(label string, s *server, name, digest string, size int64, n, c, readBuf int) (result, error) {
