@@ -99,16 +99,7 @@ func startSelfContained(t *testing.T, u *upstream, dir string) string {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start self-contained executable: %v", err)
 	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			cmd.Process.Kill()
-		}
-	})
+	stopAtCleanup(t, cmd, 15*time.Second, nil)
 	addr := make(chan string, 1)
 	go func() {
 		line, _ := bufio.NewReader(stdout).ReadString('\n')
@@ -124,6 +115,25 @@ func startSelfContained(t *testing.T, u *upstream, dir string) string {
 		t.Fatal("the self-contained executable did not print its address in 30s")
 	}
 	return ""
+}
+
+// stopAtCleanup stops the started cmd when the test ends: SIGTERM, SIGKILL
+// if it has not exited after grace; then runs after, if not nil.
+func stopAtCleanup(t *testing.T, cmd *exec.Cmd, grace time.Duration, after func()) {
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(grace):
+			cmd.Process.Kill()
+			<-done
+		}
+		if after != nil {
+			after()
+		}
+	})
 }
 
 type logWriter struct {
@@ -393,16 +403,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt"
 		cancel()
 		t.Fatalf("start containerd: %v", err)
 	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
+	stopAtCleanup(t, cmd, 10*time.Second, func() {
 		cancel()
 		if t.Failed() {
 			t.Logf("containerd log:\n%s", logs.String())
