@@ -20,6 +20,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -458,12 +460,35 @@ func makeDisk(path string, size int64) error {
 	return nil
 }
 
+// copyFile copies src to a new file dst (mode 0600), replacing dst.
 func copyFile(src, dst string) error {
-	data, err := os.ReadFile(src)
+	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(dst, data, 0o600)
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return fmt.Errorf("copy %s to %s: %w", src, dst, err)
+	}
+	return out.Close()
+}
+
+// LinkOrCopy puts src at dst, replacing dst: a hard link when both are on
+// one file system, else a copy. For files nobody writes to once made, such
+// as a kernel or a boot image.
+func LinkOrCopy(src, dst string) error {
+	if err := os.Remove(dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if os.Link(src, dst) == nil {
+		return nil
+	}
+	return copyFile(src, dst)
 }
 
 // ours reports whether pid is a QEMU process of the lab in dir (PIDs are

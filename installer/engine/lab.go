@@ -176,8 +176,9 @@ func labBundleBoot(o LabOptions) (string, error) {
 }
 
 // buildLabBoot puts the discovery kernel and boot image into the lab's
-// boot directory: copied from bundleBoot when the lab rehearses a bundle,
-// else the kernel given and a boot image built from its modules.
+// boot directory: linked (or copied) from bundleBoot when the lab
+// rehearses a bundle, else the kernel given and a boot image built from its
+// modules.
 func buildLabBoot(dir, bundleBoot string, o LabOptions) error {
 	boot := filepath.Join(dir, labBootDir)
 	if err := os.MkdirAll(boot, 0o700); err != nil {
@@ -185,22 +186,14 @@ func buildLabBoot(dir, bundleBoot string, o LabOptions) error {
 	}
 	if bundleBoot != "" {
 		for _, name := range []string{bootKernel, bootInitrd} {
-			data, err := os.ReadFile(filepath.Join(bundleBoot, name))
-			if err != nil {
-				return err
-			}
-			if err := os.WriteFile(filepath.Join(boot, name), data, 0o600); err != nil {
+			if err := lab.LinkOrCopy(filepath.Join(bundleBoot, name), filepath.Join(boot, name)); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
-	kernel, err := os.ReadFile(o.Kernel)
-	if err != nil {
-		return fmt.Errorf("read kernel: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(boot, bootKernel), kernel, 0o600); err != nil {
-		return err
+	if err := lab.LinkOrCopy(o.Kernel, filepath.Join(boot, bootKernel)); err != nil {
+		return fmt.Errorf("kernel: %w", err)
 	}
 	agent, err := os.ReadFile(o.Agent)
 	if err != nil {
