@@ -34,6 +34,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"airlock.dev/airlock/bench/internal/benchns"
 	"airlock.dev/airlock/bench/internal/stats"
 	"airlock.dev/airlock/e2e/netns"
 	"airlock.dev/airlock/services/httpboot"
@@ -48,7 +49,7 @@ func main() {
 	rounds := flag.Int("rounds", 5, "rounds per client count; each measures both servers, alternating which goes first")
 	rate := flag.Float64("rate", 0, "total GiB/s the clients read at, paced per client (0: as fast as they can)")
 	clients := flag.String("clients", "50,200", "client counts, comma-separated")
-	cc := flag.String("cc", "reno", "TCP congestion control in the benchmark's namespace (\"\": the host's default; see setCongestionControl)")
+	cc := flag.String("cc", benchns.DefaultCC, "TCP congestion control in the benchmark's namespace (\"\": the host's default; see benchns.DefaultCC)")
 	readBuf := flag.Int("readbuf", 8<<10, "bytes each client read asks for (8 KiB: what io.Copy(io.Discard) asked for before this flag)")
 	flag.Parse()
 	if *serve != "" && *cpuprofile != "" {
@@ -76,15 +77,11 @@ func main() {
 		log.Fatal(err)
 	}
 
-	ns, err := netns.Add(netns.UniqueName("albh"))
+	ns, err := benchns.New("albh", *cc)
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer ns.Delete()
-	if err := setCongestionControl(ns, *cc); err != nil {
-		ns.Delete()
-		log.Fatal(err)
-	}
 
 	self, _ := os.Executable()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -100,15 +97,7 @@ func main() {
 	client := &http.Client{Transport: &http.Transport{
 		MaxIdleConnsPerHost: 512,
 		DisableCompression:  true,
-		DialContext: func(ctx context.Context, network, address string) (net.Conn, error) {
-			var c net.Conn
-			err := ns.Do(func() error {
-				var err error
-				c, err = (&net.Dialer{}).DialContext(ctx, network, address)
-				return err
-			})
-			return c, err
-		},
+		DialContext:         benchns.Dialer(ns),
 	}}
 	servers := []server{
 		{"airlock", "http://127.0.0.1:8080/files/vmlinuz", func() []int { return []int{air.Process.Pid} }},
@@ -125,7 +114,7 @@ func main() {
 		pace = fmt.Sprintf("paced to %.2f GiB/s in all", *rate)
 	}
 	fmt.Printf("%d MiB file, %d rounds of %s per server and client count, order alternating; clients read %d KiB at a time, %s; TCP congestion control %s\n",
-		*sizeMiB, *rounds, *duration, *readBuf>>10, pace, congestionControl(ns))
+		*sizeMiB, *rounds, *duration, *readBuf>>10, pace, benchns.CongestionControl(ns))
 	var counts []int
 	for _, f := range strings.Split(*clients, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -168,43 +157,6 @@ func main() {
 	cancel()
 	_ = air.Wait()
 	_ = nginx.Wait()
-}
-
-// setCongestionControl makes cc the TCP congestion control of the
-// connections in ns ("" keeps the host's default, which a new namespace
-// inherits).
-//
-// Why reno by default: a congestion control that paces (bbr; this
-// machine's host default, not Debian's, which is cubic) sends with
-// hrtimer-driven softirqs on loopback, charged to whichever process happens
-// to be running when the timer fires (the load generator most of the
-// time). The per-server CPU figure then measures who was on the CPU more
-// than what each server costs, and it halves throughput for both. reno,
-// like cubic, does not pace; a namespace other than the host's may only
-// pick from net.ipv4.tcp_allowed_congestion_control (reno and bbr here), so
-// cubic itself is not available. -cc "" measures under the host's setting.
-func setCongestionControl(ns *netns.NS, cc string) error {
-	if cc == "" {
-		return nil
-	}
-	return ns.Do(func() error {
-		err := os.WriteFile("/proc/sys/net/ipv4/tcp_congestion_control", []byte(cc), 0)
-		if err != nil {
-			return fmt.Errorf("-cc %s: %w (a namespace may pick only from net.ipv4.tcp_allowed_congestion_control)", cc, err)
-		}
-		return nil
-	})
-}
-
-// congestionControl is the TCP congestion control in effect in ns.
-func congestionControl(ns *netns.NS) string {
-	var cc string
-	_ = ns.Do(func() error {
-		b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_congestion_control")
-		cc = strings.TrimSpace(string(b))
-		return err
-	})
-	return cc
 }
 
 type server struct {

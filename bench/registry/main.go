@@ -1,11 +1,13 @@
 // Command registry benchmarks airlock's registry serving blobs straight
 // from a bundle (sendfile) against Debian's docker-registry (distribution
 // 2.8) serving the same blob from its filesystem storage. Both run as
-// child processes on loopback; the same Go client downloads the blob
-// -n times with -c in parallel from each. It prints throughput, server
-// CPU-seconds per GiB (from /proc/PID/stat) and the ratios.
+// child processes on the loopback of a network namespace the benchmark
+// makes (TCP congestion control -cc, reno by default: see
+// benchns.DefaultCC); the same Go client downloads the blob -n times with
+// -c in parallel from each. It prints throughput, server CPU-seconds per
+// GiB (from /proc/PID/stat) and the ratios.
 //
-//	go run ./bench/registry [-size 512] [-n 16] [-c 2] [-rounds 5]
+//	go run ./bench/registry [-size 512] [-n 16] [-c 2] [-rounds 5] [-cc reno]
 package main
 
 import (
@@ -31,8 +33,10 @@ import (
 	"syscall"
 	"time"
 
+	"airlock.dev/airlock/bench/internal/benchns"
 	"airlock.dev/airlock/bench/internal/stats"
 	"airlock.dev/airlock/bundle"
+	"airlock.dev/airlock/e2e/netns"
 	"airlock.dev/airlock/services/registry"
 )
 
@@ -48,8 +52,9 @@ func main() {
 	c := flag.Int("c", 2, "parallel downloads")
 	readBuf := flag.Int("readbuf", 32<<10, "bytes each client read asks for (32 KiB: io.Copy's buffer, as crane and skopeo read; containerd's content.Copy reads 1 MiB)")
 	rounds := flag.Int("rounds", 5, "rounds, alternating which server goes first; the median of the per-round ratios is reported")
+	cc := flag.String("cc", benchns.DefaultCC, "TCP congestion control in the benchmark's namespace (\"\": the host's default)")
 	flag.Parse()
-	if err := run(*sizeMiB, *n, *c, *rounds, *readBuf); err != nil {
+	if err := run(*sizeMiB, *n, *c, *rounds, *readBuf, *cc); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -76,7 +81,7 @@ func serve(path string) {
 	}
 }
 
-func run(sizeMiB, n, c, rounds, readBuf int) error {
+func run(sizeMiB, n, c, rounds, readBuf int, cc string) error {
 	reg, err := exec.LookPath("docker-registry")
 	if err != nil {
 		return fmt.Errorf("docker-registry not found: apt-get install docker-registry")
@@ -86,7 +91,13 @@ func run(sizeMiB, n, c, rounds, readBuf int) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	fmt.Printf("blob of %d MiB, %d downloads per server, %d in parallel, reads of %d KiB\n", sizeMiB, n, c, readBuf>>10)
+	ns, err := benchns.New("albr", cc)
+	if err != nil {
+		return err
+	}
+	defer ns.Delete()
+	fmt.Printf("blob of %d MiB, %d downloads per server, %d in parallel, reads of %d KiB; TCP congestion control %s\n",
+		sizeMiB, n, c, readBuf>>10, benchns.CongestionControl(ns))
 	blobPath := filepath.Join(dir, "blob")
 	digest, err := writeBlob(blobPath, int64(sizeMiB)<<20)
 	if err != nil {
@@ -112,7 +123,7 @@ func run(sizeMiB, n, c, rounds, readBuf int) error {
 	if err := os.WriteFile(link, []byte(digest), 0o644); err != nil {
 		return err
 	}
-	port, err := freePort()
+	port, err := freePort(ns)
 	if err != nil {
 		return err
 	}
@@ -126,12 +137,12 @@ func run(sizeMiB, n, c, rounds, readBuf int) error {
 	if err != nil {
 		return err
 	}
-	ours, err := start(self, []string{"serve", bundlePath}, "")
+	ours, err := start(ns, self, []string{"serve", bundlePath}, "")
 	if err != nil {
 		return err
 	}
 	defer ours.stop()
-	theirs, err := start(reg, []string{"serve", cfgPath}, fmt.Sprintf("127.0.0.1:%d", port))
+	theirs, err := start(ns, reg, []string{"serve", cfgPath}, fmt.Sprintf("127.0.0.1:%d", port))
 	if err != nil {
 		return err
 	}
@@ -170,10 +181,10 @@ func run(sizeMiB, n, c, rounds, readBuf int) error {
 	return nil
 }
 
-// spread returns the median, smallest and largest of xs.
 type server struct {
 	cmd  *exec.Cmd
 	addr string
+	dial func(ctx context.Context, network, address string) (net.Conn, error) // into the server's namespace
 }
 
 func (s *server) stop() {
@@ -187,11 +198,11 @@ func (s *server) stop() {
 	}
 }
 
-// start runs a server; addr "" means it prints its address on stdout.
-func start(bin string, args []string, addr string) (*server, error) {
-	cmd := exec.Command(bin, args...)
+// start runs a server in ns; addr "" means it prints its address on
+// stdout.
+func start(ns *netns.NS, bin string, args []string, addr string) (*server, error) {
+	cmd := ns.Command(context.Background(), bin, args...)
 	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -199,7 +210,7 @@ func start(bin string, args []string, addr string) (*server, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
-	s := &server{cmd: cmd, addr: addr}
+	s := &server{cmd: cmd, addr: addr, dial: benchns.Dialer(ns)}
 	if addr == "" {
 		line, err := bufio.NewReader(out).ReadString('\n')
 		if err != nil {
@@ -210,8 +221,9 @@ func start(bin string, args []string, addr string) (*server, error) {
 	} else {
 		go io.Copy(io.Discard, out)
 	}
+	probe := &http.Client{Transport: &http.Transport{DialContext: s.dial}}
 	for i := 0; i < 100; i++ {
-		if resp, err := http.Get("http://" + s.addr + "/v2/"); err == nil {
+		if resp, err := probe.Get("http://" + s.addr + "/v2/"); err == nil {
 			resp.Body.Close()
 			return s, nil
 		}
@@ -233,7 +245,7 @@ func median(rs []result) result {
 
 func measure(label string, s *server, name, digest string, size int64, n, c, readBuf int) (result, error) {
 	url := fmt.Sprintf("http://%s/v2/%s/blobs/%s", s.addr, name, digest)
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: c, DisableCompression: true}}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: c, DisableCompression: true, DialContext: s.dial}}
 	get := func() error {
 		resp, err := client.Get(url)
 		if err != nil {
@@ -367,14 +379,18 @@ func sha256Hex(b []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
-func freePort() (int, error) {
-	// docker-registry takes its address from its config file, so the port
-	// is chosen here; the race with other processes is acceptable for a
-	// benchmark (tests never do this).
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+// freePort picks a free port on ns's loopback: docker-registry takes its
+// address from its config file (the namespace is the benchmark's own, so
+// nothing else races for it).
+func freePort(ns *netns.NS) (int, error) {
+	var port int
+	err := ns.Do(func() error {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		port = l.Addr().(*net.TCPAddr).Port
+		return l.Close()
+	})
+	return port, err
 }
