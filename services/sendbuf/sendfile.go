@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -28,6 +29,12 @@ func (c *conn) Close() error {
 	c.closed.Do(func() { c.open.Add(-1) })
 	return c.TCPConn.Close()
 }
+
+// stallTimeout ends a transfer whose client has taken nothing for this
+// long (nginx's send_timeout is the same minute). Without it a client
+// that stops reading but keeps its connection open (its window at zero)
+// would hold a goroutine and an open file for ever.
+var stallTimeout = time.Minute
 
 // window is how far ahead ReadFrom checks that the file's pages are in
 // the page cache before sending them with a raw system call.
@@ -52,6 +59,10 @@ const window = 16 << 20
 // so each window of the file is checked first (cachestat(2), or mincore(2)
 // on kernels older than 6.5) and sent with an ordinary system call unless
 // every page is resident.
+//
+// A client that takes nothing for stallTimeout ends the transfer with an
+// error that wraps os.ErrDeadlineExceeded (ReadFrom manages the
+// connection's write deadline, and clears it when it returns).
 func (c *conn) ReadFrom(r io.Reader) (int64, error) {
 	remain := int64(-1) // until EOF
 	src := r
@@ -64,17 +75,21 @@ func (c *conn) ReadFrom(r io.Reader) (int64, error) {
 	}
 	f, ok := src.(syscall.Conn) // *os.File, or a section of one (the registry's)
 	if !ok {
-		return c.TCPConn.ReadFrom(r)
+		return c.copy(r)
 	}
 	fc, err := f.SyscallConn()
 	if err != nil {
-		return c.TCPConn.ReadFrom(r)
+		return c.copy(r)
 	}
 	sc, err := c.TCPConn.SyscallConn()
 	if err != nil {
-		return c.TCPConn.ReadFrom(r)
+		return c.copy(r)
 	}
-	var written int64
+	// The write deadline moves with the transfer: stallTimeout after the
+	// last wait that followed progress.
+	c.SetWriteDeadline(time.Now().Add(stallTimeout))
+	defer c.SetWriteDeadline(time.Time{})
+	var written, pushed int64 // bytes sent, and when the deadline was last pushed
 	var serr error
 	unsupported := false
 	cerr := fc.Control(func(sfd uintptr) {
@@ -105,6 +120,10 @@ func (c *conn) ReadFrom(r io.Reader) (int64, error) {
 				n, e := sendfile(raw, dfd, sfd, &off, chunk)
 				switch {
 				case e == syscall.EAGAIN:
+					if written > pushed {
+						c.SetWriteDeadline(time.Now().Add(stallTimeout))
+						pushed = written
+					}
 					return false // wait until the socket is writable
 				case e == syscall.EINTR:
 					continue
@@ -132,7 +151,7 @@ func (c *conn) ReadFrom(r io.Reader) (int64, error) {
 	if unsupported {
 		// Not a file sendfile can read: nothing was sent and the offset
 		// has not moved.
-		return c.TCPConn.ReadFrom(r)
+		return c.copy(r)
 	}
 	if limited {
 		lr.N -= written
@@ -141,6 +160,21 @@ func (c *conn) ReadFrom(r io.Reader) (int64, error) {
 		serr = cerr
 	}
 	return written, serr
+}
+
+// copy sends r with plain writes, each allowed stallTimeout.
+func (c *conn) copy(r io.Reader) (int64, error) {
+	defer c.SetWriteDeadline(time.Time{})
+	return io.Copy(stallWriter{c.TCPConn}, r)
+}
+
+// stallWriter writes to c with a deadline of stallTimeout per write. It
+// hides c's ReadFrom, which would write without one.
+type stallWriter struct{ c *net.TCPConn }
+
+func (w stallWriter) Write(p []byte) (int, error) {
+	w.c.SetWriteDeadline(time.Now().Add(stallTimeout))
+	return w.c.Write(p)
 }
 
 // sendfile sends up to n bytes of sfd at *off to dfd and advances *off.

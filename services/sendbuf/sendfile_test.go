@@ -3,6 +3,7 @@ package sendbuf
 import (
 	"bytes"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -193,4 +194,96 @@ func fileModTime(t *testing.T, f *os.File) (mt time.Time) {
 		t.Fatal(err)
 	}
 	return st.ModTime()
+}
+
+// A client that stops reading is cut off after stallTimeout; one that
+// reads slowly but keeps taking data is not, however long it takes.
+func TestReadFromEndsStalledTransfers(t *testing.T) {
+	old := stallTimeout
+	stallTimeout = 300 * time.Millisecond
+	t.Cleanup(func() { stallTimeout = old })
+
+	data := make([]byte, 4<<20)
+	rand.Read(data)
+	p := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	plain, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { plain.Close() })
+	ln := Listener(plain, 64<<10) // small buffers: 4 MiB cannot sit in them
+	type result struct {
+		n   int64
+		err error
+	}
+	results := make(chan result, 2)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				f, err := os.Open(p)
+				if err != nil {
+					results <- result{err: err}
+					return
+				}
+				defer f.Close()
+				n, err := c.(io.ReaderFrom).ReadFrom(f)
+				results <- result{n, err}
+			}()
+		}
+	}()
+	dial := func() *net.TCPConn {
+		c, err := net.Dial("tcp", plain.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		tc := c.(*net.TCPConn)
+		tc.SetReadBuffer(64 << 10) // keep the client's window small too
+		return tc
+	}
+
+	// Stalled: connects and never reads.
+	dial()
+	start := time.Now()
+	select {
+	case r := <-results:
+		if !errors.Is(r.err, os.ErrDeadlineExceeded) {
+			t.Fatalf("stalled client: ReadFrom = %d bytes, %v; want a deadline error", r.n, r.err)
+		}
+		if r.n >= int64(len(data)) {
+			t.Fatalf("stalled client: all %d bytes sent; the buffers are too large for this test", r.n)
+		}
+		t.Logf("stalled client cut off after %v with %d bytes in buffers", time.Since(start).Round(time.Millisecond), r.n)
+	case <-time.After(10 * time.Second):
+		t.Fatal("stalled client: the transfer was still running after 10s")
+	}
+
+	// Slow: 64 KiB every 50 ms, so that the whole file takes several
+	// stall timeouts; it must arrive whole.
+	c := dial()
+	got := make([]byte, 0, len(data))
+	buf := make([]byte, 64<<10)
+	for len(got) < len(data) {
+		time.Sleep(50 * time.Millisecond)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, err := io.ReadAtLeast(c, buf, 1)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			t.Fatalf("slow client: read after %d bytes: %v", len(got), err)
+		}
+	}
+	if r := <-results; r.err != nil || r.n != int64(len(data)) {
+		t.Fatalf("slow client: ReadFrom = %d bytes, %v; want %d, nil", r.n, r.err, len(data))
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("slow client: the bytes differ")
+	}
 }
