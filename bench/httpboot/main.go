@@ -1,8 +1,9 @@
 // Command httpboot benchmarks airlock's HTTP boot file serving against
 // nginx (sendfile on) serving the same files: throughput and server
 // CPU-seconds per GiB with 50 and 200 parallel clients. Both servers run in
-// a private network namespace on its loopback; the load generator is this
-// program.
+// a private network namespace on its loopback, with the TCP congestion
+// control -cc (reno by default: see benchns.DefaultCC); the load generator
+// is this program.
 //
 // Each client count is measured in -rounds rounds; a round measures both
 // servers back to back, alternating which goes first, and the figures
@@ -52,6 +53,14 @@ func main() {
 	cc := flag.String("cc", benchns.DefaultCC, "TCP congestion control in the benchmark's namespace (\"\": the host's default; see benchns.DefaultCC)")
 	readBuf := flag.Int("readbuf", 8<<10, "bytes each client read asks for (8 KiB: what io.Copy(io.Discard) asked for before this flag)")
 	flag.Parse()
+	var counts []int
+	for _, f := range strings.Split(*clients, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			log.Fatalf("-clients: %q is not a positive number", f)
+		}
+		counts = append(counts, n)
+	}
 	if *serve != "" && *cpuprofile != "" {
 		f, _ := os.Create(*cpuprofile)
 		pprof.StartCPUProfile(f)
@@ -115,14 +124,6 @@ func main() {
 	}
 	fmt.Printf("%d MiB file, %d rounds of %s per server and client count, order alternating; clients read %d KiB at a time, %s; TCP congestion control %s\n",
 		*sizeMiB, *rounds, *duration, *readBuf>>10, pace, benchns.CongestionControl(ns))
-	var counts []int
-	for _, f := range strings.Split(*clients, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n <= 0 {
-			log.Fatalf("-clients: %q is not a positive number", f)
-		}
-		counts = append(counts, n)
-	}
 	for _, par := range counts {
 		var tput, cpu, mach []float64
 		var a, n []sample
