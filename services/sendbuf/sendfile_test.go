@@ -21,12 +21,26 @@ import (
 // not nil, says so on it.
 func serve(t *testing.T, open func() io.Reader, served chan<- struct{}) string {
 	t.Helper()
+	return serveSized(t, Boot, open, func(_ int64, err error) {
+		if err != nil {
+			t.Errorf("ReadFrom: %v", err)
+		}
+		if served != nil {
+			served <- struct{}{}
+		}
+	})
+}
+
+// serveSized is serve with send buffers of size and done told what each
+// ReadFrom returned, after the connection is closed.
+func serveSized(t *testing.T, size int, open func() io.Reader, done func(int64, error)) string {
+	t.Helper()
 	plain, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { plain.Close() })
-	ln := Listener(plain, Boot)
+	ln := Listener(plain, size)
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -34,15 +48,9 @@ func serve(t *testing.T, open func() io.Reader, served chan<- struct{}) string {
 				return
 			}
 			go func() {
-				defer func() {
-					c.Close()
-					if served != nil {
-						served <- struct{}{}
-					}
-				}()
-				if _, err := c.(io.ReaderFrom).ReadFrom(open()); err != nil {
-					t.Errorf("ReadFrom: %v", err)
-				}
+				n, err := c.(io.ReaderFrom).ReadFrom(open())
+				c.Close()
+				done(n, err)
 			}()
 		}
 	}()
@@ -65,12 +73,7 @@ func fetch(t *testing.T, addr string) []byte {
 
 // Files, sections of files, pipes and plain readers all arrive intact.
 func TestReadFromSendsEveryKindOfReader(t *testing.T) {
-	data := make([]byte, 5<<20+321)
-	rand.Read(data)
-	p := filepath.Join(t.TempDir(), "f")
-	if err := os.WriteFile(p, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	data, p := randomFile(t, 5<<20+321)
 	file := func(off int64) *os.File {
 		f, err := os.Open(p)
 		if err != nil {
@@ -114,6 +117,19 @@ func TestReadFromSendsEveryKindOfReader(t *testing.T) {
 
 func len64(b []byte) int64 { return int64(len(b)) }
 
+// randomFile writes size random bytes to a file in t's temporary directory
+// and returns them with its path.
+func randomFile(t *testing.T, size int) ([]byte, string) {
+	t.Helper()
+	data := make([]byte, size)
+	rand.Read(data)
+	p := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return data, p
+}
+
 // section is a reader over a file that is not an *os.File but gives its
 // descriptor (syscall.Conn), like the registry's fileSection.
 type section struct{ f *os.File }
@@ -147,12 +163,7 @@ func TestReadFromAdvancesOffsetAndLimit(t *testing.T) {
 
 // Through net/http, as the services use it: ServeContent with a Range.
 func TestServeContentOverListener(t *testing.T) {
-	data := make([]byte, 2<<20)
-	rand.Read(data)
-	p := filepath.Join(t.TempDir(), "f")
-	if err := os.WriteFile(p, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	data, p := randomFile(t, 2<<20)
 	plain, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -203,44 +214,25 @@ func TestReadFromEndsStalledTransfers(t *testing.T) {
 	stallTimeout = 300 * time.Millisecond
 	t.Cleanup(func() { stallTimeout = old })
 
-	data := make([]byte, 4<<20)
-	rand.Read(data)
-	p := filepath.Join(t.TempDir(), "f")
-	if err := os.WriteFile(p, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	plain, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { plain.Close() })
-	ln := Listener(plain, 64<<10) // small buffers: 4 MiB cannot sit in them
+	data, p := randomFile(t, 4<<20)
 	type result struct {
 		n   int64
 		err error
 	}
 	results := make(chan result, 2)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				f, err := os.Open(p)
-				if err != nil {
-					results <- result{err: err}
-					return
-				}
-				defer f.Close()
-				n, err := c.(io.ReaderFrom).ReadFrom(f)
-				results <- result{n, err}
-			}()
+	open := func() io.Reader {
+		f, err := os.Open(p)
+		if err != nil {
+			t.Error(err)
+			return strings.NewReader("")
 		}
-	}()
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	// Small buffers: 4 MiB cannot sit in them.
+	addr := serveSized(t, 64<<10, open, func(n int64, err error) { results <- result{n, err} })
 	dial := func() *net.TCPConn {
-		c, err := net.Dial("tcp", plain.Addr().String())
+		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
