@@ -70,37 +70,71 @@ func main() {
 		serveAirlock(*serve, *addr)
 		return
 	}
+	err := run(options{
+		duration: *duration, size: *sizeMiB << 20, rounds: *rounds, rate: *rate,
+		counts: counts, cc: *cc, readBuf: *readBuf,
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+}
+
+// options are the benchmark's settings from its flags.
+type options struct {
+	duration time.Duration
+	size     int
+	rounds   int
+	rate     float64
+	counts   []int
+	cc       string
+	readBuf  int
+}
+
+// run makes the namespace, starts both servers in it, measures and
+// removes everything it made, also when it fails.
+func run(o options) error {
 	if _, err := exec.LookPath("nginx"); err != nil {
-		log.Fatal("nginx not found: apt-get install nginx-light")
+		return errors.New("nginx not found: apt-get install nginx-light")
 	}
 	dir, err := os.MkdirTemp("", "airlock-bench-http")
 	if err != nil {
-		log.Fatal(err)
+		return err
 	}
 	defer os.RemoveAll(dir)
 	files := filepath.Join(dir, "files")
 	os.MkdirAll(files, 0o755)
-	buf := make([]byte, *sizeMiB<<20)
+	buf := make([]byte, o.size)
 	rand.Read(buf)
 	if err := os.WriteFile(filepath.Join(files, "vmlinuz"), buf, 0o644); err != nil {
-		log.Fatal(err)
+		return err
 	}
 
-	ns, err := benchns.New("albh", *cc)
+	ns, err := benchns.New("albh", o.cc)
 	if err != nil {
-		log.Fatal(err)
+		return err
 	}
 	defer ns.Delete()
 
 	self, _ := os.Executable()
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	var started []*exec.Cmd
+	defer func() {
+		cancel() // kills what was started
+		for _, c := range started {
+			_ = c.Wait()
+		}
+	}()
 	air := ns.Command(ctx, self, "-serve", files, "-addr", "127.0.0.1:8080", "-cpuprofile", os.Getenv("BENCH_HTTP_PROFILE"))
 	air.Stderr = os.Stderr
 	if err := air.Start(); err != nil {
-		log.Fatal(err)
+		return err
 	}
-	nginx := startNginx(ctx, ns, dir, files)
+	started = append(started, air)
+	nginx, err := startNginx(ctx, ns, dir, files)
+	if err != nil {
+		return err
+	}
+	started = append(started, nginx)
 	time.Sleep(time.Second)
 
 	client := &http.Client{Transport: &http.Transport{
@@ -114,29 +148,29 @@ func main() {
 	}
 	// Warm up both (page cache, connections, nginx's workers).
 	for _, srv := range servers {
-		if _, err := load(client, srv.url, 8, time.Second, int64(len(buf)), *readBuf, 0); err != nil {
-			log.Fatalf("%s: warm-up: %v", srv.name, err)
+		if _, err := load(client, srv.url, 8, time.Second, int64(len(buf)), o.readBuf, 0); err != nil {
+			return fmt.Errorf("%s: warm-up: %w", srv.name, err)
 		}
 	}
 	pace := "as fast as they can"
-	if *rate > 0 {
-		pace = fmt.Sprintf("paced to %.2f GiB/s in all", *rate)
+	if o.rate > 0 {
+		pace = fmt.Sprintf("paced to %.2f GiB/s in all", o.rate)
 	}
 	fmt.Printf("%d MiB file, %d rounds of %s per server and client count, order alternating; clients read %d KiB at a time, %s; TCP congestion control %s\n",
-		*sizeMiB, *rounds, *duration, *readBuf>>10, pace, benchns.CongestionControl(ns))
-	for _, par := range counts {
+		o.size>>20, o.rounds, o.duration, o.readBuf>>10, pace, benchns.CongestionControl(ns))
+	for _, par := range o.counts {
 		var tput, cpu, mach []float64
 		var a, n []sample
-		for r := range *rounds {
+		for r := range o.rounds {
 			order := []int{0, 1}
 			if r%2 == 1 {
 				order = []int{1, 0}
 			}
 			var got [2]sample
 			for _, i := range order {
-				s, err := measure(client, servers[i], par, *duration, int64(len(buf)), *readBuf, *rate)
+				s, err := measure(client, servers[i], par, o.duration, int64(len(buf)), o.readBuf, o.rate)
 				if err != nil {
-					log.Fatalf("%s: %v", servers[i].name, err)
+					return fmt.Errorf("%s: %w", servers[i].name, err)
 				}
 				got[i] = s
 				fmt.Printf("round %d %-8s %3d clients: %s\n", r+1, servers[i].name, par, s)
@@ -147,7 +181,7 @@ func main() {
 			mach = append(mach, got[0].machinePerGiB()/got[1].machinePerGiB())
 		}
 		fmt.Printf("%d clients, medians of %d rounds: airlock %.2f GiB/s %.4f CPU-s/GiB; nginx %.2f GiB/s %.4f CPU-s/GiB\n",
-			par, *rounds, stats.MedianOf(a, sample.gibps), stats.MedianOf(a, sample.cpuPerGiB), stats.MedianOf(n, sample.gibps), stats.MedianOf(n, sample.cpuPerGiB))
+			par, o.rounds, stats.MedianOf(a, sample.gibps), stats.MedianOf(a, sample.cpuPerGiB), stats.MedianOf(n, sample.gibps), stats.MedianOf(n, sample.cpuPerGiB))
 		tm, tlo, thi := stats.Spread(tput)
 		cm, clo, chi := stats.Spread(cpu)
 		mm, mlo, mhi := stats.Spread(mach)
@@ -155,9 +189,7 @@ func main() {
 			par, tm, tlo, thi, cm, clo, chi)
 		fmt.Printf("%d clients: whole machine's CPU-s per GiB airlock/nginx median %.2fx (%.2f-%.2f)\n", par, mm, mlo, mhi)
 	}
-	cancel()
-	_ = air.Wait()
-	_ = nginx.Wait()
+	return nil
 }
 
 type server struct {
@@ -339,7 +371,7 @@ func serveAirlock(dir, addr string) {
 	}
 }
 
-func startNginx(ctx context.Context, ns *netns.NS, dir, files string) *exec.Cmd {
+func startNginx(ctx context.Context, ns *netns.NS, dir, files string) (*exec.Cmd, error) {
 	conf := fmt.Sprintf(`user root;
 worker_processes 2;
 daemon off;
@@ -359,14 +391,14 @@ http {
 `, dir, files)
 	path := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
-		log.Fatal(err)
+		return nil, err
 	}
 	cmd := ns.Command(ctx, "nginx", "-c", path, "-p", dir)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
-		log.Fatal(err)
+		return nil, fmt.Errorf("start nginx: %w", err)
 	}
-	return cmd
+	return cmd, nil
 }
 
 // nsPids lists the processes named comm inside ns.
