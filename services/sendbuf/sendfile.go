@@ -60,9 +60,10 @@ const window = 16 << 20
 // on kernels older than 6.5) and sent with an ordinary system call unless
 // every page is resident.
 //
-// A client that takes nothing for stallTimeout ends the transfer with an
-// error that wraps os.ErrDeadlineExceeded (ReadFrom manages the
-// connection's write deadline, and clears it when it returns).
+// A client that takes nothing for stallTimeout (3/4 of it at the least)
+// ends the transfer with an error that wraps os.ErrDeadlineExceeded
+// (ReadFrom manages the connection's write deadline, and clears it when it
+// returns).
 func (c *conn) ReadFrom(r io.Reader) (int64, error) {
 	remain := int64(-1) // until EOF
 	src := r
@@ -85,11 +86,15 @@ func (c *conn) ReadFrom(r io.Reader) (int64, error) {
 	if err != nil {
 		return c.copy(r)
 	}
-	// The write deadline moves with the transfer: stallTimeout after the
-	// last wait that followed progress.
-	c.SetWriteDeadline(time.Now().Add(stallTimeout))
+	// The write deadline moves with the transfer: before a wait that
+	// follows progress it is pushed to stallTimeout ahead, at most every
+	// quarter of stallTimeout (one timer update per quarter, not per
+	// wait), so a client is cut off after taking nothing for between 3/4
+	// and all of stallTimeout.
+	pushedAt := time.Now()
+	c.SetWriteDeadline(pushedAt.Add(stallTimeout))
 	defer c.SetWriteDeadline(time.Time{})
-	var written, pushed int64 // bytes sent, and when the deadline was last pushed
+	var written, pushed int64 // bytes sent, and sent when the deadline was last pushed
 	var serr error
 	unsupported := false
 	cerr := fc.Control(func(sfd uintptr) {
@@ -121,8 +126,10 @@ func (c *conn) ReadFrom(r io.Reader) (int64, error) {
 				switch {
 				case e == syscall.EAGAIN:
 					if written > pushed {
-						c.SetWriteDeadline(time.Now().Add(stallTimeout))
-						pushed = written
+						if now := time.Now(); now.Sub(pushedAt) >= stallTimeout/4 {
+							c.SetWriteDeadline(now.Add(stallTimeout))
+							pushedAt, pushed = now, written
+						}
 					}
 					return false // wait until the socket is writable
 				case e == syscall.EINTR:
