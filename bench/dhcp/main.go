@@ -24,6 +24,7 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"airlock.dev/airlock/e2e/netns"
@@ -66,52 +67,87 @@ func main() {
 		}
 		rates = append(rates, r)
 	}
-	dir, err := os.MkdirTemp("", "airlock-bench-dhcp")
+	err := run(options{
+		rates: rates, period: *period, clients: *clients, keaThreads: *keaThreads, keaQueue: *keaQueue,
+		only: *only, workers: *workers, memStore: *memStore, stateStore: *stateStore,
+	})
 	if err != nil {
 		log.Fatal(err)
+	}
+}
+
+// options are the benchmark's settings from its flags.
+type options struct {
+	rates                         []int
+	period, clients               int
+	keaThreads, keaQueue, workers int
+	only                          string
+	memStore, stateStore          bool
+}
+
+// run makes the namespaces, measures both servers and removes everything
+// it made, also when it fails.
+func run(o options) error {
+	dir, err := os.MkdirTemp("", "airlock-bench-dhcp")
+	if err != nil {
+		return err
 	}
 	defer os.RemoveAll(dir)
 
 	// Two segments, one per server, both up for the whole run; each rate
 	// is measured on airlock and then on Kea, so that load from other
 	// processes on the machine hits both alike.
-	aSrv, aCli, cleanupA := topology()
+	aSrv, aCli, cleanupA, err := topology()
+	if err != nil {
+		return err
+	}
 	defer cleanupA()
-	kSrv, kCli, cleanupK := topology()
+	kSrv, kCli, cleanupK, err := topology()
+	if err != nil {
+		return err
+	}
 	defer cleanupK()
 
 	store := dhcp.LeaseStore(dhcp.NewFileStore(filepath.Join(dir, "airlock-leases.jsonl")))
 	storeText := "leases in a file (written before each ACK, fsync within 100 ms)"
 	switch {
-	case *memStore:
+	case o.memStore:
 		store, storeText = dhcp.NewMemStore(), "leases in memory only"
-	case *stateStore:
+	case o.stateStore:
 		st, err := state.Open(filepath.Join(dir, "state"))
 		if err != nil {
-			log.Fatal(err)
+			return err
 		}
 		defer st.Close()
 		store, storeText = engine.Leases{Store: st}, "leases in the bbolt state store (one fsynced transaction per batch, before its ACKs), as airlock serve does"
 	}
-	ab, stop := startAirlock(aSrv, store, *workers)
-	stopKea := startKea(kSrv, dir, *keaThreads, *keaQueue)
+	ab, stop, err := startAirlock(aSrv, store, o.workers)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	stopKea, err := startKea(kSrv, dir, o.keaThreads, o.keaQueue)
+	if err != nil {
+		return err
+	}
+	defer stopKea()
 	fmt.Printf("airlock: full mode, %s, probing off as in Kea 2.2\n", storeText)
-	fmt.Printf("Kea 2.2: multi-threaded (%d threads, queue %d), memfile persisted\n", *keaThreads, *keaQueue)
+	fmt.Printf("Kea 2.2: multi-threaded (%d threads, queue %d), memfile persisted\n", o.keaThreads, o.keaQueue)
 	var airlockBest, keaBest int
-	aOK, kOK := *only != "kea", *only != "airlock"
-	for _, r := range rates {
+	aOK, kOK := o.only != "kea", o.only != "airlock"
+	for _, r := range o.rates {
 		if !aOK && !kOK {
 			break
 		}
 		if aOK {
-			a, ok := point(aCli, "airlock", r, *period, *clients)
+			a, ok := point(aCli, "airlock", r, o.period, o.clients)
 			aOK = ok
 			if ok {
 				airlockBest = max(airlockBest, a)
 			}
 		}
 		if kOK {
-			k, ok := point(kCli, "Kea", r, *period, *clients)
+			k, ok := point(kCli, "Kea", r, o.period, o.clients)
 			kOK = ok
 			if ok {
 				keaBest = max(keaBest, k)
@@ -128,12 +164,15 @@ func main() {
 	}
 	stop()
 	stopKea()
-	if *only != "" {
-		return
+	if o.only != "" {
+		return nil
 	}
 
 	fmt.Println("== avalanche: 2,000 new clients at once against airlock")
-	ab2, stop2 := startAirlock(aSrv, dhcp.NewFileStore(filepath.Join(dir, "airlock-avalanche.jsonl")), *workers)
+	ab2, stop2, err := startAirlock(aSrv, dhcp.NewFileStore(filepath.Join(dir, "airlock-avalanche.jsonl")), o.workers)
+	if err != nil {
+		return err
+	}
 	out := perfdhcp(aCli, "--scenario", "avalanche", "-R", "2000", "-l", "eth0", "10.90.0.1")
 	av := ab2.Handler().Stats()
 	stop2()
@@ -146,33 +185,37 @@ func main() {
 		fmt.Printf("ratio airlock/Kea: %.2fx\n", float64(airlockBest)/float64(keaBest))
 	}
 	fmt.Printf("avalanche: %d acks, %d naks (want 2000 acks, 0 naks)\n", av.Acks, av.Naks)
+	return nil
 }
 
-func topology() (srv, cli *netns.NS, cleanup func()) {
+func topology() (srv, cli *netns.NS, cleanup func(), err error) {
 	s, err := netns.Add(netns.UniqueName("albs"))
 	if err != nil {
-		log.Fatal(err)
+		return nil, nil, nil, err
 	}
 	c, err := netns.Add(netns.UniqueName("albc"))
 	if err != nil {
 		s.Delete()
-		log.Fatal(err)
+		return nil, nil, nil, err
 	}
 	cleanup = func() { c.Delete(); s.Delete() }
-	must := func(err error) {
-		if err != nil {
-			cleanup()
-			log.Fatal(err)
-		}
+	err = netns.AddVeth(s, "eth0", c, "eth0")
+	if err == nil {
+		err = s.AddAddr("eth0", "10.90.0.1/16")
 	}
-	must(netns.AddVeth(s, "eth0", c, "eth0"))
-	must(s.AddAddr("eth0", "10.90.0.1/16"))
-	must(c.AddAddr("eth0", "10.90.0.2/16"))
-
-	return s, c, cleanup
+	if err == nil {
+		err = c.AddAddr("eth0", "10.90.0.2/16")
+	}
+	if err != nil {
+		cleanup()
+		return nil, nil, nil, err
+	}
+	return s, c, cleanup, nil
 }
 
-func startAirlock(ns *netns.NS, store dhcp.LeaseStore, workers int) (*dhcp.Server, func()) {
+// startAirlock runs airlock's DHCP server in ns; stop (safe to call more
+// than once) ends it.
+func startAirlock(ns *netns.NS, store dhcp.LeaseStore, workers int) (srv *dhcp.Server, stop func(), err error) {
 	cfg := dhcp.Defaults()
 	cfg.Interface = "eth0"
 	cfg.Mode = dhcp.ModeFull
@@ -192,11 +235,12 @@ func startAirlock(ns *netns.NS, store dhcp.LeaseStore, workers int) (*dhcp.Serve
 		socks, err = dhcp.Listen("eth0", false)
 		return err
 	}); err != nil {
-		log.Fatal(err)
+		return nil, nil, err
 	}
-	srv, err := dhcp.New(cfg, socks, store, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	srv, err = dhcp.New(cfg, socks, store, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
-		log.Fatal(err)
+		socks.Close()
+		return nil, nil, err
 	}
 	if workers > 0 {
 		srv.Workers = workers
@@ -207,12 +251,15 @@ func startAirlock(ns *netns.NS, store dhcp.LeaseStore, workers int) (*dhcp.Serve
 	select {
 	case <-srv.Ready():
 	case err := <-done:
-		log.Fatal(err)
+		cancel()
+		return nil, nil, err
 	}
-	return srv, func() { cancel(); <-done }
+	var once sync.Once
+	return srv, func() { once.Do(func() { cancel(); <-done }) }, nil
 }
 
-func startKea(ns *netns.NS, dir string, threads, queue int) func() {
+// startKea runs kea-dhcp4 in ns; stop (safe to call more than once) ends it.
+func startKea(ns *netns.NS, dir string, threads, queue int) (stop func(), err error) {
 	conf := fmt.Sprintf(`{"Dhcp4": {
   "interfaces-config": {"interfaces": ["eth0"], "dhcp-socket-type": "udp"},
   "lease-database": {"type": "memfile", "persist": true, "name": %q, "lfc-interval": 0},
@@ -224,17 +271,19 @@ func startKea(ns *netns.NS, dir string, threads, queue int) func() {
 }}`, filepath.Join(dir, "kea-leases.csv"), threads, queue)
 	path := filepath.Join(dir, "kea.json")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
-		log.Fatal(err)
+		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := ns.Command(ctx, "kea-dhcp4", "-c", path)
 	cmd.Env = append(os.Environ(), "KEA_PIDFILE_DIR="+dir, "KEA_LOCKFILE_DIR="+dir)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
-		log.Fatal(err)
+		cancel()
+		return nil, err
 	}
 	time.Sleep(2 * time.Second)
-	return func() { cancel(); _ = cmd.Wait() }
+	var once sync.Once
+	return func() { once.Do(func() { cancel(); _ = cmd.Wait() }) }, nil
 }
 
 func perfdhcp(ns *netns.NS, args ...string) string {

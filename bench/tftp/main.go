@@ -35,36 +35,48 @@ func main() {
 	if _, err := exec.LookPath("in.tftpd"); err != nil {
 		log.Fatal("in.tftpd not found: apt-get install tftpd-hpa")
 	}
-	dir, err := os.MkdirTemp("", "airlock-bench-tftp")
-	if err != nil {
+	if err := run(*duration, *sizeMiB<<20); err != nil {
 		log.Fatal(err)
 	}
+}
+
+// run makes the namespaces, measures both servers and removes everything
+// it made, also when it fails.
+func run(duration time.Duration, size int) error {
+	dir, err := os.MkdirTemp("", "airlock-bench-tftp")
+	if err != nil {
+		return err
+	}
 	defer os.RemoveAll(dir)
-	buf := make([]byte, *sizeMiB<<20)
+	buf := make([]byte, size)
 	rand.Read(buf)
 	if err := os.WriteFile(filepath.Join(dir, "ipxe.efi"), buf, 0o644); err != nil {
-		log.Fatal(err)
+		return err
 	}
 	// tftpd-hpa drops to the tftp user: let it read the directory.
 	if err := os.Chmod(dir, 0o755); err != nil {
-		log.Fatal(err)
+		return err
 	}
 
 	s, err := netns.Add(netns.UniqueName("albts"))
 	if err != nil {
-		log.Fatal(err)
+		return err
 	}
 	defer s.Delete()
 	c, err := netns.Add(netns.UniqueName("albtc"))
 	if err != nil {
-		log.Fatal(err)
+		return err
 	}
 	defer c.Delete()
 	if err := netns.AddVeth(s, "eth0", c, "eth0"); err != nil {
-		log.Fatal(err)
+		return err
 	}
-	s.AddAddr("eth0", "10.91.0.1/24")
-	c.AddAddr("eth0", "10.91.0.2/24")
+	if err := s.AddAddr("eth0", "10.91.0.1/24"); err != nil {
+		return err
+	}
+	if err := c.AddAddr("eth0", "10.91.0.2/24"); err != nil {
+		return err
+	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -75,27 +87,31 @@ func main() {
 		conn, err = net.ListenPacket("udp4", "10.91.0.1:69")
 		return err
 	}); err != nil {
-		log.Fatal(err)
+		return err
 	}
 	srv, err := tftp.New(os.DirFS(dir), conn, tftp.Defaults(), slog.New(slog.DiscardHandler))
 	if err != nil {
-		log.Fatal(err)
+		conn.Close()
+		return err
 	}
-	go srv.Run(ctx)
+	served := make(chan struct{})
+	go func() { srv.Run(ctx); close(served) }()
+	defer func() { cancel(); <-served }()
 	// tftpd-hpa on 10.91.0.1:6969.
 	hpa := s.Command(ctx, "in.tftpd", "-L", "-a", "10.91.0.1:6969", "-s", dir)
 	hpa.Stderr = os.Stderr
 	if err := hpa.Start(); err != nil {
-		log.Fatal(err)
+		return err
 	}
+	defer func() { cancel(); _ = hpa.Wait() }()
 	time.Sleep(500 * time.Millisecond)
 
 	res := map[string]float64{}
 	for _, par := range []int{1, 8} {
 		for _, t := range []struct{ name, addr string }{{"airlock", "10.91.0.1:69"}, {"tftpd-hpa", "10.91.0.1:6969"}} {
-			mibs, err := measure(c, t.addr, par, *duration, int64(len(buf)))
+			mibs, err := measure(c, t.addr, par, duration, int64(len(buf)))
 			if err != nil {
-				log.Fatalf("%s: %v", t.name, err)
+				return fmt.Errorf("%s: %v", t.name, err)
 			}
 			res[fmt.Sprint(t.name, par)] = mibs
 			fmt.Printf("%-9s %d transfer(s) at once, blksize 1432: %6.1f MiB/s\n", t.name, par, mibs)
@@ -104,8 +120,7 @@ func main() {
 	for _, par := range []int{1, 8} {
 		fmt.Printf("%d at once: ratio airlock/tftpd-hpa %.2fx\n", par, res[fmt.Sprint("airlock", par)]/res[fmt.Sprint("tftpd-hpa", par)])
 	}
-	cancel()
-	_ = hpa.Wait()
+	return nil
 }
 
 func measure(ns *netns.NS, addr string, par int, d time.Duration, size int64) (float64, error) {
