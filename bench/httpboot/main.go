@@ -27,12 +27,14 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"airlock.dev/airlock/bench/internal/benchns"
@@ -70,7 +72,11 @@ func main() {
 		serveAirlock(*serve, *addr)
 		return
 	}
-	err := run(options{
+	// Ctrl-C or a kill ends the measuring, and run still stops the
+	// servers and removes the namespace and its files.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := run(ctx, options{
 		duration: *duration, size: *sizeMiB << 20, rounds: *rounds, rate: *rate,
 		counts: counts, cc: *cc, readBuf: *readBuf,
 	})
@@ -92,7 +98,7 @@ type options struct {
 
 // run makes the namespace, starts both servers in it, measures and
 // removes everything it made, also when it fails.
-func run(o options) error {
+func run(ctx context.Context, o options) error {
 	if _, err := exec.LookPath("nginx"); err != nil {
 		return errors.New("nginx not found: apt-get install nginx-light")
 	}
@@ -116,7 +122,7 @@ func run(o options) error {
 	defer ns.Delete()
 
 	self, _ := os.Executable()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(ctx)
 	var started []*exec.Cmd
 	defer func() {
 		cancel() // kills what was started
@@ -148,7 +154,7 @@ func run(o options) error {
 	}
 	// Warm up both (page cache, connections, nginx's workers).
 	for _, srv := range servers {
-		if _, err := load(client, srv.url, 8, time.Second, int64(len(buf)), o.readBuf, 0); err != nil {
+		if _, err := load(ctx, client, srv.url, 8, time.Second, int64(len(buf)), o.readBuf, 0); err != nil {
 			return fmt.Errorf("%s: warm-up: %w", srv.name, err)
 		}
 	}
@@ -168,7 +174,10 @@ func run(o options) error {
 			}
 			var got [2]sample
 			for _, i := range order {
-				s, err := measure(client, servers[i], par, o.duration, int64(len(buf)), o.readBuf, o.rate)
+				s, err := measure(ctx, client, servers[i], par, o.duration, int64(len(buf)), o.readBuf, o.rate)
+				if err := ctx.Err(); err != nil {
+					return fmt.Errorf("interrupted: %w", err)
+				}
 				if err != nil {
 					return fmt.Errorf("%s: %w", servers[i].name, err)
 				}
@@ -187,6 +196,17 @@ func run(o options) error {
 		mm, mlo, mhi := stats.Spread(mach)
 		fmt.Printf("%d clients: throughput airlock/nginx median %.2fx (%.2f-%.2f); CPU-s per GiB airlock/nginx median %.2fx (%.2f-%.2f) (<=1 is the goal)\n",
 			par, tm, tlo, thi, cm, clo, chi)
+		// Whether the goal is met beyond the rounds' spread: the median's
+		// confidence interval lies below 1.
+		ilo, ihi, cover := stats.MedianCI(cpu, 0.95)
+		verdict := "at or below 1: the goal is met"
+		switch {
+		case ilo > 1:
+			verdict = "above 1: the goal is missed"
+		case ihi > 1:
+			verdict = "1 is inside it: these rounds cannot tell"
+		}
+		fmt.Printf("%d clients: CPU ratio's median lies in %.2f-%.2f with %.0f%% confidence: %s\n", par, ilo, ihi, 100*cover, verdict)
 		fmt.Printf("%d clients: whole machine's CPU-s per GiB airlock/nginx median %.2fx (%.2f-%.2f)\n", par, mm, mlo, mhi)
 	}
 	return nil
@@ -223,7 +243,7 @@ func (s sample) String() string {
 		s.gib(), s.secs, s.gibps(), s.server, s.cpuPerGiB(), s.cs/s.gib(), s.client, s.softirq, 100*s.idle, s.machinePerGiB())
 }
 
-func measure(c *http.Client, srv server, par int, d time.Duration, size int64, readBuf int, rate float64) (sample, error) {
+func measure(ctx context.Context, c *http.Client, srv server, par int, d time.Duration, size int64, readBuf int, rate float64) (sample, error) {
 	// Fresh connections for every measurement, as every booting machine
 	// opens its own: kept-alive ones carry TCP state (autotuned buffers)
 	// from the previous measurement, which made nginx's figure drift
@@ -235,7 +255,7 @@ func measure(c *http.Client, srv server, par int, d time.Duration, size int64, r
 	busy0, total0 := machineCPU()
 	cs0 := contextSwitches(pids)
 	t0 := time.Now()
-	n, err := load(c, srv.url, par, d, size, readBuf, rate)
+	n, err := load(ctx, c, srv.url, par, d, size, readBuf, rate)
 	secs := time.Since(t0).Seconds()
 	c1, cl1, k1 := cpuSeconds(pids), cpuSeconds([]int{os.Getpid()}), cpuSeconds(soft)
 	busy1, total1 := machineCPU()
@@ -252,7 +272,7 @@ func measure(c *http.Client, srv server, par int, d time.Duration, size int64, r
 // bytes received. Each client reads readBuf bytes at a time; with rate > 0
 // each client is paced to rate/par GiB/s, taking 256 KiB and then waiting
 // until it is due (as a client behind a slower link would).
-func load(c *http.Client, url string, par int, d time.Duration, size int64, readBuf int, rate float64) (int64, error) {
+func load(ctx context.Context, c *http.Client, url string, par int, d time.Duration, size int64, readBuf int, rate float64) (int64, error) {
 	perClient := rate * (1 << 30) / float64(par) // bytes per second
 	var total atomic.Int64
 	var firstErr error
@@ -265,7 +285,12 @@ func load(c *http.Client, url string, par int, d time.Duration, size int64, read
 			start := time.Now()
 			var got int64
 			for time.Now().Before(deadline) {
-				resp, err := c.Get(url)
+				req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+				if err != nil {
+					once.Do(func() { firstErr = err })
+					return
+				}
+				resp, err := c.Do(req)
 				if err != nil {
 					once.Do(func() { firstErr = err })
 					return

@@ -1,8 +1,11 @@
 // Package stats holds the summaries the benchmarks print: the median of a
-// set of rounds and its range.
+// set of rounds, its range, and a confidence interval for it.
 package stats
 
-import "slices"
+import (
+	"math"
+	"slices"
+)
 
 // Number is what the benchmarks summarise: ratios, rates and durations.
 type Number interface {
@@ -34,4 +37,33 @@ func MedianOf[S any, T Number](s []S, f func(S) T) T {
 		v[i] = f(s[i])
 	}
 	return Median(v)
+}
+
+// MedianCI is a distribution-free confidence interval for the median of
+// the population xs was drawn from: the k-th smallest and k-th largest
+// value, with k the largest for which the interval covers the median with
+// probability at least conf (from the binomial distribution of how many
+// values fall below the median). With too few values for conf it is the
+// whole range; cover is the probability the interval actually has. It
+// panics on an empty slice.
+func MedianCI[T Number](xs []T, conf float64) (lo, hi T, cover float64) {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	n := len(s)
+	p := math.Pow(0.5, float64(n)) // the chance of each way n values fall about the median
+	// tail is P(fewer than k of the n values fall below the median), the
+	// chance that the median lies below s[k-1] (and, alike, above s[n-k]).
+	tail, c, k := 0.0, 1.0, 0 // c is C(n, i)
+	for i := 0; i < n/2; i++ {
+		next := tail + c*p
+		if 2*next > 1-conf {
+			break
+		}
+		tail, k = next, i+1
+		c = c * float64(n-i) / float64(i+1)
+	}
+	if k == 0 {
+		return s[0], s[n-1], 1 - 2*p
+	}
+	return s[k-1], s[n-k], 1 - 2*tail
 }
