@@ -24,20 +24,20 @@ func TestResident(t *testing.T) {
 	if _, err := os.ReadFile(p); err != nil {
 		t.Fatal(err)
 	}
-	if !resident(fd, 0, window) || !resident(fd, 4097, window) {
+	if !resident(fd, 0, window, -1) || !resident(fd, 4097, window, -1) || !resident(fd, 100, window, 200) {
 		t.Fatal("cachestat: a file just read is not resident")
 	}
 	if !mincore(fd, 4097, 3<<20+123-4097) {
 		t.Fatal("mincore: a file just read is not resident")
 	}
-	if resident(fd, 3<<20+123, window) {
-		t.Fatal("resident past the end of the file")
+	if resident(fd, 3<<20+123, window, -1) || resident(fd, 0, window, 4<<20) {
+		t.Fatal("resident past the end of the file, or with an end past it")
 	}
 	unix.Fsync(fd)
 	if err := unix.Fadvise(fd, 0, 0, unix.FADV_DONTNEED); err != nil {
 		t.Fatal(err)
 	}
-	if resident(fd, 0, window) {
+	if resident(fd, 0, window, -1) {
 		t.Fatal("cachestat: a file dropped from the page cache is resident")
 	}
 	if mincore(fd, 0, 3<<20) {

@@ -21,6 +21,10 @@ type conn struct {
 	*net.TCPConn
 	open   *atomic.Int64 // the listener's count of open connections
 	closed sync.Once
+
+	rawOnce sync.Once
+	raw     syscall.RawConn
+	rawErr  error
 }
 
 // Close closes the connection and counts it out of the listener's open
@@ -28,6 +32,86 @@ type conn struct {
 func (c *conn) Close() error {
 	c.closed.Do(func() { c.open.Add(-1) })
 	return c.TCPConn.Close()
+}
+
+// Read and Write make their system calls raw, as ReadFrom does for cached
+// pages: the socket is non-blocking, so read(2) and write(2) return at
+// once, and an ordinary system call made after the process idled wakes
+// sysmon, which then polls every 20 us for a while (one wake-up per
+// request from net/http's read of the next request and write of the
+// response header; bench/results-boot.md). Deadlines work as on the
+// net.TCPConn: the waits are the netpoller's.
+func (c *conn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, err := c.rawIO(syscall.SYS_READ, p)
+	if err == nil && n == 0 {
+		return 0, io.EOF
+	}
+	return n, err
+}
+
+func (c *conn) Write(p []byte) (int, error) {
+	var written int
+	for written < len(p) {
+		n, err := c.rawIO(syscall.SYS_WRITE, p[written:])
+		written += n
+		if err != nil {
+			return written, err
+		}
+	}
+	return written, nil
+}
+
+// rawIO makes one read(2) or write(2) of p on the socket, waiting in the
+// netpoller while it would block. Errors are *net.OpError with Op "read"
+// or "write", as net's own (net/http tells ordinary read errors by it).
+func (c *conn) rawIO(trap uintptr, p []byte) (int, error) {
+	rc, err := c.rawConn()
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	var e syscall.Errno
+	try := func(fd uintptr) bool {
+		for {
+			r, _, errno := syscall.RawSyscall(trap, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+			switch errno {
+			case syscall.EINTR:
+				continue
+			case syscall.EAGAIN:
+				return false
+			}
+			n, e = int(r), errno
+			return true
+		}
+	}
+	op := "read"
+	if trap == syscall.SYS_WRITE {
+		op = "write"
+		err = rc.Write(try)
+	} else {
+		err = rc.Read(try)
+	}
+	if err == nil && e != 0 {
+		err = os.NewSyscallError(op, e)
+		n = 0
+	}
+	if err != nil {
+		var oe *net.OpError
+		if errors.As(err, &oe) {
+			err = oe.Err // the raw conn's own "raw-read"
+		}
+		return n, &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	}
+	return n, nil
+}
+
+// rawConn is the connection's syscall.RawConn, made once.
+func (c *conn) rawConn() (syscall.RawConn, error) {
+	c.rawOnce.Do(func() { c.raw, c.rawErr = c.TCPConn.SyscallConn() })
+	return c.raw, c.rawErr
 }
 
 // stallTimeout ends a transfer whose client has taken nothing for this
@@ -100,13 +184,13 @@ func (c *conn) ReadFrom(r io.Reader) (int64, error) {
 	cerr := fc.Control(func(sfd uintptr) {
 		// sendfile reads from the file's own offset, as net's does, so
 		// that a reader positioned by Seek is sent from there on.
-		off, err := unix.Seek(int(sfd), 0, io.SeekCurrent)
+		off, err := seek(sfd, 0, io.SeekCurrent)
 		if err != nil {
 			unsupported = true // not a seekable file: a pipe, a socket
 			return
 		}
 		defer func() {
-			if _, err := unix.Seek(int(sfd), off, io.SeekStart); err != nil && serr == nil {
+			if _, err := seek(sfd, off, io.SeekStart); err != nil && serr == nil {
 				serr = err
 			}
 		}()
@@ -115,7 +199,11 @@ func (c *conn) ReadFrom(r io.Reader) (int64, error) {
 		werr := sc.Write(func(dfd uintptr) bool {
 			for remain != 0 {
 				if off >= checked {
-					raw = resident(int(sfd), off, window)
+					end := int64(-1) // the file's end, or where the body ends
+					if remain > 0 {
+						end = off + remain
+					}
+					raw = resident(int(sfd), off, window, end)
 					checked = off + window
 				}
 				chunk := checked - off
@@ -203,26 +291,42 @@ func sendfile(raw bool, dfd, sfd uintptr, off *int64, n int64) (int64, syscall.E
 // noCachestat is set once cachestat(2) turns out to be missing.
 var noCachestat atomic.Bool
 
-// resident reports whether every page of fd in [off, off+n) (or up to the
-// end of the file) is in the page cache. It errs towards false.
-func resident(fd int, off, n int64) bool {
-	n = min(n, size(fd)-off)
+// resident reports whether every page of fd in [off, off+n), and before
+// end, is in the page cache; end < 0 is the end of the file (found with
+// fstat, which stays an ordinary system call: it can block on a network
+// file system). It errs towards false. cachestat(2) only looks at the
+// page cache and never blocks, so it is made raw (see conn.Read).
+func resident(fd int, off, n, end int64) bool {
+	if end < 0 {
+		end = size(fd)
+	}
+	n = min(n, end-off)
 	if n <= 0 {
 		return false
 	}
 	if !noCachestat.Load() {
 		var st unix.Cachestat_t
-		err := unix.Cachestat(uint(fd), &unix.CachestatRange{Off: uint64(off), Len: uint64(n)}, &st, 0)
-		if err == nil {
+		rng := unix.CachestatRange{Off: uint64(off), Len: uint64(n)}
+		_, _, e := syscall.RawSyscall6(unix.SYS_CACHESTAT, uintptr(fd), uintptr(unsafe.Pointer(&rng)), uintptr(unsafe.Pointer(&st)), 0, 0, 0)
+		if e == 0 {
 			pages := (off+n-1)/pageSize - off/pageSize + 1
 			return int64(st.Cache) >= pages
 		}
-		if !errors.Is(err, unix.ENOSYS) {
+		if e != syscall.ENOSYS {
 			return false
 		}
 		noCachestat.Store(true)
 	}
 	return mincore(fd, off, n)
+}
+
+// seek is lseek(2) made raw: it never blocks.
+func seek(fd uintptr, off int64, whence int) (int64, error) {
+	r, _, e := syscall.RawSyscall(syscall.SYS_LSEEK, fd, uintptr(off), uintptr(whence))
+	if e != 0 {
+		return 0, e
+	}
+	return int64(r), nil
 }
 
 var pageSize = int64(os.Getpagesize())

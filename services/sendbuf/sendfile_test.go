@@ -279,3 +279,57 @@ func TestReadFromEndsStalledTransfers(t *testing.T) {
 		t.Fatal("slow client: the bytes differ")
 	}
 }
+
+// The raw Read and Write behave as net.TCPConn's: data both ways,
+// deadlines that net/http can tell from other errors, io.EOF at the end.
+func TestRawReadAndWrite(t *testing.T) {
+	plain, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	client, err := net.Dial("tcp", plain.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	c, err := Listener(plain, Boot).Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	buf := make([]byte, 64)
+	_, err = c.Read(buf)
+	var oe *net.OpError
+	if !errors.Is(err, os.ErrDeadlineExceeded) || !errors.As(err, &oe) || oe.Op != "read" || !oe.Timeout() {
+		t.Fatalf("Read past its deadline = %v; want a timeout *net.OpError with Op read", err)
+	}
+	c.SetReadDeadline(time.Time{})
+
+	big := bytes.Repeat([]byte("airlock "), 1<<20) // more than the socket buffers: Write waits
+	go func() {
+		client.Write([]byte("GET / HTTP/1.1\r\n"))
+		io.Copy(io.Discard, io.LimitReader(client, int64(len(big))))
+		client.Close()
+	}()
+	if n, err := io.ReadAtLeast(c, buf, 16); err != nil || string(buf[:n]) != "GET / HTTP/1.1\r\n" {
+		t.Fatalf("Read = %q, %v", buf[:n], err)
+	}
+	if n, err := c.Write(big); n != len(big) || err != nil {
+		t.Fatalf("Write = %d, %v; want %d", n, err, len(big))
+	}
+	if n, err := c.Read(buf); n != 0 || err != io.EOF {
+		t.Fatalf("Read after the peer closed = %d, %v; want io.EOF", n, err)
+	}
+	// Writing to a closed peer fails with a write error.
+	var werr error
+	for i := 0; i < 100 && werr == nil; i++ {
+		_, werr = c.Write(big[:4096])
+		time.Sleep(time.Millisecond)
+	}
+	if !errors.As(werr, &oe) || oe.Op != "write" {
+		t.Fatalf("Write to a closed peer = %v; want a *net.OpError with Op write", werr)
+	}
+}
