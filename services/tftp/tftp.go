@@ -40,11 +40,6 @@ type Config struct {
 	// MaxBlockSize caps the negotiated blksize (RFC 2348); 1468 fills an
 	// Ethernet frame.
 	MaxBlockSize int
-	// SinglePort runs every transfer on the one socket (for firewalls that
-	// pass only port 69). pin/tftp then drops packets when a transfer is
-	// slow to take them: 8 concurrent transfers on a busy machine fell
-	// from ~70 to ~15 MiB/s. Off by default.
-	SinglePort bool
 }
 
 // Defaults returns the default configuration.
@@ -78,8 +73,12 @@ func CleanPath(name string) (string, error) {
 
 // Server serves files from an fs.FS. Requests arrive on the socket passed
 // in; each transfer then runs on its own socket (RFC 1350), opened in the
-// network namespace of the socket passed in, or, with SinglePort, on that
-// socket itself.
+// network namespace of the socket passed in. pin/tftp's single-port mode
+// is not offered: in v3.2.0 its read loop can send a packet on a
+// transfer's channel just as the finished transfer closes it (a send on a
+// closed channel, which panics; the race detector caught it in
+// TestNetnsTFTPHPA), and it dropped packets under load (8 transfers: ~70
+// -> ~15 MiB/s).
 type Server struct {
 	fsys fs.FS
 	conn net.PacketConn
@@ -110,16 +109,6 @@ func New(fsys fs.FS, conn net.PacketConn, cfg Config, log *slog.Logger) (*Server
 func (s *Server) Run(ctx context.Context) error {
 	srv := ptftp.NewServer(s.read, nil)
 	srv.SetBlockSize(s.cfg.MaxBlockSize)
-	var serveConn net.PacketConn = s.conn
-	if s.cfg.SinglePort {
-		srv.EnableSinglePort()
-		// In single-port mode pin/tftp looks the interface up for every
-		// packet it reads (a netlink dump each time) to clamp blksize to
-		// the MTU: 2-3 MiB/s. Cap blksize from the configuration instead,
-		// and hide the *net.UDPConn so that it skips those lookups.
-		srv.SetBlockSizeNegotiation(false)
-		serveConn = plainConn{s.conn}
-	}
 	srv.SetTimeout(s.cfg.Timeout)
 	srv.SetRetries(s.cfg.Retries)
 	if s.cfg.Anticipate > 1 {
@@ -144,7 +133,7 @@ func (s *Server) Run(ctx context.Context) error {
 				return
 			}
 		}
-		done <- srv.Serve(serveConn)
+		done <- srv.Serve(s.conn)
 	}()
 	s.log.Info("tftp: serving", "addr", s.conn.LocalAddr())
 	select {
@@ -165,9 +154,6 @@ func (s *Server) Run(ctx context.Context) error {
 	s.conn.Close()
 	return nil
 }
-
-// plainConn hides the concrete socket type from pin/tftp.
-type plainConn struct{ net.PacketConn }
 
 // socketNetns returns the network namespace the socket lives in
 // (SIOCGSKNS), or nil when c is not a plain socket.
