@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -84,6 +83,7 @@ type Server struct {
 	files   fs.FS
 	log     *slog.Logger
 	mux     *http.ServeMux
+	caches  []*openFiles // serveFS's open files, closed when Run returns
 }
 
 // New returns the service on ln. ipxeFS holds the iPXE binaries (may be nil
@@ -142,11 +142,17 @@ func (s *Server) Run(ctx context.Context) error {
 		srv.Close()
 	}
 	<-done
+	for _, c := range s.caches {
+		c.close()
+	}
 	return nil
 }
 
-// serveFS serves files from the fs.FS returned by get with Range support.
+// serveFS serves files from the fs.FS returned by get with Range support,
+// keeping them open between requests.
 func (s *Server) serveFS(get func() fs.FS, prefix string) http.HandlerFunc {
+	files := newOpenFiles(time.Second, 256)
+	s.caches = append(s.caches, files)
 	return func(w http.ResponseWriter, r *http.Request) {
 		name := strings.TrimPrefix(r.URL.Path, prefix)
 		fsys := get()
@@ -158,24 +164,19 @@ func (s *Server) serveFS(get func() fs.FS, prefix string) http.HandlerFunc {
 			http.Error(w, "bad path", http.StatusBadRequest)
 			return
 		}
-		f, err := fsys.Open(name)
+		content, st, done, err := files.open(fsys, name)
 		if err != nil {
-			http.NotFound(w, r)
+			if errors.Is(err, fs.ErrNotExist) {
+				http.NotFound(w, r)
+			} else {
+				s.log.Error("httpboot: open", "path", r.URL.Path, "err", err)
+				http.Error(w, "cannot read the file", http.StatusInternalServerError)
+			}
 			return
 		}
-		defer f.Close()
-		st, err := f.Stat()
-		if err != nil || !st.Mode().IsRegular() {
-			http.NotFound(w, r)
-			return
-		}
-		rs, ok := f.(io.ReadSeeker)
-		if !ok {
-			http.Error(w, "file is not seekable", http.StatusInternalServerError)
-			return
-		}
+		defer done()
 		w.Header().Set("Content-Type", "application/octet-stream")
-		http.ServeContent(w, r, "", st.ModTime(), rs)
+		http.ServeContent(w, r, "", st.ModTime(), content)
 	}
 }
 

@@ -49,7 +49,7 @@ func (errBackend) BootSpec(context.Context, net.HardwareAddr) (BootSpec, error) 
 }
 
 // start runs a server on a loopback port 0 listener and returns its URL.
-func start(t *testing.T, b Backend, ipxeFS, files fstest.MapFS, mount func(*Server)) string {
+func start(t *testing.T, b Backend, ipxeFS fstest.MapFS, files fs.FS, mount func(*Server)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

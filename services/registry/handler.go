@@ -12,8 +12,9 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"airlock.dev/airlock/services/sendbuf"
 )
 
 // Error codes from the OCI distribution specification.
@@ -280,79 +281,13 @@ func (h *handler) serve(w http.ResponseWriter, r *http.Request, ra io.ReaderAt, 
 	hd.Set("Etag", `"`+digest+`"`)
 	hd.Set("Cache-Control", "max-age=31536000")
 	var content io.ReadSeeker = io.NewSectionReader(ra, off, size)
-	if f, ok := ra.(*os.File); ok && r.Method == http.MethodGet {
-		if fs, err := openSection(f, off, size); err == nil {
-			defer fs.Close()
-			content = fs
-		}
+	if f, ok := ra.(*os.File); ok {
+		content = sendbuf.NewSection(f, off, size) // sent with sendfile
 	}
 	// ServeContent handles Range, If-None-Match and HEAD; the zero time
 	// keeps Last-Modified out.
 	http.ServeContent(w, r, "", time.Time{}, content)
 }
-
-// fileSection is a section of a file with its own file description, so
-// that the HTTP server can hand it to sendfile (it implements
-// syscall.Conn) while other requests read the same file.
-type fileSection struct {
-	f         *os.File
-	base, end int64
-	pos       int64 // relative to base
-}
-
-func openSection(f *os.File, off, size int64) (*fileSection, error) {
-	// A fresh open gets its own file offset; /proc/self/fd works even if
-	// the file was renamed or removed.
-	nf, err := os.Open(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
-	if err != nil {
-		return nil, err
-	}
-	if _, err := nf.Seek(off, io.SeekStart); err != nil {
-		nf.Close()
-		return nil, err
-	}
-	return &fileSection{f: nf, base: off, end: off + size}, nil
-}
-
-func (s *fileSection) Read(p []byte) (int, error) {
-	left := s.end - s.base - s.pos
-	if left <= 0 {
-		return 0, io.EOF
-	}
-	if int64(len(p)) > left {
-		p = p[:left]
-	}
-	n, err := s.f.Read(p)
-	s.pos += int64(n)
-	return n, err
-}
-
-func (s *fileSection) Seek(offset int64, whence int) (int64, error) {
-	switch whence {
-	case io.SeekStart:
-	case io.SeekCurrent:
-		offset += s.pos
-	case io.SeekEnd:
-		offset += s.end - s.base
-	default:
-		return 0, fmt.Errorf("seek: bad whence %d", whence)
-	}
-	if offset < 0 {
-		return 0, fmt.Errorf("seek: negative position %d", offset)
-	}
-	if _, err := s.f.Seek(s.base+offset, io.SeekStart); err != nil {
-		return 0, err
-	}
-	s.pos = offset
-	return offset, nil
-}
-
-// SyscallConn lets net.TCPConn.ReadFrom use sendfile from the current
-// file offset; the HTTP server always wraps this reader in an
-// io.LimitedReader bounded by the section.
-func (s *fileSection) SyscallConn() (syscall.RawConn, error) { return s.f.SyscallConn() }
-
-func (s *fileSection) Close() error { return s.f.Close() }
 
 func (h *handler) tags(w http.ResponseWriter, r *http.Request, name, repo string) {
 	tags := h.b.Tags(repo)

@@ -124,8 +124,9 @@ var stallTimeout = time.Minute
 // the page cache before sending them with a raw system call.
 const window = 16 << 20
 
-// ReadFrom sends r with sendfile when r is a file (or an *io.LimitedReader
-// over one), and otherwise does what net.TCPConn.ReadFrom does.
+// ReadFrom sends r with sendfile when r is a file or a Section (or an
+// *io.LimitedReader over one), and otherwise does what net.TCPConn.ReadFrom
+// does.
 //
 // Why not net's own sendfile: the socket is non-blocking, so a sendfile
 // call never sleeps on the socket: it copies what fits in the send buffer
@@ -158,8 +159,21 @@ func (c *conn) ReadFrom(r io.Reader) (int64, error) {
 			return 0, nil
 		}
 	}
-	f, ok := src.(syscall.Conn) // *os.File, or a section of one (the registry's)
-	if !ok {
+	sec, isSection := src.(*Section)
+	var f syscall.Conn
+	if isSection {
+		// Sent from the section's position, to its end at the most.
+		left := max(0, sec.size-sec.pos)
+		if remain < 0 || remain > left {
+			remain = left
+		}
+		if remain == 0 {
+			return 0, nil
+		}
+		f = sec.f
+	} else if fsrc, ok := src.(syscall.Conn); ok { // *os.File, or a reader that gives one
+		f = fsrc
+	} else {
 		return c.copy(r)
 	}
 	fc, err := f.SyscallConn()
@@ -182,18 +196,24 @@ func (c *conn) ReadFrom(r io.Reader) (int64, error) {
 	var serr error
 	unsupported := false
 	cerr := fc.Control(func(sfd uintptr) {
-		// sendfile reads from the file's own offset, as net's does, so
-		// that a reader positioned by Seek is sent from there on.
-		off, err := seek(sfd, 0, io.SeekCurrent)
-		if err != nil {
-			unsupported = true // not a seekable file: a pipe, a socket
-			return
-		}
-		defer func() {
-			if _, err := seek(sfd, off, io.SeekStart); err != nil && serr == nil {
-				serr = err
+		var off int64
+		if isSection {
+			off = sec.base + sec.pos
+			defer func() { sec.pos = off - sec.base }()
+		} else {
+			// sendfile reads from the file's own offset, as net's does,
+			// so that a reader positioned by Seek is sent from there on.
+			var err error
+			if off, err = seek(sfd, 0, io.SeekCurrent); err != nil {
+				unsupported = true // not a seekable file: a pipe, a socket
+				return
 			}
-		}()
+			defer func() {
+				if _, err := seek(sfd, off, io.SeekStart); err != nil && serr == nil {
+					serr = err
+				}
+			}()
+		}
 		checked := off // pages before this offset were found resident
 		var raw bool   // whether [off, checked) may be sent raw
 		werr := sc.Write(func(dfd uintptr) bool {
