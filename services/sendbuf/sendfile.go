@@ -25,6 +25,11 @@ type conn struct {
 	rawOnce sync.Once
 	raw     syscall.RawConn
 	rawErr  error
+
+	// waits counts ReadFrom's waits for the socket, and eagains those
+	// that followed a sendfile refused with EAGAIN (the rest followed a
+	// short send); the tests read them.
+	waits, eagains int
 }
 
 // Close closes the connection and counts it out of the listener's open
@@ -216,6 +221,18 @@ func (c *conn) ReadFrom(r io.Reader) (int64, error) {
 		}
 		checked := off // pages before this offset were found resident
 		var raw bool   // whether [off, checked) may be sent raw
+		// wait pushes the deadline if the transfer has moved, and has
+		// sc.Write wait until the socket is writable.
+		wait := func() bool {
+			c.waits++
+			if written > pushed {
+				if now := time.Now(); now.Sub(pushedAt) >= stallTimeout/4 {
+					c.SetWriteDeadline(now.Add(stallTimeout))
+					pushedAt, pushed = now, written
+				}
+			}
+			return false
+		}
 		werr := sc.Write(func(dfd uintptr) bool {
 			for remain != 0 {
 				if off >= checked {
@@ -233,13 +250,8 @@ func (c *conn) ReadFrom(r io.Reader) (int64, error) {
 				n, e := sendfile(raw, dfd, sfd, &off, chunk)
 				switch {
 				case e == syscall.EAGAIN:
-					if written > pushed {
-						if now := time.Now(); now.Sub(pushedAt) >= stallTimeout/4 {
-							c.SetWriteDeadline(now.Add(stallTimeout))
-							pushedAt, pushed = now, written
-						}
-					}
-					return false // wait until the socket is writable
+					c.eagains++
+					return wait()
 				case e == syscall.EINTR:
 					continue
 				case e != 0:
@@ -255,6 +267,19 @@ func (c *conn) ReadFrom(r io.Reader) (int64, error) {
 				written += n
 				if remain > 0 {
 					remain -= n
+					if n < chunk && remain > 0 {
+						// A short send filled the send buffer; the
+						// kernel has marked the socket, and the
+						// buffer's next free space wakes the
+						// netpoller. Wait for it, as nginx does,
+						// rather than ask again only to be told
+						// EAGAIN (a call that costs as much as a
+						// small send: the file's pages are taken
+						// into the splice pipe before the socket
+						// refuses them). A file cut short under
+						// the transfer ends it at the deadline.
+						return wait()
+					}
 				}
 			}
 			return true

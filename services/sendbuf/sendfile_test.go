@@ -21,7 +21,7 @@ import (
 // not nil, says so on it.
 func serve(t *testing.T, open func() io.Reader, served chan<- struct{}) string {
 	t.Helper()
-	return serveSized(t, Boot, open, func(_ int64, err error) {
+	return serveSized(t, Boot, open, func(_ int64, err error, _ *conn) {
 		if err != nil {
 			t.Errorf("ReadFrom: %v", err)
 		}
@@ -33,7 +33,7 @@ func serve(t *testing.T, open func() io.Reader, served chan<- struct{}) string {
 
 // serveSized is serve with send buffers of size and done told what each
 // ReadFrom returned, after the connection is closed.
-func serveSized(t *testing.T, size int, open func() io.Reader, done func(int64, error)) string {
+func serveSized(t *testing.T, size int, open func() io.Reader, done func(int64, error, *conn)) string {
 	t.Helper()
 	plain, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -50,7 +50,7 @@ func serveSized(t *testing.T, size int, open func() io.Reader, done func(int64, 
 			go func() {
 				n, err := c.(io.ReaderFrom).ReadFrom(open())
 				c.Close()
-				done(n, err)
+				done(n, err, c.(*conn))
 			}()
 		}
 	}()
@@ -208,29 +208,48 @@ func fileModTime(t *testing.T, f *os.File) (mt time.Time) {
 }
 
 // A client that stops reading is cut off after stallTimeout; one that
-// reads slowly but keeps taking data is not, however long it takes.
+// reads slowly but keeps taking data is not, however long it takes. Each
+// kind of reader: a file sent to its end, and the two whose length is
+// known (a file under io.LimitedReader, as http.ServeContent sends, and a
+// Section), after whose short sends ReadFrom waits for the socket rather
+// than ask again: a wake-up lost there would end the slow transfer at the
+// deadline.
 func TestReadFromEndsStalledTransfers(t *testing.T) {
 	old := stallTimeout
 	stallTimeout = 300 * time.Millisecond
 	t.Cleanup(func() { stallTimeout = old })
 
 	data, p := randomFile(t, 4<<20)
-	type result struct {
-		n   int64
-		err error
-	}
-	results := make(chan result, 2)
-	open := func() io.Reader {
+	file := func(t *testing.T) *os.File {
 		f, err := os.Open(p)
 		if err != nil {
 			t.Error(err)
-			return strings.NewReader("")
+			return nil
 		}
 		t.Cleanup(func() { f.Close() })
 		return f
 	}
+	for _, tc := range []struct {
+		name   string
+		reader func(t *testing.T) io.Reader
+	}{
+		{"file", func(t *testing.T) io.Reader { return file(t) }},
+		{"limited", func(t *testing.T) io.Reader { return io.LimitReader(file(t), int64(len(data))) }},
+		{"section", func(t *testing.T) io.Reader { return NewSection(file(t), 0, int64(len(data))) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testStalledAndSlow(t, data, tc.name != "file", func() io.Reader { return tc.reader(t) }) })
+	}
+}
+
+func testStalledAndSlow(t *testing.T, data []byte, knownLength bool, open func() io.Reader) {
+	type result struct {
+		n              int64
+		err            error
+		waits, eagains int
+	}
+	results := make(chan result, 2)
 	// Small buffers: 4 MiB cannot sit in them.
-	addr := serveSized(t, 64<<10, open, func(n int64, err error) { results <- result{n, err} })
+	addr := serveSized(t, 64<<10, open, func(n int64, err error, c *conn) { results <- result{n, err, c.waits, c.eagains} })
 	dial := func() *net.TCPConn {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
@@ -272,8 +291,16 @@ func TestReadFromEndsStalledTransfers(t *testing.T) {
 			t.Fatalf("slow client: read after %d bytes: %v", len(got), err)
 		}
 	}
-	if r := <-results; r.err != nil || r.n != int64(len(data)) {
+	r := <-results
+	if r.err != nil || r.n != int64(len(data)) {
 		t.Fatalf("slow client: ReadFrom = %d bytes, %v; want %d, nil", r.n, r.err, len(data))
+	}
+	t.Logf("slow client: %d waits for the socket, %d after EAGAIN", r.waits, r.eagains)
+	if r.waits < 8 {
+		t.Fatalf("slow client: ReadFrom waited for the socket %d times; the buffers are too large for this test", r.waits)
+	}
+	if knownLength && r.eagains > r.waits/4 {
+		t.Fatalf("slow client: %d of %d waits followed an EAGAIN; after a short send ReadFrom should wait without asking again", r.eagains, r.waits)
 	}
 	if !bytes.Equal(got, data) {
 		t.Fatal("slow client: the bytes differ")
