@@ -267,19 +267,22 @@ func (c *conn) ReadFrom(r io.Reader) (int64, error) {
 				written += n
 				if remain > 0 {
 					remain -= n
-					if n < chunk && remain > 0 {
-						// A short send filled the send buffer; the
-						// kernel has marked the socket, and the
-						// buffer's next free space wakes the
-						// netpoller. Wait for it, as nginx does,
-						// rather than ask again only to be told
-						// EAGAIN (a call that costs as much as a
-						// small send: the file's pages are taken
-						// into the splice pipe before the socket
-						// refuses them). A file cut short under
-						// the transfer ends it at the deadline.
-						return wait()
-					}
+				}
+				if n < chunk && remain != 0 && !writable(dfd) {
+					// A short send mostly means a full send
+					// buffer: ask poll(2), not sendfile, whether
+					// there is room, which costs less than half
+					// of a sendfile refused with EAGAIN (that one
+					// takes the file's pages into the splice pipe
+					// before the socket refuses them; 1.5 against
+					// 3.6 us here). Not "short, so wait" as nginx
+					// does: a signal pending (Go preempts with
+					// SIGURG) also ends a send early, with room
+					// left and so no wake-up to come, and the end
+					// of the file does too. poll marks a full
+					// socket as sendfile does, so that its next
+					// free space wakes the netpoller.
+					return wait()
 				}
 			}
 			return true
@@ -316,6 +319,25 @@ func (w stallWriter) Write(p []byte) (int, error) {
 	w.c.SetWriteDeadline(time.Now().Add(stallTimeout))
 	return w.c.Write(p)
 }
+
+// writable reports whether the socket dfd has room to send (poll(2) with
+// no timeout, so never blocking). A socket without room is marked by the
+// kernel so that its next free space wakes its waiters: the netpoller's
+// epoll among them.
+func writable(dfd uintptr) bool {
+	pfd := struct {
+		fd             int32
+		events, revent int16
+	}{fd: int32(dfd), events: pollOut}
+	var ts syscall.Timespec // zero: return at once
+	n, _, e := syscall.RawSyscall6(syscall.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd)), 1, uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
+	// On an error, or an error or hang-up on the socket, say writable:
+	// the next sendfile reports it.
+	return e != 0 || n == 1 && pfd.revent != 0
+}
+
+// pollOut is POLLOUT.
+const pollOut = 0x4
 
 // sendfile sends up to n bytes of sfd at *off to dfd and advances *off.
 // raw skips the scheduler's system-call bookkeeping.
