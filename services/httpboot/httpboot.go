@@ -79,8 +79,6 @@ type Server struct {
 	cfg     Config
 	ln      net.Listener
 	backend Backend
-	ipxe    fs.FS
-	files   fs.FS
 	log     *slog.Logger
 	mux     *http.ServeMux
 	caches  []*openFiles // serveFS's open files, closed when Run returns
@@ -100,10 +98,10 @@ func New(cfg Config, ln net.Listener, backend Backend, ipxeFS, files fs.FS, log 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, ln: ln, backend: backend, ipxe: ipxeFS, files: files, log: log, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, ln: ln, backend: backend, log: log, mux: http.NewServeMux()}
 	s.mux.HandleFunc("GET /ipxe/boot.ipxe", s.script)
-	s.mux.HandleFunc("GET /ipxe/{name...}", s.serveFS(func() fs.FS { return s.ipxe }, "/ipxe/"))
-	s.mux.HandleFunc("GET /files/{path...}", s.serveFS(func() fs.FS { return s.files }, "/files/"))
+	s.mux.HandleFunc("GET /ipxe/{name...}", s.serveFS(ipxeFS, "/ipxe/"))
+	s.mux.HandleFunc("GET /files/{path...}", s.serveFS(files, "/files/"))
 	return s, nil
 }
 
@@ -148,14 +146,13 @@ func (s *Server) Run(ctx context.Context) error {
 	return nil
 }
 
-// serveFS serves files from the fs.FS returned by get with Range support,
-// keeping them open between requests.
-func (s *Server) serveFS(get func() fs.FS, prefix string) http.HandlerFunc {
+// serveFS serves files from fsys with Range support, keeping them open
+// between requests. A nil fsys answers 404 (a build without iPXE binaries).
+func (s *Server) serveFS(fsys fs.FS, prefix string) http.HandlerFunc {
 	files := newOpenFiles(time.Second, 256)
 	s.caches = append(s.caches, files)
 	return func(w http.ResponseWriter, r *http.Request) {
 		name := strings.TrimPrefix(r.URL.Path, prefix)
-		fsys := get()
 		if fsys == nil {
 			http.Error(w, "no iPXE binaries in this airlock build", http.StatusNotFound)
 			return
