@@ -283,7 +283,15 @@ func FuzzParse(f *testing.F) {
 		if _, parsed := src.Positions[""]; parsed {
 			problems = append(problems, a.Validate(src)...)
 		}
-		lines := bytes.Count(data, []byte("\n")) + 1
+		// Lines as YAML counts them: CR LF, CR, LF, NEL, LS and PS each
+		// end one.
+		lines := 1
+		for _, r := range strings.ReplaceAll(string(data), "\r\n", "\n") {
+			switch r {
+			case '\n', '\r', '\u0085', '\u2028', '\u2029':
+				lines++
+			}
+		}
 		for _, p := range problems {
 			if p.Line < 1 || p.Line > lines || p.Col < 1 {
 				t.Fatalf("problem outside the file (%d lines): %+v", lines, p)

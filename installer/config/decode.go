@@ -77,6 +77,13 @@ func Decode(file string, data []byte, v any) (Positions, Problems) {
 		d.addf(Pos{1, 1}, "", "the file is empty")
 		return d.pos, d.problems
 	}
+	if root.Kind == yaml.ScalarNode && root.Tag == "!!null" {
+		// "---" or "~" alone: a document without settings. The parser
+		// places such a node after the marker, which may be past the
+		// file's last line.
+		d.addf(Pos{1, 1}, "", "the file holds an empty document: no settings")
+		return d.pos, d.problems
+	}
 	rv := reflect.ValueOf(v)
 	if rv.Kind() != reflect.Pointer || rv.IsNil() {
 		panic("config.Decode: v must be a non-nil pointer")
@@ -132,7 +139,7 @@ func syntaxProblem(file string, data []byte, err error) Problem {
 	} else {
 		msg = strings.TrimPrefix(msg, "yaml: ")
 	}
-	lines := bytes.Split(data, []byte("\n"))
+	lines := yamlLines(data)
 	if line > len(lines) {
 		line = len(lines)
 	}
@@ -146,6 +153,40 @@ func syntaxProblem(file string, data []byte, err error) Problem {
 	}
 	return Problem{File: file, Line: line, Col: col, Message: "YAML syntax: " + msg}
 }
+
+// yamlLines splits data into lines where the YAML parser counts them: at
+// CR LF, a lone CR or LF, NEL, and the Unicode line and paragraph
+// separators. A file saved with CR line endings is numbered as its editor
+// numbers it.
+func yamlLines(data []byte) [][]byte {
+	var lines [][]byte
+	start := 0
+	for i := 0; i < len(data); {
+		n := lineBreakAt(data[i:])
+		if n == 0 {
+			i++
+			continue
+		}
+		lines = append(lines, data[start:i])
+		i += n
+		start = i
+	}
+	return append(lines, data[start:])
+}
+
+// lineBreakAt returns the length of the YAML line break that b starts
+// with, or 0.
+func lineBreakAt(b []byte) int {
+	for _, brk := range yamlBreaks {
+		if bytes.HasPrefix(b, brk) {
+			return len(brk)
+		}
+	}
+	return 0
+}
+
+// yamlBreaks are YAML's line breaks, CR LF before a lone CR.
+var yamlBreaks = [][]byte{[]byte("\r\n"), []byte("\r"), []byte("\n"), []byte("\u0085"), []byte("\u2028"), []byte("\u2029")}
 
 type decoder struct {
 	file     string
