@@ -325,19 +325,15 @@ func (w stallWriter) Write(p []byte) (int, error) {
 // kernel so that its next free space wakes its waiters: the netpoller's
 // epoll among them.
 func writable(dfd uintptr) bool {
-	pfd := struct {
-		fd             int32
-		events, revent int16
-	}{fd: int32(dfd), events: pollOut}
-	var ts syscall.Timespec // zero: return at once
-	n, _, e := syscall.RawSyscall6(syscall.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd)), 1, uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
+	pfd := unix.PollFd{Fd: int32(dfd), Events: unix.POLLOUT}
+	var ts unix.Timespec // zero: return at once
+	// Raw, as unix.Ppoll is not: a poll that cannot block needs none of the
+	// scheduler's system-call bookkeeping.
+	n, _, e := syscall.RawSyscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd)), 1, uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
 	// On an error, or an error or hang-up on the socket, say writable:
 	// the next sendfile reports it.
-	return e != 0 || n == 1 && pfd.revent != 0
+	return e != 0 || n == 1 && pfd.Revents != 0
 }
-
-// pollOut is POLLOUT.
-const pollOut = 0x4
 
 // sendfile sends up to n bytes of sfd at *off to dfd and advances *off.
 // raw skips the scheduler's system-call bookkeeping.
