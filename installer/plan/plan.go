@@ -15,6 +15,7 @@ import (
 	"airlock.dev/airlock/installer/assign"
 	"airlock.dev/airlock/installer/config"
 	"airlock.dev/airlock/installer/inventory"
+	"airlock.dev/airlock/installer/pipeline"
 	"airlock.dev/airlock/installer/state"
 	"airlock.dev/airlock/manifests"
 )
@@ -81,19 +82,6 @@ type Phase struct {
 	Status string `json:"status"` // pending, or the journal's latest status
 }
 
-// Phases of an install, in order, as DESIGN.md describes them.
-var phases = []struct{ name, does string }{
-	{"serve", "DHCP, TFTP, HTTP boot and the registry from the bundle"},
-	{"discover", "machines network-boot the agent, which reports their hardware"},
-	{"assign", "rules (or the operator) give each admitted machine a role, hostname and address"},
-	{"provision", "the OS image goes to the install disk with network config and cloud-init"},
-	{"bootstrap", "the first control plane"},
-	{"join", "the other control planes and the workers (kubeadm)"},
-	{"platform", "the platform components from the bundle's charts and registry"},
-	{"verify", "smoke tests and the as-built report"},
-	{"handover", "in-cluster registry and state; the cluster no longer needs the laptop"},
-}
-
 // Make computes the plan from the answers, the machines discovered so far
 // and the journal (both empty when nothing has run yet).
 func Make(a *config.Answers, machines []inventory.Machine, journal []state.Entry) Plan {
@@ -115,16 +103,9 @@ func Make(a *config.Answers, machines []inventory.Machine, journal []state.Entry
 	p.Machines = assign.Assign(a, machines)
 	p.Cluster = cluster(a)
 	p.Platform = platform(a, manifests.Default())
-	last := map[string]string{}
-	for _, e := range journal {
-		last[e.Step] = e.Status
-	}
-	for _, ph := range phases {
-		status := "pending"
-		if s, ok := last[ph.name]; ok {
-			status = s
-		}
-		p.Phases = append(p.Phases, Phase{Name: ph.name, Does: ph.does, Status: status})
+	status := pipeline.PhaseStatus(journal)
+	for _, ph := range pipeline.Phases() {
+		p.Phases = append(p.Phases, Phase{Name: ph.Name, Does: ph.Does, Status: status[ph.Name]})
 	}
 	return p
 }
