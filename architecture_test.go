@@ -18,7 +18,7 @@ const module = "airlock.dev/airlock"
 // layerRules says which of the module's packages a package may import,
 // following DESIGN.md: main -> installer/cli (the only composition root);
 // services know nothing of the engine; bundle, manifests and the config
-// schema are leaves; the TUI sees the engine only through config; the node
+// schema are leaves; the TUI sees the engine only through config and events; the node
 // agent stays small.
 func layerRule(pkg, imp string) error {
 	under := func(p, prefix string) bool { return p == prefix || strings.HasPrefix(p, prefix+"/") }
@@ -45,6 +45,8 @@ func layerRule(pkg, imp string) error {
 		if !under(imp, "bundle") && imp != "manifests" && imp != "installer/config" {
 			return fmt.Errorf("bundle is a leaf: it may import only bundle/*, manifests and installer/config")
 		}
+	case under(pkg, "installer/events"):
+		return fmt.Errorf("the event and Decider types are a leaf (the wizard imports them)")
 	case under(pkg, "installer/state"):
 		if !under(imp, "installer/state") {
 			return fmt.Errorf("the state store is a leaf")
@@ -54,8 +56,8 @@ func layerRule(pkg, imp string) error {
 			return fmt.Errorf("the node agent may import only installer/agent/* and services/agentapi")
 		}
 	case under(pkg, "tui"):
-		if !under(imp, "tui") && imp != "installer/config" && imp != "manifests" {
-			return fmt.Errorf("the wizard knows the engine only through installer/config")
+		if !under(imp, "tui") && imp != "installer/config" && imp != "installer/events" && imp != "manifests" {
+			return fmt.Errorf("the wizard knows the engine only through installer/config and installer/events")
 		}
 	case under(pkg, "e2e"):
 		if under(imp, "installer") || under(imp, "tui") || under(imp, "bundle") {
