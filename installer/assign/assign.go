@@ -23,6 +23,7 @@ const (
 	NotInAllowlist  = "not-in-allowlist"
 	NoRule          = "no-rule"
 	DuplicateTarget = "duplicate-hostname"
+	Denied          = "denied"
 )
 
 // Assignment is what one machine becomes.
@@ -33,55 +34,96 @@ type Assignment struct {
 	Rule      string `json:"rule,omitempty"`
 	Role      string `json:"role,omitempty"`
 	Hostname  string `json:"hostname,omitempty"`
+	// Index is the machine's {index} among its rule's machines.
+	Index     int    `json:"index,omitempty"`
 	Address   string `json:"address,omitempty"`
 	Admission string `json:"admission"`
 	Reason    string `json:"reason,omitempty"`
 }
 
-// Assign works out every machine's assignment, in inventory order.
+// Assign works out every machine's assignment, in inventory order. A
+// machine whose assignment is recorded (inventory.Store.Assign) keeps it:
+// its hostname and its {index} stay taken, and machines that come later get
+// the lowest index their rule has free.
 func Assign(a *config.Answers, machines []inventory.Machine) []Assignment {
 	ordered := slices.Clone(machines)
 	slices.SortStableFunc(ordered, func(x, y inventory.Machine) int {
 		return cmp.Or(strings.Compare(x.Rack, y.Rack), x.FirstSeen.Compare(y.FirstSeen), strings.Compare(x.ID, y.ID))
 	})
-	index := map[int]int{} // rule -> machines matched so far
-	out := make([]Assignment, 0, len(ordered))
+	used := map[string]map[int]bool{} // rule -> indexes taken
+	take := func(rule string, index int) {
+		if used[rule] == nil {
+			used[rule] = map[int]bool{}
+		}
+		used[rule][index] = true
+	}
 	seen := map[string]string{} // hostname -> machine
+	byID := map[string]Assignment{}
 	for _, m := range ordered {
+		if r := m.Assignment; r != nil {
+			byID[m.ID] = Assignment{MachineID: m.ID, Serial: m.Serial, Rack: m.Rack, Rule: r.Rule, Role: r.Role,
+				Hostname: r.Hostname, Index: r.Index, Address: r.Address, Admission: Admitted, Reason: "recorded at admission"}
+			take(r.Rule, r.Index)
+			seen[r.Hostname] = m.ID
+		}
+	}
+	for _, m := range ordered {
+		if _, recorded := byID[m.ID]; recorded {
+			continue
+		}
 		as := Assignment{MachineID: m.ID, Serial: m.Serial, Rack: m.Rack}
 		ri := slices.IndexFunc(a.Machines, func(r config.Rule) bool { return Matches(r.Match, m) })
 		if ri < 0 {
 			as.Admission, as.Reason = NoRule, "no rule matches this machine"
-			out = append(out, as)
+			byID[m.ID] = as
 			continue
 		}
 		r := a.Machines[ri]
-		index[ri]++
-		as.Rule, as.Role = r.Name, r.Role
-		as.Hostname = Hostname(r.Hostname, m, index[ri])
+		index := 1
+		for used[r.Name][index] {
+			index++
+		}
+		take(r.Name, index)
+		as.Rule, as.Role, as.Index = r.Name, r.Role, index
+		as.Hostname = Hostname(r.Hostname, m, index)
 		if r.Address.IsValid() {
 			as.Address = r.Address.String()
 		}
-		switch a.Admission.Policy {
-		case config.AdmitAny:
-			as.Admission = Admitted
-		case config.AdmitApprove:
-			as.Admission, as.Reason = AwaitsApproval, "an operator approves each machine"
-		default:
-			if r.Match.Identifies() {
-				as.Admission = Admitted
-			} else {
-				as.Admission, as.Reason = NotInAllowlist, fmt.Sprintf("rule %q matches by hardware, and the allowlist admits only machines named by MAC or serial", r.Name)
-			}
-		}
+		as.Admission, as.Reason = admission(a, r, m)
 		if other, dup := seen[as.Hostname]; dup {
 			as.Admission, as.Reason = DuplicateTarget, fmt.Sprintf("hostname %s is already %s's", as.Hostname, other)
 		} else {
 			seen[as.Hostname] = m.ID
 		}
-		out = append(out, as)
+		byID[m.ID] = as
+	}
+	out := make([]Assignment, 0, len(ordered))
+	for _, m := range ordered {
+		out = append(out, byID[m.ID])
 	}
 	return out
+}
+
+// admission applies the policy to a machine that rule r matches.
+func admission(a *config.Answers, r config.Rule, m inventory.Machine) (string, string) {
+	switch m.State {
+	case inventory.StateDenied:
+		return Denied, "denied by an operator"
+	case inventory.StateDiscovered, inventory.StateAwaitingApproval, "":
+	default:
+		return Admitted, "" // admitted earlier (an operator approved it)
+	}
+	switch a.Admission.Policy {
+	case config.AdmitAny:
+		return Admitted, ""
+	case config.AdmitApprove:
+		return AwaitsApproval, "an operator approves each machine"
+	default:
+		if r.Match.Identifies() {
+			return Admitted, ""
+		}
+		return NotInAllowlist, fmt.Sprintf("rule %q matches by hardware, and the allowlist admits only machines named by MAC or serial", r.Name)
+	}
 }
 
 // Matches reports whether every condition of match holds for m.

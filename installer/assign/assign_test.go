@@ -1,11 +1,13 @@
 package assign
 
 import (
+	"errors"
 	"testing"
 	"time"
 
 	"airlock.dev/airlock/installer/config"
 	"airlock.dev/airlock/installer/inventory"
+	"airlock.dev/airlock/services/agentapi"
 )
 
 func machine(id, serial, rack, mac string, mem uint64, gpus int, model string, seen int) inventory.Machine {
@@ -80,5 +82,73 @@ func TestNoRuleAndDuplicateHostnames(t *testing.T) {
 	})
 	if got[0].Admission != Admitted || got[1].Admission != DuplicateTarget || got[2].Admission != NoRule {
 		t.Errorf("got %+v", got)
+	}
+}
+
+func TestDisk(t *testing.T) {
+	ssd, hdd := false, true
+	disks := []agentapi.Disk{
+		{Name: "sda", SizeBytes: 4 << 40, Serial: "HDD1", Rotational: true},
+		{Name: "nvme0n1", SizeBytes: 960 << 30, WWN: "eui.1", Serial: "NV1"},
+		{Name: "nvme1n1", SizeBytes: 480 << 30, WWN: "eui.2", Serial: "NV2"},
+		{Name: "sdb", SizeBytes: 64 << 30, Serial: "USB", Removable: true},
+		{Name: "vdz", SizeBytes: 10 << 30}, // no identity: never chosen
+	}
+	cases := []struct {
+		p    config.InstallDisk
+		want string
+	}{
+		{config.InstallDisk{}, "nvme1n1"},
+		{config.InstallDisk{Policy: config.DiskLargest}, "sda"},
+		{config.InstallDisk{Policy: config.DiskLargest, Rotational: &ssd}, "nvme0n1"},
+		{config.InstallDisk{Policy: config.DiskSmallest, MinSize: 500 << 30}, "nvme0n1"},
+		{config.InstallDisk{Policy: config.DiskFirst, Rotational: &hdd}, "sda"},
+		{config.InstallDisk{Policy: config.DiskSerial, Serial: "NV1"}, "nvme0n1"},
+		{config.InstallDisk{Policy: config.DiskSerial, Serial: "USB"}, ""},
+		{config.InstallDisk{MinSize: 8 << 40}, ""},
+	}
+	for _, c := range cases {
+		pin, err := Disk(c.p, disks)
+		if c.want == "" {
+			if !errors.Is(err, ErrNoDisk) {
+				t.Errorf("%+v: %v, want ErrNoDisk", c.p, err)
+			}
+			continue
+		}
+		if err != nil || pin.Name != c.want {
+			t.Errorf("%+v: %+v %v, want %s", c.p, pin, err, c.want)
+			continue
+		}
+		for _, d := range disks {
+			if d.Name == pin.Name && (pin.WWN != d.WWN || pin.Serial != d.Serial || pin.SizeBytes != d.SizeBytes) {
+				t.Errorf("pin %+v does not carry the disk's identity %+v", pin, d)
+			}
+		}
+	}
+	if _, err := Disk(config.InstallDisk{Policy: config.DiskSerial, Serial: "X"}, []agentapi.Disk{{Name: "a", Serial: "X", SizeBytes: 1}, {Name: "b", Serial: "X", SizeBytes: 1}}); !errors.Is(err, ErrNoDisk) {
+		t.Errorf("two disks with one serial: %v", err)
+	}
+}
+
+// A recorded assignment keeps its hostname and index when a machine that
+// sorts before it appears later.
+func TestAssignKeepsRecorded(t *testing.T) {
+	a := answers(t, config.AdmitAny)
+	m2 := machine("m-2", "SN-2", "rack-a", "52:54:00:00:00:02", 128<<30, 0, "", 2)
+	m2.State = inventory.StateAssigned
+	m2.Assignment = &inventory.Assignment{Rule: "cp", Role: config.RoleControlPlane, Hostname: "cp-1", Index: 1}
+	m1 := machine("m-1", "SN-1", "rack-a", "52:54:00:00:00:01", 128<<30, 0, "", 1) // seen first, assigned later
+	got := Assign(a, []inventory.Machine{m1, m2})
+	for _, as := range got {
+		switch as.MachineID {
+		case "m-2":
+			if as.Hostname != "cp-1" || as.Index != 1 {
+				t.Errorf("recorded machine moved: %+v", as)
+			}
+		case "m-1":
+			if as.Hostname != "cp-2" || as.Index != 2 {
+				t.Errorf("new machine got %+v, want cp-2", as)
+			}
+		}
 	}
 }

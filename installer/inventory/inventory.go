@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"airlock.dev/airlock/installer/config"
+	"airlock.dev/airlock/installer/events"
 	"airlock.dev/airlock/installer/state"
 	"airlock.dev/airlock/services/agentapi"
 )
@@ -56,6 +57,11 @@ type Machine struct {
 	AgentState string             `json:"agentState,omitempty"`
 	// Orders wait for the machine's agent's next heartbeat.
 	Orders []agentapi.Order `json:"orders,omitempty"`
+	// History, Assignment and Failure are the machine's install lifecycle
+	// (kept apart from its reports; see Transition and Assign).
+	History    []Transition `json:"history,omitempty"`
+	Assignment *Assignment  `json:"assignment,omitempty"`
+	Failure    string       `json:"failure,omitempty"`
 }
 
 // Summary is the hardware in one line's worth of numbers.
@@ -101,6 +107,7 @@ type Store struct {
 
 	mu     sync.Mutex
 	notify chan struct{}
+	events events.Sink
 }
 
 // New returns the inventory kept in s; racks is the answer file's rack
@@ -339,6 +346,9 @@ func List(st state.Store) ([]Machine, error) {
 			var m Machine
 			if err := json.Unmarshal(raw, &m); err != nil {
 				return fmt.Errorf("machine %s: %w", id, err)
+			}
+			if err := withLifecycle(tx, &m); err != nil {
+				return err
 			}
 			out = append(out, m)
 			return nil

@@ -1,0 +1,90 @@
+package inventory
+
+import (
+	"errors"
+	"log/slog"
+	"slices"
+	"testing"
+
+	"airlock.dev/airlock/installer/events"
+	"airlock.dev/airlock/installer/state"
+)
+
+func TestLifecycle(t *testing.T) {
+	dir := t.TempDir()
+	st, err := state.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(st, nil, slog.New(slog.DiscardHandler))
+	var got []events.Event
+	s.SetEvents(events.SinkFunc(func(e events.Event) { got = append(got, e) }))
+	_, id := register(t, s, registration(t, "SN-1", "", "52:54:00:00:00:01"))
+
+	if _, err := s.Transition(id, StateInstalling, "skip ahead"); !errors.Is(err, ErrTransition) {
+		t.Fatalf("discovered -> installing: %v, want ErrTransition", err)
+	}
+	if _, err := s.Assign(id, Assignment{Rule: "cp", Role: "control-plane", Hostname: "cp-1", Index: 1}); !errors.Is(err, ErrTransition) {
+		t.Fatalf("assigning a machine not admitted: %v", err)
+	}
+	if _, err := s.Transition("m-nope", StateAdmitted, ""); !errors.Is(err, ErrNoMachine) {
+		t.Fatalf("unknown machine: %v", err)
+	}
+	for _, to := range []string{StateAwaitingApproval, StateAdmitted} {
+		if _, err := s.Transition(id, to, "test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	as, err := s.Assign(id, Assignment{Rule: "cp", Role: "control-plane", Hostname: "cp-1", Index: 1, Disk: &DiskPin{Name: "vda", Serial: "D1", SizeBytes: 1 << 30}})
+	if err != nil || as.At.IsZero() {
+		t.Fatalf("assign: %+v %v", as, err)
+	}
+	// A second assignment never replaces the first.
+	kept, err := s.Assign(id, Assignment{Rule: "other", Hostname: "w-9"})
+	if !errors.Is(err, ErrAssigned) || kept.Hostname != "cp-1" {
+		t.Fatalf("reassign: %+v %v", kept, err)
+	}
+	if _, err := s.Transition(id, StateInstalling, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Transition(id, StateFailed, "provision/"+id+": digest mismatch"); err != nil {
+		t.Fatal(err)
+	}
+	// A report from the machine's agent does not touch its lifecycle.
+	register(t, s, registration(t, "SN-1", "", "52:54:00:00:00:01"))
+	st.Close()
+
+	st, err = state.OpenReadOnly(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ms, err := List(st)
+	if err != nil || len(ms) != 1 {
+		t.Fatalf("list: %v %v", ms, err)
+	}
+	m := ms[0]
+	if m.State != StateFailed || m.Failure != "provision/"+id+": digest mismatch" || m.Assignment == nil || m.Assignment.Disk.Serial != "D1" {
+		t.Fatalf("after reopen: state %s failure %q assignment %+v", m.State, m.Failure, m.Assignment)
+	}
+	var states []string
+	for _, h := range m.History {
+		states = append(states, h.To)
+		if h.Time.IsZero() {
+			t.Errorf("transition without a time: %+v", h)
+		}
+	}
+	want := []string{StateAwaitingApproval, StateAdmitted, StateAssigned, StateInstalling, StateFailed}
+	if !slices.Equal(states, want) {
+		t.Fatalf("history %v, want %v", states, want)
+	}
+	var evStates []string
+	for _, e := range got {
+		if e.Kind == events.MachineState && e.Machine == id {
+			evStates = append(evStates, e.State)
+		}
+	}
+	if !slices.Equal(evStates, want) {
+		t.Fatalf("events %v, want %v", evStates, want)
+	}
+}
