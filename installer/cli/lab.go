@@ -1,14 +1,17 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
 
 	"airlock.dev/airlock/e2e/lab"
 	"airlock.dev/airlock/installer/control"
@@ -162,7 +165,36 @@ func newLabRunCommand(g *globals) *cobra.Command {
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return engine.LabRun(cmd.Context(), g.stateDir, g.log)
+			return runLabAirlock(cmd.Context(), g)
 		},
 	}
+}
+
+// runLabAirlock is the lab's airlock: inside the lab's namespace it serves
+// the provisioning network on the bridge, built like every other engine,
+// and plays the racks' switches until ctx is cancelled.
+func runLabAirlock(ctx context.Context, g *globals) error {
+	f, err := engine.LabInputs(g.stateDir)
+	if err != nil {
+		return err
+	}
+	a, err := loadAnswers(g.streams.Err, f.Answers)
+	if err != nil {
+		return err
+	}
+	e, closeAll, err := buildEngine(g, a, engineInputs{files: os.DirFS(f.BootDir), image: engine.LabDiscoveryImage()})
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+	gr, gctx := errgroup.WithContext(ctx)
+	gr.Go(func() error {
+		return e.Run(gctx, func(sv engine.Serving) {
+			if err := engine.LabMarkReady(f, sv); err != nil {
+				g.log.Error("lab: mark ready", "err", err)
+			}
+		})
+	})
+	gr.Go(func() error { return f.State.RunSwitches(gctx, g.log.With("part", "switches"), time.Second) })
+	return gr.Wait()
 }

@@ -12,9 +12,6 @@ import (
 	"airlock.dev/airlock/installer/agentbin"
 	"airlock.dev/airlock/installer/config"
 	"airlock.dev/airlock/installer/engine"
-	"airlock.dev/airlock/installer/state"
-	"airlock.dev/airlock/services/ipxe"
-	"airlock.dev/airlock/services/registry"
 )
 
 func newServeCommand(g *globals) *cobra.Command {
@@ -44,56 +41,24 @@ until network.interface names the NIC to serve on.`,
 			if iface != "" {
 				a.Network.Interface = iface
 			}
-			var files fs.FS
+			var in engineInputs
 			if bootFiles != "" {
 				if _, err := os.Stat(bootFiles); err != nil {
 					return fmt.Errorf("--boot-files: %w", err)
 				}
-				files = os.DirFS(bootFiles)
+				in.files, in.image = os.DirFS(bootFiles), image
 			}
 			if bundlePath != "" {
 				a.Bundle.Path = bundlePath
 			}
-			b, err := serveBundle(a.Bundle, g)
+			in.httpPort, in.allowForeign = httpPort, allowForeign
+			e, closeAll, err := buildEngine(g, a, in)
 			if err != nil {
 				return err
 			}
-			var reg registry.Backend
-			if b != nil {
-				defer b.Close()
-				reg = b
-				if files == nil {
-					if files, image, err = discoveryFromBundle(b, g); err != nil {
-						return err
-					}
-				}
-			}
-			if files == nil {
-				g.log.Warn("no discovery image: neither --boot-files nor " + engine.KernelPackage + " in a bundle; machines get an address and an iPXE script that cannot boot")
-			}
-			ipxeFS, err := ipxe.FS()
-			if err != nil {
-				ipxeFS = nil // Serve warns that machines will get no boot file
-			}
-			st, err := state.Open(g.stateDir)
-			if err != nil {
-				return err
-			}
-			defer st.Close()
-			return engine.Serve(cmd.Context(), engine.ServeOptions{
-				Answers:          a,
-				Store:            st,
-				StateDir:         g.stateDir,
-				IPXE:             ipxeFS,
-				Files:            files,
-				Image:            image,
-				HTTPPort:         httpPort,
-				Registry:         reg,
-				AllowForeignDHCP: allowForeign,
-				Log:              g.log,
-				Ready: func(s engine.Serving) {
-					fmt.Fprintf(g.streams.Err, "airlock: serving on %s (DHCP %s, HTTP %s, TFTP %v, registry %s); Ctrl-C stops\n", s.Interface, s.Mode, s.HTTP, s.TFTP, dash(s.Registry))
-				},
+			defer closeAll()
+			return e.Run(cmd.Context(), func(s engine.Serving) {
+				fmt.Fprintf(g.streams.Err, "airlock: serving on %s (DHCP %s, HTTP %s, TFTP %v, registry %s); Ctrl-C stops\n", s.Interface, s.Mode, s.HTTP, s.TFTP, dash(s.Registry))
 			})
 		},
 	}

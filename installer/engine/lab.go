@@ -15,8 +15,6 @@ import (
 	"text/template"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/e2e/lab"
 	"airlock.dev/airlock/e2e/netns"
@@ -24,8 +22,6 @@ import (
 	"airlock.dev/airlock/installer/config"
 	"airlock.dev/airlock/installer/control"
 	"airlock.dev/airlock/installer/state"
-	"airlock.dev/airlock/services/ipxe"
-	"airlock.dev/airlock/services/registry"
 )
 
 // Files the lab keeps in its directory (StateDir/lab).
@@ -343,61 +339,37 @@ func tail(path string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// LabRun is the lab's airlock: it runs inside the lab's namespace, serves
-// the provisioning network on the bridge and plays the racks' switches
-// until ctx is cancelled.
-func LabRun(ctx context.Context, stateDir string, log *slog.Logger) error {
+// LabFiles are what the lab's airlock serves: its state, the answer file
+// lab up wrote for it and the directory holding the discovery kernel and
+// boot image (DiscoveryImage names them).
+type LabFiles struct {
+	State   *lab.State
+	Answers string
+	BootDir string
+}
+
+// LabInputs finds the lab in stateDir for the airlock that runs inside it
+// (`airlock lab run`, which the CLI builds like every other engine).
+func LabInputs(stateDir string) (LabFiles, error) {
 	s, err := lab.Load(stateDir)
 	if err != nil {
-		return fmt.Errorf("no lab in %s: %w", stateDir, err)
+		return LabFiles{}, fmt.Errorf("no lab in %s: %w", stateDir, err)
 	}
-	a, problems, err := config.Load(filepath.Join(s.Dir, labAnswers))
+	return LabFiles{State: s, Answers: filepath.Join(s.Dir, labAnswers), BootDir: filepath.Join(s.Dir, labBootDir)}, nil
+}
+
+// LabDiscoveryImage names the discovery kernel and boot image in a lab's
+// (or a bundle's) boot directory.
+func LabDiscoveryImage() DiscoveryImage { return discoveryImage }
+
+// LabMarkReady records what the lab's airlock serves, which tells lab up
+// it may power on the machines.
+func LabMarkReady(f LabFiles, sv Serving) error {
+	data, err := json.Marshal(sv)
 	if err != nil {
 		return err
 	}
-	if err := problems.Err(); err != nil {
-		return err
-	}
-	st, err := state.Open(stateDir)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	ipxeFS, err := ipxe.FS()
-	if err != nil {
-		// The VMs' NICs carry iPXE in their option ROMs and go straight
-		// to HTTP; only TFTP-first-stage clients need the binaries.
-		log.Warn("lab: " + err.Error())
-		ipxeFS = nil
-	}
-	var reg registry.Backend
-	if a.Bundle.Path != "" {
-		b, err := bundle.Open(a.Bundle.Path, bundle.OpenOptions{})
-		if err != nil {
-			return err
-		}
-		defer b.Close()
-		log.Info("lab: serving the bundle's registry (checked for integrity; the lab does not ask for its signing key)", "bundle", b.Name())
-		reg = b
-	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		return Serve(gctx, ServeOptions{
-			Answers: a, Store: st, StateDir: stateDir, IPXE: ipxeFS,
-			Files:    os.DirFS(filepath.Join(s.Dir, labBootDir)),
-			Image:    discoveryImage,
-			Registry: reg,
-			Log:      log,
-			Ready: func(sv Serving) {
-				data, _ := json.Marshal(sv)
-				if err := os.WriteFile(filepath.Join(s.Dir, labReady), data, 0o600); err != nil {
-					log.Error("lab: mark ready", "err", err)
-				}
-			},
-		})
-	})
-	g.Go(func() error { return s.RunSwitches(gctx, log.With("part", "switches"), time.Second) })
-	return g.Wait()
+	return os.WriteFile(filepath.Join(f.State.Dir, labReady), data, 0o600)
 }
 
 // LabServing returns what the lab's airlock serves, as it recorded once it

@@ -17,6 +17,7 @@ import (
 
 	"airlock.dev/airlock/installer/config"
 	"airlock.dev/airlock/installer/control"
+	"airlock.dev/airlock/installer/events"
 	"airlock.dev/airlock/installer/inventory"
 	"airlock.dev/airlock/installer/state"
 	"airlock.dev/airlock/services/agentapi"
@@ -31,13 +32,16 @@ import (
 // ErrNoInterface is returned when the answers name no provisioning NIC.
 var ErrNoInterface = errors.New("network.interface is not set: airlock never serves DHCP on an interface it was not told to use; name the provisioning NIC in the answer file")
 
-// ServeOptions are what Serve needs beyond the answers.
-type ServeOptions struct {
-	Answers  *config.Answers
-	Store    state.Store // owned by the caller, open for writing
-	StateDir string      // where the control socket goes
+// Options are what New needs beyond the answers.
+type Options struct {
+	Answers *config.Answers
+	// StateDir holds the state store and the control socket.
+	StateDir string
+	// Store, if set, is the state store to use (owned by the caller);
+	// otherwise New opens the one in StateDir and Close closes it.
+	Store state.Store
 	// IPXE holds the iPXE first stages (nil: none, machines get an address
-	// but no boot file, and Serve says so).
+	// but no boot file, and New says so).
 	IPXE fs.FS
 	// Files is served under /files/ (kernels, boot images); Image names the
 	// discovery kernel and initramfs in it.
@@ -51,9 +55,10 @@ type ServeOptions struct {
 	RegistryPort int
 	// AllowForeignDHCP lets full mode start beside another DHCP server.
 	AllowForeignDHCP bool
-	Log              *slog.Logger
-	// Ready, if set, is called once every service is serving.
-	Ready func(Serving)
+	// Decider answers what the engine leaves to a person (nil: every
+	// question waits for `airlock approve|deny`).
+	Decider events.Decider
+	Log     *slog.Logger
 }
 
 // Serving describes running services.
@@ -65,14 +70,42 @@ type Serving struct {
 	Registry  string    `json:"registry,omitempty"` // host:port, empty when no bundle is served
 }
 
-// Serve runs the boot services (DHCP, TFTP, HTTP boot with the agent API)
-// and the control socket on the answers' provisioning network until ctx is
-// cancelled; it returns nil then.
-func Serve(ctx context.Context, o ServeOptions) error {
+// Engine is one airlock at work: the state store with its inventory and
+// journal, the event bus, and the network services on the provisioning
+// network. New opens everything, Run serves, Install runs the pipeline;
+// serve, install, the lab and the wizard all build it the same way.
+type Engine struct {
+	answers *config.Answers
+	store   state.Store
+	inv     *inventory.Store
+	journal *state.Journal
+	bus     *events.Bus
+	decider events.Decider
+	log     *slog.Logger
+
+	dsrv  *dhcp.Server
+	hb    *httpboot.Server
+	tsrv  *tftp.Server
+	adv   *ra.Advertiser
+	ctlLn net.Listener
+	regLn net.Listener
+	reg   registry.Backend
+	base  string
+	ready chan struct{}
+	// owned is closed by Close; sockets too, unless Run ran (its servers
+	// close their own sockets when they stop).
+	owned, sockets []io.Closer
+	ran            bool
+}
+
+// New opens the state store (unless given one) and every socket, and
+// builds every server, before anything serves: a port in use or a bad
+// setting fails cleanly, with whatever it had opened closed again.
+func New(o Options) (_ *Engine, err error) {
 	a := o.Answers
 	log := o.Log
 	if a.Network.Interface == "" {
-		return ErrNoInterface
+		return nil, ErrNoInterface
 	}
 	if o.HTTPPort == 0 {
 		o.HTTPPort = 8080
@@ -80,70 +113,78 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	if o.RegistryPort == 0 {
 		o.RegistryPort = 5000
 	}
+	if o.Decider == nil {
+		o.Decider = events.DeferAll{}
+	}
 	addr := a.Network.Address
 	if err := checkAddressOn(a.Network.Interface, addr); err != nil {
-		return err
+		return nil, err
 	}
 	base := "http://" + net.JoinHostPort(addr.String(), strconv.Itoa(o.HTTPPort))
 	dcfg := DHCPConfig(a, base, o.IPXE != nil)
 	dcfg.AllowForeignServer = o.AllowForeignDHCP
 	if err := dcfg.Validate(); err != nil {
-		return fmt.Errorf("DHCP configuration from the answer file: %w", err)
+		return nil, fmt.Errorf("DHCP configuration from the answer file: %w", err)
 	}
 	if o.IPXE == nil {
 		log.Warn("no iPXE binaries: machines get an address but no boot file; " + ipxe.ErrNotEmbedded.Error())
 	} else if missing := ipxe.Missing(o.IPXE); len(missing) > 0 {
 		log.Warn("some iPXE binaries are missing", "missing", strings.Join(missing, ", "))
 	}
-
-	inv := inventory.New(o.Store, a.Racks, log.With("part", "inventory"))
-	// Open every socket and build every server before anything serves, so
-	// that a port in use or a bad setting fails cleanly. Until the servers
-	// run (and own them), opened sockets are closed on the way out.
-	var opened []io.Closer
-	fail := func(err error) error {
-		for i := len(opened) - 1; i >= 0; i-- {
-			err = errors.Join(err, opened[i].Close())
+	e := &Engine{answers: a, bus: &events.Bus{}, decider: o.Decider, log: log, base: base, reg: o.Registry, ready: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, e.Close())
 		}
-		return err
+	}()
+	e.store = o.Store
+	if e.store == nil {
+		st, err := state.Open(o.StateDir)
+		if err != nil {
+			return nil, err
+		}
+		e.store = st
+		e.owned = append(e.owned, st)
 	}
+	e.inv = inventory.New(e.store, a.Racks, log.With("part", "inventory"))
+	e.inv.SetEvents(e.bus)
+	e.journal = state.NewJournal(e.store)
+
 	httpLn, err := net.Listen("tcp", net.JoinHostPort(addr.String(), strconv.Itoa(o.HTTPPort)))
 	if err != nil {
-		return fmt.Errorf("listen for HTTP boot: %w", err)
+		return nil, fmt.Errorf("listen for HTTP boot: %w", err)
 	}
-	opened = append(opened, httpLn)
+	e.sockets = append(e.sockets, httpLn)
 	var tftpConn net.PacketConn
 	if o.IPXE != nil {
 		if tftpConn, err = net.ListenPacket("udp4", net.JoinHostPort(addr.String(), "69")); err != nil {
-			return fail(fmt.Errorf("listen for TFTP: %w", err))
+			return nil, fmt.Errorf("listen for TFTP: %w", err)
 		}
-		opened = append(opened, tftpConn)
+		e.sockets = append(e.sockets, tftpConn)
 	}
 	socks, err := dhcp.Listen(a.Network.Interface, dcfg.Mode != dhcp.ModeFull)
 	if err != nil {
-		return fail(err)
+		return nil, err
 	}
-	opened = append(opened, socks)
-	var regLn net.Listener
+	e.sockets = append(e.sockets, socks)
 	if o.Registry != nil {
-		if regLn, err = net.Listen("tcp", net.JoinHostPort(addr.String(), strconv.Itoa(o.RegistryPort))); err != nil {
-			return fail(fmt.Errorf("listen for the registry: %w", err))
+		if e.regLn, err = net.Listen("tcp", net.JoinHostPort(addr.String(), strconv.Itoa(o.RegistryPort))); err != nil {
+			return nil, fmt.Errorf("listen for the registry: %w", err)
 		}
-		opened = append(opened, regLn)
+		e.sockets = append(e.sockets, e.regLn)
 	}
 	// "No IPv6 router here", so that firmware iPXE does not wait ~13 s for
 	// one; sent only once DHCP runs in full mode (airlock owns the segment).
-	adv, err := ra.Open(a.Network.Interface)
-	if err != nil {
+	if e.adv, err = ra.Open(a.Network.Interface); err != nil {
 		log.Warn("no IPv6 router advertisements: iPXE will wait ~13 s for an IPv6 router at each boot", "err", err)
+		e.adv = nil
 	} else {
-		defer adv.Close()
+		e.owned = append(e.owned, e.adv)
 	}
-	ctlLn, err := control.Listen(o.StateDir)
-	if err != nil {
-		return fail(err)
+	if e.ctlLn, err = control.Listen(o.StateDir); err != nil {
+		return nil, err
 	}
-	opened = append(opened, ctlLn)
+	e.sockets = append(e.sockets, e.ctlLn)
 
 	hcfg := httpboot.Defaults()
 	hcfg.BaseURL = base
@@ -151,55 +192,99 @@ func Serve(ctx context.Context, o ServeOptions) error {
 	if files == nil {
 		files = emptyFS{}
 	}
-	hb, err := httpboot.New(hcfg, httpLn, &BootDecider{Inventory: inv, Image: o.Image}, o.IPXE, files, log.With("part", "httpboot"))
-	if err != nil {
-		return fail(err)
+	if e.hb, err = httpboot.New(hcfg, httpLn, &BootDecider{Inventory: e.inv, Image: o.Image}, o.IPXE, files, log.With("part", "httpboot")); err != nil {
+		return nil, err
 	}
-	hb.Mount(agentapi.Prefix, agentapi.NewHandler(inv, log.With("part", "agentapi")))
-	dsrv, err := dhcp.New(dcfg, socks, Leases{o.Store}, log.With("part", "dhcp"))
-	if err != nil {
-		return fail(err)
+	e.hb.Mount(agentapi.Prefix, agentapi.NewHandler(e.inv, log.With("part", "agentapi")))
+	if e.dsrv, err = dhcp.New(dcfg, socks, Leases{e.store}, log.With("part", "dhcp")); err != nil {
+		return nil, err
 	}
-	var tsrv *tftp.Server
 	if tftpConn != nil {
-		if tsrv, err = tftp.New(o.IPXE, tftpConn, tftp.Defaults(), log.With("part", "tftp")); err != nil {
-			return fail(err)
+		if e.tsrv, err = tftp.New(o.IPXE, tftpConn, tftp.Defaults(), log.With("part", "tftp")); err != nil {
+			return nil, err
 		}
 	}
+	return e, nil
+}
 
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return dsrv.Run(gctx) })
-	g.Go(func() error { return hb.Run(gctx) })
-	g.Go(func() error {
-		return control.Serve(gctx, ctlLn, control.Handler(control.EngineSource{Inventory: inv, Store: o.Store}, log.With("part", "control")))
-	})
-	if regLn != nil {
-		reg := registry.New(o.Registry, log.With("part", "registry"))
-		g.Go(func() error { return reg.Run(gctx, regLn) })
+// Events is the engine's event bus: add a sink to follow what happens.
+func (e *Engine) Events() *events.Bus { return e.bus }
+
+// Inventory is the engine's machine inventory.
+func (e *Engine) Inventory() *inventory.Store { return e.inv }
+
+// Journal is the engine's install journal.
+func (e *Engine) Journal() *state.Journal { return e.journal }
+
+// Ready is closed once every service serves.
+func (e *Engine) Ready() <-chan struct{} { return e.ready }
+
+// Close releases what New opened. After Run it closes only what the
+// servers do not (the store, if New opened it).
+func (e *Engine) Close() error {
+	list := e.owned
+	if !e.ran {
+		list = append(list, e.sockets...)
 	}
-	if tsrv != nil {
-		g.Go(func() error { return tsrv.Run(gctx) })
+	var err error
+	for i := len(list) - 1; i >= 0; i-- {
+		err = errors.Join(err, list[i].Close())
+	}
+	e.owned, e.sockets = nil, nil
+	return err
+}
+
+// Run serves DHCP, TFTP, HTTP boot with the agent API, the registry and
+// the control socket until ctx is cancelled; it returns nil then. ready, if
+// set, is called once every service serves.
+func (e *Engine) Run(ctx context.Context, ready func(Serving)) error {
+	if e.ran {
+		return errors.New("engine: Run called twice")
+	}
+	e.ran = true
+	a, log := e.answers, e.log
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return e.dsrv.Run(gctx) })
+	g.Go(func() error { return e.hb.Run(gctx) })
+	g.Go(func() error {
+		return control.Serve(gctx, e.ctlLn, control.Handler(control.EngineSource{Inventory: e.inv, Store: e.store}, log.With("part", "control")))
+	})
+	if e.regLn != nil {
+		reg := registry.New(e.reg, log.With("part", "registry"))
+		g.Go(func() error { return reg.Run(gctx, e.regLn) })
+	}
+	if e.tsrv != nil {
+		g.Go(func() error { return e.tsrv.Run(gctx) })
 	}
 	g.Go(func() error {
 		select {
-		case <-dsrv.Ready():
+		case <-e.dsrv.Ready():
 		case <-gctx.Done():
 			return nil
 		}
-		if adv != nil && dsrv.Mode() == dhcp.ModeFull {
-			g.Go(func() error { return adv.Run(gctx, time.Second) })
+		if e.adv != nil && e.dsrv.Mode() == dhcp.ModeFull {
+			g.Go(func() error { return e.adv.Run(gctx, time.Second) })
 		}
-		s := Serving{Interface: a.Network.Interface, Mode: dsrv.Mode(), HTTP: base, TFTP: tsrv != nil}
-		if regLn != nil {
-			s.Registry = regLn.Addr().String()
+		s := Serving{Interface: a.Network.Interface, Mode: e.dsrv.Mode(), HTTP: e.base, TFTP: e.tsrv != nil}
+		if e.regLn != nil {
+			s.Registry = e.regLn.Addr().String()
 		}
 		log.Info("serving", "interface", s.Interface, "dhcp", s.Mode, "http", s.HTTP, "tftp", s.TFTP, "registry", s.Registry)
-		if o.Ready != nil {
-			o.Ready(s)
+		e.bus.Emit(events.Event{Kind: events.ServiceReady, Phase: "serve", Message: fmt.Sprintf("DHCP %s on %s, HTTP %s, TFTP %v, registry %s", s.Mode, s.Interface, s.HTTP, s.TFTP, orDash(s.Registry))})
+		close(e.ready)
+		if ready != nil {
+			ready(s)
 		}
 		return nil
 	})
 	return g.Wait()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 type emptyFS struct{}

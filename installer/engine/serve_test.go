@@ -56,7 +56,7 @@ cluster: {name: t}
 		t.Fatal(err)
 	}
 	defer st.Close()
-	opts := ServeOptions{
+	opts := Options{
 		Answers: a, Store: st, StateDir: dir, IPXE: fstest.MapFS{"undionly.kpxe": {Data: []byte("x")}},
 		Registry: registry.NewMemory(), Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
@@ -66,9 +66,9 @@ cluster: {name: t}
 		t.Fatal(err)
 	}
 	before := openFDs(t)
-	err = ns.Do(func() error { return Serve(context.Background(), opts) })
+	err = ns.Do(func() error { _, err := New(opts); return err })
 	if err == nil || !strings.Contains(err.Error(), "listen for the registry") {
-		t.Fatalf("Serve beside a taken registry port: %v", err)
+		t.Fatalf("New beside a taken registry port: %v", err)
 	}
 	// More open afterwards is a leak; fewer is the runtime (the race
 	// detector's, say) closing one of its own meanwhile.
@@ -79,21 +79,25 @@ cluster: {name: t}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan Serving, 1)
-	opts.Ready = func(s Serving) { ready <- s }
 	done := make(chan error, 1)
-	go func() { done <- ns.Do(func() error { return Serve(ctx, opts) }) }()
+	var e *Engine
+	if err := ns.Do(func() (err error) { e, err = New(opts); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	go func() { done <- ns.Do(func() error { return e.Run(ctx, func(s Serving) { ready <- s }) }) }()
 	select {
 	case s := <-ready:
 		if s.Mode != "full" || s.Registry != "10.77.0.1:5000" || !s.TFTP {
 			t.Errorf("serving = %+v", s)
 		}
 	case err := <-done:
-		t.Fatalf("Serve: %v", err)
+		t.Fatalf("Run: %v", err)
 	case <-time.After(30 * time.Second):
 		t.Fatal("not serving within 30 s")
 	}
 	cancel()
 	if err := <-done; err != nil {
-		t.Fatalf("Serve after cancel = %v, want nil", err)
+		t.Fatalf("Run after cancel = %v, want nil", err)
 	}
 }
