@@ -230,3 +230,78 @@ func TestInventoryFromStoreAndSocket(t *testing.T) {
 		t.Fatalf("empty inventory -o json: exit %d %q", code, out)
 	}
 }
+
+// approve and deny with no airlock running write the decision to the
+// store; status reads it back with the machine's history.
+func TestApproveDenyAndStatus(t *testing.T) {
+	stateDir := t.TempDir()
+	s, err := state.Open(stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv := inventory.New(s, nil, slog.New(slog.DiscardHandler))
+	raw, err := os.ReadFile("../../services/agentapi/testdata/registration.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, mac := range []string{"52:54:00:00:00:11", "52:54:00:00:00:12"} {
+		var reg agentapi.Registration
+		if err := json.Unmarshal(raw, &reg); err != nil {
+			t.Fatal(err)
+		}
+		reg.BootMAC, reg.Inventory.System.Serial, reg.Inventory.System.UUID = mac, "", ""
+		reg.Inventory.NICs = []agentapi.NIC{{Name: "eth0", MAC: mac, Link: true}}
+		tok, err := inv.IssueBoot(mac)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := inv.Register(context.Background(), tok.BootID, agentapi.Identity(&reg), &reg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := inv.Transition(out.MachineID, inventory.StateAwaitingApproval, "test"); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, out.MachineID)
+	}
+	s.Close()
+	if _, errOut, code := run(t, "approve", "--state", stateDir); code != 2 {
+		t.Errorf("approve with no machine and no --all: exit %d %s", code, errOut)
+	}
+	out, errOut, code := run(t, "deny", ids[1], "--state", stateDir)
+	if code != 0 || !strings.Contains(out, ids[1]+" denied") {
+		t.Fatalf("deny: exit %d %q %q", code, out, errOut)
+	}
+	out, errOut, code = run(t, "approve", "--all", "--state", stateDir)
+	if code != 0 || !strings.Contains(out, ids[0]+" approved") || strings.Contains(out, ids[1]) {
+		t.Fatalf("approve --all: exit %d %q %q", code, out, errOut)
+	}
+	if _, errOut, code := run(t, "approve", "m-0000000000", "--state", stateDir); code != 1 || !strings.Contains(errOut, "no such machine") {
+		t.Errorf("approve of an unknown machine: exit %d %q", code, errOut)
+	}
+	out, _, code = run(t, "status", "-o", "json", "--state", stateDir)
+	var st struct {
+		Machines []struct {
+			ID, State string
+			History   []struct{ From, To, Reason string }
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil || code != 0 {
+		t.Fatalf("status: %v %q", err, out)
+	}
+	got := map[string]string{}
+	for _, m := range st.Machines {
+		got[m.ID] = m.State
+		if len(m.History) != 2 || m.History[1].Reason == "" {
+			t.Errorf("%s history %+v", m.ID, m.History)
+		}
+	}
+	if got[ids[0]] != inventory.StateAdmitted || got[ids[1]] != inventory.StateDenied {
+		t.Fatalf("states %v", got)
+	}
+	text, _, _ := run(t, "status", "--history", "--state", stateDir)
+	if !strings.Contains(text, "awaiting-approval -> admitted") {
+		t.Errorf("status --history:\n%s", text)
+	}
+}

@@ -56,11 +56,14 @@ func (e *exitError) Error() string { return fmt.Sprintf("exit status %d", e.code
 // ExitCode maps an error from Execute to a process exit code.
 func ExitCode(err error) int {
 	var exit *exitError
+	var usage *usageError
 	switch {
 	case err == nil:
 		return 0
 	case errors.As(err, &exit):
 		return exit.code
+	case errors.As(err, &usage):
+		return 2
 	case errors.Is(err, context.Canceled):
 		return 130
 	default:
@@ -110,6 +113,10 @@ the cluster and lays down the platform from one signed bundle.`,
 		newSchemaCommand(g),
 		newInventoryCommand(g),
 		newServeCommand(g),
+		newInstallCommand(g),
+		newStatusCommand(g),
+		newDecideCommand(g, true),
+		newDecideCommand(g, false),
 		newLabCommand(g),
 		newBundleCommand(g),
 	)

@@ -35,6 +35,8 @@ type Source interface {
 	Machines() ([]inventory.Machine, error)
 	Journal() ([]state.Entry, error)
 	Rediscover(machineID string) error
+	// Decide records an operator's approval (true) or denial of a machine.
+	Decide(machineID string, approve bool) error
 }
 
 // EngineSource answers from the running engine's inventory and journal.
@@ -51,6 +53,20 @@ func (s EngineSource) Journal() ([]state.Entry, error) { return state.NewJournal
 
 // Rediscover implements Source.
 func (s EngineSource) Rediscover(id string) error { return s.Inventory.Rediscover(id) }
+
+// Decide implements Source.
+func (s EngineSource) Decide(id string, approve bool) error { return Decide(s.Inventory, id, approve) }
+
+// Decide records an operator's decision about a machine in the inventory:
+// approved machines become admitted, denied ones denied.
+func Decide(inv *inventory.Store, id string, approve bool) error {
+	to, why := inventory.StateAdmitted, "approved by an operator"
+	if !approve {
+		to, why = inventory.StateDenied, "denied by an operator"
+	}
+	_, err := inv.Transition(id, to, why)
+	return err
+}
 
 // Listen creates the control socket in stateDir, owner-only. A stale socket
 // left by a crashed airlock is replaced; a live one is an error.
@@ -106,6 +122,27 @@ func Handler(src Source, log *slog.Logger) http.Handler {
 		}
 		reply(w, map[string]string{"machine": r.PathValue("id"), "order": "reboot into discovery"}, err)
 	})
+	decide := func(approve bool) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			err := src.Decide(r.PathValue("id"), approve)
+			code := http.StatusOK
+			switch {
+			case errors.Is(err, inventory.ErrNoMachine):
+				code = http.StatusNotFound
+			case errors.Is(err, inventory.ErrTransition):
+				code = http.StatusConflict
+			}
+			if code != http.StatusOK {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(code)
+				json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+				return
+			}
+			reply(w, map[string]string{"machine": r.PathValue("id")}, err)
+		}
+	}
+	mux.HandleFunc("POST /v1/machines/{id}/approve", decide(true))
+	mux.HandleFunc("POST /v1/machines/{id}/deny", decide(false))
 	return mux
 }
 
@@ -181,6 +218,16 @@ func (c *Client) Machines(ctx context.Context) ([]inventory.Machine, error) {
 func (c *Client) Journal(ctx context.Context) ([]state.Entry, error) {
 	var out []state.Entry
 	return out, c.do(ctx, http.MethodGet, "/v1/journal", &out)
+}
+
+// Decide asks the running airlock to approve or deny a machine.
+func (c *Client) Decide(ctx context.Context, machineID string, approve bool) error {
+	verb := "deny"
+	if approve {
+		verb = "approve"
+	}
+	var out map[string]string
+	return c.do(ctx, http.MethodPost, "/v1/machines/"+url.PathEscape(machineID)+"/"+verb, &out)
 }
 
 // Rediscover asks the running airlock to reboot a machine into discovery.

@@ -1,0 +1,187 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"airlock.dev/airlock/installer/engine"
+	"airlock.dev/airlock/installer/events"
+)
+
+func newInstallCommand(g *globals) *cobra.Command {
+	var (
+		file       *string
+		output     string
+		opts       engine.InstallOptions
+		in         engineInputs
+		bootFiles  string
+		bundlePath string
+	)
+	cmd := &cobra.Command{
+		Use:   "install -f FILE",
+		Short: "Run the install pipeline unattended, with the boot services",
+		Long: `Serve the provisioning network and run the install pipeline in the
+foreground: discover the machines the answer file expects, admit them by its
+admission policy (approve: waits for airlock approve|deny), and record what
+each admitted machine becomes. Every step is journaled in --state: run
+again, install resumes where it stopped. One line per event (-o json: one
+JSON object per line). Exit status 0 when every admitted machine reached
+its target state, 1 when any failed, 2 on bad usage or input.
+
+Today the pipeline ends at "assigned": writing the OS to disk, booting it
+and forming the cluster are being built as further phases.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "text" && output != "json" {
+				return &usageError{fmt.Errorf("--output %q: use text or json", output)}
+			}
+			a, err := loadAnswers(g.streams.Err, *file)
+			if err != nil {
+				return &exitError{code: 2}
+			}
+			if bootFiles != "" {
+				if _, err := os.Stat(bootFiles); err != nil {
+					return &usageError{fmt.Errorf("--boot-files: %w", err)}
+				}
+				in.files, in.image = os.DirFS(bootFiles), engine.LabDiscoveryImage()
+			}
+			if bundlePath != "" {
+				a.Bundle.Path = bundlePath
+			}
+			e, closeAll, err := buildEngine(g, a, in)
+			if err != nil {
+				return err
+			}
+			defer closeAll()
+			e.Events().Add(newEventPrinter(g.streams.Out, output))
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			served := make(chan error, 1)
+			go func() { served <- e.Run(ctx, nil) }()
+			res, err := e.Install(ctx, opts)
+			cancel()
+			err = errors.Join(err, <-served)
+			if errors.Is(err, engine.ErrNothingExpected) {
+				return &usageError{err}
+			}
+			if err != nil {
+				return err
+			}
+			machines, lerr := e.Inventory().List()
+			if lerr != nil {
+				return lerr
+			}
+			failed := len(res.Failed())
+			reached := 0
+			for _, m := range machines {
+				if m.State == engine.Target {
+					reached++
+				}
+			}
+			fmt.Fprintf(g.streams.Err, "airlock: install: %d machines %s, %d failed; `airlock status --state %s` shows each\n", reached, engine.Target, failed, g.stateDir)
+			if failed > 0 {
+				return &exitError{code: 1}
+			}
+			return nil
+		},
+	}
+	file = answersFlag(cmd)
+	f := cmd.Flags()
+	f.StringVarP(&output, "output", "o", "text", "event output: text or json (one object per line)")
+	f.IntVar(&opts.Expect, "expect", 0, "machines to wait for when the admission policy does not name them (approve, any)")
+	f.DurationVar(&opts.DiscoverTimeout, "discover-timeout", 30*time.Minute, "how long discovery waits for the expected machines")
+	f.StringVar(&bootFiles, "boot-files", "", "directory with the discovery kernel (vmlinuz) and boot image (initramfs.img), instead of the bundle's")
+	f.StringVar(&bundlePath, "bundle", "", "bundle to serve (overrides bundle.path)")
+	f.IntVar(&in.httpPort, "http-port", 8080, "HTTP boot port")
+	return cmd
+}
+
+// usageError ends a command with exit status 2.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+// eventPrinter is the command line's event sink: one line per event.
+type eventPrinter struct {
+	mu     sync.Mutex
+	w      io.Writer
+	json   bool
+	last   map[string]time.Time // step -> last progress line printed
+	failed map[string]bool
+}
+
+func newEventPrinter(w io.Writer, format string) *eventPrinter {
+	return &eventPrinter{w: w, json: format == "json", last: map[string]time.Time{}}
+}
+
+// Emit implements events.Sink. Progress lines are printed at most once a
+// second per step in text form.
+func (p *eventPrinter) Emit(e events.Event) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.json {
+		raw, err := json.Marshal(e)
+		if err == nil {
+			p.w.Write(append(raw, '\n'))
+		}
+		return
+	}
+	if e.Kind == events.StepProgress {
+		if e.Time.Sub(p.last[e.Step]) < time.Second {
+			return
+		}
+		p.last[e.Step] = e.Time
+	}
+	p.w.Write([]byte(eventLine(e) + "\n"))
+}
+
+// eventLine is an event in one line of text; strings that come from
+// machines are quoted.
+func eventLine(e events.Event) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %-13s", e.Time.Local().Format("15:04:05"), e.Kind)
+	if e.Step != "" {
+		fmt.Fprintf(&b, " %s", e.Step)
+	} else if e.Phase != "" {
+		fmt.Fprintf(&b, " %s", e.Phase)
+	}
+	if e.Kind == events.MachineState {
+		fmt.Fprintf(&b, " %s %s -> %s", e.Machine, e.From, e.State)
+	} else if e.Machine != "" && e.Step == "" {
+		fmt.Fprintf(&b, " %s", e.Machine)
+	}
+	if pr := e.Progress; pr != nil {
+		if pr.Total > 0 {
+			fmt.Fprintf(&b, " %d/%d %s", pr.Done, pr.Total, pr.Unit)
+		} else {
+			fmt.Fprintf(&b, " %d %s", pr.Done, pr.Unit)
+		}
+	}
+	if e.Message != "" {
+		fmt.Fprintf(&b, ": %s", quoteUnsafe(e.Message))
+	}
+	if e.Error != "" {
+		fmt.Fprintf(&b, ": %s", quoteUnsafe(e.Error))
+	}
+	return b.String()
+}
+
+// quoteUnsafe returns s, quoted if it holds anything but printable text.
+func quoteUnsafe(s string) string {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || (r >= 0x200b && r <= 0x200f) || (r >= 0x202a && r <= 0x202e) || (r >= 0x2066 && r <= 0x2069) {
+			return fmt.Sprintf("%+q", s)
+		}
+	}
+	return s
+}

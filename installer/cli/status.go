@@ -1,0 +1,199 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"airlock.dev/airlock/installer/control"
+	"airlock.dev/airlock/installer/inventory"
+	"airlock.dev/airlock/installer/pipeline"
+	"airlock.dev/airlock/installer/state"
+)
+
+// Status is what `airlock status` reports.
+type Status struct {
+	Phases   []PhaseStatus   `json:"phases"`
+	Machines []MachineStatus `json:"machines"`
+}
+
+// PhaseStatus is one phase of the pipeline and how far it is.
+type PhaseStatus struct {
+	Name   string `json:"name"`
+	Status string `json:"status"`
+}
+
+// MachineStatus is one machine's place in the install.
+type MachineStatus struct {
+	ID         string                 `json:"id"`
+	State      string                 `json:"state"`
+	Hostname   string                 `json:"hostname,omitempty"`
+	Role       string                 `json:"role,omitempty"`
+	Serial     string                 `json:"serial,omitempty"`
+	Rack       string                 `json:"rack,omitempty"`
+	Step       string                 `json:"step,omitempty"`       // the machine's latest step
+	StepStatus string                 `json:"stepStatus,omitempty"` // and how it stands
+	Failure    string                 `json:"failure,omitempty"`
+	Assignment *inventory.Assignment  `json:"assignment,omitempty"`
+	History    []inventory.Transition `json:"history,omitempty"`
+}
+
+func makeStatus(machines []inventory.Machine, journal []state.Entry) Status {
+	var st Status
+	phases := pipeline.PhaseStatus(journal)
+	for _, p := range pipeline.Phases() {
+		st.Phases = append(st.Phases, PhaseStatus{Name: p.Name, Status: phases[p.Name]})
+	}
+	latest := map[string]state.Entry{} // machine -> its latest journal entry
+	for _, e := range journal {
+		if _, id, ok := strings.Cut(e.Step, "/"); ok {
+			latest[id] = e
+		}
+	}
+	for _, m := range machines {
+		ms := MachineStatus{ID: m.ID, State: m.State, Serial: m.Serial, Rack: m.Rack, Failure: m.Failure, Assignment: m.Assignment, History: m.History}
+		if m.Assignment != nil {
+			ms.Hostname, ms.Role = m.Assignment.Hostname, m.Assignment.Role
+		}
+		if e, ok := latest[m.ID]; ok {
+			ms.Step, ms.StepStatus = e.Step, e.Status
+		}
+		st.Machines = append(st.Machines, ms)
+	}
+	if st.Machines == nil {
+		st.Machines = []MachineStatus{}
+	}
+	return st
+}
+
+func newStatusCommand(g *globals) *cobra.Command {
+	var output *string
+	var history bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "The install pipeline and every machine's state, step, history and failure",
+		Long: `Show how the install stands: each phase of the pipeline, and for every
+machine its lifecycle state, its latest step, what failed and (with
+--history, or in -o json|yaml) every state change with its time. Asks the
+running airlock, or reads the state store when none runs.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkOutput(*output); err != nil {
+				return err
+			}
+			machines, journal, err := readProgress(cmd.Context(), g.stateDir)
+			if err != nil {
+				return err
+			}
+			st := makeStatus(machines, journal)
+			return render(g.streams.Out, *output, st, func(w io.Writer) error { return printStatus(w, st, history) })
+		},
+	}
+	output = outputFlag(cmd)
+	cmd.Flags().BoolVar(&history, "history", false, "list every machine's state changes")
+	return cmd
+}
+
+func printStatus(out io.Writer, st Status, history bool) error {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "PHASES")
+	for _, p := range st.Phases {
+		fmt.Fprintf(w, "  %s\t%s\n", p.Name, p.Status)
+	}
+	fmt.Fprintln(w, "\nMACHINE\tSTATE\tHOSTNAME\tROLE\tSERIAL\tRACK\tSTEP")
+	for _, m := range st.Machines {
+		step := "-"
+		if m.Step != "" {
+			step = m.Step + " " + m.StepStatus
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.State, dash(m.Hostname), dash(m.Role), dash(quoteUnsafe(m.Serial)), dash(quoteUnsafe(m.Rack)), step)
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	for _, m := range st.Machines {
+		if m.Failure != "" {
+			fmt.Fprintf(out, "%s failed: %s\n", m.ID, quoteUnsafe(m.Failure))
+		}
+		if history {
+			for _, h := range m.History {
+				fmt.Fprintf(out, "  %s %s  %s -> %s  %s\n", m.ID, h.Time.Local().Format(time.DateTime), h.From, h.To, quoteUnsafe(h.Reason))
+			}
+		}
+	}
+	if len(st.Machines) == 0 {
+		_, err := fmt.Fprintln(out, "no machines discovered yet")
+		return err
+	}
+	return nil
+}
+
+func newDecideCommand(g *globals, approve bool) *cobra.Command {
+	verb, done := "deny", "denied"
+	if approve {
+		verb, done = "approve", "approved"
+	}
+	var all bool
+	cmd := &cobra.Command{
+		Use:   verb + " MACHINE... | --all",
+		Short: strings.ToUpper(verb[:1]) + verb[1:] + " machines awaiting approval (admission policy approve)",
+		Long: `Record an operator's decision about machines that the admission policy
+"approve" leaves to a person. With the running airlock (install, serve, lab)
+the decision goes over its control socket and an install waiting for it goes
+on at once; with none, it is written to the state store. --all takes every
+machine awaiting approval.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if all == (len(args) > 0) {
+				return &usageError{errors.New("name the machines or give --all, not both")}
+			}
+			c := control.NewClient(g.stateDir)
+			if all {
+				machines, _, err := readProgress(cmd.Context(), g.stateDir)
+				if err != nil {
+					return err
+				}
+				for _, m := range machines {
+					if m.State == inventory.StateAwaitingApproval {
+						args = append(args, m.ID)
+					}
+				}
+				if len(args) == 0 {
+					fmt.Fprintln(g.streams.Out, "no machine awaits approval")
+					return nil
+				}
+			}
+			var inv *inventory.Store // set when no airlock runs: decide in the store
+			var errs []error
+			for _, id := range args {
+				var err error
+				if inv == nil {
+					err = c.Decide(cmd.Context(), id, approve)
+					if errors.Is(err, control.ErrNotRunning) {
+						st, oerr := state.Open(g.stateDir)
+						if oerr != nil {
+							return oerr
+						}
+						defer st.Close()
+						inv = inventory.New(st, nil, g.log)
+					}
+				}
+				if inv != nil {
+					err = control.Decide(inv, id, approve)
+				}
+				if err != nil {
+					errs = append(errs, fmt.Errorf("%s %q: %w", verb, id, err))
+					continue
+				}
+				fmt.Fprintf(g.streams.Out, "%s %s\n", id, done)
+			}
+			return errors.Join(errs...)
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "every machine awaiting approval")
+	return cmd
+}
