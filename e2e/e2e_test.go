@@ -23,7 +23,7 @@ import (
 	"testing"
 	"time"
 
-	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/installer/lab/netns"
 )
 
 // airlockBin returns the binary under test.

@@ -10,10 +10,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"airlock.dev/airlock/e2e/lab"
 	"airlock.dev/airlock/installer/control"
 	"airlock.dev/airlock/installer/engine"
 	"airlock.dev/airlock/installer/inventory"
+	"airlock.dev/airlock/installer/lab"
 )
 
 func newLabCommand(g *globals) *cobra.Command {
