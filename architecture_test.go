@@ -15,11 +15,13 @@ import (
 
 const module = "airlock.dev/airlock"
 
-// layerRules says which of the module's packages a package may import,
+// layerRule says which of the module's packages a package may import,
 // following DESIGN.md: main -> installer/cli (the only composition root);
 // services know nothing of the engine; bundle, manifests and the config
 // schema are leaves; the TUI sees the engine only through config and events; the node
-// agent stays small.
+// agent stays small; the virtual rack (installer/lab) knows nothing of the
+// engine (its switches speak through services/*); no product package
+// imports e2e/ or the test kit.
 func layerRule(pkg, imp string) error {
 	under := func(p, prefix string) bool { return p == prefix || strings.HasPrefix(p, prefix+"/") }
 	switch {
@@ -29,6 +31,10 @@ func layerRule(pkg, imp string) error {
 		}
 	case imp == "installer/cli":
 		return fmt.Errorf("only main imports installer/cli (the composition root)")
+	case under(imp, "e2e"):
+		return fmt.Errorf("product code never imports e2e/: it holds black-box tests of the built binary only")
+	case under(imp, "installer/lab/testkit"):
+		return fmt.Errorf("installer/lab/testkit is for tests only")
 	case under(pkg, "services"):
 		if !under(imp, "services") {
 			return fmt.Errorf("services know nothing of the engine: they may import only services/*")
@@ -59,9 +65,11 @@ func layerRule(pkg, imp string) error {
 		if !under(imp, "tui") && imp != "installer/config" && imp != "installer/events" && imp != "manifests" {
 			return fmt.Errorf("the wizard knows the engine only through installer/config and installer/events")
 		}
-	case under(pkg, "e2e"):
-		if under(imp, "installer") || under(imp, "tui") || under(imp, "bundle") {
-			return fmt.Errorf("the lab harness imports no engine package")
+	case under(pkg, "installer/lab/netns"), under(pkg, "installer/lab/testkit"):
+		return fmt.Errorf("the namespace helpers and the test kit are leaves")
+	case under(pkg, "installer/lab"):
+		if !under(imp, "installer/lab") && !under(imp, "services") {
+			return fmt.Errorf("the virtual rack knows nothing of the engine: it may import only installer/lab/* and services/*")
 		}
 	}
 	return nil
@@ -179,7 +187,13 @@ func TestLayeringCatchesForbiddenImports(t *testing.T) {
 		{"installer/plan/p.go", "installer/cli", "installer/plan imports installer/cli: only main imports installer/cli"},
 		{"other.go", "installer/state", ". imports installer/state: main may import only installer/cli"},
 		{"installer/agent/a.go", "installer/state", "installer/agent imports installer/state: the node agent may import only"},
-		{"e2e/lab/lab.go", "installer/cli", "e2e/lab imports installer/cli: only main imports installer/cli"},
+		{"installer/lab/lab.go", "installer/cli", "installer/lab imports installer/cli: only main imports installer/cli"},
+		{"installer/engine/lab.go", "e2e/lab", "installer/engine imports e2e/lab: product code never imports e2e/"},
+		{"installer/cli/lab.go", "e2e", "installer/cli imports e2e: product code never imports e2e/"},
+		{"services/dhcp/ns.go", "e2e/netns", "services/dhcp imports e2e/netns: product code never imports e2e/"},
+		{"installer/agent/k.go", "installer/lab/testkit", "installer/agent imports installer/lab/testkit: installer/lab/testkit is for tests only"},
+		{"installer/lab/lab.go", "installer/engine", "installer/lab imports installer/engine: the virtual rack knows nothing of the engine"},
+		{"installer/lab/netns/n.go", "installer/lab", "installer/lab/netns imports installer/lab: the namespace helpers and the test kit are leaves"},
 	} {
 		files := map[string]string{}
 		for k, v := range ok {
@@ -196,6 +210,97 @@ func TestLayeringCatchesForbiddenImports(t *testing.T) {
 		}
 		if len(v) != 1 || !strings.HasPrefix(v[0], tc.want) {
 			t.Errorf("adding %s importing %s: got %q, want one violation starting %q", tc.file, tc.imp, v, tc.want)
+		}
+	}
+}
+
+// e2eHarness is what e2e's black-box tests may import from the module: the
+// namespaces they put clients in, and the test kit (Debian's kernel, the
+// agent built from source, a log buffer).
+var e2eHarness = []string{"installer/lab/netns", "installer/lab/testkit"}
+
+// e2eViolations checks that e2e/ holds black-box tests of the built binary
+// only: every Go file is a test file, and the tests import nothing of the
+// module but e2eHarness (they drive airlock as a process, never as a
+// library). The layering scan skips test files, so this one reads them.
+func e2eViolations(root string) ([]string, error) {
+	dir := filepath.Join(root, "e2e")
+	if _, err := os.Stat(dir); os.IsNotExist(err) {
+		return nil, nil
+	}
+	var out []string
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if p != dir && (strings.HasPrefix(d.Name(), ".") || d.Name() == "testdata") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(p, ".go") {
+			return nil
+		}
+		rel, err := filepath.Rel(root, p)
+		if err != nil {
+			return err
+		}
+		rel = filepath.ToSlash(rel)
+		if !strings.HasSuffix(p, "_test.go") {
+			out = append(out, fmt.Sprintf("%s is not a test file: e2e/ holds black-box tests only (product code goes under installer/, services/ or bundle/)", rel))
+		}
+		f, err := parser.ParseFile(token.NewFileSet(), p, nil, parser.ImportsOnly)
+		if err != nil {
+			return err
+		}
+		for _, spec := range f.Imports {
+			imp, _ := strconv.Unquote(spec.Path.Value)
+			if rest, ok := strings.CutPrefix(imp, module+"/"); ok && !slices.Contains(e2eHarness, rest) {
+				out = append(out, fmt.Sprintf("%s imports %s: e2e tests are black-box: from the module they may import only %s", rel, rest, strings.Join(e2eHarness, " and ")))
+			}
+		}
+		return nil
+	})
+	slices.Sort(out)
+	return out, err
+}
+
+func TestE2EIsBlackBox(t *testing.T) {
+	v, err := e2eViolations(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, msg := range v {
+		t.Error(msg)
+	}
+}
+
+// The black-box check must fail when e2e/ gains a library or a test that
+// imports an engine package.
+func TestE2ECheckCatchesViolations(t *testing.T) {
+	ok := map[string]string{
+		"e2e/serve_test.go": "//go:build e2e\n\npackage e2e\nimport (\n\t_ \"airlock.dev/airlock/installer/lab/netns\"\n\t_ \"airlock.dev/airlock/installer/lab/testkit\"\n\t_ \"os/exec\"\n)\n",
+		"e2e/demo.sh":       "#!/bin/sh\n",
+	}
+	if v, err := e2eViolations(writeTree(t, ok)); err != nil || len(v) != 0 {
+		t.Fatalf("allowed tree reported %v, %v", v, err)
+	}
+	for _, tc := range []struct{ file, body, want string }{
+		{"e2e/engine_test.go", "package e2e\nimport _ \"airlock.dev/airlock/installer/engine\"\n", "e2e/engine_test.go imports installer/engine: e2e tests are black-box"},
+		{"e2e/lab/lab_test.go", "package lab\nimport _ \"airlock.dev/airlock/services/dhcp\"\n", "e2e/lab/lab_test.go imports services/dhcp: e2e tests are black-box"},
+		{"e2e/lab/lab.go", "// Package lab.\npackage lab\n", "e2e/lab/lab.go is not a test file: e2e/ holds black-box tests only"},
+	} {
+		files := map[string]string{tc.file: tc.body}
+		for k, v := range ok {
+			files[k] = v
+		}
+		v, err := e2eViolations(writeTree(t, files))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(v) != 1 || !strings.HasPrefix(v[0], tc.want) {
+			t.Errorf("adding %s: got %q, want one violation starting %q", tc.file, v, tc.want)
 		}
 	}
 }

@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"airlock.dev/airlock/e2e/netns"
-	"airlock.dev/airlock/e2e/testkit"
+	"airlock.dev/airlock/installer/lab/netns"
+	"airlock.dev/airlock/installer/lab/testkit"
 )
 
 // The product's own path from a signed bundle to a discovered machine:

@@ -23,7 +23,7 @@ import (
 	"testing"
 	"time"
 
-	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/installer/lab/netns"
 )
 
 // airlockBin returns the binary under test.
@@ -64,18 +64,23 @@ func newNS(t *testing.T, prefix string) *netns.NS {
 	return ns
 }
 
-// process is an airlock (or other) process the test started.
+// process is an airlock (or other) process the test started. Every line it
+// writes to stderr is kept (none is dropped however fast it writes), and
+// waitFor reads them in order.
 type process struct {
-	cmd    *exec.Cmd
-	mu     sync.Mutex
-	stderr bytes.Buffer
-	lines  chan string
-	done   chan error
+	cmd  *exec.Cmd
+	done chan struct{} // closed once the process has exited and every line is kept
+
+	mu    sync.Mutex
+	lines []string      // every stderr line so far
+	grew  chan struct{} // closed (and replaced) when a line is added
+	next  int           // the first line waitFor has not looked at yet
+	err   error         // cmd.Wait's result, set before done is closed
 }
 
 func start(t *testing.T, cmd *exec.Cmd) *process {
 	t.Helper()
-	p := &process{cmd: cmd, lines: make(chan string, 256), done: make(chan error, 1)}
+	p := &process{cmd: cmd, done: make(chan struct{}), grew: make(chan struct{})}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	pipe, err := cmd.StderrPipe()
 	if err != nil {
@@ -86,16 +91,27 @@ func start(t *testing.T, cmd *exec.Cmd) *process {
 	}
 	go func() {
 		sc := bufio.NewScanner(pipe)
+		sc.Buffer(make([]byte, 64*1024), 1<<20)
 		for sc.Scan() {
 			p.mu.Lock()
-			p.stderr.WriteString(sc.Text() + "\n")
+			p.lines = append(p.lines, sc.Text())
+			close(p.grew)
+			p.grew = make(chan struct{})
 			p.mu.Unlock()
-			select {
-			case p.lines <- sc.Text():
-			default:
-			}
 		}
-		p.done <- cmd.Wait()
+		if err := sc.Err(); err != nil {
+			// A line over 1 MiB: keep the reason, and drain the pipe so
+			// that the process never blocks on a full one.
+			p.mu.Lock()
+			p.lines = append(p.lines, fmt.Sprintf("(test harness: stopped reading stderr: %v)", err))
+			p.mu.Unlock()
+			_, _ = io.Copy(io.Discard, pipe)
+		}
+		err := cmd.Wait()
+		p.mu.Lock()
+		p.err = err
+		p.mu.Unlock()
+		close(p.done)
 	}()
 	t.Cleanup(func() { p.stop(t) })
 	return p
@@ -104,38 +120,71 @@ func start(t *testing.T, cmd *exec.Cmd) *process {
 func (p *process) log() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.stderr.String()
+	return strings.Join(p.lines, "\n") + "\n"
 }
 
-// waitFor waits for a stderr line containing s.
+// seen looks at the lines waitFor has not looked at yet, up to the first
+// one containing s, and reports whether there was one.
+func (p *process) seen(s string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for p.next < len(p.lines) {
+		line := p.lines[p.next]
+		p.next++
+		if strings.Contains(line, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// waitFor waits for a stderr line containing s, after the line an earlier
+// waitFor returned on.
 func (p *process) waitFor(t *testing.T, s string, timeout time.Duration) {
 	t.Helper()
-	deadline := time.After(timeout)
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
 	for {
+		if p.seen(s) {
+			return
+		}
+		p.mu.Lock()
+		grew := p.grew
+		p.mu.Unlock()
 		select {
-		case line := <-p.lines:
-			if strings.Contains(line, s) {
+		case <-grew:
+		case <-p.done:
+			if p.seen(s) {
 				return
 			}
-		case err := <-p.done:
-			p.done <- err
-			t.Fatalf("process exited (%v) before printing %q:\n%s", err, s, p.log())
-		case <-deadline:
+			t.Fatalf("process exited (%v) before printing %q:\n%s", p.exitErr(), s, p.log())
+		case <-deadline.C:
+			if p.seen(s) {
+				return
+			}
 			t.Fatalf("no %q within %s:\n%s", s, timeout, p.log())
 		}
 	}
 }
 
+// exitErr is cmd.Wait's result once the process has exited.
+func (p *process) exitErr() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.err
+}
+
 // stop interrupts the process (SIGINT, as Ctrl-C does) and waits.
 func (p *process) stop(t *testing.T) error {
-	if p.cmd.ProcessState != nil {
-		return nil
+	select {
+	case <-p.done:
+		return p.exitErr()
+	default:
 	}
 	p.cmd.Process.Signal(syscall.SIGINT)
 	select {
-	case err := <-p.done:
-		p.done <- err
-		return err
+	case <-p.done:
+		return p.exitErr()
 	case <-time.After(20 * time.Second):
 		p.cmd.Process.Kill()
 		return fmt.Errorf("did not stop within 20 s of SIGINT")
@@ -179,5 +228,23 @@ func readJSON(t *testing.T, s string, v any) {
 	t.Helper()
 	if err := json.NewDecoder(strings.NewReader(s)).Decode(v); err != nil && err != io.EOF {
 		t.Fatalf("decode %q: %v", s, err)
+	}
+}
+
+// The harness keeps every line a process writes, however fast: 5000 lines
+// written before anyone reads are all found, in order, after the process
+// has exited (a bounded channel dropped lines here).
+func TestProcessKeepsEveryLine(t *testing.T) {
+	const n = 5000
+	p := start(t, exec.Command("sh", "-c", fmt.Sprintf(`i=1; while [ $i -le %d ]; do echo "line $i end" >&2; i=$((i+1)); done`, n)))
+	<-p.done
+	if err := p.exitErr(); err != nil {
+		t.Fatalf("writer: %v", err)
+	}
+	for i := 1; i <= n; i++ {
+		p.waitFor(t, fmt.Sprintf("line %d end", i), time.Second)
+	}
+	if p.seen("line") {
+		t.Fatal("lines after the last one")
 	}
 }

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/installer/lab/netns"
 )
 
 // Real firmware against airlock serve: a QEMU machine with SeaBIOS and

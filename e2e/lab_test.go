@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"airlock.dev/airlock/e2e/netns"
-	"airlock.dev/airlock/e2e/testkit"
+	"airlock.dev/airlock/installer/lab/netns"
+	"airlock.dev/airlock/installer/lab/testkit"
 )
 
 type labVM struct {

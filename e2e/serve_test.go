@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/installer/lab/netns"
 )
 
 func answers(iface string) string {

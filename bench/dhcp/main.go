@@ -27,8 +27,8 @@ import (
 	"sync"
 	"time"
 
-	"airlock.dev/airlock/e2e/netns"
 	"airlock.dev/airlock/installer/engine"
+	"airlock.dev/airlock/installer/lab/netns"
 	"airlock.dev/airlock/installer/state"
 	"airlock.dev/airlock/services/dhcp"
 )

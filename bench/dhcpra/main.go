@@ -26,7 +26,7 @@ import (
 	"time"
 
 	"airlock.dev/airlock/bench/internal/stats"
-	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/installer/lab/netns"
 	"airlock.dev/airlock/services/dhcp"
 	"airlock.dev/airlock/services/ra"
 	"airlock.dev/airlock/services/tftp"

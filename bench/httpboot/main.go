@@ -39,7 +39,7 @@ import (
 
 	"airlock.dev/airlock/bench/internal/benchns"
 	"airlock.dev/airlock/bench/internal/stats"
-	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/installer/lab/netns"
 	"airlock.dev/airlock/services/httpboot"
 )
 

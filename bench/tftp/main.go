@@ -24,7 +24,7 @@ import (
 
 	ptftp "github.com/pin/tftp/v3"
 
-	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/installer/lab/netns"
 	"airlock.dev/airlock/services/tftp"
 )
 

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"airlock.dev/airlock/e2e/netns"
-	"airlock.dev/airlock/e2e/testkit"
+	"airlock.dev/airlock/installer/lab/netns"
+	"airlock.dev/airlock/installer/lab/testkit"
 	"airlock.dev/airlock/services/agentapi"
 	"airlock.dev/airlock/services/agentapi/lldp"
 )

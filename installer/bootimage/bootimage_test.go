@@ -12,7 +12,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
 
-	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/installer/lab/netns"
 )
 
 var fakeELF = []byte("\x7fELF fake module")

@@ -12,8 +12,8 @@ import (
 	"strings"
 	"testing"
 
-	"airlock.dev/airlock/e2e/netns"
-	"airlock.dev/airlock/e2e/testkit"
+	"airlock.dev/airlock/installer/lab/netns"
+	"airlock.dev/airlock/installer/lab/testkit"
 )
 
 // makeDeb builds a real Debian package with dpkg-deb from a directory tree.

@@ -13,10 +13,10 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
-	"airlock.dev/airlock/e2e/lab"
 	"airlock.dev/airlock/installer/control"
 	"airlock.dev/airlock/installer/engine"
 	"airlock.dev/airlock/installer/inventory"
+	"airlock.dev/airlock/installer/lab"
 )
 
 func newLabCommand(g *globals) *cobra.Command {

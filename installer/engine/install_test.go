@@ -11,10 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"airlock.dev/airlock/e2e/netns"
 	"airlock.dev/airlock/installer/config"
 	"airlock.dev/airlock/installer/events"
 	"airlock.dev/airlock/installer/inventory"
+	"airlock.dev/airlock/installer/lab/netns"
 	"airlock.dev/airlock/installer/pipeline"
 	"airlock.dev/airlock/installer/state"
 	"airlock.dev/airlock/services/agentapi"

@@ -16,11 +16,11 @@ import (
 	"time"
 
 	"airlock.dev/airlock/bundle"
-	"airlock.dev/airlock/e2e/lab"
-	"airlock.dev/airlock/e2e/netns"
 	"airlock.dev/airlock/installer/bootimage"
 	"airlock.dev/airlock/installer/config"
 	"airlock.dev/airlock/installer/control"
+	"airlock.dev/airlock/installer/lab"
+	"airlock.dev/airlock/installer/lab/netns"
 	"airlock.dev/airlock/installer/state"
 )
 

@@ -11,8 +11,8 @@ import (
 	"testing/fstest"
 	"time"
 
-	"airlock.dev/airlock/e2e/netns"
 	"airlock.dev/airlock/installer/config"
+	"airlock.dev/airlock/installer/lab/netns"
 	"airlock.dev/airlock/installer/state"
 	"airlock.dev/airlock/services/registry"
 )

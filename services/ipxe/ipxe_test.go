@@ -2,40 +2,10 @@ package ipxe
 
 import (
 	"bytes"
-	"errors"
-	"io/fs"
 	"os"
-	"path/filepath"
 	"testing"
 	"testing/fstest"
 )
-
-func TestEmbeddedOrClearError(t *testing.T) {
-	fsys, err := FS()
-	if !Embedded() {
-		if !errors.Is(err, ErrNotEmbedded) {
-			t.Fatalf("plain build: FS() err = %v, want ErrNotEmbedded", err)
-		}
-		return
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m := Missing(fsys); len(m) > 0 {
-		t.Fatalf("embedded build lacks %v", m)
-	}
-	// The embedded files are Debian's, byte for byte.
-	for _, n := range Names {
-		got, _ := fs.ReadFile(fsys, n)
-		want, err := os.ReadFile(filepath.Join("/usr/lib/ipxe", n))
-		if err != nil {
-			t.Fatalf("%v: apt-get install ipxe", err)
-		}
-		if !bytes.Equal(got, want) {
-			t.Errorf("%s differs from Debian's", n)
-		}
-	}
-}
 
 func TestMissing(t *testing.T) {
 	m := Missing(fstest.MapFS{"undionly.kpxe": {Data: []byte{1}}, "ipxe.efi": {}})

@@ -7,7 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/installer/lab/netns"
 )
 
 // A host in another namespace receives the advertisement: ICMPv6 type 134,

@@ -18,7 +18,7 @@ import (
 
 	ptftp "github.com/pin/tftp/v3"
 
-	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/installer/lab/netns"
 )
 
 func TestCleanPath(t *testing.T) {

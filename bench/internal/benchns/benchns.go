@@ -11,7 +11,7 @@ import (
 	"os"
 	"strings"
 
-	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/installer/lab/netns"
 )
 
 // DefaultCC is the congestion control the benchmarks measure under unless

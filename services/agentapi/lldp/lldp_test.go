@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/installer/lab/netns"
 )
 
 func torFrame() Frame {

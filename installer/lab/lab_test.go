@@ -15,14 +15,14 @@ import (
 	"testing"
 	"time"
 
-	"airlock.dev/airlock/e2e/netns"
-	"airlock.dev/airlock/e2e/testkit"
+	"airlock.dev/airlock/installer/lab/netns"
+	"airlock.dev/airlock/installer/lab/testkit"
 	"airlock.dev/airlock/services/agentapi"
 )
 
 // bootFiles builds the agent and the discovery image with the airlock
-// commands (black-box: this library imports no installer package) and
-// returns Debian's cloud kernel and the image.
+// commands (the lab imports no other installer package: it boots what they
+// build) and returns Debian's cloud kernel and the image.
 func bootFiles(t *testing.T) (kernel, initrd string) {
 	t.Helper()
 	kernel, modules := testkit.CloudKernel(t)

@@ -4,7 +4,7 @@ import (
 	"context"
 	"time"
 
-	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/installer/lab/netns"
 	"airlock.dev/airlock/services/ra"
 )
 

@@ -8,7 +8,7 @@ import (
 	"net"
 	"time"
 
-	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/installer/lab/netns"
 	"airlock.dev/airlock/services/agentapi/lldp"
 )
 

@@ -3,6 +3,7 @@
 // bundle's kernel package), the node agent built from source, and a
 // goroutine-safe buffer for the logs of processes a test runs. Missing
 // prerequisites fail the test with how to install them; nothing is skipped.
+// Only tests import it (architecture_test.go holds that).
 package testkit
 
 import (

@@ -21,15 +21,22 @@ func ProbeKVM(ctx context.Context, qemu, kernel string) bool {
 	} else {
 		f.Close()
 	}
+	return bootsToPanic(ctx, qemu, kernel, "kvm", 10*time.Second)
+}
+
+// bootsToPanic boots kernel under accel with no root file system and
+// reports whether it reached its no-root panic on the serial console
+// within timeout.
+func bootsToPanic(ctx context.Context, qemu, kernel, accel string, timeout time.Duration) bool {
 	dir, err := os.MkdirTemp("", "airlock-kvm-probe")
 	if err != nil {
 		return false
 	}
 	defer os.RemoveAll(dir)
 	serial := filepath.Join(dir, "serial.log")
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, qemu, "-accel", "kvm", "-m", "256", "-nodefaults", "-no-user-config",
+	cmd := exec.CommandContext(ctx, qemu, "-accel", accel, "-m", "256", "-nodefaults", "-no-user-config",
 		"-display", "none", "-serial", "file:"+serial, "-no-reboot",
 		"-kernel", kernel, "-append", "console=ttyS0 panic=-1 root=/dev/nonexistent")
 	cmd.WaitDelay = time.Second

@@ -33,7 +33,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/installer/lab/netns"
 )
 
 // Firmware kinds.

@@ -5,9 +5,12 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -81,7 +84,7 @@ func TestVethPingAndInProcessServer(t *testing.T) {
 	}
 }
 
-func TestBridgeTapAndDelete(t *testing.T) {
+func TestBridgeTapAndSysctl(t *testing.T) {
 	n := NewTest(t, "alt")
 	if err := n.AddBridge("br0"); err != nil {
 		t.Fatal(err)
@@ -99,19 +102,61 @@ func TestBridgeTapAndDelete(t *testing.T) {
 	if err := n.Sysctl("net.ipv4.ip_forward", "1"); err != nil {
 		t.Fatal(err)
 	}
+}
 
-	// A process left running inside is killed by Delete.
+// TestDeleteKillsProcessesInside: a process left running inside a
+// namespace is killed by Delete. The test waits until the process is
+// really inside (listed by `ip netns pids` and running sleep, not still
+// `ip netns exec` on its way in) and fails unless it then dies by SIGKILL,
+// so it cannot pass by deleting the namespace before anything entered it.
+func TestDeleteKillsProcessesInside(t *testing.T) {
+	RequireTool(t, "sleep", "coreutils")
 	m, err := Add(UniqueName("alt"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	deleted := false
+	t.Cleanup(func() {
+		if !deleted {
+			_ = m.Delete()
+		}
+	})
 	cmd := m.Command(context.Background(), "sleep", "60")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	time.Sleep(100 * time.Millisecond)
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		select {
+		case <-done:
+		default:
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	pid := strconv.Itoa(cmd.Process.Pid)
+	inside := func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, "ip", "netns", "pids", m.Name).Output()
+		if err != nil || !slices.Contains(strings.Fields(string(out)), pid) {
+			return false
+		}
+		comm, err := os.ReadFile("/proc/" + pid + "/comm")
+		return err == nil && strings.TrimSpace(string(comm)) == "sleep"
+	}
+	for deadline := time.Now().Add(10 * time.Second); !inside(); time.Sleep(20 * time.Millisecond) {
+		select {
+		case <-done:
+			t.Fatalf("sleep 60 in %s exited before Delete: %v", m.Name, cmd.ProcessState)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %s never showed up inside %s as sleep", pid, m.Name)
+		}
+	}
+	deleted = true
 	if err := m.Delete(); err != nil {
 		t.Fatal(err)
 	}
@@ -119,6 +164,9 @@ func TestBridgeTapAndDelete(t *testing.T) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("process inside deleted namespace still running")
+	}
+	if st, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !st.Signaled() || st.Signal() != syscall.SIGKILL {
+		t.Fatalf("process inside %s ended with %v, not by Delete's SIGKILL", m.Name, cmd.ProcessState)
 	}
 	if _, err := os.Stat(filepath.Join(RunDir, m.Name)); !os.IsNotExist(err) {
 		t.Fatalf("namespace %s still exists: %v", m.Name, err)
