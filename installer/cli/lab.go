@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -34,6 +35,7 @@ switch per rack that speaks LLDP. Nothing touches the host's interfaces.`,
 
 func newLabUpCommand(g *globals) *cobra.Command {
 	o := engine.LabOptions{Nodes: 4, Racks: 2, Firmware: lab.Mixed, Accel: "auto"}
+	var install bool
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Bring up the virtual rack and its airlock; returns while it runs",
@@ -54,6 +56,9 @@ func newLabUpCommand(g *globals) *cobra.Command {
 				o.Agent = filepath.Join(filepath.Dir(self), "airlock-agent")
 			}
 			o.Args = []string{"--log-format", g.logFormat, "--log-level", g.logLevel}
+			if install {
+				o.RunArgs = []string{"--install", "--expect", strconv.Itoa(o.Nodes)}
+			}
 			s, err := engine.LabUp(cmd.Context(), o)
 			if err != nil {
 				return fmt.Errorf("lab up: %w", err)
@@ -63,6 +68,9 @@ func newLabUpCommand(g *globals) *cobra.Command {
 				fmt.Fprintf(g.streams.Out, "the bundle's registry: %s, inside the namespace (ip netns exec %s crane catalog --insecure %s)\n", sv.Registry, s.Namespace, sv.Registry)
 			}
 			fmt.Fprintf(g.streams.Out, "watch them appear: airlock inventory --state %s\nserial consoles and logs: %s\nremove it all:     airlock lab down --state %s\n", g.stateDir, s.Dir, g.stateDir)
+			if install {
+				fmt.Fprintf(g.streams.Out, "the lab's airlock installs them: airlock status --state %s\n", g.stateDir)
+			}
 			return nil
 		},
 	}
@@ -75,6 +83,7 @@ func newLabUpCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.ModulesDir, "modules", "", "the kernel's module tree, /lib/modules/RELEASE (or --bundle)")
 	f.StringVar(&o.Bundle, "bundle", "", "rehearse with this bundle: the discovery image from its "+engine.KernelPackage+", and its registry served in the lab")
 	f.StringVar(&o.Agent, "agent", "", "airlock-agent binary (default: next to this airlock)")
+	f.BoolVar(&install, "install", false, "the lab's airlock runs the install pipeline (airlock install) on the machines, not only the services")
 	_ = cmd.RegisterFlagCompletionFunc("firmware", fixedCompletion(lab.BIOS, lab.UEFI, lab.Mixed))
 	return cmd
 }
@@ -159,21 +168,32 @@ func newLabDownCommand(g *globals) *cobra.Command {
 }
 
 func newLabRunCommand(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var install bool
+	var opts engine.InstallOptions
+	cmd := &cobra.Command{
 		Use:    "run",
 		Short:  "The lab's own airlock (started by lab up inside the lab's namespace)",
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runLabAirlock(cmd.Context(), g)
+			var o *engine.InstallOptions
+			if install {
+				o = &opts
+			}
+			return runLabAirlock(cmd.Context(), g, o)
 		},
 	}
+	cmd.Flags().BoolVar(&install, "install", false, "run the install pipeline too")
+	cmd.Flags().IntVar(&opts.Expect, "expect", 0, "machines to wait for")
+	return cmd
 }
 
 // runLabAirlock is the lab's airlock: inside the lab's namespace it serves
 // the provisioning network on the bridge, built like every other engine,
-// and plays the racks' switches until ctx is cancelled.
-func runLabAirlock(ctx context.Context, g *globals) error {
+// and plays the racks' switches until ctx is cancelled. With install set it
+// also runs the install pipeline, its events in the log, and goes on
+// serving when the pipeline ends.
+func runLabAirlock(ctx context.Context, g *globals, install *engine.InstallOptions) error {
 	f, err := engine.LabInputs(g.stateDir)
 	if err != nil {
 		return err
@@ -196,5 +216,23 @@ func runLabAirlock(ctx context.Context, g *globals) error {
 		})
 	})
 	gr.Go(func() error { return f.State.RunSwitches(gctx, g.log.With("part", "switches"), time.Second) })
+	if install != nil {
+		e.Events().Add(newEventPrinter(g.streams.Err, "text"))
+		gr.Go(func() error {
+			res, err := e.Install(gctx, *install)
+			if err != nil {
+				if gctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("lab install: %w", err)
+			}
+			if err := res.Err(); err != nil {
+				g.log.Error("lab install: steps failed; airlock status shows each machine", "err", err)
+			} else {
+				g.log.Info("lab install: every admitted machine reached its target", "target", engine.Target)
+			}
+			return nil
+		})
+	}
 	return gr.Wait()
 }

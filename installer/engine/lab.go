@@ -59,7 +59,9 @@ type LabOptions struct {
 	Self string
 	// Args are global flags passed on to it (log format and level).
 	Args []string
-	Log  *slog.Logger
+	// RunArgs are flags of its `lab run` (--install, --expect).
+	RunArgs []string
+	Log     *slog.Logger
 }
 
 // ErrLabUp means a lab is already recorded in the state directory.
@@ -297,7 +299,7 @@ func startLabAirlock(ctx context.Context, s *lab.State, o LabOptions) error {
 		return err
 	}
 	defer logf.Close()
-	args := append([]string{"lab", "run", "--state", o.StateDir}, o.Args...)
+	args := append(append([]string{"lab", "run", "--state", o.StateDir}, o.Args...), o.RunArgs...)
 	cmd := ns.Command(context.WithoutCancel(ctx), o.Self, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
