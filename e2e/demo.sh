@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # make demo: builds nothing itself (make does), brings up a virtual rack of
-# QEMU machines in a private network namespace, waits until airlock has
-# discovered them, shows the inventory, and removes everything on Ctrl-C
-# (or at once when not run from a terminal, or with DEMO_EXIT=1).
+# QEMU machines in a private network namespace whose airlock runs the
+# install pipeline on them, waits until it has discovered, admitted and
+# assigned them, shows the inventory and the install status, and removes
+# everything on Ctrl-C (or at once when not run from a terminal, or with
+# DEMO_EXIT=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 state=${STATE:-$PWD/.cache/demo-state}
@@ -16,7 +18,7 @@ bin/airlock lab down --state "$state" >/dev/null   # whatever a crashed run left
 cleanup() { trap - EXIT INT TERM; echo; bin/airlock lab down --state "$state"; }
 trap cleanup EXIT INT TERM
 
-bin/airlock lab up --state "$state" --nodes "$nodes" --racks 2 --firmware mixed --kernel "$kernel" --modules "$modules"
+bin/airlock lab up --state "$state" --nodes "$nodes" --racks 2 --firmware mixed --kernel "$kernel" --modules "$modules" --install
 echo "waiting for the machines to network-boot and report (TCG emulation: about a minute)..."
 start=$(date +%s)
 while :; do
@@ -28,8 +30,20 @@ while :; do
   fi
   sleep 2
 done
-echo; echo
+echo; echo "waiting for the install pipeline to admit and assign them..."
+while :; do
+  assigned=$(bin/airlock status -o json --state "$state" | grep -c '"state": "assigned"' || true)
+  failed=$(bin/airlock status -o json --state "$state" | grep -c '"state": "failed"' || true)
+  [ $(( assigned + failed )) -ge "$nodes" ] && break
+  if [ $(( $(date +%s) - start )) -gt 420 ]; then
+    echo "the install did not finish within 420 s; the lab's airlock log ends:"; tail -n 20 "$state/lab/airlock.log"; exit 1
+  fi
+  sleep 2
+done
+echo
 bin/airlock inventory --state "$state"
+echo
+bin/airlock status --state "$state"
 echo
 bin/airlock lab status --state "$state"
 if [ -t 0 ] && [ "${DEMO_EXIT:-0}" != 1 ]; then

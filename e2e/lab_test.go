@@ -61,7 +61,7 @@ func TestLabDiscoversAVirtualRack(t *testing.T) {
 		stateDir, _ = os.MkdirTemp("", "airlock-e2e-lab-")
 	}
 	begin := time.Now()
-	if _, err := airlock(t, "lab", "up", "--state", stateDir, "--nodes", "4", "--racks", "2", "--firmware", "mixed",
+	if _, err := airlock(t, "lab", "up", "--state", stateDir, "--nodes", "4", "--racks", "2", "--firmware", "mixed", "--install",
 		"--kernel", kernel, "--modules", modules, "--agent", filepath.Join(filepath.Dir(bin), "airlock-agent")); err != nil {
 		t.Fatal(err)
 	}
@@ -122,6 +122,7 @@ func TestLabDiscoversAVirtualRack(t *testing.T) {
 	if firmwares["bios"] != 2 || firmwares["uefi"] != 2 {
 		t.Errorf("firmware mix = %v, want 2 bios and 2 uefi", firmwares)
 	}
+	checkLabInstall(t, stateDir, status.VMs)
 
 	// A forged report (a token airlock never issued) is refused and logged.
 	ns, err := netns.Open(status.Namespace)
@@ -159,6 +160,76 @@ func TestLabDiscoversAVirtualRack(t *testing.T) {
 			vm.Name, after.ID, after.Boots, before.ID, before.Boots, len(found), labLogTail(stateDir))
 	}
 	t.Logf("%s rebooted and was rediscovered as the same machine %s", vm.Name, after.ID)
+}
+
+// checkLabInstall waits until the lab's airlock (lab up --install) has
+// admitted every machine and recorded what it becomes: the first VM the
+// control plane, the others workers named by rack, each with its own disk
+// pinned by serial and size.
+func checkLabInstall(t *testing.T, stateDir string, vms []labVM) {
+	t.Helper()
+	type status struct {
+		Phases   []struct{ Name, Status string }
+		Machines []struct {
+			ID, State, Hostname, Role, Serial, Failure string
+			Assignment                                 *struct {
+				Disk *struct {
+					Serial    string
+					SizeBytes int64
+				}
+			}
+		}
+	}
+	var st status
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		out, err := airlock(t, "status", "-o", "json", "--state", stateDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st = status{}
+		readJSON(t, out, &st)
+		assigned := 0
+		for _, m := range st.Machines {
+			if m.State == "assigned" {
+				assigned++
+			}
+		}
+		if assigned == len(vms) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	bySerial := map[string]int{}
+	hostnames := map[string]bool{}
+	for i, m := range st.Machines {
+		bySerial[m.Serial] = i
+		hostnames[m.Hostname] = true
+	}
+	if len(hostnames) != len(vms) {
+		t.Errorf("hostnames %v are not one per machine", hostnames)
+	}
+	for i, vm := range vms {
+		m := st.Machines[bySerial[vm.Serial]]
+		if m.State != "assigned" || m.Assignment == nil || m.Assignment.Disk == nil {
+			t.Errorf("VM %s: state %s failure %q assignment %+v; the lab's log ends:\n%s", vm.Name, m.State, m.Failure, m.Assignment, labLogTail(stateDir))
+			continue
+		}
+		if d := m.Assignment.Disk; d.Serial != vm.Serial+"-D0" || d.SizeBytes != vm.DiskSize {
+			t.Errorf("VM %s: disk pinned as %+v, want serial %s-D0 of %d bytes", vm.Name, d, vm.Serial, vm.DiskSize)
+		}
+		if i == 0 && (m.Hostname != "cp-1" || m.Role != "control-plane") {
+			t.Errorf("first VM: %s %s, want cp-1 control-plane", m.Hostname, m.Role)
+		}
+		if i > 0 && (m.Role != "worker" || !strings.HasPrefix(m.Hostname, "worker-"+vm.Rack+"-")) {
+			t.Errorf("VM %s: %s %s, want a worker-%s-N", vm.Name, m.Hostname, m.Role, vm.Rack)
+		}
+	}
+	for _, p := range st.Phases {
+		if (p.Name == "discover" || p.Name == "admit" || p.Name == "assign") && p.Status != "done" {
+			t.Errorf("phase %s is %s", p.Name, p.Status)
+		}
+	}
 }
 
 func readLabLog(t *testing.T, stateDir string) string {

@@ -35,6 +35,7 @@ func buildEngine(g *globals, a *config.Answers, in engineInputs) (e *engine.Engi
 	if b != nil {
 		reg = b
 		closeBundle = b.Close
+		g.log.Info("serving the bundle's registry", "bundle", b.Name())
 		if in.files == nil {
 			if in.files, in.image, err = discoveryFromBundle(b, g); err != nil {
 				return nil, nil, errors.Join(err, closeBundle())

@@ -430,7 +430,7 @@ func qemuArgs(o Options, s *State, vm *VM, sercon string) []string {
 		"-device", "virtio-net-pci,netdev=n0,mac=" + vm.MAC + ",bootindex=1",
 		"-device", "virtio-rng-pci",
 		"-drive", "file=" + vm.Disk + ",if=none,id=d0,format=raw,cache=unsafe",
-		"-device", "virtio-blk-pci,drive=d0,bootindex=2",
+		"-device", "virtio-blk-pci,drive=d0,bootindex=2,serial=" + vm.Serial + "-D0",
 		// Marks the process as this lab's: Down checks it before killing a
 		// recorded PID.
 		"-fw_cfg", "name=opt/airlock/lab,string=" + s.Dir,
