@@ -17,6 +17,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"regexp"
 	"slices"
 	"strings"
@@ -77,6 +79,9 @@ type bootRecord struct {
 	MachineID  string    `json:"machineID,omitempty"`
 	LastSeq    uint64    `json:"lastSeq"`
 	Issued     time.Time `json:"issued"`
+	// Peer is the address the boot registered from; its later reports
+	// must come from there.
+	Peer netip.Addr `json:"peer,omitzero"`
 }
 
 const (
@@ -127,6 +132,11 @@ func (s *Store) changed() {
 // given boot MAC; the token goes on the discovery image's kernel command
 // line.
 func (s *Store) IssueBoot(mac string) (agentapi.Token, error) {
+	hw, err := net.ParseMAC(mac)
+	if err != nil || len(hw) != 6 {
+		return agentapi.Token{}, fmt.Errorf("issue boot token: %q is not a MAC address", mac)
+	}
+	mac = hw.String()
 	t, err := agentapi.NewToken(nil)
 	if err != nil {
 		return agentapi.Token{}, err
@@ -169,13 +179,14 @@ func (s *Store) Boot(_ context.Context, bootID string) (agentapi.Boot, error) {
 		return agentapi.Boot{}, fmt.Errorf("boot %s: corrupt secret hash in state", bootID)
 	}
 	copy(b.SecretHash[:], raw)
-	b.Identity, b.LastSeq = rec.Identity, rec.LastSeq
+	b.Identity, b.LastSeq, b.MAC, b.Peer = rec.Identity, rec.LastSeq, rec.MAC, rec.Peer
 	return b, nil
 }
 
 // Register implements agentapi.Backend: it finds the machine the report
 // comes from (or adds it) and binds the boot to it.
-func (s *Store) Register(_ context.Context, bootID, identity string, reg *agentapi.Registration) (agentapi.RegisterReply, error) {
+func (s *Store) Register(ctx context.Context, bootID, identity string, reg *agentapi.Registration) (agentapi.RegisterReply, error) {
+	peer := agentapi.PeerOf(ctx)
 	var m Machine
 	var isNew bool
 	err := s.store.Update(func(tx state.Tx) error {
@@ -189,6 +200,13 @@ func (s *Store) Register(_ context.Context, bootID, identity string, reg *agenta
 		}
 		if rec.Identity != "" && rec.Identity != identity {
 			return agentapi.ErrReplay
+		}
+		// The token is bound to the MAC that fetched the boot script.
+		if rec.MAC != strings.ToLower(reg.BootMAC) {
+			return fmt.Errorf("%w: token of %s, registration from %s", agentapi.ErrWrongMAC, rec.MAC, reg.BootMAC)
+		}
+		if rec.Peer.IsValid() && peer != rec.Peer {
+			return fmt.Errorf("%w: registered from %s, now %s", agentapi.ErrWrongPeer, rec.Peer, peer)
 		}
 		keys := identityKeys(reg)
 		id, err := lookup(tx, keys)
@@ -219,6 +237,9 @@ func (s *Store) Register(_ context.Context, bootID, identity string, reg *agenta
 			}
 		}
 		rec.Identity, rec.MachineID = identity, m.ID
+		if !rec.Peer.IsValid() {
+			rec.Peer = peer
+		}
 		if err := putJSON(tx, bootsBucket, bootID, rec); err != nil {
 			return err
 		}

@@ -304,3 +304,36 @@ func TestHandlerMethodAndStrippedPrefix(t *testing.T) {
 		t.Fatalf("stripped prefix: %d %s", rec.Code, rec.Body)
 	}
 }
+
+func TestHandlerBindsTokenToMACAndPeer(t *testing.T) {
+	h := newHarness(t)
+	reg := loadRegistration(t)
+	tok, _ := NewToken(nil)
+	h.backend.IssueFor(tok, "02:00:00:00:00:99")
+	if rec := h.post(PathRegister, tok.String(), reg); rec.Code != http.StatusForbidden {
+		t.Fatalf("registration with another MAC than the token's: %d %s", rec.Code, rec.Body)
+	}
+	if !strings.Contains(h.logs.String(), "issued to another MAC") {
+		t.Fatalf("not logged:\n%s", h.logs)
+	}
+	if len(h.backend.Machines()) != 0 {
+		t.Fatal("the refused registration reached the backend")
+	}
+	// The harness's own token registers from httptest's 192.0.2.1; the same
+	// token from another address is refused.
+	if rec := h.post(PathRegister, h.token.String(), reg); rec.Code != http.StatusOK {
+		t.Fatalf("register: %d %s", rec.Code, rec.Body)
+	}
+	data, _ := json.Marshal(Heartbeat{Seq: 1, State: "waiting"})
+	req := httptest.NewRequest(http.MethodPost, Prefix+PathHeartbeat, bytes.NewReader(data))
+	req.RemoteAddr = "192.0.2.66:4000"
+	req.Header.Set("Authorization", "Bearer "+h.token.String())
+	rec := httptest.NewRecorder()
+	h.handler.ServeHTTP(rec, req)
+	if rec.Code != http.StatusForbidden || !strings.Contains(h.logs.String(), "another address") {
+		t.Fatalf("heartbeat from another address: %d %s\n%s", rec.Code, rec.Body, h.logs)
+	}
+	if rec := h.post(PathHeartbeat, h.token.String(), Heartbeat{Seq: 1, State: "waiting"}); rec.Code != http.StatusOK {
+		t.Fatalf("heartbeat from the registered address: %d %s", rec.Code, rec.Body)
+	}
+}
