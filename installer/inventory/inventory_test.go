@@ -66,6 +66,8 @@ func register(t *testing.T, s *Store, reg *agentapi.Registration) (agentapi.Toke
 
 func TestRebootedMachineKeepsItsIdentity(t *testing.T) {
 	s, st := newStore(t, nil)
+	clock := time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC)
+	s.now = func() time.Time { return clock }
 	reg := registration(t, "LAB-0001", "9b2f3c1e-0000-4000-8000-000000000001", "52:54:00:aa:00:01")
 	_, first := register(t, s, reg)
 	other := registration(t, "LAB-0002", "9b2f3c1e-0000-4000-8000-000000000002", "52:54:00:aa:00:02")
@@ -73,13 +75,16 @@ func TestRebootedMachineKeepsItsIdentity(t *testing.T) {
 	if first == second {
 		t.Fatalf("two machines got one ID %s", first)
 	}
-	// The same machine boots again: a new token, the same record.
+	// The same machine boots again once its agent is silent (it was reset):
+	// a new token, the same record.
+	clock = clock.Add(time.Minute)
 	_, again := register(t, s, reg)
 	if again != first {
 		t.Fatalf("rebooted machine got ID %s, want %s", again, first)
 	}
 	// Even when it boots from another NIC with a new MAC, the UUID holds.
 	moved := registration(t, "LAB-0001", "9B2F3C1E-0000-4000-8000-000000000001", "52:54:00:aa:00:99")
+	clock = clock.Add(time.Minute)
 	if _, id := register(t, s, moved); id != first {
 		t.Fatalf("machine booting from another NIC got ID %s, want %s", id, first)
 	}
