@@ -111,16 +111,24 @@ type bootRecord struct {
 	// Peer is the address the boot registered from; its later reports
 	// must come from there.
 	Peer netip.Addr `json:"peer,omitzero"`
+	// Pending is the token's key in the pending index while no agent has
+	// registered with it.
+	Pending string `json:"pending,omitempty"`
 }
 
 const (
 	machinesBucket = "machines"      // machine ID -> Machine
 	indexBucket    = "machine-index" // uuid:/serial:/mac: key -> machine ID
 	bootsBucket    = "boots"         // boot ID -> bootRecord
+	// bootsPendingBucket indexes the tokens no agent has registered with
+	// yet by issue time (pendingKey -> boot ID): the oldest sorts first.
+	bootsPendingBucket = "boots-pending"
+	// bootsByMACBucket names each MAC's pending token (MAC -> boot ID).
+	bootsByMACBucket = "boots-by-mac"
 	// conflictsBucket holds the latest maxConflicts refused reports,
 	// keyed by a sequence number (hex, so the oldest sorts first).
 	conflictsBucket = "identity-conflicts"
-	// metaBucket holds counters: machines.
+	// metaBucket holds counters: machines, pending (tokens).
 	metaBucket = "inventory-meta"
 )
 
@@ -129,6 +137,8 @@ const (
 	// maxMachines bounds the machine records; a laptop serves a few racks,
 	// and past that airlock moves into the cluster it built.
 	maxMachines = 4096
+	// maxPending bounds the boot tokens waiting for their agent.
+	maxPending = 4096
 	// maxConflicts bounds the refused reports kept (the oldest go first).
 	maxConflicts = 256
 	// maxMachineConflicts bounds the refused reports kept on a machine.
@@ -151,6 +161,8 @@ type Store struct {
 	now   func() time.Time
 	// heartbeat is how often agents are asked to report.
 	heartbeat int
+	// maxMachines bounds the machine records (maxMachines; tests lower it).
+	maxMachines uint64
 
 	mu     sync.Mutex
 	notify chan struct{}
@@ -159,7 +171,7 @@ type Store struct {
 // New returns the inventory kept in s; racks is the answer file's rack
 // plan (may be empty).
 func New(s state.Store, racks []config.Rack, log *slog.Logger) *Store {
-	return &Store{store: s, racks: racks, log: log, now: time.Now, heartbeat: 10, notify: make(chan struct{})}
+	return &Store{store: s, racks: racks, log: log, now: time.Now, heartbeat: 10, maxMachines: maxMachines, notify: make(chan struct{})}
 }
 
 // Changed returns a channel that is closed at the next change.
@@ -178,7 +190,12 @@ func (s *Store) changed() {
 
 // IssueBoot records a fresh token for one boot of the machine with the
 // given boot MAC; the token goes on the discovery image's kernel command
-// line.
+// line. Anyone can fetch a boot script, so what this stores is bounded and
+// its cost does not grow with it: a MAC has at most one token waiting for
+// its agent (a new fetch replaces it), at most maxPending tokens wait at
+// all (the oldest goes first), and tokens unused after unboundTTL expire a
+// few at each call. Every step is a key lookup or the first key of an
+// index ordered by issue time.
 func (s *Store) IssueBoot(mac string) (agentapi.Token, error) {
 	hw, err := net.ParseMAC(mac)
 	if err != nil || len(hw) != 6 {
@@ -191,20 +208,165 @@ func (s *Store) IssueBoot(mac string) (agentapi.Token, error) {
 	}
 	hash := t.SecretHash()
 	now := s.now().UTC()
-	rec := bootRecord{SecretHash: hex.EncodeToString(hash[:]), MAC: strings.ToLower(mac), Issued: now}
+	rec := bootRecord{SecretHash: hex.EncodeToString(hash[:]), MAC: mac, Issued: now, Pending: pendingKey(now, t.BootID)}
+	var dropped int
 	err = s.store.Update(func(tx state.Tx) error {
-		// Tokens no agent came back with expire here, so that they do not
-		// pile up with every script fetch.
-		err := deleteBoots(tx, "", func(r bootRecord) bool { return r.Identity == "" && now.Sub(r.Issued) > unboundTTL })
+		count, err := pendingCount(tx)
 		if err != nil {
 			return err
 		}
-		return putJSON(tx, bootsBucket, t.BootID, rec)
+		n := int(min(count, maxPending*2))
+		// The MAC's earlier token, if its agent never came, is replaced.
+		if old := tx.Get(bootsByMACBucket, mac); old != nil {
+			gone, err := dropPending(tx, string(old))
+			if err != nil {
+				return err
+			}
+			n -= gone
+		}
+		// Expired tokens go, and past the cap the oldest: a bounded number
+		// per call, which outpaces the one added.
+		for range 4 {
+			key, id, ok, err := oldestPending(tx)
+			if err != nil {
+				return err
+			}
+			if !ok || (n < maxPending && now.Sub(pendingTime(key)) <= unboundTTL) {
+				break
+			}
+			if _, err := dropPending(tx, id); err != nil {
+				return err
+			}
+			if tx.Get(bootsPendingBucket, key) != nil { // an index entry without its record
+				if err := tx.Delete(bootsPendingBucket, key); err != nil {
+					return err
+				}
+			}
+			n--
+			dropped++
+		}
+		if err := putJSON(tx, bootsBucket, t.BootID, rec); err != nil {
+			return err
+		}
+		if err := tx.Put(bootsPendingBucket, rec.Pending, []byte(t.BootID)); err != nil {
+			return err
+		}
+		if err := tx.Put(bootsByMACBucket, mac, []byte(t.BootID)); err != nil {
+			return err
+		}
+		return setCounter(tx, "pending", uint64(max(n+1, 0)))
 	})
 	if err != nil {
 		return agentapi.Token{}, fmt.Errorf("issue boot token: %w", err)
 	}
+	if dropped > 0 {
+		s.log.Debug("unused boot tokens dropped", "count", dropped)
+	}
 	return t, nil
+}
+
+// pendingKey orders the pending index by issue time: 16 hex digits of
+// Unix nanoseconds, then the boot ID.
+func pendingKey(t time.Time, bootID string) string {
+	return fmt.Sprintf("%016x-%s", uint64(max(t.UnixNano(), 0)), bootID)
+}
+
+func pendingTime(key string) time.Time {
+	n, err := strconv.ParseUint(key[:min(16, len(key))], 16, 64)
+	if err != nil {
+		return time.Time{} // unreadable: treat as expired
+	}
+	return time.Unix(0, int64(n)).UTC()
+}
+
+var errStop = errors.New("stop")
+
+// oldestPending is the first entry of the pending index.
+func oldestPending(tx state.Tx) (key, bootID string, ok bool, err error) {
+	err = tx.ForEach(bootsPendingBucket, func(k string, v []byte) error {
+		key, bootID, ok = k, string(v), true
+		return errStop
+	})
+	if errors.Is(err, errStop) {
+		err = nil
+	}
+	return key, bootID, ok, err
+}
+
+// dropPending deletes a token no agent came back with, and its index
+// entries; it returns 1 if it was pending, 0 if it was not (bound or
+// gone).
+func dropPending(tx state.Tx, bootID string) (int, error) {
+	var rec bootRecord
+	found, err := getJSON(tx, bootsBucket, bootID, &rec)
+	if err != nil || !found || rec.MachineID != "" || rec.Pending == "" {
+		// Bound, gone or unreadable: only the MAC index may still name it.
+		if !found || err != nil {
+			return 0, errors.Join(err, tx.Delete(bootsBucket, bootID))
+		}
+		return 0, nil
+	}
+	if err := unpend(tx, bootID, &rec); err != nil {
+		return 0, err
+	}
+	return 1, tx.Delete(bootsBucket, bootID)
+}
+
+// unpend takes a boot off the pending indexes (it was bound, or is being
+// deleted); the caller writes or deletes its record.
+func unpend(tx state.Tx, bootID string, rec *bootRecord) error {
+	if rec.Pending == "" {
+		return nil
+	}
+	if err := tx.Delete(bootsPendingBucket, rec.Pending); err != nil {
+		return err
+	}
+	if string(tx.Get(bootsByMACBucket, rec.MAC)) == bootID {
+		if err := tx.Delete(bootsByMACBucket, rec.MAC); err != nil {
+			return err
+		}
+	}
+	rec.Pending = ""
+	n, err := pendingCount(tx)
+	if err != nil {
+		return err
+	}
+	return setCounter(tx, "pending", max(n, 1)-1)
+}
+
+// pendingCount is the number of tokens waiting for their agent. The first
+// time (a store written before the pending index), it indexes the unbound
+// tokens there are.
+func pendingCount(tx state.Tx) (uint64, error) {
+	return counter(tx, "pending", func() (uint64, error) {
+		type legacy struct {
+			id  string
+			rec bootRecord
+		}
+		var todo []legacy
+		err := tx.ForEach(bootsBucket, func(k string, v []byte) error {
+			var r bootRecord
+			if json.Unmarshal(v, &r) == nil && r.MachineID == "" && r.Pending == "" {
+				todo = append(todo, legacy{k, r})
+			}
+			return nil
+		})
+		if err != nil {
+			return 0, err
+		}
+		for _, l := range todo {
+			l.rec.Pending = pendingKey(l.rec.Issued, l.id)
+			if err := putJSON(tx, bootsBucket, l.id, l.rec); err != nil {
+				return 0, err
+			}
+			if err := tx.Put(bootsPendingBucket, l.rec.Pending, []byte(l.id)); err != nil {
+				return 0, err
+			}
+		}
+		var n uint64
+		err = tx.ForEach(bootsPendingBucket, func(string, []byte) error { n++; return nil })
+		return n, err
+	})
 }
 
 // Boot implements agentapi.Backend.
@@ -880,7 +1042,7 @@ func (s *Store) admitNew(tx state.Tx) error {
 	if err != nil {
 		return err
 	}
-	if n >= maxMachines {
+	if n >= s.maxMachines {
 		return fmt.Errorf("%w: the inventory holds %d machines, its limit", agentapi.ErrTooMany, n)
 	}
 	return setCounter(tx, "machines", n+1)
@@ -920,9 +1082,6 @@ func newID(tx state.Tx, keys []string) string {
 	}
 }
 
-// unpend removes a boot from the pending-token indexes once it is bound.
-func unpend(tx state.Tx, bootID string, rec *bootRecord) error { return nil }
-
 func summarize(inv agentapi.Inventory) Summary {
 	s := Summary{CPUs: inv.CPU.Threads, MemoryBytes: inv.Memory.TotalBytes, NICs: len(inv.NICs)}
 	for _, d := range inv.Disks {
@@ -941,27 +1100,6 @@ func summarize(inv agentapi.Inventory) Summary {
 		}
 	}
 	return s
-}
-
-// deleteBoots removes the boot records (but keep) that match.
-func deleteBoots(tx state.Tx, keep string, match func(bootRecord) bool) error {
-	var gone []string
-	err := tx.ForEach(bootsBucket, func(k string, v []byte) error {
-		var r bootRecord
-		if k != keep && json.Unmarshal(v, &r) == nil && match(r) {
-			gone = append(gone, k)
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	for _, k := range gone {
-		if err := tx.Delete(bootsBucket, k); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 func getJSON(tx state.Tx, bucket, key string, v any) (bool, error) {
