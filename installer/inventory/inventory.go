@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"regexp"
@@ -1082,14 +1083,17 @@ func newID(tx state.Tx, keys []string) string {
 	}
 }
 
+// summarize totals the hardware. Totals saturate at math.MaxInt64 (readers
+// print sizes as int64) instead of wrapping: a record in the store may
+// hold anything, even if the agent API refuses such reports.
 func summarize(inv agentapi.Inventory) Summary {
-	s := Summary{CPUs: inv.CPU.Threads, MemoryBytes: inv.Memory.TotalBytes, NICs: len(inv.NICs)}
+	s := Summary{CPUs: inv.CPU.Threads, MemoryBytes: min(inv.Memory.TotalBytes, math.MaxInt64), NICs: len(inv.NICs)}
 	for _, d := range inv.Disks {
 		if d.Removable {
 			continue
 		}
 		s.Disks++
-		s.DiskBytes += d.SizeBytes
+		s.DiskBytes = addSat(s.DiskBytes, d.SizeBytes)
 	}
 	for _, p := range inv.PCI {
 		if strings.EqualFold(p.Vendor, "0x10de") && (strings.HasPrefix(p.Class, "0x0300") || strings.HasPrefix(p.Class, "0x0302")) {
@@ -1100,6 +1104,15 @@ func summarize(inv agentapi.Inventory) Summary {
 		}
 	}
 	return s
+}
+
+// addSat is a+b, at most math.MaxInt64.
+func addSat(a, b uint64) uint64 {
+	const top = math.MaxInt64
+	if a >= top || b >= top-a {
+		return top
+	}
+	return a + b
 }
 
 func getJSON(tx state.Tx, bucket, key string, v any) (bool, error) {

@@ -3,6 +3,7 @@ package agentapi
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -70,6 +71,29 @@ func TestValidateRejects(t *testing.T) {
 		"lldp no port":       {func(r *Registration) { r.Inventory.NICs[0].LLDP.PortID = "" }, "lldp.portID"},
 		"lldp control":       {func(r *Registration) { r.Inventory.NICs[0].LLDP.SystemName = "tor\x00" }, "lldp.systemName"},
 		"firmware":           {func(r *Registration) { r.Inventory.System.Firmware = "coreboot" }, "firmware"},
+		"disk total": {func(r *Registration) {
+			for i := range 20 {
+				r.Inventory.Disks = append(r.Inventory.Disks, Disk{Name: fmt.Sprintf("nvme%dn1", i), SizeBytes: maxBytes})
+			}
+		}, "sizes add up to more than"},
+		// 256 disks of the largest size each sum to exactly 2^64: a
+		// uint64 total wraps to 0.
+		"disk total wraps": {func(r *Registration) {
+			r.Inventory.Disks = nil
+			for i := range maxDisks {
+				r.Inventory.Disks = append(r.Inventory.Disks, Disk{Name: fmt.Sprintf("sd%d", i), SizeBytes: maxBytes})
+			}
+		}, "sizes add up to more than"},
+		"too many disks": {func(r *Registration) {
+			for i := range maxDisks + 1 {
+				r.Inventory.Disks = append(r.Inventory.Disks, Disk{Name: fmt.Sprintf("vd%d", i)})
+			}
+		}, "more than"},
+		"too many pci": {func(r *Registration) {
+			for range maxPCI + 1 {
+				r.Inventory.PCI = append(r.Inventory.PCI, r.Inventory.PCI[0])
+			}
+		}, "more than"},
 		"too many nics": {func(r *Registration) {
 			for range maxNICs + 1 {
 				r.Inventory.NICs = append(r.Inventory.NICs, r.Inventory.NICs[0])
