@@ -53,7 +53,7 @@ type site struct {
 
 func newSite(t *testing.T) *site {
 	t.Helper()
-	st, err := state.Open(t.TempDir())
+	st, err := state.Open(memDir(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -326,5 +326,39 @@ func TestConflictRecordsAreBounded(t *testing.T) {
 	}
 	if m := machines[0]; m.ConflictCount != n || len(m.Conflicts) != maxMachineConflicts {
 		t.Errorf("machine keeps %d conflicts, count %d", len(m.Conflicts), m.ConflictCount)
+	}
+}
+
+// A refused agent retries (it backs off and tries again forever): its
+// retries are counted on one record, not stored one by one.
+func TestRetriedConflictIsOneRecord(t *testing.T) {
+	s, st := newStore(t, nil)
+	_, id := register(t, s, registration(t, "SN-A", "", "52:54:00:50:00:01"))
+	imp := registration(t, "SN-A", "", "52:54:00:50:00:02")
+	tok, err := s.IssueBoot(imp.BootMAC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 10 {
+		if _, err := s.Register(context.Background(), tok.BootID, agentapi.Identity(imp), imp); !errors.Is(err, agentapi.ErrIdentityConflict) {
+			t.Fatalf("impostor: %v", err)
+		}
+	}
+	conflicts, err := s.Conflicts()
+	if err != nil || len(conflicts) != 1 || conflicts[0].Repeats != 9 {
+		t.Fatalf("conflicts = %+v, %v; want one with 9 repeats", conflicts, err)
+	}
+	ms, err := List(st)
+	if err != nil || len(ms) != 1 || ms[0].ID != id || ms[0].ConflictCount != 1 || len(ms[0].Conflicts) != 1 || ms[0].Conflicts[0].Repeats != 9 {
+		t.Fatalf("machine = %+v, %v", ms, err)
+	}
+	// Another impostor is a record of its own.
+	imp2 := registration(t, "SN-A", "", "52:54:00:50:00:03")
+	tok2, _ := s.IssueBoot(imp2.BootMAC)
+	if _, err := s.Register(context.Background(), tok2.BootID, agentapi.Identity(imp2), imp2); !errors.Is(err, agentapi.ErrIdentityConflict) {
+		t.Fatalf("second impostor: %v", err)
+	}
+	if conflicts, _ := s.Conflicts(); len(conflicts) != 2 {
+		t.Fatalf("%d conflicts, want 2", len(conflicts))
 	}
 }

@@ -88,6 +88,9 @@ type Conflict struct {
 	UUID     string     `json:"uuid,omitempty"`
 	Serial   string     `json:"serial,omitempty"`
 	MACs     []string   `json:"macs,omitempty"`
+	// Repeats counts the times the same agent sent the same report again
+	// after this one (it retries when refused).
+	Repeats int `json:"repeats,omitempty"`
 }
 
 // Summary is the hardware in one line's worth of numbers.
@@ -129,7 +132,8 @@ const (
 	// conflictsBucket holds the latest maxConflicts refused reports,
 	// keyed by a sequence number (hex, so the oldest sorts first).
 	conflictsBucket = "identity-conflicts"
-	// metaBucket holds counters: machines, pending (tokens).
+	// metaBucket holds counters (machines, pending tokens) and the key of
+	// the latest conflict.
 	metaBucket = "inventory-meta"
 )
 
@@ -968,7 +972,9 @@ func compactIDs(ids ...string) []string {
 
 // recordConflict keeps a refused report: in the conflicts bucket (the
 // oldest beyond maxConflicts dropped) and on each machine it touched
-// (flagged, the latest maxMachineConflicts kept).
+// (flagged, the latest maxMachineConflicts kept). An agent retrying the
+// same refused report is counted in the last record's Repeats instead of
+// filling the records.
 func (s *Store) recordConflict(tx state.Tx, c Conflict, machines []string) error {
 	if len(machines) > maxConflictMachines {
 		machines = machines[:maxConflictMachines]
@@ -977,28 +983,52 @@ func (s *Store) recordConflict(tx state.Tx, c Conflict, machines []string) error
 	if len(c.MACs) > 16 {
 		c.MACs = c.MACs[:16]
 	}
-	seq, err := tx.NextSequence(conflictsBucket)
-	if err != nil {
-		return err
+	key := ""
+	if last := tx.Get(metaBucket, "conflict-last"); last != nil {
+		var prev Conflict
+		if found, err := getJSON(tx, conflictsBucket, string(last), &prev); err == nil && found && prev.sameClaim(c) {
+			key, c.Repeats = string(last), prev.Repeats+1
+		}
 	}
-	if err := putJSON(tx, conflictsBucket, seqKey(seq), c); err != nil {
-		return err
-	}
-	if seq > maxConflicts {
-		if err := tx.Delete(conflictsBucket, seqKey(seq-maxConflicts)); err != nil {
+	if key == "" {
+		seq, err := tx.NextSequence(conflictsBucket)
+		if err != nil {
 			return err
 		}
+		key = seqKey(seq)
+		if seq > maxConflicts {
+			if err := tx.Delete(conflictsBucket, seqKey(seq-maxConflicts)); err != nil {
+				return err
+			}
+		}
+		if err := tx.Put(metaBucket, "conflict-last", []byte(key)); err != nil {
+			return err
+		}
+	}
+	if err := putJSON(tx, conflictsBucket, key, c); err != nil {
+		return err
 	}
 	for _, id := range machines {
 		var m Machine
 		found, err := getJSON(tx, machinesBucket, id, &m)
-		if err != nil || !found {
+		if err != nil {
 			return err
 		}
-		m.ConflictCount++
-		m.Conflicts = append(m.Conflicts, c)
-		if n := len(m.Conflicts); n > maxMachineConflicts {
-			m.Conflicts = slices.Delete(m.Conflicts, 0, n-maxMachineConflicts)
+		if !found {
+			continue
+		}
+		if n := len(m.Conflicts); n > 0 && m.Conflicts[n-1].sameClaim(c) {
+			c := c
+			c.Repeats = m.Conflicts[n-1].Repeats + 1
+			m.Conflicts[n-1] = c
+		} else {
+			c := c
+			c.Repeats = 0
+			m.ConflictCount++
+			m.Conflicts = append(m.Conflicts, c)
+			if n := len(m.Conflicts); n > maxMachineConflicts {
+				m.Conflicts = slices.Delete(m.Conflicts, 0, n-maxMachineConflicts)
+			}
 		}
 		m.Flags = s.flagsOf(&m)
 		if err := putJSON(tx, machinesBucket, id, m); err != nil {
@@ -1006,6 +1036,12 @@ func (s *Store) recordConflict(tx state.Tx, c Conflict, machines []string) error
 		}
 	}
 	return nil
+}
+
+// sameClaim reports whether two refused reports are one agent retrying:
+// the same boot claiming the same identity.
+func (c Conflict) sameClaim(o Conflict) bool {
+	return c.Boot == o.Boot && c.Peer == o.Peer && c.BootMAC == o.BootMAC && c.UUID == o.UUID && c.Serial == o.Serial && slices.Equal(c.MACs, o.MACs)
 }
 
 func seqKey(n uint64) string { return fmt.Sprintf("%016x", n) }

@@ -43,7 +43,7 @@ func registration(t *testing.T, serial, uuid, mac string) *agentapi.Registration
 
 func newStore(t *testing.T, racks []config.Rack) (*Store, state.Store) {
 	t.Helper()
-	st, err := state.Open(t.TempDir())
+	st, err := state.Open(memDir(t))
 	if err != nil {
 		t.Fatal(err)
 	}
