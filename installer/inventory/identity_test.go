@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
@@ -360,5 +361,34 @@ func TestRetriedConflictIsOneRecord(t *testing.T) {
 	}
 	if conflicts, _ := s.Conflicts(); len(conflicts) != 2 {
 		t.Fatalf("%d conflicts, want 2", len(conflicts))
+	}
+}
+
+// With CheckLeases, a registration must come from the address leased to
+// its token's MAC; a MAC without a lease (a static address, proxyDHCP)
+// registers from anywhere.
+func TestRegistrationFromTheLeasedAddress(t *testing.T) {
+	s := newSite(t)
+	s.inv.CheckLeases(func(mac string) (netip.Addr, bool) {
+		if mac == "52:54:00:60:00:01" {
+			return netip.MustParseAddr("127.0.0.2"), true
+		}
+		return netip.Addr{}, false
+	})
+	ctx := context.Background()
+	leased := registration(t, "SN-L", "", "52:54:00:60:00:01")
+	tok := s.issue(leased.BootMAC)
+	if _, err := s.client(tok, "127.0.0.3").Register(ctx, leased); statusOf(err) != http.StatusForbidden {
+		t.Fatalf("registration from another address than the lease: %v", err)
+	}
+	if !strings.Contains(s.logs.String(), "holds the lease of 52:54:00:60:00:01") {
+		t.Errorf("the refusal does not say why:\n%s", s.logs)
+	}
+	if _, err := s.client(tok, "127.0.0.2").Register(ctx, leased); err != nil {
+		t.Fatalf("registration from the leased address: %v", err)
+	}
+	static := registration(t, "SN-S", "", "52:54:00:60:00:02")
+	if _, err := s.client(s.issue(static.BootMAC), "127.0.0.3").Register(ctx, static); err != nil {
+		t.Fatalf("registration of a MAC without a lease: %v", err)
 	}
 }

@@ -168,6 +168,9 @@ type Store struct {
 	heartbeat int
 	// maxMachines bounds the machine records (maxMachines; tests lower it).
 	maxMachines uint64
+	// leaseOf, when set, names the address airlock's DHCP server leased
+	// to a MAC (see CheckLeases).
+	leaseOf LeaseLookup
 
 	mu     sync.Mutex
 	notify chan struct{}
@@ -178,6 +181,17 @@ type Store struct {
 func New(s state.Store, racks []config.Rack, log *slog.Logger) *Store {
 	return &Store{store: s, racks: racks, log: log, now: time.Now, heartbeat: 10, maxMachines: maxMachines, notify: make(chan struct{})}
 }
+
+// LeaseLookup returns the address airlock's DHCP server has leased to a
+// MAC (lower case, colon-separated); ok is false when it has none (the
+// machine has a static address, or another server hands out addresses).
+type LeaseLookup func(mac string) (addr netip.Addr, ok bool)
+
+// CheckLeases makes a registration come from the address leased to its
+// token's MAC, whenever airlock's DHCP server leased that MAC one: a host
+// that fetched a token with another machine's MAC must also hold that
+// machine's address. Call it before the agent API serves.
+func (s *Store) CheckLeases(lookup LeaseLookup) { s.leaseOf = lookup }
 
 // Changed returns a channel that is closed at the next change.
 func (s *Store) Changed() <-chan struct{} {
@@ -407,6 +421,11 @@ func (s *Store) Boot(_ context.Context, bootID string) (agentapi.Boot, error) {
 // boot token is changed by it.
 func (s *Store) Register(ctx context.Context, bootID, identity string, reg *agentapi.Registration) (agentapi.RegisterReply, error) {
 	peer := agentapi.PeerOf(ctx)
+	if s.leaseOf != nil && peer.IsValid() {
+		if leased, ok := s.leaseOf(strings.ToLower(reg.BootMAC)); ok && leased.Unmap() != peer {
+			return agentapi.RegisterReply{}, fmt.Errorf("%w: %s holds the lease of %s, but the registration comes from %s", agentapi.ErrWrongPeer, leased, reg.BootMAC, peer)
+		}
+	}
 	var m Machine
 	var isNew bool
 	var refused error

@@ -217,8 +217,10 @@ func (h *Handler) backendError(w http.ResponseWriter, r *http.Request, err error
 		h.fail(w, r, http.StatusUnauthorized, "unknown or revoked agent token", nil, "boot", bootID)
 	case errors.Is(err, ErrReplay):
 		h.fail(w, r, http.StatusForbidden, "replayed agent report", err, "boot", bootID)
-	case errors.Is(err, ErrWrongMAC), errors.Is(err, ErrWrongPeer):
-		h.fail(w, r, http.StatusForbidden, err.Error(), nil, "boot", bootID)
+	case errors.Is(err, ErrWrongMAC):
+		h.fail(w, r, http.StatusForbidden, ErrWrongMAC.Error(), err, "boot", bootID)
+	case errors.Is(err, ErrWrongPeer):
+		h.fail(w, r, http.StatusForbidden, ErrWrongPeer.Error(), err, "boot", bootID)
 	case errors.Is(err, ErrIdentityConflict):
 		h.fail(w, r, http.StatusForbidden, "identity held by another machine; refused and flagged for the operator", err, "boot", bootID)
 	case errors.Is(err, ErrTooMany):
