@@ -392,3 +392,33 @@ func TestRegistrationFromTheLeasedAddress(t *testing.T) {
 		t.Fatalf("registration of a MAC without a lease: %v", err)
 	}
 }
+
+// A machine known by its MACs only keeps its identity when a NIC is
+// missing from one report and back in the next, and a token left unused
+// past unboundTTL no longer registers even before it is swept.
+func TestMACOnlyMachineAndExpiredToken(t *testing.T) {
+	s, st := newStore(t, nil)
+	clock := time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC)
+	s.now = func() time.Time { return clock }
+	two := registration(t, "", "", "52:54:00:70:00:01")
+	two.Inventory.NICs = append(two.Inventory.NICs, agentapi.NIC{Name: "ens4", MAC: "52:54:00:70:00:02"})
+	one := registration(t, "", "", "52:54:00:70:00:01")
+	_, id := register(t, s, two)
+	for i, reg := range []*agentapi.Registration{one, two} {
+		clock = clock.Add(time.Hour)
+		if _, again := register(t, s, reg); again != id {
+			t.Fatalf("boot %d: machine %s, want %s", i+2, again, id)
+		}
+	}
+	if ms, _ := List(st); len(ms) != 1 || ms[0].ConflictCount != 0 || ms[0].Boots != 3 {
+		t.Fatalf("machines = %+v", ms)
+	}
+	tok, err := s.IssueBoot(two.BootMAC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock = clock.Add(unboundTTL + time.Second)
+	if _, err := s.Register(context.Background(), tok.BootID, agentapi.Identity(two), two); !errors.Is(err, agentapi.ErrUnknownBoot) {
+		t.Fatalf("an expired token: %v", err)
+	}
+}

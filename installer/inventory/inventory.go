@@ -318,12 +318,12 @@ func oldestPending(tx state.Tx) (key, bootID string, ok bool, err error) {
 func dropPending(tx state.Tx, bootID string) (int, error) {
 	var rec bootRecord
 	found, err := getJSON(tx, bootsBucket, bootID, &rec)
-	if err != nil || !found || rec.MachineID != "" || rec.Pending == "" {
-		// Bound, gone or unreadable: only the MAC index may still name it.
-		if !found || err != nil {
-			return 0, errors.Join(err, tx.Delete(bootsBucket, bootID))
-		}
-		return 0, nil
+	if err != nil || !found {
+		// Gone, or unreadable (then forgotten: it must not stop issuing).
+		return 0, tx.Delete(bootsBucket, bootID)
+	}
+	if rec.MachineID != "" || rec.Pending == "" {
+		return 0, nil // bound: its agent registered
 	}
 	if err := unpend(tx, bootID, &rec); err != nil {
 		return 0, err
@@ -441,6 +441,10 @@ func (s *Store) Register(ctx context.Context, bootID, identity string, reg *agen
 		if rec.Identity != "" && rec.Identity != identity {
 			return agentapi.ErrReplay
 		}
+		now := s.now().UTC()
+		if rec.MachineID == "" && now.Sub(rec.Issued) > unboundTTL {
+			return fmt.Errorf("%w: the token expired unused", agentapi.ErrUnknownBoot) // not swept yet
+		}
 		// The token is bound to the MAC that fetched the boot script.
 		if rec.MAC != strings.ToLower(reg.BootMAC) {
 			return fmt.Errorf("%w: token of %s, registration from %s", agentapi.ErrWrongMAC, rec.MAC, reg.BootMAC)
@@ -448,7 +452,6 @@ func (s *Store) Register(ctx context.Context, bootID, identity string, reg *agen
 		if rec.Peer.IsValid() && peer != rec.Peer {
 			return fmt.Errorf("%w: registered from %s, now %s", agentapi.ErrWrongPeer, rec.Peer, peer)
 		}
-		now := s.now().UTC()
 		c := claimOf(reg)
 		held, reason, involved, err := resolve(tx, c)
 		if err != nil {
@@ -913,9 +916,16 @@ func (c claim) keys() []string {
 // replaced NIC is taken only when both match).
 func resolve(tx state.Tx, c claim) (*Machine, string, []string, error) {
 	var held []*Machine
+	var added []string // MACs the index does not know
 	for _, k := range c.keys() {
 		raw := tx.Get(indexBucket, k)
-		if raw == nil || slices.ContainsFunc(held, func(m *Machine) bool { return m.ID == string(raw) }) {
+		if raw == nil {
+			if mac, ok := strings.CutPrefix(k, "mac:"); ok {
+				added = append(added, mac)
+			}
+			continue
+		}
+		if slices.ContainsFunc(held, func(m *Machine) bool { return m.ID == string(raw) }) {
 			continue
 		}
 		var m Machine
@@ -945,12 +955,6 @@ func resolve(tx state.Tx, c claim) (*Machine, string, []string, error) {
 	}
 	if m.Serial != c.serial {
 		why = append(why, fmt.Sprintf("serial %q, but machine %s has %q", c.serial, m.ID, m.Serial))
-	}
-	var added []string
-	for _, mac := range c.macs {
-		if !slices.Contains(m.MACs, mac) {
-			added = append(added, mac)
-		}
 	}
 	if len(added) > 0 && len(why) == 0 && (m.UUID == "" || m.Serial == "") {
 		why = append(why, fmt.Sprintf("MACs %s are new to machine %s, which has no UUID and serial to prove it is the same machine", strings.Join(added, ", "), m.ID))
