@@ -139,9 +139,11 @@ const (
 
 // Bounds on what agents can make airlock store.
 const (
-	// maxMachines bounds the machine records; a laptop serves a few racks,
-	// and past that airlock moves into the cluster it built.
-	maxMachines = 4096
+	// maxMachines bounds the machine records: a laptop serves a few racks
+	// (past that airlock moves into the cluster it built), and a record
+	// holds a report of up to 1 MiB (the agent API's body limit), so
+	// agents with tokens can make the store hold at most ~1 GiB of them.
+	maxMachines = 1024
 	// maxPending bounds the boot tokens waiting for their agent.
 	maxPending = 4096
 	// maxConflicts bounds the refused reports kept (the oldest go first).
