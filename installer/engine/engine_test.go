@@ -134,13 +134,22 @@ func TestDiscoveryConversation(t *testing.T) {
 		return resp.StatusCode
 	}
 	first := fetchToken("52:54:00:00:00:01")
-	if second := fetchToken("52:54:00:00:00:01"); second == first {
+	second := fetchToken("52:54:00:00:00:01")
+	if second == first {
 		t.Fatal("two boots got the same token")
 	}
-	if code := register(first, "52:54:00:00:00:01", "LAB-1"); code != http.StatusOK {
+	// A MAC has one token waiting for its agent: the later fetch's.
+	if code := register(first, "52:54:00:00:00:01", "LAB-1"); code != http.StatusUnauthorized {
+		t.Fatalf("register with a replaced token: %d, want 401", code)
+	}
+	// A token fetched for one MAC registers no other.
+	if code := register(fetchToken("52:54:00:00:00:02"), "52:54:00:00:00:09", "EVIL"); code != http.StatusForbidden {
+		t.Fatalf("register with another MAC's token: %d, want 403", code)
+	}
+	if code := register(second, "52:54:00:00:00:01", "LAB-1"); code != http.StatusOK {
 		t.Fatalf("register with the script's token: %d", code)
 	}
-	if code := register(first, "52:54:00:00:00:09", "EVIL"); code == http.StatusOK {
+	if code := register(second, "52:54:00:00:00:09", "EVIL"); code == http.StatusOK {
 		t.Fatal("another machine reused the token")
 	}
 	machines, err := inv.List()

@@ -17,8 +17,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
+	"net"
+	"net/netip"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -62,6 +66,37 @@ type Machine struct {
 	History    []Transition `json:"history,omitempty"`
 	Assignment *Assignment  `json:"assignment,omitempty"`
 	Failure    string       `json:"failure,omitempty"`
+	// BootID is the boot whose agent speaks for the machine; the
+	// registration of a later boot retires its token.
+	BootID string `json:"bootID,omitempty"`
+	// AgentReleased is set once the current boot's agent was handed a
+	// reboot or power-off order: the next boot may register at once.
+	AgentReleased bool `json:"agentReleased,omitempty"`
+	// Conflicts are the latest reports refused for claiming this
+	// machine's identity (at most maxMachineConflicts); ConflictCount
+	// counts them all.
+	Conflicts     []Conflict `json:"conflicts,omitempty"`
+	ConflictCount int        `json:"conflictCount,omitempty"`
+}
+
+// Conflict is a report airlock refused because it claimed an identity
+// held by another machine, its identifiers pointed at different machines,
+// or it claimed a machine whose agent was still running. It is kept for
+// the operator; nothing of it reaches a machine record.
+type Conflict struct {
+	Time   time.Time `json:"time"`
+	Reason string    `json:"reason"`
+	// Machines are those whose identity the report claimed.
+	Machines []string   `json:"machines,omitempty"`
+	Boot     string     `json:"boot"`
+	Peer     netip.Addr `json:"peer,omitzero"`
+	BootMAC  string     `json:"bootMAC,omitempty"`
+	UUID     string     `json:"uuid,omitempty"`
+	Serial   string     `json:"serial,omitempty"`
+	MACs     []string   `json:"macs,omitempty"`
+	// Repeats counts the times the same agent sent the same report again
+	// after this one (it retries when refused).
+	Repeats int `json:"repeats,omitempty"`
 }
 
 // Summary is the hardware in one line's worth of numbers.
@@ -83,12 +118,47 @@ type bootRecord struct {
 	MachineID  string    `json:"machineID,omitempty"`
 	LastSeq    uint64    `json:"lastSeq"`
 	Issued     time.Time `json:"issued"`
+	// Peer is the address the boot registered from; its later reports
+	// must come from there.
+	Peer netip.Addr `json:"peer,omitzero"`
+	// Pending is the token's key in the pending index while no agent has
+	// registered with it.
+	Pending string `json:"pending,omitempty"`
 }
 
 const (
 	machinesBucket = "machines"      // machine ID -> Machine
 	indexBucket    = "machine-index" // uuid:/serial:/mac: key -> machine ID
 	bootsBucket    = "boots"         // boot ID -> bootRecord
+	// bootsPendingBucket indexes the tokens no agent has registered with
+	// yet by issue time (pendingKey -> boot ID): the oldest sorts first.
+	bootsPendingBucket = "boots-pending"
+	// bootsByMACBucket names each MAC's pending token (MAC -> boot ID).
+	bootsByMACBucket = "boots-by-mac"
+	// conflictsBucket holds the latest maxConflicts refused reports,
+	// keyed by a sequence number (hex, so the oldest sorts first).
+	conflictsBucket = "identity-conflicts"
+	// metaBucket holds counters (machines, pending tokens) and the key of
+	// the latest conflict.
+	metaBucket = "inventory-meta"
+)
+
+// Bounds on what agents can make airlock store.
+const (
+	// maxMachines bounds the machine records: a laptop serves a few racks
+	// (past that airlock moves into the cluster it built), and a record
+	// holds a report of up to 1 MiB (the agent API's body limit), so
+	// agents with tokens can make the store hold at most ~1 GiB of them.
+	maxMachines = 1024
+	// maxPending bounds the boot tokens waiting for their agent.
+	maxPending = 4096
+	// maxConflicts bounds the refused reports kept (the oldest go first).
+	maxConflicts = 256
+	// maxMachineConflicts bounds the refused reports kept on a machine.
+	maxMachineConflicts = 4
+	// maxConflictMachines bounds how many machines one refused report
+	// flags.
+	maxConflictMachines = 8
 )
 
 // unboundTTL is how long a boot token waits for its agent. Every script
@@ -104,6 +174,11 @@ type Store struct {
 	now   func() time.Time
 	// heartbeat is how often agents are asked to report.
 	heartbeat int
+	// maxMachines bounds the machine records (maxMachines; tests lower it).
+	maxMachines uint64
+	// leaseOf, when set, names the address airlock's DHCP server leased
+	// to a MAC (see CheckLeases).
+	leaseOf LeaseLookup
 
 	mu     sync.Mutex
 	notify chan struct{}
@@ -113,8 +188,19 @@ type Store struct {
 // New returns the inventory kept in s; racks is the answer file's rack
 // plan (may be empty).
 func New(s state.Store, racks []config.Rack, log *slog.Logger) *Store {
-	return &Store{store: s, racks: racks, log: log, now: time.Now, heartbeat: 10, notify: make(chan struct{})}
+	return &Store{store: s, racks: racks, log: log, now: time.Now, heartbeat: 10, maxMachines: maxMachines, notify: make(chan struct{})}
 }
+
+// LeaseLookup returns the address airlock's DHCP server has leased to a
+// MAC (lower case, colon-separated); ok is false when it has none (the
+// machine has a static address, or another server hands out addresses).
+type LeaseLookup func(mac string) (addr netip.Addr, ok bool)
+
+// CheckLeases makes a registration come from the address leased to its
+// token's MAC, whenever airlock's DHCP server leased that MAC one: a host
+// that fetched a token with another machine's MAC must also hold that
+// machine's address. Call it before the agent API serves.
+func (s *Store) CheckLeases(lookup LeaseLookup) { s.leaseOf = lookup }
 
 // Changed returns a channel that is closed at the next change.
 func (s *Store) Changed() <-chan struct{} {
@@ -132,28 +218,183 @@ func (s *Store) changed() {
 
 // IssueBoot records a fresh token for one boot of the machine with the
 // given boot MAC; the token goes on the discovery image's kernel command
-// line.
+// line. Anyone can fetch a boot script, so what this stores is bounded and
+// its cost does not grow with it: a MAC has at most one token waiting for
+// its agent (a new fetch replaces it), at most maxPending tokens wait at
+// all (the oldest goes first), and tokens unused after unboundTTL expire a
+// few at each call. Every step is a key lookup or the first key of an
+// index ordered by issue time.
 func (s *Store) IssueBoot(mac string) (agentapi.Token, error) {
+	hw, err := net.ParseMAC(mac)
+	if err != nil || len(hw) != 6 {
+		return agentapi.Token{}, fmt.Errorf("issue boot token: %q is not a MAC address", mac)
+	}
+	mac = hw.String()
 	t, err := agentapi.NewToken(nil)
 	if err != nil {
 		return agentapi.Token{}, err
 	}
 	hash := t.SecretHash()
 	now := s.now().UTC()
-	rec := bootRecord{SecretHash: hex.EncodeToString(hash[:]), MAC: strings.ToLower(mac), Issued: now}
+	rec := bootRecord{SecretHash: hex.EncodeToString(hash[:]), MAC: mac, Issued: now, Pending: pendingKey(now, t.BootID)}
+	var dropped int
 	err = s.store.Update(func(tx state.Tx) error {
-		// Tokens no agent came back with expire here, so that they do not
-		// pile up with every script fetch.
-		err := deleteBoots(tx, "", func(r bootRecord) bool { return r.Identity == "" && now.Sub(r.Issued) > unboundTTL })
+		count, err := pendingCount(tx)
 		if err != nil {
 			return err
 		}
-		return putJSON(tx, bootsBucket, t.BootID, rec)
+		n := int(min(count, maxPending*2))
+		// The MAC's earlier token, if its agent never came, is replaced.
+		if old := tx.Get(bootsByMACBucket, mac); old != nil {
+			gone, err := dropPending(tx, string(old))
+			if err != nil {
+				return err
+			}
+			n -= gone
+		}
+		// Expired tokens go, and past the cap the oldest: a bounded number
+		// per call, which outpaces the one added.
+		for range 4 {
+			key, id, ok, err := oldestPending(tx)
+			if err != nil {
+				return err
+			}
+			if !ok || (n < maxPending && now.Sub(pendingTime(key)) <= unboundTTL) {
+				break
+			}
+			if _, err := dropPending(tx, id); err != nil {
+				return err
+			}
+			if tx.Get(bootsPendingBucket, key) != nil { // an index entry without its record
+				if err := tx.Delete(bootsPendingBucket, key); err != nil {
+					return err
+				}
+			}
+			n--
+			dropped++
+		}
+		if err := putJSON(tx, bootsBucket, t.BootID, rec); err != nil {
+			return err
+		}
+		if err := tx.Put(bootsPendingBucket, rec.Pending, []byte(t.BootID)); err != nil {
+			return err
+		}
+		if err := tx.Put(bootsByMACBucket, mac, []byte(t.BootID)); err != nil {
+			return err
+		}
+		return setCounter(tx, "pending", uint64(max(n+1, 0)))
 	})
 	if err != nil {
 		return agentapi.Token{}, fmt.Errorf("issue boot token: %w", err)
 	}
+	if dropped > 0 {
+		s.log.Debug("unused boot tokens dropped", "count", dropped)
+	}
 	return t, nil
+}
+
+// pendingKey orders the pending index by issue time: 16 hex digits of
+// Unix nanoseconds, then the boot ID.
+func pendingKey(t time.Time, bootID string) string {
+	return fmt.Sprintf("%016x-%s", uint64(max(t.UnixNano(), 0)), bootID)
+}
+
+func pendingTime(key string) time.Time {
+	n, err := strconv.ParseUint(key[:min(16, len(key))], 16, 64)
+	if err != nil {
+		return time.Time{} // unreadable: treat as expired
+	}
+	return time.Unix(0, int64(n)).UTC()
+}
+
+var errStop = errors.New("stop")
+
+// oldestPending is the first entry of the pending index.
+func oldestPending(tx state.Tx) (key, bootID string, ok bool, err error) {
+	err = tx.ForEach(bootsPendingBucket, func(k string, v []byte) error {
+		key, bootID, ok = k, string(v), true
+		return errStop
+	})
+	if errors.Is(err, errStop) {
+		err = nil
+	}
+	return key, bootID, ok, err
+}
+
+// dropPending deletes a token no agent came back with, and its index
+// entries; it returns 1 if it was pending, 0 if it was not (bound or
+// gone).
+func dropPending(tx state.Tx, bootID string) (int, error) {
+	var rec bootRecord
+	found, err := getJSON(tx, bootsBucket, bootID, &rec)
+	if err != nil || !found {
+		// Gone, or unreadable (then forgotten: it must not stop issuing).
+		return 0, tx.Delete(bootsBucket, bootID)
+	}
+	if rec.MachineID != "" || rec.Pending == "" {
+		return 0, nil // bound: its agent registered
+	}
+	if err := unpend(tx, bootID, &rec); err != nil {
+		return 0, err
+	}
+	return 1, tx.Delete(bootsBucket, bootID)
+}
+
+// unpend takes a boot off the pending indexes (it was bound, or is being
+// deleted); the caller writes or deletes its record.
+func unpend(tx state.Tx, bootID string, rec *bootRecord) error {
+	if rec.Pending == "" {
+		return nil
+	}
+	if err := tx.Delete(bootsPendingBucket, rec.Pending); err != nil {
+		return err
+	}
+	if string(tx.Get(bootsByMACBucket, rec.MAC)) == bootID {
+		if err := tx.Delete(bootsByMACBucket, rec.MAC); err != nil {
+			return err
+		}
+	}
+	rec.Pending = ""
+	n, err := pendingCount(tx)
+	if err != nil {
+		return err
+	}
+	return setCounter(tx, "pending", max(n, 1)-1)
+}
+
+// pendingCount is the number of tokens waiting for their agent. The first
+// time (a store written before the pending index), it indexes the unbound
+// tokens there are.
+func pendingCount(tx state.Tx) (uint64, error) {
+	return counter(tx, "pending", func() (uint64, error) {
+		type legacy struct {
+			id  string
+			rec bootRecord
+		}
+		var todo []legacy
+		err := tx.ForEach(bootsBucket, func(k string, v []byte) error {
+			var r bootRecord
+			if json.Unmarshal(v, &r) == nil && r.MachineID == "" && r.Pending == "" {
+				todo = append(todo, legacy{k, r})
+			}
+			return nil
+		})
+		if err != nil {
+			return 0, err
+		}
+		for _, l := range todo {
+			l.rec.Pending = pendingKey(l.rec.Issued, l.id)
+			if err := putJSON(tx, bootsBucket, l.id, l.rec); err != nil {
+				return 0, err
+			}
+			if err := tx.Put(bootsPendingBucket, l.rec.Pending, []byte(l.id)); err != nil {
+				return 0, err
+			}
+		}
+		var n uint64
+		err = tx.ForEach(bootsPendingBucket, func(string, []byte) error { n++; return nil })
+		return n, err
+	})
 }
 
 // Boot implements agentapi.Backend.
@@ -176,15 +417,27 @@ func (s *Store) Boot(_ context.Context, bootID string) (agentapi.Boot, error) {
 		return agentapi.Boot{}, fmt.Errorf("boot %s: corrupt secret hash in state", bootID)
 	}
 	copy(b.SecretHash[:], raw)
-	b.Identity, b.LastSeq = rec.Identity, rec.LastSeq
+	b.Identity, b.LastSeq, b.MAC, b.Peer = rec.Identity, rec.LastSeq, rec.MAC, rec.Peer
 	return b, nil
 }
 
 // Register implements agentapi.Backend: it finds the machine the report
-// comes from (or adds it) and binds the boot to it.
-func (s *Store) Register(_ context.Context, bootID, identity string, reg *agentapi.Registration) (agentapi.RegisterReply, error) {
+// comes from (or adds it) and binds the boot to it. A report that claims
+// an identity held by another machine, whose identifiers point at
+// different machines, or that would take over a machine whose agent is
+// still running, is refused with agentapi.ErrIdentityConflict and
+// recorded for the operator (see Conflicts); no machine record, order or
+// boot token is changed by it.
+func (s *Store) Register(ctx context.Context, bootID, identity string, reg *agentapi.Registration) (agentapi.RegisterReply, error) {
+	peer := agentapi.PeerOf(ctx)
+	if s.leaseOf != nil && peer.IsValid() {
+		if leased, ok := s.leaseOf(strings.ToLower(reg.BootMAC)); ok && leased.Unmap() != peer {
+			return agentapi.RegisterReply{}, fmt.Errorf("%w: %s holds the lease of %s, but the registration comes from %s", agentapi.ErrWrongPeer, leased, reg.BootMAC, peer)
+		}
+	}
 	var m Machine
 	var isNew bool
+	var refused error
 	err := s.store.Update(func(tx state.Tx) error {
 		var rec bootRecord
 		found, err := getJSON(tx, bootsBucket, bootID, &rec)
@@ -197,40 +450,80 @@ func (s *Store) Register(_ context.Context, bootID, identity string, reg *agenta
 		if rec.Identity != "" && rec.Identity != identity {
 			return agentapi.ErrReplay
 		}
-		keys := identityKeys(reg)
-		id, err := lookup(tx, keys)
+		now := s.now().UTC()
+		if rec.MachineID == "" && now.Sub(rec.Issued) > unboundTTL {
+			return fmt.Errorf("%w: the token expired unused", agentapi.ErrUnknownBoot) // not swept yet
+		}
+		// The token is bound to the MAC that fetched the boot script.
+		if rec.MAC != strings.ToLower(reg.BootMAC) {
+			return fmt.Errorf("%w: token of %s, registration from %s", agentapi.ErrWrongMAC, rec.MAC, reg.BootMAC)
+		}
+		if rec.Peer.IsValid() && peer != rec.Peer {
+			return fmt.Errorf("%w: registered from %s, now %s", agentapi.ErrWrongPeer, rec.Peer, peer)
+		}
+		c := claimOf(reg)
+		held, reason, involved, err := resolve(tx, c)
 		if err != nil {
 			return err
 		}
-		now := s.now().UTC()
-		if id == "" {
+		switch {
+		case reason != "":
+		case rec.MachineID != "" && (held == nil || held.ID != rec.MachineID):
+			// A re-registration within one boot may not move to another machine.
+			reason = fmt.Sprintf("the boot is bound to machine %s, but the report now names %s", rec.MachineID, orUnknown(idOf(held)))
+			involved = compactIDs(rec.MachineID, idOf(held))
+		case held != nil && rec.MachineID == "" && s.agentAlive(tx, held, now):
+			reason = fmt.Sprintf("machine %s's agent (boot %s) is still running, last heard %s ago; a second agent claims its identity",
+				held.ID, held.BootID, now.Sub(held.LastSeen).Round(time.Second))
+			involved = []string{held.ID}
+		}
+		if reason != "" {
+			refused = fmt.Errorf("%w: %s", agentapi.ErrIdentityConflict, reason)
+			return s.recordConflict(tx, Conflict{Time: now, Reason: reason, Boot: bootID, Peer: peer, BootMAC: c.bootMAC, UUID: c.uuid, Serial: c.serial, MACs: c.macs}, involved)
+		}
+		if held == nil {
+			if err := s.admitNew(tx); err != nil {
+				return err
+			}
 			isNew = true
-			m = Machine{ID: newID(keys), State: StateDiscovered, FirstSeen: now}
-		} else if _, err := getJSON(tx, machinesBucket, id, &m); err != nil {
-			return err
+			m = Machine{ID: newID(tx, c.keys()), State: StateDiscovered, FirstSeen: now}
+		} else {
+			m = *held
 		}
 		if rec.MachineID == "" {
 			m.Boots++ // a re-registration within the same boot is not a new boot
-			// A new boot supersedes the machine's earlier ones: their
-			// agents are gone, and their tokens go with them.
-			id := m.ID
-			if err := deleteBoots(tx, bootID, func(r bootRecord) bool { return r.MachineID == id }); err != nil {
+			// A new boot supersedes the machine's earlier one: its agent
+			// is gone (agentAlive said so), and its token goes with it.
+			if m.BootID != "" && m.BootID != bootID {
+				if err := tx.Delete(bootsBucket, m.BootID); err != nil {
+					return err
+				}
+			}
+			m.BootID, m.AgentReleased = bootID, false
+			if err := unpend(tx, bootID, &rec); err != nil {
 				return err
 			}
 		}
 		s.apply(&m, reg, now)
 		m.AgentState = "registered"
-		for _, k := range keys {
-			if err := tx.Put(indexBucket, k, []byte(m.ID)); err != nil {
-				return err
-			}
+		if err := index(tx, c, m.ID); err != nil {
+			return err
 		}
 		rec.Identity, rec.MachineID = identity, m.ID
+		if !rec.Peer.IsValid() {
+			rec.Peer = peer
+		}
 		if err := putJSON(tx, bootsBucket, bootID, rec); err != nil {
 			return err
 		}
 		return putJSON(tx, machinesBucket, m.ID, m)
 	})
+	if err == nil && refused != nil {
+		s.log.Warn("registration refused: identity conflict", "boot", bootID, "err", refused.Error(), "peer", peer,
+			"serial", reg.Inventory.System.Serial, "uuid", reg.Inventory.System.UUID, "bootMAC", reg.BootMAC)
+		s.changed()
+		return agentapi.RegisterReply{}, refused
+	}
 	if err != nil {
 		return agentapi.RegisterReply{}, err
 	}
@@ -242,15 +535,55 @@ func (s *Store) Register(_ context.Context, bootID, identity string, reg *agenta
 	return agentapi.RegisterReply{MachineID: m.ID, HeartbeatSeconds: s.heartbeat}, nil
 }
 
-// UpdateInventory implements agentapi.Backend.
-func (s *Store) UpdateInventory(_ context.Context, bootID string, inv *agentapi.Inventory) (agentapi.InventoryReply, error) {
+// agentAlive reports whether the machine's current boot still has a
+// running agent: its token exists, it was not told to reboot or power
+// off, and it was heard from within three heartbeats. A machine that was
+// reset without an order registers again once its old agent is silent.
+func (s *Store) agentAlive(tx state.Tx, m *Machine, now time.Time) bool {
+	if m.BootID == "" || m.AgentReleased || tx.Get(bootsBucket, m.BootID) == nil {
+		return false
+	}
+	return now.Sub(m.LastSeen) < 3*time.Duration(s.heartbeat)*time.Second
+}
+
+// UpdateInventory implements agentapi.Backend. An update that changes the
+// machine's UUID or serial, or adds MACs it cannot prove are its own, is
+// refused and recorded like a conflicting registration.
+func (s *Store) UpdateInventory(ctx context.Context, bootID string, inv *agentapi.Inventory) (agentapi.InventoryReply, error) {
 	var id string
-	err := s.updateBootMachine(bootID, func(rec *bootRecord, m *Machine) error {
+	var refused error
+	err := s.store.Update(func(tx state.Tx) error {
+		_, m, err := bootMachine(tx, bootID)
+		if err != nil {
+			return err
+		}
 		reg := agentapi.Registration{BootMAC: m.BootMAC, Arch: m.Arch, Inventory: *inv}
-		s.apply(m, &reg, s.now().UTC())
+		c := claimOf(&reg)
+		held, reason, involved, err := resolve(tx, c)
+		if err != nil {
+			return err
+		}
+		if reason == "" && (held == nil || held.ID != m.ID) {
+			reason = fmt.Sprintf("an inventory update of machine %s names %s", m.ID, orUnknown(idOf(held)))
+			involved = compactIDs(m.ID, idOf(held))
+		}
+		if reason != "" {
+			refused = fmt.Errorf("%w: %s", agentapi.ErrIdentityConflict, reason)
+			conflict := Conflict{Time: s.now().UTC(), Reason: reason, Boot: bootID, Peer: agentapi.PeerOf(ctx), BootMAC: c.bootMAC, UUID: c.uuid, Serial: c.serial, MACs: c.macs}
+			return s.recordConflict(tx, conflict, compactIDs(append([]string{m.ID}, involved...)...))
+		}
+		s.apply(&m, &reg, s.now().UTC())
 		id = m.ID
-		return nil
+		if err := index(tx, c, m.ID); err != nil {
+			return err
+		}
+		return putJSON(tx, machinesBucket, m.ID, m)
 	})
+	if err == nil && refused != nil {
+		s.log.Warn("inventory update refused: identity conflict", "boot", bootID, "err", refused.Error())
+		s.changed()
+		return agentapi.InventoryReply{}, refused
+	}
 	if err != nil {
 		return agentapi.InventoryReply{}, err
 	}
@@ -262,14 +595,24 @@ func (s *Store) UpdateInventory(_ context.Context, bootID string, inv *agentapi.
 // waiting for its machine.
 func (s *Store) Heartbeat(_ context.Context, bootID string, hb *agentapi.Heartbeat) (agentapi.HeartbeatReply, error) {
 	var orders []agentapi.Order
-	err := s.updateBootMachine(bootID, func(rec *bootRecord, m *Machine) error {
+	err := s.updateBootMachine(bootID, func(_ state.Tx, rec *bootRecord, m *Machine) error {
 		if hb.Seq <= rec.LastSeq {
 			return agentapi.ErrReplay
+		}
+		if m.BootID != "" && m.BootID != bootID {
+			return agentapi.ErrUnknownBoot // a superseded boot
 		}
 		rec.LastSeq = hb.Seq
 		m.LastSeen = s.now().UTC()
 		m.AgentState = hb.State
 		orders, m.Orders = m.Orders, nil
+		for _, o := range orders {
+			if o.Kind == agentapi.OrderReboot || o.Kind == agentapi.OrderPowerOff {
+				// The agent goes away: the machine's next boot may register
+				// at once, without waiting for this one to fall silent.
+				m.AgentReleased = true
+			}
+		}
 		return nil
 	})
 	if err != nil {
@@ -309,21 +652,13 @@ func (s *Store) Rediscover(id string) error {
 	return nil
 }
 
-func (s *Store) updateBootMachine(bootID string, fn func(*bootRecord, *Machine) error) error {
+func (s *Store) updateBootMachine(bootID string, fn func(state.Tx, *bootRecord, *Machine) error) error {
 	return s.store.Update(func(tx state.Tx) error {
-		var rec bootRecord
-		found, err := getJSON(tx, bootsBucket, bootID, &rec)
+		rec, m, err := bootMachine(tx, bootID)
 		if err != nil {
 			return err
 		}
-		if !found || rec.MachineID == "" {
-			return agentapi.ErrUnknownBoot
-		}
-		var m Machine
-		if found, err := getJSON(tx, machinesBucket, rec.MachineID, &m); err != nil || !found {
-			return errors.Join(agentapi.ErrUnknownBoot, err)
-		}
-		if err := fn(&rec, &m); err != nil {
+		if err := fn(tx, &rec, &m); err != nil {
 			return err
 		}
 		if err := putJSON(tx, bootsBucket, bootID, rec); err != nil {
@@ -331,6 +666,23 @@ func (s *Store) updateBootMachine(bootID string, fn func(*bootRecord, *Machine) 
 		}
 		return putJSON(tx, machinesBucket, m.ID, m)
 	})
+}
+
+// bootMachine reads a registered boot and its machine.
+func bootMachine(tx state.Tx, bootID string) (bootRecord, Machine, error) {
+	var rec bootRecord
+	var m Machine
+	found, err := getJSON(tx, bootsBucket, bootID, &rec)
+	if err != nil {
+		return rec, m, err
+	}
+	if !found || rec.MachineID == "" {
+		return rec, m, agentapi.ErrUnknownBoot
+	}
+	if found, err := getJSON(tx, machinesBucket, rec.MachineID, &m); err != nil || !found {
+		return rec, m, errors.Join(agentapi.ErrUnknownBoot, err)
+	}
+	return rec, m, nil
 }
 
 // List returns every machine, ordered by rack and then first sighting.
@@ -394,7 +746,25 @@ func (s *Store) apply(m *Machine, reg *agentapi.Registration, now time.Time) {
 		}
 	}
 	m.Rack, m.RackSource = s.rackOf(m)
-	m.Flags = s.cablingFlags(m)
+	m.Flags = s.flagsOf(m)
+}
+
+// flagsOf is everything about the machine the operator should look at.
+func (s *Store) flagsOf(m *Machine) []string {
+	flags := s.cablingFlags(m)
+	if m.ConflictCount > 0 && len(m.Conflicts) > 0 {
+		c := m.Conflicts[len(m.Conflicts)-1]
+		flags = append(flags, fmt.Sprintf("identity: %d report(s) claiming this machine refused, the last at %s from %s (boot MAC %s, serial %q, UUID %q): %s",
+			m.ConflictCount, c.Time.Format(time.RFC3339), orUnknown(addrString(c.Peer)), orUnknown(c.BootMAC), c.Serial, c.UUID, c.Reason))
+	}
+	return flags
+}
+
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
 }
 
 var macRE = regexp.MustCompile(`^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$`)
@@ -509,51 +879,292 @@ func usable(v string, junk []string) string {
 	return strings.TrimSpace(v)
 }
 
-// identityKeys are the index keys of a report, strongest first.
-func identityKeys(reg *agentapi.Registration) []string {
-	var keys []string
-	if u := usable(strings.ToLower(reg.Inventory.System.UUID), junkUUIDs); u != "" {
-		keys = append(keys, "uuid:"+u)
+// claim is the identity a report claims: usable UUID and serial (junk
+// placeholders dropped), the boot MAC and every MAC, lower case, sorted.
+type claim struct {
+	uuid, serial, bootMAC string
+	macs                  []string
+}
+
+func claimOf(reg *agentapi.Registration) claim {
+	c := claim{
+		uuid:    usable(strings.ToLower(reg.Inventory.System.UUID), junkUUIDs),
+		serial:  usable(reg.Inventory.System.Serial, junkSerials),
+		bootMAC: strings.ToLower(reg.BootMAC),
 	}
-	if sn := usable(reg.Inventory.System.Serial, junkSerials); sn != "" {
-		keys = append(keys, "serial:"+sn)
+	if c.bootMAC != "" {
+		c.macs = append(c.macs, c.bootMAC)
 	}
-	macs := []string{strings.ToLower(reg.BootMAC)}
 	for _, n := range reg.Inventory.NICs {
-		macs = append(macs, strings.ToLower(n.MAC))
-	}
-	slices.Sort(macs)
-	for _, mac := range slices.Compact(macs) {
-		if mac != "" {
-			keys = append(keys, "mac:"+mac)
+		if n.MAC != "" {
+			c.macs = append(c.macs, strings.ToLower(n.MAC))
 		}
+	}
+	slices.Sort(c.macs)
+	c.macs = slices.Compact(c.macs)
+	return c
+}
+
+// keys are the index keys of the claim, strongest first.
+func (c claim) keys() []string {
+	var keys []string
+	if c.uuid != "" {
+		keys = append(keys, "uuid:"+c.uuid)
+	}
+	if c.serial != "" {
+		keys = append(keys, "serial:"+c.serial)
+	}
+	for _, mac := range c.macs {
+		keys = append(keys, "mac:"+mac)
 	}
 	return keys
 }
 
-// lookup finds the machine any key points to, strongest key first.
-func lookup(tx state.Tx, keys []string) (string, error) {
-	for _, k := range keys {
-		if id := tx.Get(indexBucket, k); id != nil {
-			return string(id), nil
+// resolve finds the machine a claim belongs to. It returns nil for a new
+// machine, or a reason to refuse the claim and the machines it touches:
+// identifiers that point at different machines; a UUID or serial that
+// differs from the machine's (a placeholder counts as none); MACs new to
+// a machine that has no UUID and serial to prove it is the same one (a
+// replaced NIC is taken only when both match).
+func resolve(tx state.Tx, c claim) (*Machine, string, []string, error) {
+	var held []*Machine
+	var added []string // MACs the index does not know
+	for _, k := range c.keys() {
+		raw := tx.Get(indexBucket, k)
+		if raw == nil {
+			if mac, ok := strings.CutPrefix(k, "mac:"); ok {
+				added = append(added, mac)
+			}
+			continue
+		}
+		if slices.ContainsFunc(held, func(m *Machine) bool { return m.ID == string(raw) }) {
+			continue
+		}
+		var m Machine
+		found, err := getJSON(tx, machinesBucket, string(raw), &m)
+		if err != nil {
+			return nil, "", nil, err
+		}
+		if found {
+			held = append(held, &m)
 		}
 	}
-	return "", nil
+	switch len(held) {
+	case 0:
+		return nil, "", nil, nil
+	case 1:
+	default:
+		ids := make([]string, len(held))
+		for i, m := range held {
+			ids[i] = m.ID
+		}
+		return nil, fmt.Sprintf("its identifiers belong to different machines: %s", strings.Join(ids, ", ")), ids, nil
+	}
+	m := held[0]
+	var why []string
+	if m.UUID != c.uuid {
+		why = append(why, fmt.Sprintf("system UUID %q, but machine %s has %q", c.uuid, m.ID, m.UUID))
+	}
+	if m.Serial != c.serial {
+		why = append(why, fmt.Sprintf("serial %q, but machine %s has %q", c.serial, m.ID, m.Serial))
+	}
+	if len(added) > 0 && len(why) == 0 && (m.UUID == "" || m.Serial == "") {
+		why = append(why, fmt.Sprintf("MACs %s are new to machine %s, which has no UUID and serial to prove it is the same machine", strings.Join(added, ", "), m.ID))
+	}
+	if len(why) > 0 {
+		return m, "it claims machine " + m.ID + "'s identity with " + strings.Join(why, "; "), []string{m.ID}, nil
+	}
+	return m, "", nil, nil
 }
 
-func newID(keys []string) string {
-	sum := sha256.Sum256([]byte(keys[0]))
-	return "m-" + hex.EncodeToString(sum[:5])
+// index points the claim's keys at the machine.
+func index(tx state.Tx, c claim, id string) error {
+	for _, k := range c.keys() {
+		if err := tx.Put(indexBucket, k, []byte(id)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
+func idOf(m *Machine) string {
+	if m == nil {
+		return ""
+	}
+	return m.ID
+}
+
+// compactIDs drops empty and repeated IDs, keeping the order.
+func compactIDs(ids ...string) []string {
+	var out []string
+	for _, id := range ids {
+		if id != "" && !slices.Contains(out, id) {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// recordConflict keeps a refused report: in the conflicts bucket (the
+// oldest beyond maxConflicts dropped) and on each machine it touched
+// (flagged, the latest maxMachineConflicts kept). An agent retrying the
+// same refused report is counted in the last record's Repeats instead of
+// filling the records.
+func (s *Store) recordConflict(tx state.Tx, c Conflict, machines []string) error {
+	if len(machines) > maxConflictMachines {
+		machines = machines[:maxConflictMachines]
+	}
+	c.Machines = machines
+	if len(c.MACs) > 16 {
+		c.MACs = c.MACs[:16]
+	}
+	key := ""
+	if last := tx.Get(metaBucket, "conflict-last"); last != nil {
+		var prev Conflict
+		if found, err := getJSON(tx, conflictsBucket, string(last), &prev); err == nil && found && prev.sameClaim(c) {
+			key, c.Repeats = string(last), prev.Repeats+1
+		}
+	}
+	if key == "" {
+		seq, err := tx.NextSequence(conflictsBucket)
+		if err != nil {
+			return err
+		}
+		key = seqKey(seq)
+		if seq > maxConflicts {
+			if err := tx.Delete(conflictsBucket, seqKey(seq-maxConflicts)); err != nil {
+				return err
+			}
+		}
+		if err := tx.Put(metaBucket, "conflict-last", []byte(key)); err != nil {
+			return err
+		}
+	}
+	if err := putJSON(tx, conflictsBucket, key, c); err != nil {
+		return err
+	}
+	for _, id := range machines {
+		var m Machine
+		found, err := getJSON(tx, machinesBucket, id, &m)
+		if err != nil {
+			return err
+		}
+		if !found {
+			continue
+		}
+		if n := len(m.Conflicts); n > 0 && m.Conflicts[n-1].sameClaim(c) {
+			c := c
+			c.Repeats = m.Conflicts[n-1].Repeats + 1
+			m.Conflicts[n-1] = c
+		} else {
+			c := c
+			c.Repeats = 0
+			m.ConflictCount++
+			m.Conflicts = append(m.Conflicts, c)
+			if n := len(m.Conflicts); n > maxMachineConflicts {
+				m.Conflicts = slices.Delete(m.Conflicts, 0, n-maxMachineConflicts)
+			}
+		}
+		m.Flags = s.flagsOf(&m)
+		if err := putJSON(tx, machinesBucket, id, m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sameClaim reports whether two refused reports are one agent retrying:
+// the same boot claiming the same identity.
+func (c Conflict) sameClaim(o Conflict) bool {
+	return c.Boot == o.Boot && c.Peer == o.Peer && c.BootMAC == o.BootMAC && c.UUID == o.UUID && c.Serial == o.Serial && slices.Equal(c.MACs, o.MACs)
+}
+
+func seqKey(n uint64) string { return fmt.Sprintf("%016x", n) }
+
+// Conflicts returns the refused reports kept, oldest first.
+func (s *Store) Conflicts() ([]Conflict, error) { return Conflicts(s.store) }
+
+// Conflicts reads the refused reports from any state store (also one
+// opened read-only), oldest first.
+func Conflicts(st state.Store) ([]Conflict, error) {
+	var out []Conflict
+	err := st.View(func(tx state.Tx) error {
+		return tx.ForEach(conflictsBucket, func(k string, raw []byte) error {
+			var c Conflict
+			if err := json.Unmarshal(raw, &c); err != nil {
+				return fmt.Errorf("conflict %s: %w", k, err)
+			}
+			out = append(out, c)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read identity conflicts: %w", err)
+	}
+	return out, nil
+}
+
+// admitNew counts a new machine record, refusing one past maxMachines.
+func (s *Store) admitNew(tx state.Tx) error {
+	n, err := counter(tx, "machines", func() (uint64, error) {
+		var n uint64
+		err := tx.ForEach(machinesBucket, func(string, []byte) error { n++; return nil })
+		return n, err
+	})
+	if err != nil {
+		return err
+	}
+	if n >= s.maxMachines {
+		return fmt.Errorf("%w: the inventory holds %d machines, its limit", agentapi.ErrTooMany, n)
+	}
+	return setCounter(tx, "machines", n+1)
+}
+
+// counter reads a counter of metaBucket, initialising it with count the
+// first time.
+func counter(tx state.Tx, name string, count func() (uint64, error)) (uint64, error) {
+	raw := tx.Get(metaBucket, name)
+	if raw == nil {
+		return count()
+	}
+	n, err := strconv.ParseUint(string(raw), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%s/%s: %w", metaBucket, name, err)
+	}
+	return n, nil
+}
+
+func setCounter(tx state.Tx, name string, n uint64) error {
+	return tx.Put(metaBucket, name, strconv.AppendUint(nil, n, 10))
+}
+
+// newID names a new machine after its strongest identifier, and is never
+// the ID of another machine.
+func newID(tx state.Tx, keys []string) string {
+	for i := 0; ; i++ {
+		seed := keys[0]
+		if i > 0 {
+			seed += "#" + strconv.Itoa(i)
+		}
+		sum := sha256.Sum256([]byte(seed))
+		id := "m-" + hex.EncodeToString(sum[:5])
+		if tx.Get(machinesBucket, id) == nil {
+			return id
+		}
+	}
+}
+
+// summarize totals the hardware. Totals saturate at math.MaxInt64 (readers
+// print sizes as int64) instead of wrapping: a record in the store may
+// hold anything, even if the agent API refuses such reports.
 func summarize(inv agentapi.Inventory) Summary {
-	s := Summary{CPUs: inv.CPU.Threads, MemoryBytes: inv.Memory.TotalBytes, NICs: len(inv.NICs)}
+	s := Summary{CPUs: inv.CPU.Threads, MemoryBytes: min(inv.Memory.TotalBytes, math.MaxInt64), NICs: len(inv.NICs)}
 	for _, d := range inv.Disks {
 		if d.Removable {
 			continue
 		}
 		s.Disks++
-		s.DiskBytes += d.SizeBytes
+		s.DiskBytes = addSat(s.DiskBytes, d.SizeBytes)
 	}
 	for _, p := range inv.PCI {
 		if strings.EqualFold(p.Vendor, "0x10de") && (strings.HasPrefix(p.Class, "0x0300") || strings.HasPrefix(p.Class, "0x0302")) {
@@ -566,25 +1177,13 @@ func summarize(inv agentapi.Inventory) Summary {
 	return s
 }
 
-// deleteBoots removes the boot records (but keep) that match.
-func deleteBoots(tx state.Tx, keep string, match func(bootRecord) bool) error {
-	var gone []string
-	err := tx.ForEach(bootsBucket, func(k string, v []byte) error {
-		var r bootRecord
-		if k != keep && json.Unmarshal(v, &r) == nil && match(r) {
-			gone = append(gone, k)
-		}
-		return nil
-	})
-	if err != nil {
-		return err
+// addSat is a+b, at most math.MaxInt64.
+func addSat(a, b uint64) uint64 {
+	const top = math.MaxInt64
+	if a >= top || b >= top-a {
+		return top
 	}
-	for _, k := range gone {
-		if err := tx.Delete(bootsBucket, k); err != nil {
-			return err
-		}
-	}
-	return nil
+	return a + b
 }
 
 func getJSON(tx state.Tx, bucket, key string, v any) (bool, error) {

@@ -43,7 +43,7 @@ func registration(t *testing.T, serial, uuid, mac string) *agentapi.Registration
 
 func newStore(t *testing.T, racks []config.Rack) (*Store, state.Store) {
 	t.Helper()
-	st, err := state.Open(t.TempDir())
+	st, err := state.Open(memDir(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,6 +66,8 @@ func register(t *testing.T, s *Store, reg *agentapi.Registration) (agentapi.Toke
 
 func TestRebootedMachineKeepsItsIdentity(t *testing.T) {
 	s, st := newStore(t, nil)
+	clock := time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC)
+	s.now = func() time.Time { return clock }
 	reg := registration(t, "LAB-0001", "9b2f3c1e-0000-4000-8000-000000000001", "52:54:00:aa:00:01")
 	_, first := register(t, s, reg)
 	other := registration(t, "LAB-0002", "9b2f3c1e-0000-4000-8000-000000000002", "52:54:00:aa:00:02")
@@ -73,13 +75,16 @@ func TestRebootedMachineKeepsItsIdentity(t *testing.T) {
 	if first == second {
 		t.Fatalf("two machines got one ID %s", first)
 	}
-	// The same machine boots again: a new token, the same record.
+	// The same machine boots again once its agent is silent (it was reset):
+	// a new token, the same record.
+	clock = clock.Add(time.Minute)
 	_, again := register(t, s, reg)
 	if again != first {
 		t.Fatalf("rebooted machine got ID %s, want %s", again, first)
 	}
 	// Even when it boots from another NIC with a new MAC, the UUID holds.
 	moved := registration(t, "LAB-0001", "9B2F3C1E-0000-4000-8000-000000000001", "52:54:00:aa:00:99")
+	clock = clock.Add(time.Minute)
 	if _, id := register(t, s, moved); id != first {
 		t.Fatalf("machine booting from another NIC got ID %s, want %s", id, first)
 	}
@@ -236,8 +241,9 @@ func TestRediscoverOrderGoesOutOnce(t *testing.T) {
 	}
 }
 
-// Boot tokens do not pile up: an unused one expires after unboundTTL, and
-// a machine's new boot retires the tokens of its earlier boots.
+// Boot tokens do not pile up: a MAC has one token waiting for its agent,
+// an unused one expires after unboundTTL, and a machine's new boot retires
+// the token of its earlier boot.
 func TestBootTokensDoNotAccumulate(t *testing.T) {
 	s, st := newStore(t, nil)
 	clock := time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC)
@@ -251,22 +257,35 @@ func TestBootTokensDoNotAccumulate(t *testing.T) {
 	}
 	reg := registration(t, "LAB-0001", "9b2f3c1e-0000-4000-8000-000000000001", "52:54:00:aa:00:01")
 	// A machine that fetched its script three times without booting the
-	// agent, then booted for real.
+	// agent, then booted for real: one token at a time.
+	var fetched []agentapi.Token
 	for range 3 {
-		if _, err := s.IssueBoot(reg.BootMAC); err != nil {
+		tok, err := s.IssueBoot(reg.BootMAC)
+		if err != nil {
 			t.Fatal(err)
 		}
+		fetched = append(fetched, tok)
+	}
+	if n := count(); n != 1 {
+		t.Fatalf("%d tokens after three fetches from one MAC, want 1", n)
+	}
+	ctx := context.Background()
+	if _, err := s.Boot(ctx, fetched[0].BootID); !errors.Is(err, agentapi.ErrUnknownBoot) {
+		t.Errorf("a replaced token: %v, want it gone", err)
+	}
+	// Another machine's token waits beside it, and expires unused.
+	if _, err := s.IssueBoot("52:54:00:aa:00:02"); err != nil {
+		t.Fatal(err)
 	}
 	first, _ := register(t, s, reg)
-	if n := count(); n != 4 {
-		t.Fatalf("%d tokens, want 4 within the hour", n)
+	if n := count(); n != 2 {
+		t.Fatalf("%d tokens, want 2 within the hour", n)
 	}
 	clock = clock.Add(unboundTTL + time.Minute)
 	second, _ := register(t, s, reg) // reboots: a new token, bound
 	if n := count(); n != 1 {
 		t.Fatalf("%d tokens after an hour and a reboot, want only the current boot's", n)
 	}
-	ctx := context.Background()
 	if _, err := s.Boot(ctx, first.BootID); !errors.Is(err, agentapi.ErrUnknownBoot) {
 		t.Errorf("the earlier boot's token: %v, want it retired", err)
 	}
@@ -276,5 +295,13 @@ func TestBootTokensDoNotAccumulate(t *testing.T) {
 	// The current boot's agent registering again keeps its token.
 	if _, err := s.Register(ctx, second.BootID, agentapi.Identity(reg), reg); err != nil || count() != 1 {
 		t.Errorf("re-registration: %v, %d tokens", err, count())
+	}
+	// A bound token is not replaced by the next fetch of its MAC (the
+	// machine's agent runs until it registers from its next boot).
+	if _, err := s.IssueBoot(reg.BootMAC); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Boot(ctx, second.BootID); err != nil {
+		t.Errorf("the running agent's token after a fetch from its MAC: %v", err)
 	}
 }

@@ -1,6 +1,7 @@
 package inventory
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"slices"
@@ -19,7 +20,8 @@ func TestLifecycle(t *testing.T) {
 	s := New(st, nil, slog.New(slog.DiscardHandler))
 	var got []events.Event
 	s.SetEvents(events.SinkFunc(func(e events.Event) { got = append(got, e) }))
-	_, id := register(t, s, registration(t, "SN-1", "", "52:54:00:00:00:01"))
+	reg := registration(t, "SN-1", "", "52:54:00:00:00:01")
+	tok, id := register(t, s, reg)
 
 	if _, err := s.Transition(id, StateInstalling, "skip ahead"); !errors.Is(err, ErrTransition) {
 		t.Fatalf("discovered -> installing: %v, want ErrTransition", err)
@@ -51,7 +53,9 @@ func TestLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A report from the machine's agent does not touch its lifecycle.
-	register(t, s, registration(t, "SN-1", "", "52:54:00:00:00:01"))
+	if _, err := s.UpdateInventory(context.Background(), tok.BootID, &reg.Inventory); err != nil {
+		t.Fatal(err)
+	}
 	st.Close()
 
 	st, err = state.OpenReadOnly(dir)

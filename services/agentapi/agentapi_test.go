@@ -3,6 +3,7 @@ package agentapi
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -70,6 +71,29 @@ func TestValidateRejects(t *testing.T) {
 		"lldp no port":       {func(r *Registration) { r.Inventory.NICs[0].LLDP.PortID = "" }, "lldp.portID"},
 		"lldp control":       {func(r *Registration) { r.Inventory.NICs[0].LLDP.SystemName = "tor\x00" }, "lldp.systemName"},
 		"firmware":           {func(r *Registration) { r.Inventory.System.Firmware = "coreboot" }, "firmware"},
+		"disk total": {func(r *Registration) {
+			for i := range 20 {
+				r.Inventory.Disks = append(r.Inventory.Disks, Disk{Name: fmt.Sprintf("nvme%dn1", i), SizeBytes: maxBytes})
+			}
+		}, "sizes add up to more than"},
+		// 256 disks of the largest size each sum to exactly 2^64: a
+		// uint64 total wraps to 0.
+		"disk total wraps": {func(r *Registration) {
+			r.Inventory.Disks = nil
+			for i := range maxDisks {
+				r.Inventory.Disks = append(r.Inventory.Disks, Disk{Name: fmt.Sprintf("sd%d", i), SizeBytes: maxBytes})
+			}
+		}, "sizes add up to more than"},
+		"too many disks": {func(r *Registration) {
+			for i := range maxDisks + 1 {
+				r.Inventory.Disks = append(r.Inventory.Disks, Disk{Name: fmt.Sprintf("vd%d", i)})
+			}
+		}, "more than"},
+		"too many pci": {func(r *Registration) {
+			for range maxPCI + 1 {
+				r.Inventory.PCI = append(r.Inventory.PCI, r.Inventory.PCI[0])
+			}
+		}, "more than"},
 		"too many nics": {func(r *Registration) {
 			for range maxNICs + 1 {
 				r.Inventory.NICs = append(r.Inventory.NICs, r.Inventory.NICs[0])
@@ -302,5 +326,38 @@ func TestHandlerMethodAndStrippedPrefix(t *testing.T) {
 	mux.ServeHTTP(rec, req)
 	if rec.Code != http.StatusOK {
 		t.Fatalf("stripped prefix: %d %s", rec.Code, rec.Body)
+	}
+}
+
+func TestHandlerBindsTokenToMACAndPeer(t *testing.T) {
+	h := newHarness(t)
+	reg := loadRegistration(t)
+	tok, _ := NewToken(nil)
+	h.backend.IssueFor(tok, "02:00:00:00:00:99")
+	if rec := h.post(PathRegister, tok.String(), reg); rec.Code != http.StatusForbidden {
+		t.Fatalf("registration with another MAC than the token's: %d %s", rec.Code, rec.Body)
+	}
+	if !strings.Contains(h.logs.String(), "issued to another MAC") {
+		t.Fatalf("not logged:\n%s", h.logs)
+	}
+	if len(h.backend.Machines()) != 0 {
+		t.Fatal("the refused registration reached the backend")
+	}
+	// The harness's own token registers from httptest's 192.0.2.1; the same
+	// token from another address is refused.
+	if rec := h.post(PathRegister, h.token.String(), reg); rec.Code != http.StatusOK {
+		t.Fatalf("register: %d %s", rec.Code, rec.Body)
+	}
+	data, _ := json.Marshal(Heartbeat{Seq: 1, State: "waiting"})
+	req := httptest.NewRequest(http.MethodPost, Prefix+PathHeartbeat, bytes.NewReader(data))
+	req.RemoteAddr = "192.0.2.66:4000"
+	req.Header.Set("Authorization", "Bearer "+h.token.String())
+	rec := httptest.NewRecorder()
+	h.handler.ServeHTTP(rec, req)
+	if rec.Code != http.StatusForbidden || !strings.Contains(h.logs.String(), "another address") {
+		t.Fatalf("heartbeat from another address: %d %s\n%s", rec.Code, rec.Body, h.logs)
+	}
+	if rec := h.post(PathHeartbeat, h.token.String(), Heartbeat{Seq: 1, State: "waiting"}); rec.Code != http.StatusOK {
+		t.Fatalf("heartbeat from the registered address: %d %s", rec.Code, rec.Body)
 	}
 }

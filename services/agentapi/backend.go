@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -20,6 +21,39 @@ var ErrUnknownBoot = errors.New("unknown or revoked boot")
 // atomically with the update; the handler checks it early too.
 var ErrReplay = errors.New("replayed agent report")
 
+// ErrWrongMAC is returned by a Backend for a registration whose boot MAC
+// is not the MAC the boot's token was issued to: a token fetched by one
+// machine cannot register another.
+var ErrWrongMAC = errors.New("agent token was issued to another MAC")
+
+// ErrWrongPeer is returned for a report of a boot from another address
+// than the one the boot registered from.
+var ErrWrongPeer = errors.New("agent token used from another address")
+
+// ErrIdentityConflict is returned by a Backend for a report that claims an
+// identity (system UUID, serial or a MAC) held by a different machine, or
+// whose identifiers disagree with each other. The backend records such a
+// report for the operator; it never merges it into a machine.
+var ErrIdentityConflict = errors.New("identity held by another machine")
+
+// ErrTooMany is returned by a Backend that will not store more (machines,
+// say) for agents it does not know yet. The agent may try again later.
+var ErrTooMany = errors.New("too many machines")
+
+type peerKey struct{}
+
+// WithPeer returns ctx carrying the address a report came from; the
+// handler sets it for the backend.
+func WithPeer(ctx context.Context, addr netip.Addr) context.Context {
+	return context.WithValue(ctx, peerKey{}, addr)
+}
+
+// PeerOf returns the address set by WithPeer, or the zero Addr.
+func PeerOf(ctx context.Context) netip.Addr {
+	a, _ := ctx.Value(peerKey{}).(netip.Addr)
+	return a
+}
+
 // Boot is what the backend knows about one issued token.
 type Boot struct {
 	// SecretHash is the SHA-256 of the token's secret.
@@ -30,6 +64,13 @@ type Boot struct {
 	Identity string
 	// LastSeq is the highest heartbeat sequence number accepted.
 	LastSeq uint64
+	// MAC is the MAC address the token was issued to (the machine that
+	// fetched the boot script), lower case; empty if the backend does not
+	// bind tokens to MACs. A registration must name it as its boot MAC.
+	MAC string
+	// Peer is the address the boot registered from; once set, the boot's
+	// reports are accepted from it only.
+	Peer netip.Addr
 }
 
 // Backend is what the agent handler needs from airlock's engine. The
@@ -39,7 +80,10 @@ type Backend interface {
 	// Boot returns the issued token for bootID, or ErrUnknownBoot.
 	Boot(ctx context.Context, bootID string) (Boot, error)
 	// Register binds the boot to identity and records the machine. It is
-	// called only with a validated registration.
+	// called only with a validated registration; PeerOf(ctx) is the
+	// address it came from. It refuses a boot MAC other than the token's
+	// with ErrWrongMAC and an identity held by another machine with
+	// ErrIdentityConflict.
 	Register(ctx context.Context, bootID, identity string, reg *Registration) (RegisterReply, error)
 	// UpdateInventory records a new inventory for a registered boot.
 	UpdateInventory(ctx context.Context, bootID string, inv *Inventory) (InventoryReply, error)
@@ -94,9 +138,15 @@ func NewMemBackend(heartbeatSeconds int) *MemBackend {
 
 // Issue records a token so that agents may present it.
 func (m *MemBackend) Issue(t Token) {
+	m.IssueFor(t, "")
+}
+
+// IssueFor records a token issued to one MAC: only a registration naming
+// that boot MAC may use it. An empty mac binds it to none.
+func (m *MemBackend) IssueFor(t Token, mac string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.boots[t.BootID] = &Boot{SecretHash: t.SecretHash()}
+	m.boots[t.BootID] = &Boot{SecretHash: t.SecretHash(), MAC: strings.ToLower(mac)}
 }
 
 // Revoke forgets a boot; its token is refused from now on.
@@ -148,7 +198,7 @@ func (m *MemBackend) Boot(_ context.Context, bootID string) (Boot, error) {
 }
 
 // Register implements Backend.
-func (m *MemBackend) Register(_ context.Context, bootID, identity string, reg *Registration) (RegisterReply, error) {
+func (m *MemBackend) Register(ctx context.Context, bootID, identity string, reg *Registration) (RegisterReply, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	b, ok := m.boots[bootID]
@@ -158,7 +208,13 @@ func (m *MemBackend) Register(_ context.Context, bootID, identity string, reg *R
 	if b.Identity != "" && b.Identity != identity {
 		return RegisterReply{}, ErrReplay
 	}
+	if b.MAC != "" && !strings.EqualFold(b.MAC, reg.BootMAC) {
+		return RegisterReply{}, ErrWrongMAC
+	}
 	b.Identity = identity
+	if !b.Peer.IsValid() {
+		b.Peer = PeerOf(ctx)
+	}
 	sum := sha256.Sum256([]byte(identity))
 	id := "m-" + hex.EncodeToString(sum[:6])
 	now := m.now()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strings"
 )
 
@@ -75,11 +76,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	ctx := r.Context()
+	peer := peerAddr(r)
+	if boot.Peer.IsValid() && peer != boot.Peer {
+		h.fail(w, r, http.StatusForbidden, "agent token used from another address", nil, "boot", tok.BootID, "registeredFrom", boot.Peer)
+		return
+	}
+	ctx := WithPeer(r.Context(), peer)
 	switch endpoint {
 	case PathRegister:
 		var reg Registration
 		if !h.decode(w, r, &reg, reg.Validate, tok.BootID) {
+			return
+		}
+		if boot.MAC != "" && !strings.EqualFold(boot.MAC, reg.BootMAC) {
+			h.fail(w, r, http.StatusForbidden, "agent token was issued to another MAC", nil,
+				"boot", tok.BootID, "tokenMAC", boot.MAC, "mac", reg.BootMAC, "uuid", reg.Inventory.System.UUID, "serial", reg.Inventory.System.Serial)
 			return
 		}
 		identity := Identity(&reg)
@@ -128,6 +139,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		h.reply(w, http.StatusOK, out)
 	}
+}
+
+// peerAddr is the request's source address, IPv4 unmapped; the zero Addr
+// if it does not parse.
+func peerAddr(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
 }
 
 // authenticate checks the bearer token against the backend in constant
@@ -196,6 +217,15 @@ func (h *Handler) backendError(w http.ResponseWriter, r *http.Request, err error
 		h.fail(w, r, http.StatusUnauthorized, "unknown or revoked agent token", nil, "boot", bootID)
 	case errors.Is(err, ErrReplay):
 		h.fail(w, r, http.StatusForbidden, "replayed agent report", err, "boot", bootID)
+	case errors.Is(err, ErrWrongMAC):
+		h.fail(w, r, http.StatusForbidden, ErrWrongMAC.Error(), err, "boot", bootID)
+	case errors.Is(err, ErrWrongPeer):
+		h.fail(w, r, http.StatusForbidden, ErrWrongPeer.Error(), err, "boot", bootID)
+	case errors.Is(err, ErrIdentityConflict):
+		h.fail(w, r, http.StatusForbidden, "identity held by another machine; refused and flagged for the operator", err, "boot", bootID)
+	case errors.Is(err, ErrTooMany):
+		w.Header().Set("Retry-After", "60")
+		h.fail(w, r, http.StatusServiceUnavailable, "airlock holds too many machines", err, "boot", bootID)
 	case errors.Is(err, context.Canceled):
 		h.fail(w, r, http.StatusServiceUnavailable, "shutting down", err, "boot", bootID)
 	default:

@@ -25,6 +25,9 @@ const (
 	maxThreads = 1 << 16
 	// 64 PiB of RAM or disk is more than any machine this decade.
 	maxBytes = 64 << 50
+	// maxTotalBytes bounds the sum of a machine's disks: 1 EiB. With
+	// maxDisks disks of maxBytes the sum would be 2^64 and wrap to 0.
+	maxTotalBytes = 1 << 60
 )
 
 // ErrDecode is returned for a body that is not one well-formed JSON value of
@@ -202,6 +205,18 @@ func (inv *Inventory) validate(p *problems, at string) {
 	if len(inv.Disks) > maxDisks {
 		p.add(join(at, "disks"), "%d disks, more than %d", len(inv.Disks), maxDisks)
 	} else {
+		// Checked before each add, so the sum itself never wraps.
+		var total uint64
+		for _, d := range inv.Disks {
+			if d.SizeBytes > maxTotalBytes-total {
+				total = maxTotalBytes + 1
+				break
+			}
+			total += d.SizeBytes
+		}
+		if total > maxTotalBytes {
+			p.add(join(at, "disks"), "sizes add up to more than %d bytes", uint64(maxTotalBytes))
+		}
 		seen := map[string]bool{}
 		for i, d := range inv.Disks {
 			path := fmt.Sprintf("%s[%d]", join(at, "disks"), i)
