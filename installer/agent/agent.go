@@ -40,9 +40,12 @@ type Options struct {
 	ListenLLDP func(ctx context.Context, ifname string, timeout time.Duration) (lldp.Frame, error)
 	// Backoff for registration; defaults to 500 ms doubling to 30 s.
 	Backoff Backoff
-	// OnOrder is called for each order received; the agent keeps waiting
-	// afterwards unless it returns an error.
-	OnOrder func(ctx context.Context, o agentapi.Order) error
+	// OnOrder carries out an order, reporting its progress. It is called
+	// once per order ID, one order at a time, while the heartbeats go on;
+	// its error becomes the order's failed result. Orders that end the
+	// agent (reboot, power off) are called at once and do not return on
+	// success.
+	OnOrder func(ctx context.Context, o agentapi.Order, progress func(done, total uint64)) error
 	Log     *slog.Logger
 	// Now is the clock (time.Now when nil), for uptime.
 	Now func() time.Time
@@ -181,6 +184,8 @@ func Run(ctx context.Context, opts Options) error {
 
 	interval := time.Duration(reply.HeartbeatSeconds) * time.Second
 	var seq uint64
+	orders := newOrderBook()
+	var last []agentapi.Order // the orders of the last reply, to answer
 	for {
 		interval = max(min(interval, 5*time.Minute), time.Second)
 		t := time.NewTimer(interval)
@@ -202,7 +207,7 @@ func Run(ctx context.Context, opts Options) error {
 		case <-t.C:
 		}
 		seq++
-		hb := agentapi.Heartbeat{Seq: seq, State: "waiting", UptimeSeconds: uint64(opts.Now().Sub(start).Seconds())}
+		hb := agentapi.Heartbeat{Seq: seq, State: orders.state(), UptimeSeconds: uint64(opts.Now().Sub(start).Seconds()), Results: orders.answers(last)}
 		out, err := opts.Client.Heartbeat(ctx, &hb)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -214,15 +219,118 @@ func Run(ctx context.Context, opts Options) error {
 		if out.HeartbeatSeconds > 0 {
 			interval = time.Duration(out.HeartbeatSeconds) * time.Second
 		}
+		last = out.Orders
 		for _, o := range out.Orders {
-			opts.Log.Info("order", "kind", o.Kind)
-			if opts.OnOrder != nil {
-				if err := opts.OnOrder(ctx, o); err != nil {
-					return fmt.Errorf("carry out order %s: %w", o.Kind, err)
-				}
-			}
+			orders.take(ctx, o, opts)
 		}
 	}
+}
+
+// orderBook is what the agent knows of its orders: each is carried out
+// once, and a re-sent one is answered with its result.
+type orderBook struct {
+	mu      sync.Mutex
+	results map[string]agentapi.OrderResult
+	seen    []string // IDs in arrival order, to forget the oldest
+	busy    string   // the order running, if any
+}
+
+// maxKnownOrders bounds what the agent remembers.
+const maxKnownOrders = 64
+
+func newOrderBook() *orderBook { return &orderBook{results: map[string]agentapi.OrderResult{}} }
+
+// state is the heartbeat's state: the running order's kind, or waiting.
+func (b *orderBook) state() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.busy != "" {
+		return "working"
+	}
+	return "waiting"
+}
+
+// answers are the results for the orders airlock sent last.
+func (b *orderBook) answers(last []agentapi.Order) []agentapi.OrderResult {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []agentapi.OrderResult
+	for _, o := range last {
+		if r, ok := b.results[o.ID]; ok && len(out) < agentapi.MaxResults {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func (b *orderBook) set(r agentapi.OrderResult) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.results[r.ID]; !ok {
+		b.seen = append(b.seen, r.ID)
+		if len(b.seen) > maxKnownOrders {
+			delete(b.results, b.seen[0])
+			b.seen = b.seen[1:]
+		}
+	}
+	b.results[r.ID] = r
+	if r.Final() && b.busy == r.ID {
+		b.busy = ""
+	}
+}
+
+// take starts an order it has not seen, unless another one runs (airlock
+// sends it again). An order that ends the agent runs at once.
+func (b *orderBook) take(ctx context.Context, o agentapi.Order, opts Options) {
+	b.mu.Lock()
+	_, known := b.results[o.ID]
+	busy := b.busy != ""
+	if !known && !busy && !o.Ends() {
+		b.busy = o.ID
+	}
+	b.mu.Unlock()
+	if known || (busy && !o.Ends()) {
+		return
+	}
+	opts.Log.Info("order", "id", o.ID, "kind", o.Kind)
+	if opts.OnOrder == nil {
+		b.set(agentapi.OrderResult{ID: o.ID, Status: agentapi.ResultFailed, Error: "this agent carries out no orders"})
+		return
+	}
+	b.set(agentapi.OrderResult{ID: o.ID, Status: agentapi.ResultRunning})
+	run := func() {
+		err := opts.OnOrder(ctx, o, func(done, total uint64) {
+			b.set(agentapi.OrderResult{ID: o.ID, Status: agentapi.ResultRunning, Done: done, Total: total})
+		})
+		r := agentapi.OrderResult{ID: o.ID, Status: agentapi.ResultDone}
+		if err != nil {
+			r.Status, r.Error = agentapi.ResultFailed, truncate(err.Error(), 1024)
+			opts.Log.Error("order failed", "id", o.ID, "kind", o.Kind, "err", err)
+		} else {
+			opts.Log.Info("order done", "id", o.ID, "kind", o.Kind)
+		}
+		b.set(r)
+	}
+	if o.Ends() {
+		run()
+		return
+	}
+	go run()
+}
+
+// truncate makes s a valid one-line text of at most n bytes, as a report
+// must be.
+func truncate(s string, n int) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) > n {
+		s = s[:n]
+	}
+	return strings.ToValidUTF8(s, "")
 }
 
 func nilIfCancelled(ctx context.Context, err error) error {

@@ -77,6 +77,9 @@ type Machine struct {
 	// counts them all.
 	Conflicts     []Conflict `json:"conflicts,omitempty"`
 	ConflictCount int        `json:"conflictCount,omitempty"`
+	// Results are the latest answers of the machine's agent to its orders
+	// (at most maxResults, newest last).
+	Results []agentapi.OrderResult `json:"results,omitempty"`
 }
 
 // Conflict is a report airlock refused because it claimed an identity
@@ -500,6 +503,9 @@ func (s *Store) Register(ctx context.Context, bootID, identity string, reg *agen
 				}
 			}
 			m.BootID, m.AgentReleased = bootID, false
+			// Orders that end an agent (reboot, power off) are done once a
+			// new boot registers; the others go to the new agent.
+			m.Orders = slices.DeleteFunc(m.Orders, agentapi.Order.Ends)
 			if err := unpend(tx, bootID, &rec); err != nil {
 				return err
 			}
@@ -605,7 +611,20 @@ func (s *Store) Heartbeat(_ context.Context, bootID string, hb *agentapi.Heartbe
 		rec.LastSeq = hb.Seq
 		m.LastSeen = s.now().UTC()
 		m.AgentState = hb.State
-		orders, m.Orders = m.Orders, nil
+		// An order stays until its final result comes back (or, for one
+		// that ends the agent, until the next boot registers): a reply
+		// lost on the way only means it is sent again.
+		for _, r := range hb.Results {
+			i := slices.IndexFunc(m.Orders, func(o agentapi.Order) bool { return o.ID == r.ID })
+			if i < 0 {
+				continue // not this machine's, or answered already
+			}
+			recordResult(m, r)
+			if r.Final() {
+				m.Orders = slices.Delete(m.Orders, i, i+1)
+			}
+		}
+		orders = slices.Clone(m.Orders)
 		for _, o := range orders {
 			if o.Kind == agentapi.OrderReboot || o.Kind == agentapi.OrderPowerOff {
 				// The agent goes away: the machine's next boot may register
@@ -641,7 +660,11 @@ func (s *Store) Rediscover(id string) error {
 			return fmt.Errorf("%w: %q", ErrNoMachine, id)
 		}
 		if !slices.ContainsFunc(m.Orders, func(o agentapi.Order) bool { return o.Kind == agentapi.OrderReboot }) {
-			m.Orders = append(m.Orders, agentapi.Order{Kind: agentapi.OrderReboot})
+			o, err := newOrder(tx, id, agentapi.OrderReboot)
+			if err != nil {
+				return err
+			}
+			m.Orders = append(m.Orders, o)
 		}
 		return putJSON(tx, machinesBucket, id, m)
 	})

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -263,8 +264,15 @@ func (m *MemBackend) Heartbeat(_ context.Context, bootID string, hb *Heartbeat) 
 	r.LastSeen = m.now()
 	r.LastState = hb.State
 	r.Heartbeats++
-	orders := m.orders[r.MachineID]
-	delete(m.orders, r.MachineID)
+	// As the inventory does: an order goes out until its final result
+	// comes back; one that ends the agent, once.
+	for _, res := range hb.Results {
+		if res.Final() {
+			m.orders[r.MachineID] = slices.DeleteFunc(m.orders[r.MachineID], func(o Order) bool { return o.ID == res.ID })
+		}
+	}
+	orders := slices.Clone(m.orders[r.MachineID])
+	m.orders[r.MachineID] = slices.DeleteFunc(m.orders[r.MachineID], Order.Ends)
 	m.changed()
 	return HeartbeatReply{HeartbeatSeconds: m.interval, Orders: orders}, nil
 }

@@ -140,7 +140,36 @@ type Heartbeat struct {
 	State         string `json:"state"`
 	UptimeSeconds uint64 `json:"uptimeSeconds"`
 	Message       string `json:"message,omitempty"`
+	// Results answers the orders of the last reply (at most MaxResults):
+	// an order the agent runs, finished or failed. airlock keeps sending
+	// an order until a final result for its ID comes back; an agent that
+	// gets an order it has carried out already answers with the result
+	// instead of doing it again.
+	Results []OrderResult `json:"results,omitempty"`
 }
+
+// MaxResults bounds the order results one heartbeat carries.
+const MaxResults = 16
+
+// OrderResult is how an order stands on the agent.
+type OrderResult struct {
+	ID     string `json:"id"`
+	Status string `json:"status"` // running, done or failed
+	Error  string `json:"error,omitempty"`
+	// Done and Total are the order's progress (bytes written, say).
+	Done  uint64 `json:"done,omitempty"`
+	Total uint64 `json:"total,omitempty"`
+}
+
+// Order result statuses.
+const (
+	ResultRunning = "running"
+	ResultDone    = "done"
+	ResultFailed  = "failed"
+)
+
+// Final reports whether the result ends the order.
+func (r OrderResult) Final() bool { return r.Status == ResultDone || r.Status == ResultFailed }
 
 // HeartbeatReply carries orders for the agent. An empty Orders list means
 // keep waiting.
@@ -149,11 +178,18 @@ type HeartbeatReply struct {
 	HeartbeatSeconds int     `json:"heartbeatSeconds"`
 }
 
-// Order is an instruction for the agent. The provisioning work adds the
-// kinds; the discovery agent knows only "wait" and "reboot".
+// Order is an instruction for the agent. Each has an ID that airlock made
+// unique: the agent carries an order out once, and answers a re-sent one
+// (its reply was lost) with the result. Reboot and power-off end the agent
+// and need no answer.
 type Order struct {
+	ID   string `json:"id"`
 	Kind string `json:"kind"`
 }
+
+// Ends reports whether carrying out the order ends the agent, so that no
+// result can come back.
+func (o Order) Ends() bool { return o.Kind == OrderReboot || o.Kind == OrderPowerOff }
 
 // Order kinds.
 const (

@@ -304,5 +304,29 @@ func (h *Heartbeat) Validate() error {
 		p.add("state", "%q is not a state name", h.State)
 	}
 	checkText(&p, "message", h.Message, 512)
+	if len(h.Results) > MaxResults {
+		p.add("results", "%d results, at most %d", len(h.Results), MaxResults)
+	}
+	for i, r := range h.Results {
+		if i >= MaxResults {
+			break
+		}
+		path := fmt.Sprintf("results[%d]", i)
+		if !ReOrderID.MatchString(r.ID) {
+			p.add(path+".id", "%q is not an order ID", r.ID)
+		}
+		switch r.Status {
+		case ResultRunning, ResultDone, ResultFailed:
+		default:
+			p.add(path+".status", "%q: want running, done or failed", r.Status)
+		}
+		checkText(&p, path+".error", r.Error, 1024)
+		if r.Total > 0 && r.Done > r.Total {
+			p.add(path+".done", "%d past the total %d", r.Done, r.Total)
+		}
+	}
 	return p.err()
 }
+
+// ReOrderID is the form of the order IDs airlock makes.
+var ReOrderID = regexp.MustCompile(`^o-[a-z0-9][a-z0-9-]{0,62}$`)

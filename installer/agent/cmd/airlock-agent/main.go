@@ -81,12 +81,12 @@ func userMain(ctx context.Context, log *slog.Logger) error {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithCancel(ctx)
 		defer cancel()
-		return run(ctx, log, cfg, *root, func(context.Context, agentapi.Order) error { return nil }, cancel)
+		return run(ctx, log, cfg, *root, nil, cancel)
 	}
 	return run(ctx, log, cfg, *root, nil, nil)
 }
 
-func run(ctx context.Context, log *slog.Logger, cfg agent.Config, root string, onOrder func(context.Context, agentapi.Order) error, registered func()) error {
+func run(ctx context.Context, log *slog.Logger, cfg agent.Config, root string, onOrder func(context.Context, agentapi.Order, func(done, total uint64)) error, registered func()) error {
 	client := agent.NewClient(cfg.URL, cfg.Token, nil)
 	opts := agent.Options{
 		Root:     os.DirFS(root),
@@ -180,7 +180,7 @@ func initMain(log *slog.Logger) error {
 		cfg.BootMAC = lease.MAC
 	}
 	log.Info("network up", "after", time.Since(start).Round(time.Millisecond))
-	onOrder := func(_ context.Context, o agentapi.Order) error {
+	onOrder := func(_ context.Context, o agentapi.Order, _ func(done, total uint64)) error {
 		switch o.Kind {
 		case agentapi.OrderReboot:
 			unix.Sync()
@@ -189,7 +189,7 @@ func initMain(log *slog.Logger) error {
 			unix.Sync()
 			return unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 		}
-		return nil
+		return fmt.Errorf("unknown order kind %q", o.Kind)
 	}
 	for {
 		err := run(ctx, log, cfg, "/", onOrder, nil)

@@ -1,0 +1,80 @@
+package inventory
+
+import (
+	"fmt"
+	"slices"
+
+	"airlock.dev/airlock/installer/state"
+	"airlock.dev/airlock/services/agentapi"
+)
+
+const ordersBucket = "orders" // only its sequence: order IDs
+
+// maxResults bounds the order results kept per machine.
+const maxResults = 32
+
+// maxOrders bounds the orders waiting for one machine.
+const maxOrders = 16
+
+// newOrder makes an order with an ID no other order has.
+func newOrder(tx state.Tx, machineID, kind string) (agentapi.Order, error) {
+	seq, err := tx.NextSequence(ordersBucket)
+	if err != nil {
+		return agentapi.Order{}, err
+	}
+	return agentapi.Order{ID: fmt.Sprintf("o-%d", seq), Kind: kind}, nil
+}
+
+// recordResult keeps an agent's answer to an order, replacing an earlier
+// answer to the same order.
+func recordResult(m *Machine, r agentapi.OrderResult) {
+	m.Results = slices.DeleteFunc(m.Results, func(old agentapi.OrderResult) bool { return old.ID == r.ID })
+	m.Results = append(m.Results, r)
+	if n := len(m.Results); n > maxResults {
+		m.Results = slices.Delete(m.Results, 0, n-maxResults)
+	}
+}
+
+// Order queues an order of the given kind for a machine's agent and
+// returns it; its next heartbeat carries it, and every heartbeat after
+// that until the agent answers it for good.
+func (s *Store) Order(machineID, kind string) (agentapi.Order, error) {
+	var o agentapi.Order
+	err := s.store.Update(func(tx state.Tx) error {
+		var m Machine
+		found, err := getJSON(tx, machinesBucket, machineID, &m)
+		if err != nil {
+			return err
+		}
+		if !found {
+			return fmt.Errorf("%w: %q", ErrNoMachine, machineID)
+		}
+		if len(m.Orders) >= maxOrders {
+			return fmt.Errorf("machine %s has %d orders waiting already", machineID, len(m.Orders))
+		}
+		if o, err = newOrder(tx, machineID, kind); err != nil {
+			return err
+		}
+		m.Orders = append(m.Orders, o)
+		return putJSON(tx, machinesBucket, machineID, m)
+	})
+	if err != nil {
+		return agentapi.Order{}, err
+	}
+	s.log.Info("order queued", "machine", machineID, "order", o.ID, "kind", kind)
+	return o, nil
+}
+
+// Result returns the agent's latest answer to an order, and whether the
+// order is still waiting to be answered for good.
+func (s *Store) Result(machineID, orderID string) (r agentapi.OrderResult, pending bool, err error) {
+	m, err := s.Get(machineID)
+	if err != nil {
+		return r, false, err
+	}
+	pending = slices.ContainsFunc(m.Orders, func(o agentapi.Order) bool { return o.ID == orderID })
+	if i := slices.IndexFunc(m.Results, func(x agentapi.OrderResult) bool { return x.ID == orderID }); i >= 0 {
+		r = m.Results[i]
+	}
+	return r, pending, nil
+}
