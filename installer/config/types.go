@@ -154,9 +154,22 @@ func (m Match) IsEmpty() bool {
 		m.MaxMemory == 0 && m.MinCPUs == 0 && m.MinGPUs == 0 && m.MaxGPUs == nil && len(m.GPUModels) == 0
 }
 
-// Identifies reports whether the match names machines individually (by MAC
-// or serial), which is what an allowlist admits.
-func (m Match) Identifies() bool { return len(m.MACs) > 0 || len(m.Serials) > 0 }
+// Identifies reports whether the match names machines individually (by a
+// usable MAC or serial), which is what an allowlist admits. Empty and
+// placeholder entries name nothing.
+func (m Match) Identifies() bool {
+	for _, mac := range m.MACs {
+		if mac.Usable() {
+			return true
+		}
+	}
+	for _, s := range m.Serials {
+		if SerialProblem(s) == "" {
+			return true
+		}
+	}
+	return false
+}
 
 // Bond is a bonded interface.
 type Bond struct {

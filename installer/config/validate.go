@@ -54,6 +54,15 @@ func (v *validator) failed(path string) bool {
 	return v.src != nil && v.src.Failed[path]
 }
 
+// written returns where path was written in the file, if it was.
+func (v *validator) written(path string) (Pos, bool) {
+	if v.src == nil {
+		return Pos{}, false
+	}
+	pos, ok := v.src.Positions[path]
+	return pos, ok
+}
+
 // failedUnder reports whether anything at or below path failed to decode;
 // checks that reason about a whole subtree skip it then, rather than pile
 // consequences of one typo on top of its own message.
@@ -301,6 +310,16 @@ func (v *validator) racks(racks []Rack) {
 			if p.Serial == "" && p.MAC == "" {
 				v.errorf(pp, "name the expected machine by serial or mac")
 			}
+			if _, written := v.written(pp + ".serial"); written || p.Serial != "" {
+				if problem := SerialProblem(p.Serial); problem != "" {
+					v.errorf(pp+".serial", "%s", problem)
+				}
+			}
+			if p.MAC != "" {
+				if problem := p.MAC.Problem(); problem != "" {
+					v.errorf(pp+".mac", "%s", problem)
+				}
+			}
 		}
 	}
 }
@@ -329,29 +348,57 @@ func (v *validator) machines(a *Answers) {
 			v.warnf(path, "rule %q can never match: %s before it matches every machine", r.Name, catchAll)
 		}
 		m := r.Match
+		v.emptyLists(path+".match", m)
 		for j, mac := range m.MACs {
 			mp := fmt.Sprintf("%s.match.macs[%d]", path, j)
-			if prev, dup := macs[mac]; dup && mac != "" {
+			if problem := mac.Problem(); problem != "" {
+				if !v.failed(mp) {
+					v.errorf(mp, "%s", problem)
+				}
+				continue
+			}
+			if prev, dup := macs[mac]; dup {
 				v.errorf(mp, "MAC %s is already matched by %s", mac, prev)
 			}
 			macs[mac] = mp
 		}
 		for j, s := range m.Serials {
 			sp := fmt.Sprintf("%s.match.serials[%d]", path, j)
-			if prev, dup := serials[s]; dup && s != "" {
+			if problem := SerialProblem(s); problem != "" {
+				v.errorf(sp, "%s", problem)
+				continue
+			}
+			if prev, dup := serials[s]; dup {
 				v.errorf(sp, "serial %q is already matched by %s", s, prev)
 			}
 			serials[s] = sp
 		}
 		for j, rack := range m.Racks {
-			if len(a.Racks) > 0 && !rackNames[rack] {
-				v.warnf(fmt.Sprintf("%s.match.racks[%d]", path, j), "rule can never match on rack %q: it is not in the rack plan", rack)
+			rp := fmt.Sprintf("%s.match.racks[%d]", path, j)
+			switch {
+			case rack == "":
+				v.errorf(rp, "an empty rack name matches no rack (machines whose rack is unknown have none); remove it or name a rack")
+			case !dnsLabelRE.MatchString(rack):
+				v.errorf(rp, "%q is not a rack name: racks are DNS labels (lower-case letters, digits and '-'), so it can never match", rack)
+			case len(a.Racks) > 0 && !rackNames[rack]:
+				v.warnf(rp, "rule can never match on rack %q: it is not in the rack plan", rack)
 			}
+		}
+		for j, model := range m.GPUModels {
+			if problem := textProblem(model); problem != "" {
+				v.errorf(fmt.Sprintf("%s.match.gpuModels[%d]", path, j), "%s", problem)
+			}
+		}
+		if m.MinGPUs < 0 {
+			v.errorf(path+".match.minGPUs", "must not be negative")
+		}
+		if m.MaxGPUs != nil && *m.MaxGPUs < 0 {
+			v.errorf(path+".match.maxGPUs", "must not be negative: no machine has fewer than 0 GPUs")
 		}
 		if m.MinMemory != 0 && m.MaxMemory != 0 && m.MinMemory > m.MaxMemory {
 			v.warnf(path+".match", "rule can never match: minMemory %s is more than maxMemory %s", m.MinMemory, m.MaxMemory)
 		}
-		if m.MaxGPUs != nil && m.MinGPUs > *m.MaxGPUs {
+		if m.MaxGPUs != nil && *m.MaxGPUs >= 0 && m.MinGPUs > *m.MaxGPUs {
 			v.warnf(path+".match", "rule can never match: minGPUs %d is more than maxGPUs %d", m.MinGPUs, *m.MaxGPUs)
 		}
 		if m.MaxGPUs != nil && *m.MaxGPUs == 0 && len(m.GPUModels) > 0 {
@@ -385,6 +432,24 @@ func (v *validator) machines(a *Answers) {
 	}
 	if len(a.Machines) > 0 && !slices.ContainsFunc(a.Machines, func(r Rule) bool { return r.Role == RoleControlPlane }) {
 		v.errorf("machines", "no rule gives the control-plane role: the cluster needs at least one control plane")
+	}
+}
+
+// emptyLists reports match lists written but empty (serials: [] or
+// serials: ~): such a list sets no condition, so the rule matches every
+// machine, which is never what a list meant to name machines says.
+func (v *validator) emptyLists(path string, m Match) {
+	if v.src == nil {
+		return
+	}
+	for _, l := range []struct {
+		name string
+		n    int
+	}{{"macs", len(m.MACs)}, {"serials", len(m.Serials)}, {"racks", len(m.Racks)}, {"gpuModels", len(m.GPUModels)}} {
+		p := path + "." + l.name
+		if _, written := v.src.Positions[p]; written && l.n == 0 && !v.failed(p) {
+			v.errorf(p, "an empty list sets no condition, so the rule would match every machine; remove %s or list what to match", l.name)
+		}
 	}
 }
 
@@ -507,6 +572,8 @@ func (v *validator) installDisk(path string, d InstallDisk) {
 	case DiskSerial:
 		if d.Serial == "" {
 			v.errorf(path+".serial", "required with policy serial")
+		} else if problem := textProblem(d.Serial); problem != "" {
+			v.errorf(path+".serial", "%s", problem)
 		}
 	default:
 		if d.Serial != "" {
