@@ -25,16 +25,21 @@ func (a *Answers) Validate(src *Source) Problems {
 	v.cluster(a)
 	v.platform(a)
 	v.problems.Sort()
-	return v.problems
+	return v.omitted.appendTo(v.problems)
 }
 
 type validator struct {
 	src      *Source
 	catalog  manifests.Catalog
 	problems Problems
+	omitted  omitted // problems past maxKeptProblems, counted
 }
 
 func (v *validator) report(warning bool, path, format string, args ...any) {
+	if len(v.problems) >= maxKeptProblems {
+		v.omitted.count(Problem{Warning: warning}) // counted, not formatted
+		return
+	}
 	p := Problem{Path: path, Message: fmt.Sprintf(format, args...), Warning: warning}
 	if v.src != nil {
 		p.File = v.src.File
@@ -70,12 +75,15 @@ func (v *validator) failedUnder(path string) bool {
 	if v.src == nil {
 		return false
 	}
-	for p := range v.src.Failed {
-		if p == path || strings.HasPrefix(p, path+".") || strings.HasPrefix(p, path+"[") {
-			return true
+	if v.src.failedTree == nil {
+		v.src.failedTree = map[string]bool{}
+		for p := range v.src.Failed {
+			for ; p != "" && !v.src.failedTree[p]; p = parentPath(p) {
+				v.src.failedTree[p] = true
+			}
 		}
 	}
-	return false
+	return v.src.failedTree[path]
 }
 
 // fieldTags walks the struct and checks what the field tags declare (the
@@ -89,6 +97,9 @@ func (v *validator) fieldTags(rv reflect.Value, path string) {
 			v.fieldTags(rv.Elem(), path)
 		}
 	case reflect.Slice:
+		if k := rv.Type().Elem().Kind(); k != reflect.Struct && k != reflect.Pointer && k != reflect.Slice {
+			return // scalars carry no tags
+		}
 		for i := range rv.Len() {
 			v.fieldTags(rv.Index(i), fmt.Sprintf("%s[%d]", path, i))
 		}
@@ -190,17 +201,18 @@ func (v *validator) network(n Network) {
 	if n.LeaseTime != 0 && (n.LeaseTime < Duration(60e9) || n.LeaseTime > Duration(7*24*3600e9)) {
 		v.errorf("network.leaseTime", "%s is outside 1m to 168h", n.LeaseTime.String())
 	}
-	seen := []namedPrefix{{"network.subnet", n.Subnet}}
+	seen := newPrefixIndex()
+	seen.add(namedPrefix{path: "network.subnet", p: n.Subnet})
 	for i, r := range n.RelayedSubnets {
 		path := fmt.Sprintf("network.relayedSubnets[%d]", i)
 		if !r.Subnet.IsValid() || !v.prefix(path+".subnet", r.Subnet, true) {
 			continue
 		}
-		if other, clash := overlapping(seen, r.Subnet); clash {
+		if other, clash := seen.overlapping(r.Subnet); clash {
 			v.errorf(path+".subnet", "%s overlaps %s (%s)", r.Subnet, other.path, other.p)
 			continue
 		}
-		seen = append(seen, namedPrefix{path + ".subnet", r.Subnet})
+		seen.add(namedPrefix{path: path + ".subnet", p: r.Subnet})
 		v.hostIn(path+".relayAddress", r.RelayAddress, r.Subnet)
 		v.hostIn(path+".gateway", r.Gateway, r.Subnet)
 		if r.DynamicRange != nil {
@@ -221,12 +233,55 @@ func (d Duration) String() string {
 type namedPrefix struct {
 	path string
 	p    netip.Prefix
+	i    int // index in the list it came from
 }
 
-func overlapping(list []namedPrefix, p netip.Prefix) (namedPrefix, bool) {
-	for _, x := range list {
-		if x.p.Overlaps(p) {
-			return x, true
+// prefixIndex answers "which prefix added so far overlaps this one" in at
+// most 129 map lookups, whatever the number of prefixes: two prefixes
+// overlap when one contains the other, so it looks for p's ancestors
+// among those added, and for p among the ancestors of those added.
+type prefixIndex struct {
+	added map[netip.Prefix]namedPrefix
+	under map[netip.Prefix]namedPrefix // every ancestor of an added prefix, and one added below it
+}
+
+func newPrefixIndex() *prefixIndex {
+	return &prefixIndex{added: map[netip.Prefix]namedPrefix{}, under: map[netip.Prefix]namedPrefix{}}
+}
+
+func (x *prefixIndex) add(np namedPrefix) {
+	p := np.p.Masked()
+	if _, ok := x.added[p]; !ok {
+		x.added[p] = np
+	}
+	for bits := p.Bits(); bits >= 0; bits-- {
+		q, _ := p.Addr().Prefix(bits)
+		if _, ok := x.under[q]; ok {
+			break // and so are all of q's ancestors
+		}
+		x.under[q] = np
+	}
+}
+
+// overlapping returns a prefix added before that overlaps p.
+func (x *prefixIndex) overlapping(p netip.Prefix) (namedPrefix, bool) {
+	p = p.Masked()
+	for bits := p.Bits(); bits >= 0; bits-- {
+		q, _ := p.Addr().Prefix(bits)
+		if np, ok := x.added[q]; ok {
+			return np, true
+		}
+	}
+	np, ok := x.under[p]
+	return np, ok
+}
+
+// containing returns a prefix added before that contains a.
+func (x *prefixIndex) containing(a netip.Addr) (namedPrefix, bool) {
+	for bits := a.BitLen(); bits >= 0; bits-- {
+		q, _ := a.Prefix(bits)
+		if np, ok := x.added[q]; ok {
+			return np, true
 		}
 	}
 	return namedPrefix{}, false
@@ -335,6 +390,12 @@ func (v *validator) machines(a *Answers) {
 	serials := map[string]string{}
 	hostnames := map[string]string{}
 	addresses := map[netip.Addr]string{}
+	relayed := newPrefixIndex()
+	for i, r := range a.Network.RelayedSubnets {
+		if r.Subnet.IsValid() {
+			relayed.add(namedPrefix{p: r.Subnet, i: i})
+		}
+	}
 	catchAll := ""
 	// A rule that did not fully decode is skipped, and so are the checks
 	// across rules, which would reason about what the rule was meant to say.
@@ -359,8 +420,9 @@ func (v *validator) machines(a *Answers) {
 			}
 			if prev, dup := macs[mac]; dup {
 				v.errorf(mp, "MAC %s is already matched by %s", mac, prev)
+			} else {
+				macs[mac] = mp
 			}
-			macs[mac] = mp
 		}
 		for j, s := range m.Serials {
 			sp := fmt.Sprintf("%s.match.serials[%d]", path, j)
@@ -370,8 +432,9 @@ func (v *validator) machines(a *Answers) {
 			}
 			if prev, dup := serials[s]; dup {
 				v.errorf(sp, "serial %q is already matched by %s", s, prev)
+			} else {
+				serials[s] = sp
 			}
-			serials[s] = sp
 		}
 		for j, rack := range m.Racks {
 			rp := fmt.Sprintf("%s.match.racks[%d]", path, j)
@@ -412,7 +475,7 @@ func (v *validator) machines(a *Answers) {
 		}
 		v.hostname(path+".hostname", r.Hostname, hostnames, m)
 		if r.Address.IsValid() {
-			v.staticAddress(path+".address", r.Address, a.Network, addresses)
+			v.staticAddress(path+".address", r.Address, a.Network, relayed, addresses)
 			if !m.Identifies() || len(m.MACs)+len(m.Serials) > 1 {
 				v.errorf(path+".address", "a static address needs a rule that names exactly one machine (one MAC or one serial)")
 			}
@@ -497,7 +560,7 @@ func (v *validator) hostname(path, h string, seen map[string]string, m Match) {
 	seen[h] = path
 }
 
-func (v *validator) staticAddress(path string, p netip.Prefix, n Network, seen map[netip.Addr]string) {
+func (v *validator) staticAddress(path string, p netip.Prefix, n Network, relayed *prefixIndex, seen map[netip.Addr]string) {
 	a := p.Addr()
 	if prev, dup := seen[a]; dup {
 		v.errorf(path, "address %s is already given to %s", a, prev)
@@ -522,13 +585,12 @@ func (v *validator) staticAddress(path string, p netip.Prefix, n Network, seen m
 		}
 		return
 	}
-	for _, r := range n.RelayedSubnets {
-		if r.Subnet.IsValid() && r.Subnet.Contains(a) {
-			if r.DynamicRange != nil && r.DynamicRange.Contains(a) {
-				v.errorf(path, "%s is inside the dynamic range of relayed subnet %s", a, r.Subnet)
-			}
-			return
+	if np, ok := relayed.containing(a); ok {
+		r := n.RelayedSubnets[np.i]
+		if r.DynamicRange != nil && r.DynamicRange.Contains(a) {
+			v.errorf(path, "%s is inside the dynamic range of relayed subnet %s", a, r.Subnet)
 		}
+		return
 	}
 	v.warnf(path, "%s is outside the provisioning network and every relayed subnet; make sure it is routed", a)
 }
@@ -596,24 +658,24 @@ func (v *validator) cluster(a *Answers) {
 	if c.Distribution.Version != "" && !versionRE.MatchString(c.Distribution.Version) {
 		v.errorf("cluster.distribution.version", "%q is not a Kubernetes version like v1.34.2", c.Distribution.Version)
 	}
-	nets := []namedPrefix{}
+	nets := newPrefixIndex()
 	if a.Network.Subnet.IsValid() {
-		nets = append(nets, namedPrefix{"network.subnet", a.Network.Subnet.Masked()})
+		nets.add(namedPrefix{path: "network.subnet", p: a.Network.Subnet.Masked()})
 	}
 	for i, r := range a.Network.RelayedSubnets {
 		if r.Subnet.IsValid() {
-			nets = append(nets, namedPrefix{fmt.Sprintf("network.relayedSubnets[%d].subnet", i), r.Subnet.Masked()})
+			nets.add(namedPrefix{path: fmt.Sprintf("network.relayedSubnets[%d].subnet", i), p: r.Subnet.Masked()})
 		}
 	}
-	for _, np := range []namedPrefix{{"cluster.podCIDR", c.PodCIDR}, {"cluster.serviceCIDR", c.ServiceCIDR}} {
+	for _, np := range []namedPrefix{{path: "cluster.podCIDR", p: c.PodCIDR}, {path: "cluster.serviceCIDR", p: c.ServiceCIDR}} {
 		if !np.p.IsValid() || !v.prefix(np.path, np.p, false) {
 			continue
 		}
-		if other, clash := overlapping(nets, np.p); clash {
+		if other, clash := nets.overlapping(np.p); clash {
 			v.errorf(np.path, "%s overlaps %s (%s)", np.p, other.path, other.p)
 			continue
 		}
-		nets = append(nets, np)
+		nets.add(np)
 	}
 	if c.ServiceCIDR.IsValid() && c.ServiceCIDR.Addr().Is4() && c.ServiceCIDR.Bits() > 24 {
 		v.warnf("cluster.serviceCIDR", "%s leaves fewer than 256 service addresses", c.ServiceCIDR)
