@@ -96,7 +96,9 @@ func worstCases() map[string][]byte {
 			}),
 		// The most rules of the smallest kind.
 		"many-small-rules": fill(validHead+"machines:\n", "",
-			func(b *bytes.Buffer, i int) { fmt.Fprintf(b, "- {name: r%d, role: worker, hostname: h%d, match: {serials: [s%d]}}\n", i, i, i) }),
+			func(b *bytes.Buffer, i int) {
+				fmt.Fprintf(b, "- {name: r%d, role: worker, hostname: h%d, match: {serials: [s%d]}}\n", i, i, i)
+			}),
 		// Rules whose hostnames can collide with each other's templates.
 		"many-hostname-templates": fill(validHead+"machines:\n", "",
 			func(b *bytes.Buffer, i int) {
