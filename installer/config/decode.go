@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -188,7 +189,107 @@ func syntaxProblem(file string, data []byte, err error) Problem {
 		text := lines[line-1]
 		col = len(text) - len(bytes.TrimLeft(text, " \t")) + 1
 	}
+	// Some errors come without a place (a control character, invalid
+	// UTF-8, an undefined alias) or at the line before the one at fault
+	// (a tab): find the offending byte.
+	if off, hint := locateSyntaxError(data, msg, line); off >= 0 {
+		line, col = position(data, off)
+		msg += hint
+	}
 	return Problem{File: file, Line: line, Col: col, Message: "YAML syntax: " + msg}
+}
+
+var unknownAnchorRE = regexp.MustCompile(`unknown anchor '(.*)' referenced`)
+
+// locateSyntaxError returns the offset in data of what msg complains
+// about, and a few words to add to msg, or -1.
+func locateSyntaxError(data []byte, msg string, line int) (int, string) {
+	switch {
+	case strings.Contains(msg, "control characters are not allowed"):
+		for off := 0; off < len(data); {
+			r, size := utf8.DecodeRune(data[off:])
+			if forbiddenInYAML(r, size) {
+				return off, fmt.Sprintf(" (%U here)", r)
+			}
+			off += size
+		}
+	case strings.Contains(msg, "UTF-8"):
+		for off := 0; off < len(data); {
+			r, size := utf8.DecodeRune(data[off:])
+			if r == utf8.RuneError && size <= 1 {
+				return off, fmt.Sprintf(" (byte 0x%02x here)", data[off])
+			}
+			off += size
+		}
+	case unknownAnchorRE.MatchString(msg):
+		name := []byte("*" + unknownAnchorRE.FindStringSubmatch(msg)[1])
+		for off := 0; ; {
+			i := bytes.Index(data[off:], name)
+			if i < 0 {
+				break
+			}
+			end := off + i + len(name)
+			if end == len(data) || bytes.IndexByte([]byte(" \t\r\n,]}#"), data[end]) >= 0 {
+				return off + i, ""
+			}
+			off = end
+		}
+	case strings.Contains(msg, "tab character") || strings.Contains(msg, "cannot start any token"):
+		// The parser names the line before the tab, or the tab's own.
+		lines := yamlLines(data)
+		for i := max(line-1, 0); i < len(lines) && i < line+1; i++ {
+			indent := lines[i][:len(lines[i])-len(bytes.TrimLeft(lines[i], " \t"))]
+			if t := bytes.IndexByte(indent, '\t'); t >= 0 {
+				return lineOffset(data, i) + t, "; indent with spaces"
+			}
+		}
+	}
+	return -1, ""
+}
+
+// forbiddenInYAML reports the characters a YAML stream may not hold (the
+// C0 and C1 controls but tab, line feed, carriage return and NEL; DEL; the
+// non-characters U+FFFE and U+FFFF).
+func forbiddenInYAML(r rune, size int) bool {
+	switch {
+	case r == utf8.RuneError && size <= 1:
+		return false // invalid UTF-8: another error
+	case r == '\t' || r == '\n' || r == '\r' || r == 0x85:
+		return false
+	case r < 0x20 || r == 0x7f || (r >= 0x80 && r <= 0x9f) || r == 0xfffe || r == 0xffff:
+		return true
+	}
+	return false
+}
+
+// lineOffset returns the offset of the start of the (0-based) line i.
+func lineOffset(data []byte, i int) int {
+	off := 0
+	for n := 0; n < i && off < len(data); {
+		if b := lineBreakAt(data[off:]); b > 0 {
+			off += b
+			n++
+			continue
+		}
+		off++
+	}
+	return off
+}
+
+// position returns the 1-based line and column (in characters) of offset
+// off in data, counting lines as YAML does.
+func position(data []byte, off int) (line, col int) {
+	line, start := 1, 0
+	for i := 0; i < off; {
+		if b := lineBreakAt(data[i:]); b > 0 {
+			i += b
+			line++
+			start = i
+			continue
+		}
+		i++
+	}
+	return line, utf8.RuneCount(data[start:off]) + 1
 }
 
 // yamlLines splits data into lines where the YAML parser counts them: at

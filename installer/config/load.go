@@ -65,7 +65,7 @@ var ErrNotRegular = errors.New("not a regular file")
 func ReadFile(path string) ([]byte, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return nil, fmt.Errorf("open answer file: %w", err)
+		return nil, fmt.Errorf("read answer file: %w", err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
