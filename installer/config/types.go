@@ -158,17 +158,23 @@ func (m Match) IsEmpty() bool {
 // usable MAC or serial), which is what an allowlist admits. Empty and
 // placeholder entries name nothing.
 func (m Match) Identifies() bool {
+	macs, serials := m.named()
+	return macs > 0 || serials > 0
+}
+
+// named counts the usable MACs and serials of the match.
+func (m Match) named() (macs, serials int) {
 	for _, mac := range m.MACs {
 		if mac.Usable() {
-			return true
+			macs++
 		}
 	}
 	for _, s := range m.Serials {
 		if SerialProblem(s) == "" {
-			return true
+			serials++
 		}
 	}
-	return false
+	return macs, serials
 }
 
 // Bond is a bonded interface.

@@ -645,7 +645,8 @@ func countControlPlanes(rules []Rule) (n int, known bool) {
 		if !r.Match.Identifies() {
 			return 0, false
 		}
-		n += max(len(r.Match.MACs), len(r.Match.Serials))
+		macs, serials := r.Match.named()
+		n += max(macs, serials)
 	}
 	return n, true
 }
