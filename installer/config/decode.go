@@ -405,6 +405,11 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 			d.addf(at, path, "expected %s, got %s", describeType(v.Type()), describeNode(n))
 			return
 		}
+		if n.Tag == "!!int" && !decimalRE.MatchString(n.Value) {
+			// A size written 0755 is 755 here and 493 to a YAML 1.1 reader.
+			d.addf(at, path, "%s", notDecimal(n.Value))
+			return
+		}
 		if err := v.Addr().Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(n.Value)); err != nil {
 			d.addf(at, path, "%s", cleanParseError(err))
 		}
