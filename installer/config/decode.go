@@ -101,6 +101,7 @@ func (d *decoder) decodeInto(data []byte, v any) {
 		d.addf(Pos{1, 1}, "", "file is %d bytes, more than the %d allowed for an answer file", len(data), MaxFileBytes)
 		return
 	}
+	data = d.sanitize(data)
 	root, err := parseDocument(data)
 	if err != nil {
 		d.add(syntaxProblem(file, data, err))
@@ -128,7 +129,59 @@ func (d *decoder) decodeInto(data []byte, v any) {
 		// only bury the one problem that matters.
 		delete(d.pos, "")
 	}
-	return
+}
+
+// sanitize reports every character a YAML stream may not hold (control
+// characters, invalid UTF-8) at its own line and column, and returns data
+// with each replaced by a space, so that parsing goes on and the rest of the
+// file is checked too: one NUL pasted into a serial does not hide every
+// other problem. Columns stay where they were (one space per character,
+// one per invalid byte); a space changes the structure least. Input in UTF-16 (with its byte order mark) is left to
+// the parser.
+func (d *decoder) sanitize(data []byte) []byte {
+	if bytes.HasPrefix(data, []byte{0xfe, 0xff}) || bytes.HasPrefix(data, []byte{0xff, 0xfe}) {
+		return data
+	}
+	var out []byte // allocated at the first bad character
+	line, col := 1, 1 // of data[off], counted as we go: linear in the file
+	for off := 0; off < len(data); {
+		if b := lineBreakAt(data[off:]); b > 0 {
+			if out != nil {
+				out = append(out, data[off:off+b]...)
+			}
+			off += b
+			line, col = line+1, 1
+			continue
+		}
+		r, size := utf8.DecodeRune(data[off:])
+		invalid := r == utf8.RuneError && size <= 1
+		if !invalid && !forbiddenInYAML(r, size) {
+			if out != nil {
+				out = append(out, data[off:off+size]...)
+			}
+			off += size
+			col++
+			continue
+		}
+		if out == nil {
+			out = append(make([]byte, 0, len(data)), data[:off]...)
+		}
+		at := Pos{line, col}
+		if d.full() {
+			d.omitted.errors++
+		} else if invalid {
+			d.addf(at, "", "YAML syntax: invalid UTF-8 (byte 0x%02x); save the file as UTF-8", data[off])
+		} else {
+			d.addf(at, "", "YAML syntax: the control character %U is not allowed in YAML", r)
+		}
+		out = append(out, ' ')
+		off += size
+		col++
+	}
+	if out == nil {
+		return data
+	}
+	return out
 }
 
 // parseDocument returns the single document node's content, or nil for an

@@ -132,6 +132,14 @@ func worstCases() map[string][]byte {
 		// Billion laughs into Helm values and into a match list.
 		"laughs-values":     []byte(validHead + "anchors:\n" + indent(laughs("v", 12)) + "platform: {components: {cni: {values: {a: *v11}}}}\n"),
 		"laughs-match-list": []byte(validHead + "anchors:\n" + indent(laughs("s", 12)) + "machines:\n- {name: a, role: control-plane, hostname: 'a-{index}', match: {serials: *s11}}\n"),
+		// Nesting far past what the parser allows, in block and flow style.
+		"block-nesting":    []byte(validHead + "x: " + strings.Repeat("- ", (MaxFileBytes-len(validHead))/2-4) + "\n"),
+		"flow-nesting":     []byte(validHead + "x: " + strings.Repeat("[", MaxFileBytes-len(validHead)-4) + "\n"),
+		"flow-map-nesting": []byte(validHead + "x: " + strings.Repeat("{a: ", (MaxFileBytes-len(validHead))/4-4) + "\n"),
+		"indented-nesting": fill(validHead+"x:\n", "", func(b *bytes.Buffer, i int) { fmt.Fprintf(b, "%sk%d:\n", strings.Repeat(" ", i+1), i) }),
+		// A problem per byte: control characters and invalid UTF-8.
+		"all-nul":          bytes.Repeat([]byte{0}, MaxFileBytes),
+		"all-invalid-utf8": append([]byte(validHead), bytes.Repeat([]byte{0xff, '\n'}, (MaxFileBytes-len(validHead))/2)...),
 		// Many aliases, each expanding to little, everywhere.
 		"many-small-aliases": fill(validHead+"x: &s S1\nmachines:\n- {name: a, role: control-plane, hostname: 'a-{index}', match: {serials: [", "*s]}}\n",
 			func(b *bytes.Buffer, i int) { b.WriteString("*s,") }),
