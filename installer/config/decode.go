@@ -136,13 +136,13 @@ func (d *decoder) decodeInto(data []byte, v any) {
 // with each replaced by a space, so that parsing goes on and the rest of the
 // file is checked too: one NUL pasted into a serial does not hide every
 // other problem. Columns stay where they were (one space per character,
-// one per invalid byte); a space changes the structure least. Input in UTF-16 (with its byte order mark) is left to
-// the parser.
+// one per invalid byte); a space changes the structure least. Input in
+// UTF-16 (with its byte order mark) is left to the parser.
 func (d *decoder) sanitize(data []byte) []byte {
 	if bytes.HasPrefix(data, []byte{0xfe, 0xff}) || bytes.HasPrefix(data, []byte{0xff, 0xfe}) {
 		return data
 	}
-	var out []byte // allocated at the first bad character
+	var out []byte    // allocated at the first bad character
 	line, col := 1, 1 // of data[off], counted as we go: linear in the file
 	for off := 0; off < len(data); {
 		if b := lineBreakAt(data[off:]); b > 0 {
