@@ -127,6 +127,9 @@ func Load(path string) (*Answers, Problems, error) {
 // fillDerived sets defaults that depend on other fields.
 func (a *Answers) fillDerived() {
 	n := &a.Network
+	if n.Mode == "" { // mode: "" or mode: ~ means the default, as leaving it out does
+		n.Mode = ModeAuto
+	}
 	if !n.Address.IsValid() && n.Subnet.IsValid() && n.Subnet.Addr().Is4() && n.Subnet.Bits() <= 30 {
 		n.Address = n.Subnet.Masked().Addr().Next()
 	}

@@ -266,7 +266,7 @@ func (v *validator) network(n Network) {
 	if !v.failed("network.leaseTime") && (n.LeaseTime < Duration(60e9) || n.LeaseTime > Duration(7*24*3600e9)) {
 		v.errorf("network.leaseTime", "%s is outside 1m to 168h", n.LeaseTime.String())
 	}
-	if n.DynamicRange == nil && n.Mode != ModeProxy && !v.failed("network.dynamicRange") {
+	if n.DynamicRange == nil && (n.Mode == ModeFull || n.Mode == ModeAuto) && !v.failed("network.dynamicRange") {
 		why := "airlock needs addresses to hand out"
 		if n.Mode == ModeAuto {
 			why += " (auto turns into full when no other DHCP server answers); or set mode: proxy"

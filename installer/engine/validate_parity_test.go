@@ -233,7 +233,7 @@ func variants() []string {
 			n = edgeNets[rng.IntN(len(edgeNets))]
 		}
 		o := variantOpts{
-			mode:   pick([]string{"full", "proxy", "auto", ""}, []string{"full"}),
+			mode:   pick([]string{"full", "proxy", "auto", ""}, []string{`""`, "~"}),
 			subnet: n.subnet, rangeStart: n.start, rangeEnd: n.end, address: n.address, gateway: n.gateway,
 			noRange:     pick([]string{"no"}, []string{"yes"}) == "yes",
 			lease:       pick([]string{"", "1m", "1h", "168h"}, []string{"0s", "59s", "169h", "-1h", "~"}),
