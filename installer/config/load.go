@@ -136,6 +136,26 @@ func (a *Answers) fillDerived() {
 	if a.Admission.Policy == "" {
 		a.Admission.Policy = AdmitAllowlist
 	}
+	// A field written empty or null ("version: ~") means its default, as
+	// leaving it out does, rather than an empty value that install would
+	// only refuse later.
+	def := Defaults()
+	c := &a.Cluster
+	if c.Distribution.Name == "" {
+		c.Distribution.Name = def.Cluster.Distribution.Name
+	}
+	if c.Distribution.Version == "" {
+		c.Distribution.Version = def.Cluster.Distribution.Version
+	}
+	if !c.PodCIDR.IsValid() {
+		c.PodCIDR = def.Cluster.PodCIDR
+	}
+	if !c.ServiceCIDR.IsValid() {
+		c.ServiceCIDR = def.Cluster.ServiceCIDR
+	}
+	if a.Platform.GPU.Sharing == "" {
+		a.Platform.GPU.Sharing = GPUShareNone
+	}
 	for i := range a.Machines {
 		if a.Machines[i].InstallDisk.Policy == "" {
 			a.Machines[i].InstallDisk.Policy = DiskSmallest
