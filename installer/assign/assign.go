@@ -126,17 +126,26 @@ func admission(a *config.Answers, r config.Rule, m inventory.Machine) (string, s
 	}
 }
 
-// Matches reports whether every condition of match holds for m.
+// Matches reports whether every condition of match holds for m. An empty
+// or placeholder identity never matches: a machine without a serial is not
+// named by serials: [""], a MAC condition needs a real unicast MAC on both
+// sides, an empty rack or GPU model matches nothing.
 func Matches(match config.Match, m inventory.Machine) bool {
 	if len(match.MACs) > 0 && !slices.ContainsFunc(match.MACs, func(mac config.MAC) bool {
-		return slices.Contains(m.MACs, string(mac)) || m.BootMAC == string(mac)
+		if !mac.Usable() {
+			return false
+		}
+		return (config.UsableMAC(m.BootMAC) && strings.EqualFold(m.BootMAC, string(mac))) ||
+			slices.ContainsFunc(m.MACs, func(have string) bool { return config.UsableMAC(have) && strings.EqualFold(have, string(mac)) })
 	}) {
 		return false
 	}
-	if len(match.Serials) > 0 && !slices.Contains(match.Serials, m.Serial) {
+	if len(match.Serials) > 0 && (config.SerialProblem(m.Serial) != "" || !slices.ContainsFunc(match.Serials, func(s string) bool {
+		return config.SerialProblem(s) == "" && s == m.Serial
+	})) {
 		return false
 	}
-	if len(match.Racks) > 0 && !slices.Contains(match.Racks, m.Rack) {
+	if len(match.Racks) > 0 && (m.Rack == "" || !slices.Contains(match.Racks, m.Rack)) {
 		return false
 	}
 	s := m.Summary
@@ -153,7 +162,7 @@ func Matches(match config.Match, m inventory.Machine) bool {
 		return false
 	}
 	if len(match.GPUModels) > 0 && !slices.ContainsFunc(match.GPUModels, func(model string) bool {
-		return s.GPUModel != "" && strings.Contains(strings.ToLower(s.GPUModel), strings.ToLower(model))
+		return strings.TrimSpace(model) != "" && s.GPUModel != "" && strings.Contains(strings.ToLower(s.GPUModel), strings.ToLower(model))
 	}) {
 		return false
 	}

@@ -297,5 +297,10 @@ func FuzzParse(f *testing.F) {
 				t.Fatalf("problem outside the file (%d lines): %+v", lines, p)
 			}
 		}
+		// What Load reports is bounded, and keeps every error an error.
+		limited := problems.Limit(MaxReported)
+		if len(limited) > MaxReported+1 || (problems.Err() == nil) != (limited.Err() == nil) {
+			t.Fatalf("Limit: %d problems kept of %d; errors before %v, after %v", len(limited), len(problems), problems.Err() != nil, limited.Err() != nil)
+		}
 	})
 }

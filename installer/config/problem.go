@@ -16,6 +16,9 @@ type Problem struct {
 	Path    string `json:"path,omitempty"`
 	Message string `json:"message"`
 	Warning bool   `json:"warning,omitempty"`
+
+	// omitted is set on the one problem that counts those left out.
+	omitted *omitted
 }
 
 // String renders FILE:LINE:COL: field.path: message, leaving out the parts
@@ -74,6 +77,7 @@ func (ps Problems) Error() string {
 func (ps Problems) Sort() {
 	slices.SortStableFunc(ps, func(a, b Problem) int {
 		return cmp.Or(
+			compareBool(a.omitted != nil, b.omitted != nil), // the count of those left out comes last
 			cmp.Compare(a.File, b.File),
 			cmp.Compare(a.Line, b.Line),
 			cmp.Compare(a.Col, b.Col),
@@ -81,4 +85,77 @@ func (ps Problems) Sort() {
 			cmp.Compare(a.Message, b.Message),
 		)
 	})
+}
+
+// MaxReported is how many problems Load returns at most; past it, one more
+// problem says how many were left out, so that a small hostile file cannot
+// make megabytes of output.
+const MaxReported = 100
+
+// omitted counts the problems left out of a list.
+type omitted struct{ errors, warnings int }
+
+func (o *omitted) count(p Problem) {
+	if p.Warning {
+		o.warnings++
+	} else {
+		o.errors++
+	}
+}
+
+// appendTo adds to ps one problem saying how many were left out (an error
+// when any of them is), or returns ps as it is when none were.
+func (o omitted) appendTo(ps Problems) Problems {
+	if o.errors+o.warnings == 0 {
+		return ps
+	}
+	counts := o
+	p := Problem{omitted: &counts, Warning: o.errors == 0, Message: fmt.Sprintf("... and %d more (%d %s, %d %s) not shown", o.errors+o.warnings,
+		o.errors, pluralize(o.errors, "error", "errors"), o.warnings, pluralize(o.warnings, "warning", "warnings"))}
+	if len(ps) > 0 {
+		last := ps[len(ps)-1]
+		p.File, p.Line, p.Col = last.File, last.Line, last.Col
+	}
+	return append(ps, p)
+}
+
+func pluralize(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+// Limit sorts ps and keeps the first n problems, adding one that counts
+// the rest (an error if any of the rest is). An "... and N more" problem
+// already in ps is folded into the new count.
+func (ps Problems) Limit(n int) Problems {
+	var o omitted
+	kept := make(Problems, 0, min(len(ps), n+1))
+	for _, p := range ps {
+		if p.omitted != nil {
+			o.errors += p.omitted.errors
+			o.warnings += p.omitted.warnings
+			continue
+		}
+		kept = append(kept, p)
+	}
+	kept.Sort()
+	if len(kept) > n {
+		for _, p := range kept[n:] {
+			o.count(p)
+		}
+		kept = kept[:n]
+	}
+	return o.appendTo(kept)
+}
+
+func compareBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
 }

@@ -154,9 +154,28 @@ func (m Match) IsEmpty() bool {
 		m.MaxMemory == 0 && m.MinCPUs == 0 && m.MinGPUs == 0 && m.MaxGPUs == nil && len(m.GPUModels) == 0
 }
 
-// Identifies reports whether the match names machines individually (by MAC
-// or serial), which is what an allowlist admits.
-func (m Match) Identifies() bool { return len(m.MACs) > 0 || len(m.Serials) > 0 }
+// Identifies reports whether the match names machines individually (by a
+// usable MAC or serial), which is what an allowlist admits. Empty and
+// placeholder entries name nothing.
+func (m Match) Identifies() bool {
+	macs, serials := m.named()
+	return macs > 0 || serials > 0
+}
+
+// named counts the usable MACs and serials of the match.
+func (m Match) named() (macs, serials int) {
+	for _, mac := range m.MACs {
+		if mac.Usable() {
+			macs++
+		}
+	}
+	for _, s := range m.Serials {
+		if SerialProblem(s) == "" {
+			serials++
+		}
+	}
+	return macs, serials
+}
 
 // Bond is a bonded interface.
 type Bond struct {

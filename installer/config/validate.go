@@ -2,10 +2,12 @@ package config
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"reflect"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"airlock.dev/airlock/manifests"
@@ -25,16 +27,21 @@ func (a *Answers) Validate(src *Source) Problems {
 	v.cluster(a)
 	v.platform(a)
 	v.problems.Sort()
-	return v.problems
+	return v.omitted.appendTo(v.problems)
 }
 
 type validator struct {
 	src      *Source
 	catalog  manifests.Catalog
 	problems Problems
+	omitted  omitted // problems past maxKeptProblems, counted
 }
 
 func (v *validator) report(warning bool, path, format string, args ...any) {
+	if len(v.problems) >= maxKeptProblems {
+		v.omitted.count(Problem{Warning: warning}) // counted, not formatted
+		return
+	}
 	p := Problem{Path: path, Message: fmt.Sprintf(format, args...), Warning: warning}
 	if v.src != nil {
 		p.File = v.src.File
@@ -54,6 +61,15 @@ func (v *validator) failed(path string) bool {
 	return v.src != nil && v.src.Failed[path]
 }
 
+// written returns where path was written in the file, if it was.
+func (v *validator) written(path string) (Pos, bool) {
+	if v.src == nil {
+		return Pos{}, false
+	}
+	pos, ok := v.src.Positions[path]
+	return pos, ok
+}
+
 // failedUnder reports whether anything at or below path failed to decode;
 // checks that reason about a whole subtree skip it then, rather than pile
 // consequences of one typo on top of its own message.
@@ -61,12 +77,15 @@ func (v *validator) failedUnder(path string) bool {
 	if v.src == nil {
 		return false
 	}
-	for p := range v.src.Failed {
-		if p == path || strings.HasPrefix(p, path+".") || strings.HasPrefix(p, path+"[") {
-			return true
+	if v.src.failedTree == nil {
+		v.src.failedTree = map[string]bool{}
+		for p := range v.src.Failed {
+			for ; p != "" && !v.src.failedTree[p]; p = parentPath(p) {
+				v.src.failedTree[p] = true
+			}
 		}
 	}
-	return false
+	return v.src.failedTree[path]
 }
 
 // fieldTags walks the struct and checks what the field tags declare (the
@@ -80,6 +99,9 @@ func (v *validator) fieldTags(rv reflect.Value, path string) {
 			v.fieldTags(rv.Elem(), path)
 		}
 	case reflect.Slice:
+		if k := rv.Type().Elem().Kind(); k != reflect.Struct && k != reflect.Pointer && k != reflect.Slice {
+			return // scalars carry no tags
+		}
 		for i := range rv.Len() {
 			v.fieldTags(rv.Index(i), fmt.Sprintf("%s[%d]", path, i))
 		}
@@ -127,34 +149,139 @@ func (v *validator) site(s Site) {
 	}
 }
 
-var interfaceNameRE = regexp.MustCompile(`^[A-Za-z0-9_.:@-]{1,15}$`)
+var interfaceNameRE = regexp.MustCompile(`^[A-Za-z0-9_.@-]{1,15}$`)
+
+// validInterfaceName reports whether s can name a Linux network interface
+// (the kernel takes at most 15 bytes, never '/', ':' or white space, nor
+// "." or ".."); airlock takes printable ASCII only.
+func validInterfaceName(s string) bool {
+	return interfaceNameRE.MatchString(s) && s != "." && s != ".."
+}
+
+// maxServers bounds the DNS and NTP servers offered: a DHCP option holds at
+// most 63 IPv4 addresses, and resolvers use the first three.
+const maxServers = 8
+
+// specialNets are IPv4 networks no provisioning network, server or address
+// may be in: "this network", loopback, link-local, multicast and the
+// reserved block with the limited broadcast address.
+var specialNets = []struct {
+	p    netip.Prefix
+	what string
+}{
+	{netip.MustParsePrefix("0.0.0.0/8"), "the all-zero \"this network\" block 0.0.0.0/8"},
+	{netip.MustParsePrefix("127.0.0.0/8"), "loopback (127.0.0.0/8)"},
+	{netip.MustParsePrefix("169.254.0.0/16"), "link-local (169.254.0.0/16)"},
+	{netip.MustParsePrefix("224.0.0.0/4"), "multicast (224.0.0.0/4)"},
+	{netip.MustParsePrefix("240.0.0.0/4"), "reserved or broadcast (240.0.0.0/4)"},
+}
+
+// specialPrefix reports what special network p overlaps, or "".
+func specialPrefix(p netip.Prefix) string {
+	if !p.Addr().Is4() {
+		return ""
+	}
+	for _, sp := range specialNets {
+		if sp.p.Overlaps(p) {
+			return sp.what
+		}
+	}
+	return ""
+}
+
+// specialAddr reports why a cannot be a host or server on a network, or
+// returns "".
+func specialAddr(a netip.Addr) string {
+	switch {
+	case !a.IsValid():
+		return ""
+	case a.IsUnspecified():
+		return "the all-zero address"
+	case a.IsLoopback():
+		return "a loopback address"
+	case a.IsMulticast():
+		return "a multicast address"
+	case a.IsLinkLocalUnicast():
+		return "a link-local address"
+	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return "the broadcast address"
+	}
+	if a.Is4() {
+		for _, sp := range specialNets {
+			if sp.p.Contains(a) {
+				return "in " + sp.what
+			}
+		}
+	}
+	return ""
+}
+
+// usableAddr reports (and returns false) an address that is special.
+func (v *validator) usableAddr(path string, a netip.Addr) bool {
+	if why := specialAddr(a); why != "" {
+		v.errorf(path, "%s is %s, which no machine can use here", a, why)
+		return false
+	}
+	return true
+}
+
+// servers checks a list of DNS or NTP servers offered over DHCPv4.
+func (v *validator) servers(path string, list []netip.Addr) {
+	if len(list) > maxServers {
+		v.errorf(path, "%d servers: offer at most %d (a DHCP option carries at most 63, and clients use the first few)", len(list), maxServers)
+	}
+	seen := make(map[netip.Addr]bool, len(list))
+	for i, a := range list {
+		ip := fmt.Sprintf("%s[%d]", path, i)
+		if !a.IsValid() {
+			if !v.failed(ip) {
+				v.errorf(ip, "an empty entry: name a server's IPv4 address")
+			}
+			continue
+		}
+		if !a.Is4() {
+			v.errorf(ip, "%s: DHCPv4 can only offer IPv4 servers", a)
+			continue
+		}
+		if !v.usableAddr(ip, a) {
+			continue
+		}
+		if seen[a] {
+			v.errorf(ip, "%s is listed twice", a)
+		}
+		seen[a] = true
+	}
+}
 
 func (v *validator) network(n Network) {
 	if v.failed("network.interface") {
 		// already reported
 	} else if n.Interface == "" {
 		v.warnf("network.interface", "not set: airlock will not serve DHCP until you name the provisioning NIC (airlock init --interface IF)")
-	} else if !interfaceNameRE.MatchString(n.Interface) || n.Interface == "." || n.Interface == ".." {
+	} else if !validInterfaceName(n.Interface) {
 		v.errorf("network.interface", "%q is not a valid Linux interface name (1-15 letters, digits, '-', '_', '.')", n.Interface)
 	}
-	if !n.Subnet.IsValid() {
-		return
+	v.servers("network.dns", n.DNS)
+	v.servers("network.ntp", n.NTP)
+	if !v.failed("network.leaseTime") && (n.LeaseTime < Duration(60e9) || n.LeaseTime > Duration(7*24*3600e9)) {
+		v.errorf("network.leaseTime", "%s is outside 1m to 168h", n.LeaseTime.String())
 	}
-	subnetOK := v.prefix("network.subnet", n.Subnet, true)
-	if subnetOK && n.Subnet.Bits() > 29 {
-		v.errorf("network.subnet", "%s is too small for a provisioning network: use /29 or larger", n.Subnet)
-		subnetOK = false
+	if n.DynamicRange == nil && (n.Mode == ModeFull || n.Mode == ModeAuto) && !v.failed("network.dynamicRange") {
+		why := "airlock needs addresses to hand out"
+		if n.Mode == ModeAuto {
+			why += " (auto turns into full when no other DHCP server answers); or set mode: proxy"
+		}
+		v.errorf("network.dynamicRange", "required in %s mode: %s", n.Mode, why)
 	}
-	if !subnetOK {
-		return
-	}
-	v.hostIn("network.address", n.Address, n.Subnet)
-	v.hostIn("network.gateway", n.Gateway, n.Subnet)
-	if n.Gateway.IsValid() && n.Gateway == n.Address {
-		v.errorf("network.gateway", "%s is airlock's own address; leave gateway out if the network has no router", n.Gateway)
-	}
-	if r := n.DynamicRange; r != nil {
-		if v.rangeIn("network.dynamicRange", *r, n.Subnet) {
+	seen := newPrefixIndex()
+	if n.Subnet.IsValid() {
+		if v.network4("network", n.Subnet, n.Address, n.Gateway, n.DynamicRange, 29) {
+			seen.add(namedPrefix{path: "network.subnet", p: n.Subnet})
+		}
+		if n.Gateway.IsValid() && n.Gateway == n.Address {
+			v.errorf("network.gateway", "%s is airlock's own address; leave gateway out if the network has no router", n.Gateway)
+		}
+		if r := n.DynamicRange; r != nil && r.Start.IsValid() && r.End.IsValid() && !r.End.Less(r.Start) {
 			if n.Address.IsValid() && r.Contains(n.Address) {
 				v.errorf("network.dynamicRange", "contains airlock's own address %s: move the range or network.address", n.Address)
 			}
@@ -162,45 +289,56 @@ func (v *validator) network(n Network) {
 				v.errorf("network.dynamicRange", "contains the gateway %s", n.Gateway)
 			}
 		}
-		if n.Mode == ModeProxy {
-			v.warnf("network.dynamicRange", "ignored in proxy mode: the existing DHCP server hands out addresses")
-		}
-	} else if n.Mode == ModeFull {
-		v.errorf("network.dynamicRange", "required in full mode: airlock needs addresses to hand out")
 	}
-	for i, a := range n.DNS {
-		if a.IsValid() && !a.Is4() {
-			v.errorf(fmt.Sprintf("network.dns[%d]", i), "%s: DHCPv4 can only offer IPv4 servers", a)
-		}
+	if n.DynamicRange != nil && n.Mode == ModeProxy {
+		v.warnf("network.dynamicRange", "ignored in proxy mode: the existing DHCP server hands out addresses")
 	}
-	for i, a := range n.NTP {
-		if a.IsValid() && !a.Is4() {
-			v.errorf(fmt.Sprintf("network.ntp[%d]", i), "%s: DHCPv4 can only offer IPv4 servers", a)
-		}
-	}
-	if n.LeaseTime != 0 && (n.LeaseTime < Duration(60e9) || n.LeaseTime > Duration(7*24*3600e9)) {
-		v.errorf("network.leaseTime", "%s is outside 1m to 168h", n.LeaseTime.String())
-	}
-	seen := []namedPrefix{{"network.subnet", n.Subnet}}
 	for i, r := range n.RelayedSubnets {
 		path := fmt.Sprintf("network.relayedSubnets[%d]", i)
-		if !r.Subnet.IsValid() || !v.prefix(path+".subnet", r.Subnet, true) {
+		v.servers(path+".dns", r.DNS)
+		if !r.Subnet.IsValid() {
 			continue
 		}
-		if other, clash := overlapping(seen, r.Subnet); clash {
+		if !v.network4(path, r.Subnet, r.RelayAddress, r.Gateway, r.DynamicRange, 30) {
+			continue
+		}
+		if other, clash := seen.overlapping(r.Subnet); clash {
 			v.errorf(path+".subnet", "%s overlaps %s (%s)", r.Subnet, other.path, other.p)
 			continue
 		}
-		seen = append(seen, namedPrefix{path + ".subnet", r.Subnet})
-		v.hostIn(path+".relayAddress", r.RelayAddress, r.Subnet)
-		v.hostIn(path+".gateway", r.Gateway, r.Subnet)
-		if r.DynamicRange != nil {
-			v.rangeIn(path+".dynamicRange", *r.DynamicRange, r.Subnet)
-		}
+		seen.add(namedPrefix{path: path + ".subnet", p: r.Subnet})
 	}
 	if n.Mode == ModeProxy && len(n.RelayedSubnets) > 0 {
 		v.warnf("network.relayedSubnets", "ignored in proxy mode: relayed requests get their addresses from the existing DHCP server")
 	}
+}
+
+// network4 checks one IPv4 network airlock serves (the provisioning subnet,
+// maxBits at most, or a relayed one) with an address of its own on it,
+// a gateway and a range; it reports whether the subnet itself is sound.
+func (v *validator) network4(path string, subnet netip.Prefix, own, gateway netip.Addr, r *Range, maxBits int) bool {
+	sp := path + ".subnet"
+	if !v.prefix(sp, subnet, true) {
+		return false
+	}
+	if subnet.Bits() > maxBits {
+		v.errorf(sp, "%s is too small to hand out addresses from: use /%d or larger", subnet, maxBits)
+		return false
+	}
+	if why := specialPrefix(subnet); why != "" {
+		v.errorf(sp, "%s overlaps %s: a network machines boot on must be ordinary unicast addresses", subnet, why)
+		return false
+	}
+	ownPath := path + ".address"
+	if path != "network" {
+		ownPath = path + ".relayAddress"
+	}
+	v.hostIn(ownPath, own, subnet)
+	v.hostIn(path+".gateway", gateway, subnet)
+	if r != nil {
+		v.rangeIn(path+".dynamicRange", *r, subnet)
+	}
+	return true
 }
 
 // String renders a Duration for messages.
@@ -212,12 +350,55 @@ func (d Duration) String() string {
 type namedPrefix struct {
 	path string
 	p    netip.Prefix
+	i    int // index in the list it came from
 }
 
-func overlapping(list []namedPrefix, p netip.Prefix) (namedPrefix, bool) {
-	for _, x := range list {
-		if x.p.Overlaps(p) {
-			return x, true
+// prefixIndex answers "which prefix added so far overlaps this one" in at
+// most 129 map lookups, whatever the number of prefixes: two prefixes
+// overlap when one contains the other, so it looks for p's ancestors
+// among those added, and for p among the ancestors of those added.
+type prefixIndex struct {
+	added map[netip.Prefix]namedPrefix
+	under map[netip.Prefix]namedPrefix // every ancestor of an added prefix, and one added below it
+}
+
+func newPrefixIndex() *prefixIndex {
+	return &prefixIndex{added: map[netip.Prefix]namedPrefix{}, under: map[netip.Prefix]namedPrefix{}}
+}
+
+func (x *prefixIndex) add(np namedPrefix) {
+	p := np.p.Masked()
+	if _, ok := x.added[p]; !ok {
+		x.added[p] = np
+	}
+	for bits := p.Bits(); bits >= 0; bits-- {
+		q, _ := p.Addr().Prefix(bits)
+		if _, ok := x.under[q]; ok {
+			break // and so are all of q's ancestors
+		}
+		x.under[q] = np
+	}
+}
+
+// overlapping returns a prefix added before that overlaps p.
+func (x *prefixIndex) overlapping(p netip.Prefix) (namedPrefix, bool) {
+	p = p.Masked()
+	for bits := p.Bits(); bits >= 0; bits-- {
+		q, _ := p.Addr().Prefix(bits)
+		if np, ok := x.added[q]; ok {
+			return np, true
+		}
+	}
+	np, ok := x.under[p]
+	return np, ok
+}
+
+// containing returns a prefix added before that contains a.
+func (x *prefixIndex) containing(a netip.Addr) (namedPrefix, bool) {
+	for bits := a.BitLen(); bits >= 0; bits-- {
+		q, _ := a.Prefix(bits)
+		if np, ok := x.added[q]; ok {
+			return np, true
 		}
 	}
 	return namedPrefix{}, false
@@ -301,6 +482,16 @@ func (v *validator) racks(racks []Rack) {
 			if p.Serial == "" && p.MAC == "" {
 				v.errorf(pp, "name the expected machine by serial or mac")
 			}
+			if _, written := v.written(pp + ".serial"); written || p.Serial != "" {
+				if problem := SerialProblem(p.Serial); problem != "" {
+					v.errorf(pp+".serial", "%s", problem)
+				}
+			}
+			if p.MAC != "" {
+				if problem := p.MAC.Problem(); problem != "" {
+					v.errorf(pp+".mac", "%s", problem)
+				}
+			}
 		}
 	}
 }
@@ -316,6 +507,13 @@ func (v *validator) machines(a *Answers) {
 	serials := map[string]string{}
 	hostnames := map[string]string{}
 	addresses := map[netip.Addr]string{}
+	relayed := newPrefixIndex()
+	for i, r := range a.Network.RelayedSubnets {
+		if r.Subnet.IsValid() {
+			relayed.add(namedPrefix{p: r.Subnet, i: i})
+		}
+	}
+	names := &hostnameIndex{byPrefix: map[string][]hostnameTemplate{}}
 	catchAll := ""
 	// A rule that did not fully decode is skipped, and so are the checks
 	// across rules, which would reason about what the rule was meant to say.
@@ -329,29 +527,59 @@ func (v *validator) machines(a *Answers) {
 			v.warnf(path, "rule %q can never match: %s before it matches every machine", r.Name, catchAll)
 		}
 		m := r.Match
+		v.emptyLists(path+".match", m)
 		for j, mac := range m.MACs {
 			mp := fmt.Sprintf("%s.match.macs[%d]", path, j)
-			if prev, dup := macs[mac]; dup && mac != "" {
-				v.errorf(mp, "MAC %s is already matched by %s", mac, prev)
+			if problem := mac.Problem(); problem != "" {
+				if !v.failed(mp) {
+					v.errorf(mp, "%s", problem)
+				}
+				continue
 			}
-			macs[mac] = mp
+			if prev, dup := macs[mac]; dup {
+				v.errorf(mp, "MAC %s is already matched by %s", mac, prev)
+			} else {
+				macs[mac] = mp
+			}
 		}
 		for j, s := range m.Serials {
 			sp := fmt.Sprintf("%s.match.serials[%d]", path, j)
-			if prev, dup := serials[s]; dup && s != "" {
-				v.errorf(sp, "serial %q is already matched by %s", s, prev)
+			if problem := SerialProblem(s); problem != "" {
+				v.errorf(sp, "%s", problem)
+				continue
 			}
-			serials[s] = sp
+			if prev, dup := serials[s]; dup {
+				v.errorf(sp, "serial %q is already matched by %s", s, prev)
+			} else {
+				serials[s] = sp
+			}
 		}
 		for j, rack := range m.Racks {
-			if len(a.Racks) > 0 && !rackNames[rack] {
-				v.warnf(fmt.Sprintf("%s.match.racks[%d]", path, j), "rule can never match on rack %q: it is not in the rack plan", rack)
+			rp := fmt.Sprintf("%s.match.racks[%d]", path, j)
+			switch {
+			case rack == "":
+				v.errorf(rp, "an empty rack name matches no rack (machines whose rack is unknown have none); remove it or name a rack")
+			case !dnsLabelRE.MatchString(rack):
+				v.errorf(rp, "%q is not a rack name: racks are DNS labels (lower-case letters, digits and '-'), so it can never match", rack)
+			case len(a.Racks) > 0 && !rackNames[rack]:
+				v.warnf(rp, "rule can never match on rack %q: it is not in the rack plan", rack)
 			}
+		}
+		for j, model := range m.GPUModels {
+			if problem := textProblem(model); problem != "" {
+				v.errorf(fmt.Sprintf("%s.match.gpuModels[%d]", path, j), "%s", problem)
+			}
+		}
+		if m.MinGPUs < 0 {
+			v.errorf(path+".match.minGPUs", "must not be negative")
+		}
+		if m.MaxGPUs != nil && *m.MaxGPUs < 0 {
+			v.errorf(path+".match.maxGPUs", "must not be negative: no machine has fewer than 0 GPUs")
 		}
 		if m.MinMemory != 0 && m.MaxMemory != 0 && m.MinMemory > m.MaxMemory {
 			v.warnf(path+".match", "rule can never match: minMemory %s is more than maxMemory %s", m.MinMemory, m.MaxMemory)
 		}
-		if m.MaxGPUs != nil && m.MinGPUs > *m.MaxGPUs {
+		if m.MaxGPUs != nil && *m.MaxGPUs >= 0 && m.MinGPUs > *m.MaxGPUs {
 			v.warnf(path+".match", "rule can never match: minGPUs %d is more than maxGPUs %d", m.MinGPUs, *m.MaxGPUs)
 		}
 		if m.MaxGPUs != nil && *m.MaxGPUs == 0 && len(m.GPUModels) > 0 {
@@ -363,9 +591,9 @@ func (v *validator) machines(a *Answers) {
 		if r.Role == RoleGPUWorker && m.MaxGPUs != nil && *m.MaxGPUs == 0 {
 			v.warnf(path+".role", "gpu-worker for machines without GPUs (maxGPUs: 0)")
 		}
-		v.hostname(path+".hostname", r.Hostname, hostnames, m)
+		v.hostname(path+".hostname", r.Hostname, a.Site.Domain, hostnames, m, names)
 		if r.Address.IsValid() {
-			v.staticAddress(path+".address", r.Address, a.Network, addresses)
+			v.staticAddress(path+".address", r.Address, a.Network, relayed, addresses, len(m.MACs) == 1)
 			if !m.Identifies() || len(m.MACs)+len(m.Serials) > 1 {
 				v.errorf(path+".address", "a static address needs a rule that names exactly one machine (one MAC or one serial)")
 			}
@@ -379,12 +607,31 @@ func (v *validator) machines(a *Answers) {
 	if partial {
 		return
 	}
+	names.collisions(v)
 	cp, cpKnown := countControlPlanes(a.Machines)
 	if cpKnown && cp > 0 && cp%2 == 0 {
 		v.warnf("machines", "%d control-plane machines: etcd needs a majority, so an even count tolerates no more failures than %d; use an odd number", cp, cp-1)
 	}
 	if len(a.Machines) > 0 && !slices.ContainsFunc(a.Machines, func(r Rule) bool { return r.Role == RoleControlPlane }) {
 		v.errorf("machines", "no rule gives the control-plane role: the cluster needs at least one control plane")
+	}
+}
+
+// emptyLists reports match lists written but empty (serials: [] or
+// serials: ~): such a list sets no condition, so the rule matches every
+// machine, which is never what a list meant to name machines says.
+func (v *validator) emptyLists(path string, m Match) {
+	if v.src == nil {
+		return
+	}
+	for _, l := range []struct {
+		name string
+		n    int
+	}{{"macs", len(m.MACs)}, {"serials", len(m.Serials)}, {"racks", len(m.Racks)}, {"gpuModels", len(m.GPUModels)}} {
+		p := path + "." + l.name
+		if _, written := v.src.Positions[p]; written && l.n == 0 && !v.failed(p) {
+			v.errorf(p, "an empty list sets no condition, so the rule would match every machine; remove %s or list what to match", l.name)
+		}
 	}
 }
 
@@ -398,13 +645,18 @@ func countControlPlanes(rules []Rule) (n int, known bool) {
 		if !r.Match.Identifies() {
 			return 0, false
 		}
-		n += max(len(r.Match.MACs), len(r.Match.Serials))
+		macs, serials := r.Match.named()
+		n += max(macs, serials)
 	}
 	return n, true
 }
 
-func (v *validator) hostname(path, h string, seen map[string]string, m Match) {
+func (v *validator) hostname(path, h, domain string, seen map[string]string, m Match, names *hostnameIndex) {
 	if h == "" {
+		return
+	}
+	if len(h) > 253 {
+		v.errorf(path, "%d bytes long: a hostname is one DNS label of at most 63", len(h))
 		return
 	}
 	placeholders := hostnamePlaceholderRE.FindAllStringSubmatch(h, -1)
@@ -415,10 +667,19 @@ func (v *validator) hostname(path, h string, seen map[string]string, m Match) {
 		}
 	}
 	sample := hostnamePlaceholderRE.ReplaceAllString(h, "x1")
+	if len(sample) > 63 {
+		v.errorf(path, "%q makes a hostname of at least %d characters: a DNS label holds at most 63", h, len(sample))
+		return
+	}
 	if !dnsLabelRE.MatchString(sample) {
 		v.errorf(path, "%q does not make a DNS label: use lower-case letters, digits and '-'", h)
 		return
 	}
+	if domain != "" && len(sample)+1+len(domain) > 253 {
+		v.errorf(path, "%q.%s is longer than the 253 characters a DNS name can have: shorten the hostname or site.domain", h, domain)
+		return
+	}
+	names.add(path, h, len(placeholders) > 0)
 	if len(placeholders) == 0 {
 		if n := len(m.MACs) + len(m.Serials); n != 1 {
 			v.errorf(path, "%q is a fixed hostname but the rule can match more than one machine: add {index} or {serial}", h)
@@ -432,12 +693,23 @@ func (v *validator) hostname(path, h string, seen map[string]string, m Match) {
 	seen[h] = path
 }
 
-func (v *validator) staticAddress(path string, p netip.Prefix, n Network, seen map[netip.Addr]string) {
+// staticAddress checks a rule's static address. With reservation (the
+// rule names one MAC), DHCP hands the address out too, so it must be an
+// IPv4 address of a subnet airlock serves.
+func (v *validator) staticAddress(path string, p netip.Prefix, n Network, relayed *prefixIndex, seen map[netip.Addr]string, reservation bool) {
 	a := p.Addr()
+	if !v.usableAddr(path, a) {
+		return
+	}
 	if prev, dup := seen[a]; dup {
 		v.errorf(path, "address %s is already given to %s", a, prev)
+	} else {
+		seen[a] = path
 	}
-	seen[a] = path
+	if reservation && !a.Is4() {
+		v.errorf(path, "%s is not IPv4: a rule naming one MAC gets its address from DHCPv4 as a reservation", a)
+		return
+	}
 	if !n.Subnet.IsValid() {
 		return
 	}
@@ -457,35 +729,82 @@ func (v *validator) staticAddress(path string, p netip.Prefix, n Network, seen m
 		}
 		return
 	}
-	for _, r := range n.RelayedSubnets {
-		if r.Subnet.IsValid() && r.Subnet.Contains(a) {
-			if r.DynamicRange != nil && r.DynamicRange.Contains(a) {
-				v.errorf(path, "%s is inside the dynamic range of relayed subnet %s", a, r.Subnet)
-			}
-			return
+	if np, ok := relayed.containing(a); ok {
+		r := n.RelayedSubnets[np.i]
+		if r.DynamicRange != nil && r.DynamicRange.Contains(a) {
+			v.errorf(path, "%s is inside the dynamic range of relayed subnet %s", a, r.Subnet)
 		}
+		return
+	}
+	if reservation && n.Mode != ModeProxy {
+		v.errorf(path, "%s is outside the provisioning network and every relayed subnet, but the rule names one MAC, so DHCP would have to reserve it there: use an address of a subnet airlock serves", a)
+		return
 	}
 	v.warnf(path, "%s is outside the provisioning network and every relayed subnet; make sure it is routed", a)
 }
 
 var bondNameRE = regexp.MustCompile(`^[a-z][a-z0-9_.-]{0,14}$`)
 
+// member checks a bond member or VLAN link: a Linux interface name or a
+// NIC's MAC address.
+func (v *validator) member(path, name string) bool {
+	if name == "" {
+		v.errorf(path, "an empty interface name")
+		return false
+	}
+	if strings.Count(name, ":") == 5 || strings.Count(name, "-") == 5 && len(name) == 17 {
+		if problem := MAC(strings.ToLower(name)).Problem(); problem != "" {
+			v.errorf(path, "%s", problem)
+			return false
+		}
+		return true
+	}
+	if !validInterfaceName(name) {
+		v.errorf(path, "%q is neither a Linux interface name (1-15 letters, digits, '-', '_', '.', no '/', ':' or spaces) nor a MAC address", name)
+		return false
+	}
+	return true
+}
+
 func (v *validator) bondsAndVLANs(path string, r Rule) {
 	links := map[string]bool{}
+	for _, b := range r.Bonds {
+		links[b.Name] = true
+	}
+	bondOf := map[string]string{} // member -> the bond it is in
+	defined := map[string]bool{}
 	for i, b := range r.Bonds {
 		bp := fmt.Sprintf("%s.bonds[%d]", path, i)
 		if b.Name != "" && !bondNameRE.MatchString(b.Name) {
 			v.errorf(bp+".name", "%q is not a valid interface name", b.Name)
 		}
-		if links[b.Name] {
+		if defined[b.Name] {
 			v.errorf(bp+".name", "bond %q is defined twice", b.Name)
 		}
-		links[b.Name] = true
+		defined[b.Name] = true
 		if len(b.Interfaces) == 1 {
 			v.warnf(bp+".interfaces", "a bond of one interface gives no redundancy")
 		}
+		for j, m := range b.Interfaces {
+			mp := fmt.Sprintf("%s.interfaces[%d]", bp, j)
+			if !v.member(mp, m) {
+				continue
+			}
+			key := strings.ToLower(m)
+			switch {
+			case links[m]:
+				v.errorf(mp, "%q is a bond itself; bonds are made of NICs", m)
+			case bondOf[key] != "":
+				v.errorf(mp, "%q is already a member of %s", m, bondOf[key])
+			default:
+				bondOf[key] = fmt.Sprintf("bond %q", b.Name)
+			}
+		}
 		if b.MTU != 0 && (b.MTU < 576 || b.MTU > 9216) {
 			v.errorf(bp+".mtu", "%d is outside 576-9216", b.MTU)
+		}
+		if b.Address.IsValid() {
+			v.usableAddr(bp+".address", b.Address.Addr())
 		}
 	}
 	vlans := map[string]bool{}
@@ -494,11 +813,22 @@ func (v *validator) bondsAndVLANs(path string, r Rule) {
 		if vl.ID < 1 || vl.ID > 4094 {
 			v.errorf(vp+".id", "VLAN ID %d is outside 1-4094", vl.ID)
 		}
+		if vl.Link != "" && v.member(vp+".link", vl.Link) {
+			switch {
+			case bondOf[strings.ToLower(vl.Link)] != "":
+				v.errorf(vp+".link", "%q is a member of %s, which carries its traffic: put the VLAN on the bond", vl.Link, bondOf[strings.ToLower(vl.Link)])
+			case !links[vl.Link] && strings.HasPrefix(vl.Link, "bond"):
+				v.errorf(vp+".link", "%q names no bond of this rule: define it under bonds or link the VLAN to a NIC", vl.Link)
+			}
+		}
 		key := fmt.Sprintf("%s.%d", vl.Link, vl.ID)
 		if vlans[key] {
 			v.errorf(vp, "VLAN %d on %q is defined twice", vl.ID, vl.Link)
 		}
 		vlans[key] = true
+		if vl.Address.IsValid() {
+			v.usableAddr(vp+".address", vl.Address.Addr())
+		}
 	}
 }
 
@@ -507,6 +837,8 @@ func (v *validator) installDisk(path string, d InstallDisk) {
 	case DiskSerial:
 		if d.Serial == "" {
 			v.errorf(path+".serial", "required with policy serial")
+		} else if problem := textProblem(d.Serial); problem != "" {
+			v.errorf(path+".serial", "%s", problem)
 		}
 	default:
 		if d.Serial != "" {
@@ -529,35 +861,84 @@ func (v *validator) cluster(a *Answers) {
 	if c.Distribution.Version != "" && !versionRE.MatchString(c.Distribution.Version) {
 		v.errorf("cluster.distribution.version", "%q is not a Kubernetes version like v1.34.2", c.Distribution.Version)
 	}
-	nets := []namedPrefix{}
+	nets := newPrefixIndex()
 	if a.Network.Subnet.IsValid() {
-		nets = append(nets, namedPrefix{"network.subnet", a.Network.Subnet.Masked()})
+		nets.add(namedPrefix{path: "network.subnet", p: a.Network.Subnet.Masked()})
 	}
 	for i, r := range a.Network.RelayedSubnets {
 		if r.Subnet.IsValid() {
-			nets = append(nets, namedPrefix{fmt.Sprintf("network.relayedSubnets[%d].subnet", i), r.Subnet.Masked()})
+			nets.add(namedPrefix{path: fmt.Sprintf("network.relayedSubnets[%d].subnet", i), p: r.Subnet.Masked()})
 		}
 	}
-	for _, np := range []namedPrefix{{"cluster.podCIDR", c.PodCIDR}, {"cluster.serviceCIDR", c.ServiceCIDR}} {
+	for _, np := range []namedPrefix{{path: "cluster.podCIDR", p: c.PodCIDR}, {path: "cluster.serviceCIDR", p: c.ServiceCIDR}} {
 		if !np.p.IsValid() || !v.prefix(np.path, np.p, false) {
 			continue
 		}
-		if other, clash := overlapping(nets, np.p); clash {
+		if other, clash := nets.overlapping(np.p); clash {
 			v.errorf(np.path, "%s overlaps %s (%s)", np.p, other.path, other.p)
 			continue
 		}
-		nets = append(nets, np)
+		nets.add(np)
 	}
 	if c.ServiceCIDR.IsValid() && c.ServiceCIDR.Addr().Is4() && c.ServiceCIDR.Bits() > 24 {
 		v.warnf("cluster.serviceCIDR", "%s leaves fewer than 256 service addresses", c.ServiceCIDR)
 	}
 	if c.ControlPlaneEndpoint != "" {
-		host, port, ok := strings.Cut(c.ControlPlaneEndpoint, ":")
-		if !ok || host == "" || port == "" || strings.Trim(port, "0123456789") != "" {
-			v.errorf("cluster.controlPlaneEndpoint", "%q is not host:port, e.g. 10.40.0.5:6443", c.ControlPlaneEndpoint)
-		}
+		v.endpoint(a, "cluster.controlPlaneEndpoint", c.ControlPlaneEndpoint)
 	} else if n, known := countControlPlanes(a.Machines); known && n > 1 && !v.failedUnder("machines") {
 		v.warnf("cluster.controlPlaneEndpoint", "not set with %d control planes: nodes will use the first control plane's address and lose the API if it fails; set a virtual IP or load balancer", n)
+	}
+}
+
+var portRE = regexp.MustCompile(`^[1-9][0-9]{0,4}$`)
+
+// endpoint checks a host:port the nodes reach the API server at: an IPv4
+// address, an IPv6 address in brackets or a DNS name, and a decimal port
+// 1-65535. An address must be one a machine can hold and none that
+// airlock or DHCP already gives out.
+func (v *validator) endpoint(a *Answers, path, ep string) {
+	host, port, err := net.SplitHostPort(ep)
+	if err != nil || host == "" {
+		if strings.Count(ep, ":") > 1 && !strings.HasPrefix(ep, "[") {
+			v.errorf(path, "%q is not host:port: write an IPv6 address in brackets, e.g. [fd00::5]:6443", ep)
+			return
+		}
+		v.errorf(path, "%q is not host:port, e.g. 10.40.0.5:6443 or [fd00::5]:6443", ep)
+		return
+	}
+	if n, err := strconv.Atoi(port); err != nil || !portRE.MatchString(port) || n > 65535 {
+		v.errorf(path, "%q: the port %q is not a decimal number 1-65535", ep, port)
+	}
+	addr, err := netip.ParseAddr(host)
+	if err != nil {
+		if strings.ContainsAny(host, ":%") || len(host) > 253 || !dnsNameRE.MatchString(host) {
+			v.errorf(path, "%q: %q is neither an IP address nor a DNS name (IPv6 addresses go in brackets: [fd00::5]:6443)", ep, host)
+		}
+		return
+	}
+	if addr.Zone() != "" {
+		v.errorf(path, "%q: a zoned IPv6 address names a link, not an endpoint nodes can share", ep)
+		return
+	}
+	if !strings.HasPrefix(ep, "[") && addr.Is6() {
+		v.errorf(path, "%q: write IPv6 addresses in brackets, e.g. [fd00::5]:6443", ep)
+		return
+	}
+	if !v.usableAddr(path, addr) {
+		return
+	}
+	n := a.Network
+	switch {
+	case addr == n.Address:
+		v.errorf(path, "%s is airlock's own address; the endpoint is a virtual IP or load balancer in front of the control planes", addr)
+	case addr == n.Gateway:
+		v.errorf(path, "%s is the gateway's address", addr)
+	case n.DynamicRange != nil && n.Mode != ModeProxy && n.DynamicRange.Start.IsValid() && n.DynamicRange.End.IsValid() && n.DynamicRange.Contains(addr):
+		v.errorf(path, "%s is inside network.dynamicRange: DHCP would give it to a machine; use an address outside the pool", addr)
+	case a.Cluster.PodCIDR.IsValid() && a.Cluster.PodCIDR.Contains(addr):
+		v.errorf(path, "%s is inside cluster.podCIDR %s", addr, a.Cluster.PodCIDR)
+	case a.Cluster.ServiceCIDR.IsValid() && a.Cluster.ServiceCIDR.Contains(addr):
+		v.errorf(path, "%s is inside cluster.serviceCIDR %s", addr, a.Cluster.ServiceCIDR)
 	}
 }
 
@@ -644,4 +1025,77 @@ func sortedKeys[M ~map[string]V, V any](m M) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// hostnameIndex finds fixed hostnames that another rule's template can
+// also produce ("w-3" beside "w-{index}"). Templates are kept by the
+// literal text before their first placeholder, so a fixed name is only
+// compared with templates whose literal start it begins with; a budget
+// bounds the comparisons, so that a file cannot make this quadratic.
+type hostnameIndex struct {
+	byPrefix map[string][]hostnameTemplate
+	fixed    []hostnameTemplate
+}
+
+type hostnameTemplate struct {
+	path, name string
+	re         *regexp.Regexp // compiled when first needed
+}
+
+// maxHostnameComparisons bounds the template matches collisions makes.
+const maxHostnameComparisons = 20_000
+
+func (x *hostnameIndex) add(path, h string, template bool) {
+	if !template {
+		x.fixed = append(x.fixed, hostnameTemplate{path: path, name: h})
+		return
+	}
+	prefix := h[:strings.IndexByte(h, '{')]
+	x.byPrefix[prefix] = append(x.byPrefix[prefix], hostnameTemplate{path: path, name: h})
+}
+
+// placeholderPatterns are what each placeholder can expand to.
+var placeholderPatterns = map[string]string{
+	"{index}":  `[1-9][0-9]*`,
+	"{rack}":   `[a-z0-9](?:[-a-z0-9]*[a-z0-9])?`,
+	"{serial}": `[a-z0-9](?:[-a-z0-9]*[a-z0-9])?`,
+}
+
+func (t *hostnameTemplate) matches(name string) bool {
+	if t.re == nil {
+		var b strings.Builder
+		b.WriteString("^")
+		rest := t.name
+		for {
+			i := strings.IndexByte(rest, '{')
+			if i < 0 {
+				break
+			}
+			j := strings.IndexByte(rest[i:], '}')
+			b.WriteString(regexp.QuoteMeta(rest[:i]))
+			b.WriteString(placeholderPatterns[rest[i:i+j+1]])
+			rest = rest[i+j+1:]
+		}
+		b.WriteString(regexp.QuoteMeta(rest) + "$")
+		t.re = regexp.MustCompile(b.String())
+	}
+	return t.re.MatchString(name)
+}
+
+func (x *hostnameIndex) collisions(v *validator) {
+	budget := maxHostnameComparisons
+	for _, f := range x.fixed {
+		for i := 0; i <= len(f.name); i++ {
+			templates := x.byPrefix[f.name[:i]]
+			for k := range templates {
+				if budget--; budget < 0 {
+					v.warnf("machines", "too many hostname templates to check every fixed hostname against them; airlock refuses duplicate hostnames when it assigns them")
+					return
+				}
+				if templates[k].matches(f.name) {
+					v.warnf(f.path, "hostname %q can also be made by %s (%q): two machines would get the same name", f.name, templates[k].path, templates[k].name)
+				}
+			}
+		}
+	}
 }

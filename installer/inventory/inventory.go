@@ -748,7 +748,7 @@ func List(st state.Store) ([]Machine, error) {
 func (s *Store) apply(m *Machine, reg *agentapi.Registration, now time.Time) {
 	inv := reg.Inventory
 	m.Hardware = inv
-	m.Serial, m.UUID = usable(inv.System.Serial, junkSerials), usable(strings.ToLower(inv.System.UUID), junkUUIDs)
+	m.Serial, m.UUID = usableSerial(inv.System.Serial), usable(strings.ToLower(inv.System.UUID), junkUUIDs)
 	m.BootMAC = strings.ToLower(reg.BootMAC)
 	m.Firmware, m.Arch = inv.System.Firmware, reg.Arch
 	m.MACs = m.MACs[:0]
@@ -889,11 +889,18 @@ func rackNameFromSwitch(name string) string {
 	return n
 }
 
-// Values that firmware vendors leave in place of real identities.
-var (
-	junkSerials = []string{"", "0", "none", "n/a", "na", "not specified", "not applicable", "default string", "to be filled by o.e.m.", "system serial number", "123456789", "0123456789", "chassis serial number"}
-	junkUUIDs   = []string{"", "00000000-0000-0000-0000-000000000000", "ffffffff-ffff-ffff-ffff-ffffffffffff", "03000200-0400-0500-0006-000700080009"}
-)
+// Values that firmware vendors leave in place of real identities. Serials
+// are judged by config.PlaceholderSerial, the list the answer file's
+// validation uses too.
+var junkUUIDs = []string{"", "00000000-0000-0000-0000-000000000000", "ffffffff-ffff-ffff-ffff-ffffffffffff", "03000200-0400-0500-0006-000700080009"}
+
+// usableSerial returns the serial trimmed, or "" for a placeholder.
+func usableSerial(v string) string {
+	if config.PlaceholderSerial(v) {
+		return ""
+	}
+	return strings.TrimSpace(v)
+}
 
 func usable(v string, junk []string) string {
 	if slices.Contains(junk, strings.ToLower(strings.TrimSpace(v))) {
@@ -912,7 +919,7 @@ type claim struct {
 func claimOf(reg *agentapi.Registration) claim {
 	c := claim{
 		uuid:    usable(strings.ToLower(reg.Inventory.System.UUID), junkUUIDs),
-		serial:  usable(reg.Inventory.System.Serial, junkSerials),
+		serial:  usableSerial(reg.Inventory.System.Serial),
 		bootMAC: strings.ToLower(reg.BootMAC),
 	}
 	if c.bootMAC != "" {
