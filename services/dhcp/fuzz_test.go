@@ -41,7 +41,7 @@ func FuzzHandle(f *testing.F) {
 			port = ProxyPort
 		}
 		cfg := testConfig()
-		h := NewHandler(cfg, mode, nil, fakeProber{}, nil)
+		h := NewHandler(cfg, mode, nil, fakeProber{}, nil, nil)
 		for range 2 { // twice: the second sees the state the first left
 			r := h.Handle(context.Background(), Request{Msg: m, Port: port, Peer: netip.MustParseAddrPort("10.50.0.9:68")})
 			if r != nil && r.Msg != nil {

@@ -48,38 +48,38 @@ type Handler struct {
 	log   *slog.Logger
 	now   func() time.Time
 
-	reservedByMAC map[string]Reservation
-	reservedIP    map[netip.Addr]string
+	adm Admitter
 
-	offers, acks, naks atomic.Uint64
+	offers, acks, naks, refused atomic.Uint64
 
 	mu     sync.Mutex
 	byIP   map[netip.Addr]*Lease
 	byMAC  map[string]*Lease
 	cursor map[netip.Prefix]netip.Addr
+	// newBucket and relayBuckets limit new addresses for strangers.
+	newBucket    bucket
+	relayBuckets map[string]*bucket
 }
 
 // NewHandler returns a handler for cfg in mode (ModeFull or ModeProxy) with
-// the leases loaded from the store. probe may be nil (no probing).
-func NewHandler(cfg Config, mode Mode, leases []Lease, probe Prober, log *slog.Logger) *Handler {
+// the leases loaded from the store. probe may be nil (no probing); adm nil
+// means a StaticAdmitter of cfg.Reservations that refuses nobody.
+func NewHandler(cfg Config, mode Mode, leases []Lease, probe Prober, adm Admitter, log *slog.Logger) *Handler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Boot.TFTPServer == (netip.Addr{}) {
 		cfg.Boot.TFTPServer = cfg.ServerIP
 	}
-	h := &Handler{
-		cfg: cfg, mode: mode, probe: probe, log: log, now: time.Now,
-		reservedByMAC: map[string]Reservation{},
-		reservedIP:    map[netip.Addr]string{},
-		byIP:          map[netip.Addr]*Lease{},
-		byMAC:         map[string]*Lease{},
-		cursor:        map[netip.Prefix]netip.Addr{},
+	if adm == nil {
+		adm = NewStaticAdmitter(cfg.Reservations, false)
 	}
-	for _, r := range cfg.Reservations {
-		mac := r.MAC.String()
-		h.reservedByMAC[mac] = r
-		h.reservedIP[r.IP] = mac
+	h := &Handler{
+		cfg: cfg, mode: mode, probe: probe, log: log, now: time.Now, adm: adm,
+		byIP:         map[netip.Addr]*Lease{},
+		byMAC:        map[string]*Lease{},
+		cursor:       map[netip.Prefix]netip.Addr{},
+		relayBuckets: map[string]*bucket{},
 	}
 	for _, l := range leases {
 		l := l
@@ -96,12 +96,13 @@ func NewHandler(cfg Config, mode Mode, leases []Lease, probe Prober, log *slog.L
 	return h
 }
 
-// Stats counts the replies sent.
-type Stats struct{ Offers, Acks, Naks uint64 }
+// Stats counts the replies sent, and the requests refused (by the
+// Admitter or by Config.Limits).
+type Stats struct{ Offers, Acks, Naks, Refused uint64 }
 
 // Stats returns the reply counters.
 func (h *Handler) Stats() Stats {
-	return Stats{Offers: h.offers.Load(), Acks: h.acks.Load(), Naks: h.naks.Load()}
+	return Stats{Offers: h.offers.Load(), Acks: h.acks.Load(), Naks: h.naks.Load(), Refused: h.refused.Load()}
 }
 
 // Mode returns the mode the handler serves (full or proxy).
@@ -130,17 +131,26 @@ func (h *Handler) Handle(ctx context.Context, req Request) *Response {
 		return nil
 	}
 	client := Classify(m)
+	typ := m.MessageType()
+	var adm Admission
+	if typ != dhcpv4.MessageTypeDecline && typ != dhcpv4.MessageTypeRelease {
+		adm = h.adm.Admit(m.ClientHWAddr)
+		if adm.Refuse {
+			h.refuse(ctx, m, "not admitted")
+			return nil
+		}
+	}
 	if h.mode == ModeProxy {
 		return h.handleProxy(req, client)
 	}
 	if req.Port == ProxyPort {
 		return nil
 	}
-	switch m.MessageType() {
+	switch typ {
 	case dhcpv4.MessageTypeDiscover:
-		return h.discover(ctx, req, client)
+		return h.discover(ctx, req, client, adm)
 	case dhcpv4.MessageTypeRequest:
-		return h.request(req, client)
+		return h.request(ctx, req, client, adm)
 	case dhcpv4.MessageTypeDecline:
 		h.decline(m)
 		return h.saveOnly(m)
@@ -181,7 +191,13 @@ func addr4(ip net.IP) (netip.Addr, bool) {
 	return a, true
 }
 
-func (h *Handler) discover(ctx context.Context, req Request, client Client) *Response {
+// refuse counts and logs (rate-limited) a request given nothing.
+func (h *Handler) refuse(ctx context.Context, m *dhcpv4.DHCPv4, why string) {
+	h.refused.Add(1)
+	h.log.Log(ctx, slog.LevelInfo, "dhcp: request refused", "mac", m.ClientHWAddr.String(), "type", m.MessageType().String(), "reason", why)
+}
+
+func (h *Handler) discover(ctx context.Context, req Request, client Client, adm Admission) *Response {
 	m := req.Msg
 	sub := h.subnetOf(m)
 	if sub == nil {
@@ -189,20 +205,38 @@ func (h *Handler) discover(ctx context.Context, req Request, client Client) *Res
 		return nil
 	}
 	requested, _ := addr4(m.RequestedIPAddress())
-	ip, ok := h.allocate(ctx, m.ClientHWAddr.String(), sub, requested)
+	ip, ok := h.allocate(ctx, m, sub, requested, adm)
 	if !ok {
 		return nil
 	}
-	return h.respond(req, client, dhcpv4.MessageTypeOffer, ip, sub, nil)
+	return h.respond(req, client, dhcpv4.MessageTypeOffer, ip, sub, nil, hostnameFor(adm, ip))
+}
+
+// hostnameFor is the hostname sent with ip: the reservation's.
+func hostnameFor(adm Admission, ip netip.Addr) string {
+	if adm.IP.IsValid() && adm.IP == ip {
+		return adm.Hostname
+	}
+	return ""
+}
+
+// holdsLocked reports whether mac holds an active lease or offer in sub:
+// giving it that address again is not a new address.
+func (h *Handler) holdsLocked(mac string, sub *Subnet, now time.Time) bool {
+	l := h.byMAC[mac]
+	return l != nil && l.MAC == mac && sub.Prefix.Contains(l.IP) && l.active(now) && h.byIP[l.IP] == l
 }
 
 // maxProbeTries bounds how many candidates one DISCOVER may probe.
 const maxProbeTries = 8
 
-// allocate picks an address for mac, holds it as offered, and probes it
-// unless it is known to be the client's own.
-func (h *Handler) allocate(ctx context.Context, mac string, sub *Subnet, requested netip.Addr) (netip.Addr, bool) {
-	for range maxProbeTries {
+// allocate picks an address for the client, holds it as offered, and
+// probes it unless it is known to be the client's own. A stranger's new
+// address is subject to Config.Limits.
+func (h *Handler) allocate(ctx context.Context, m *dhcpv4.DHCPv4, sub *Subnet, requested netip.Addr, adm Admission) (netip.Addr, bool) {
+	mac := m.ClientHWAddr.String()
+	stranger := !adm.Known && !adm.IP.IsValid()
+	for try := range maxProbeTries {
 		now := h.now()
 		h.mu.Lock()
 		if l := h.byMAC[mac]; l != nil && l.probing {
@@ -211,7 +245,14 @@ func (h *Handler) allocate(ctx context.Context, mac string, sub *Subnet, request
 			h.mu.Unlock()
 			return netip.Addr{}, false
 		}
-		ip, known, ok := h.pickLocked(mac, sub, requested, now)
+		if stranger && try == 0 && !h.holdsLocked(mac, sub, now) {
+			if ok, why := h.admitNewLocked(m, sub, now); !ok {
+				h.mu.Unlock()
+				h.refuse(ctx, m, why)
+				return netip.Addr{}, false
+			}
+		}
+		ip, known, ok := h.pickLocked(mac, sub, requested, adm, now)
 		var held *Lease
 		if ok {
 			held = &Lease{IP: ip, MAC: mac, State: StateOffered, Expires: now.Add(h.cfg.OfferHold)}
@@ -250,9 +291,9 @@ func (h *Handler) allocate(ctx context.Context, mac string, sub *Subnet, request
 
 // pickLocked chooses an address; known means it needs no probe (reserved
 // for the client, or the client's own previous lease).
-func (h *Handler) pickLocked(mac string, sub *Subnet, requested netip.Addr, now time.Time) (ip netip.Addr, known, ok bool) {
-	if r, ok := h.reservedByMAC[mac]; ok && sub.Prefix.Contains(r.IP) {
-		return r.IP, true, true
+func (h *Handler) pickLocked(mac string, sub *Subnet, requested netip.Addr, adm Admission, now time.Time) (ip netip.Addr, known, ok bool) {
+	if adm.IP.IsValid() && sub.Prefix.Contains(adm.IP) {
+		return adm.IP, true, true
 	}
 	if l := h.byMAC[mac]; l != nil && sub.Prefix.Contains(l.IP) && h.freeLocked(l.IP, mac, sub, now) {
 		return l.IP, true, true
@@ -298,7 +339,7 @@ func rangeSize(sub *Subnet) int {
 
 // freeLocked reports whether ip may be given to mac.
 func (h *Handler) freeLocked(ip netip.Addr, mac string, sub *Subnet, now time.Time) bool {
-	if owner, ok := h.reservedIP[ip]; ok && owner != mac {
+	if owner, ok := h.adm.ReservedFor(ip); ok && owner.String() != mac {
 		return false
 	}
 	if ip == h.cfg.ServerIP || ip == sub.Router || ip == sub.Prefix.Masked().Addr() || ip == lastAddr(sub.Prefix) {
@@ -341,7 +382,7 @@ func (h *Handler) holdLocked(l *Lease) {
 	}
 }
 
-func (h *Handler) request(req Request, client Client) *Response {
+func (h *Handler) request(ctx context.Context, req Request, client Client, adm Admission) *Response {
 	m := req.Msg
 	mac := m.ClientHWAddr.String()
 	if sid, ok := addr4(m.ServerIdentifier()); ok && sid != h.cfg.ServerIP {
@@ -372,21 +413,33 @@ func (h *Handler) request(req Request, client Client) *Response {
 	}
 	now := h.now()
 	h.mu.Lock()
-	r, reserved := h.reservedByMAC[mac]
+	reserved := adm.IP.IsValid()
 	switch {
-	case reserved && sub.Prefix.Contains(r.IP) && r.IP != ip:
+	case reserved && sub.Prefix.Contains(adm.IP) && adm.IP != ip:
 		h.mu.Unlock()
 		return h.nak(req, "this machine has a reserved address")
 	case !h.freeLocked(ip, mac, sub, now):
 		h.mu.Unlock()
 		return h.nak(req, "address is in use")
-	case !inRange(sub, ip) && !(reserved && r.IP == ip):
+	case !inRange(sub, ip) && !(reserved && adm.IP == ip):
 		h.mu.Unlock()
 		return h.nak(req, "address is outside the pool")
 	}
+	if !adm.Known && !reserved {
+		// A stranger asking for an address it does not hold (no offer
+		// of ours, or one long expired): a new address, limited. No
+		// NAK: a flood of such requests gets no replies at all.
+		if cur := h.byIP[ip]; cur == nil || cur.MAC != mac || !cur.active(now) {
+			if ok, why := h.admitNewLocked(m, sub, now); !ok {
+				h.mu.Unlock()
+				h.refuse(ctx, m, why)
+				return nil
+			}
+		}
+	}
 	l := &Lease{IP: ip, MAC: mac, State: StateBound, Expires: now.Add(h.cfg.LeaseTime)}
-	if reserved {
-		l.Hostname = r.Hostname
+	if reserved && adm.IP == ip {
+		l.Hostname = adm.Hostname
 	}
 	if old := h.byMAC[mac]; old != nil && old.IP != ip && h.byIP[old.IP] == old && old.State == StateOffered {
 		delete(h.byIP, old.IP)
@@ -394,7 +447,7 @@ func (h *Handler) request(req Request, client Client) *Response {
 	h.byIP[ip] = l
 	h.byMAC[mac] = l
 	h.mu.Unlock()
-	return h.respond(req, client, dhcpv4.MessageTypeAck, ip, sub, []Lease{*l})
+	return h.respond(req, client, dhcpv4.MessageTypeAck, ip, sub, []Lease{*l}, l.Hostname)
 }
 
 func (h *Handler) decline(m *dhcpv4.DHCPv4) {
@@ -456,7 +509,7 @@ func (h *Handler) inform(req Request, client Client) *Response {
 	if sub == nil {
 		return nil
 	}
-	return h.respond(req, client, dhcpv4.MessageTypeAck, netip.Addr{}, sub, nil)
+	return h.respond(req, client, dhcpv4.MessageTypeAck, netip.Addr{}, sub, nil, "")
 }
 
 func (h *Handler) handleProxy(req Request, client Client) *Response {
@@ -469,13 +522,13 @@ func (h *Handler) handleProxy(req Request, client Client) *Response {
 		if req.Port == ProxyPort {
 			return nil
 		}
-		return h.respond(req, client, dhcpv4.MessageTypeOffer, netip.Addr{}, nil, nil)
+		return h.respond(req, client, dhcpv4.MessageTypeOffer, netip.Addr{}, nil, nil, "")
 	case dhcpv4.MessageTypeRequest, dhcpv4.MessageTypeInform:
 		sid, hasSID := addr4(m.ServerIdentifier())
 		if req.Port != ProxyPort && (!hasSID || sid != h.cfg.ServerIP) {
 			return nil // addressed to the real DHCP server
 		}
-		return h.respond(req, client, dhcpv4.MessageTypeAck, netip.Addr{}, nil, nil)
+		return h.respond(req, client, dhcpv4.MessageTypeAck, netip.Addr{}, nil, nil, "")
 	}
 	return nil
 }
@@ -500,8 +553,8 @@ func (h *Handler) nak(req Request, why string) *Response {
 }
 
 // respond builds an OFFER or ACK. yiaddr and sub are unset for proxy and
-// INFORM replies.
-func (h *Handler) respond(req Request, client Client, typ dhcpv4.MessageType, yiaddr netip.Addr, sub *Subnet, save []Lease) *Response {
+// INFORM replies; hostname is sent with yiaddr when set.
+func (h *Handler) respond(req Request, client Client, typ dhcpv4.MessageType, yiaddr netip.Addr, sub *Subnet, save []Lease, hostname string) *Response {
 	m := req.Msg
 	mods := []dhcpv4.Modifier{
 		dhcpv4.WithMessageType(typ),
@@ -535,8 +588,8 @@ func (h *Handler) respond(req Request, client Client, typ dhcpv4.MessageType, yi
 				dhcpv4.WithOption(dhcpv4.OptRenewTimeValue(lt/2)),
 				dhcpv4.WithOption(dhcpv4.OptRebindingTimeValue(lt*7/8)),
 			)
-			if r, ok := h.reservedByMAC[m.ClientHWAddr.String()]; ok && r.IP == yiaddr && r.Hostname != "" {
-				mods = append(mods, dhcpv4.WithOption(dhcpv4.OptHostName(r.Hostname)))
+			if hostname != "" {
+				mods = append(mods, dhcpv4.WithOption(dhcpv4.OptHostName(hostname)))
 			}
 		}
 	}

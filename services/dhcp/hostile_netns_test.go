@@ -171,3 +171,76 @@ func TestNetnsInformFloodUnreachable(t *testing.T) {
 func setBroadcast(fd int) error {
 	return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_BROADCAST, 1)
 }
+
+// TestNetnsStrangerFlood: a host makes up MACs and sends DISCOVERs and
+// REQUESTs for every pool address (the quickest way to drain a pool:
+// before the limits each REQUEST for a free address was ACKed and bound
+// for the lease time). A machine admitted while the server runs (known to
+// the Admitter, no fixed address) gets an address during and after the
+// flood; strangers never hold more than their share; the lease table and
+// the heap stay bounded.
+func TestNetnsStrangerFlood(t *testing.T) {
+	l := newLAN(t)
+	srvNS := l.host("", "10.70.0.1/24")
+	cfg := netnsConfig(ModeFull)
+	cfg.ForeignProbe = 0
+	cfg.ProbeTimeout = 0 // no probes: the flood is answered as fast as it comes
+	adm := NewStaticAdmitter(nil, false)
+	srv := startServerWith(t, srvNS, cfg, func(s *Server) { s.Admitter = adm })
+	srv.logw.mu.Lock()
+	srv.logw.on = false
+	srv.logw.mu.Unlock()
+	before := heapInuse()
+
+	bad := l.host("", "10.70.0.9/24")
+	a := startAttack(t, bad, &net.UDPAddr{IP: net.IPv4(10, 70, 0, 1), Port: 67}, 2000, func(i int) *dhcpv4.DHCPv4 {
+		typ := dhcpv4.MessageTypeDiscover
+		mods := []dhcpv4.Modifier{dhcpv4.WithMessageType(typ), dhcpv4.WithHwAddr(randomMAC())}
+		if i%2 == 1 {
+			mods[0] = dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest)
+			mods = append(mods, dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.IPv4(10, 70, 0, byte(100+i/2%51)))))
+		}
+		m, _ := dhcpv4.New(mods...)
+		m.OpCode = dhcpv4.OpcodeBootRequest
+		return m
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for a.sent.Load() < 4000 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Admitted at run time, no restart.
+	adm.Reserve(Reservation{MAC: mustMAC("52:54:00:ee:00:01")})
+	adm.Reserve(Reservation{MAC: mustMAC("52:54:00:ee:00:02")})
+	env, took := timedUdhcpc(t, l.host("52:54:00:ee:00:01", ""))
+	t.Logf("during the flood (%d packets sent): known machine got %s in %v", a.sent.Load(), env["ip"], took.Round(time.Millisecond))
+	a.stop()
+	env2, took2 := timedUdhcpc(t, l.host("52:54:00:ee:00:02", ""))
+	t.Logf("after the flood: known machine got %s in %v", env2["ip"], took2.Round(time.Millisecond))
+
+	h := srv.Handler()
+	strangers, total := 0, 0
+	for _, le := range h.Leases() {
+		if !le.active(time.Now()) || le.MAC == "" {
+			continue
+		}
+		total++
+		if !adm.Admit(parseMAC(le.MAC)).Known {
+			strangers++
+		}
+	}
+	share := rangeSize(&cfg.Subnet) * cfg.Limits.StrangerShare / 100
+	st := h.Stats()
+	t.Logf("leases held: %d (%d by strangers, share %d of %d); offers %d, acks %d, refused %d",
+		total, strangers, share, rangeSize(&cfg.Subnet), st.Offers, st.Acks, st.Refused)
+	if strangers > share {
+		t.Errorf("strangers hold %d addresses, more than their share %d", strangers, share)
+	}
+	if st.Refused == 0 {
+		t.Error("nothing was refused: the flood did not reach the limits")
+	}
+	after := heapInuse()
+	t.Logf("heap in use %d KiB -> %d KiB", before>>10, after>>10)
+	if after > before+32<<20 {
+		t.Errorf("heap grew by %d MiB during the flood", (after-before)>>20)
+	}
+}

@@ -116,6 +116,11 @@ type Server struct {
 	log   *slog.Logger
 	// Workers bounds the packets handled at once.
 	Workers int
+	// Admitter is asked about each client by MAC (reservations, whether
+	// it may get anything at all); set it before Run. Nil means a
+	// StaticAdmitter of the configuration's Reservations that refuses
+	// nobody.
+	Admitter Admitter
 
 	ready    chan struct{}
 	probeMAC net.HardwareAddr
@@ -197,7 +202,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("dhcp: %w", err)
 	}
-	h := NewHandler(s.cfg, mode, leases, s.socks.Prober, s.log)
+	h := NewHandler(s.cfg, mode, leases, s.socks.Prober, s.Admitter, s.log)
 	s.handler.Store(h)
 
 	bctx, bcancel := context.WithCancel(context.WithoutCancel(ctx))

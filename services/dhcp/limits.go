@@ -1,0 +1,134 @@
+package dhcp
+
+import (
+	"net"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+)
+
+// Limits bound the addresses strangers can take: clients the Admitter does
+// not know. A host that makes up MACs is a stranger for each of them, so
+// without these a few hundred DISCOVERs and REQUESTs drain the pool for a
+// whole lease time. Known machines are never limited. Zero values mean no
+// limit.
+type Limits struct {
+	// NewPerSecond and NewBurst are a token bucket on new addresses for
+	// strangers, all clients together. A client's own lease or offer given
+	// again takes no token.
+	NewPerSecond float64
+	NewBurst     int
+	// RelayPerSecond and RelayBurst are the same for each relay agent and
+	// circuit: giaddr with the relay agent information (option 82), so per
+	// switch port behind a relay that adds it.
+	RelayPerSecond float64
+	RelayBurst     int
+	// StrangerShare is the percentage of each subnet's range that
+	// strangers may hold at once (offered or bound); the rest is kept for
+	// known machines. 0 means 100 (no reserve).
+	StrangerShare int
+}
+
+// DefaultLimits: a rack powering on (hundreds of machines) is served within
+// seconds; a host making up MACs gets at most 80% of a pool, at 50 new
+// addresses a second.
+func DefaultLimits() Limits {
+	return Limits{NewPerSecond: 50, NewBurst: 200, RelayPerSecond: 5, RelayBurst: 50, StrangerShare: 80}
+}
+
+// bucket is a token bucket.
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+// fill brings the bucket to now and reports whether a token is there. A
+// zero rate means no limit.
+func (b *bucket) fill(now time.Time, rate float64, burst int) bool {
+	if rate <= 0 {
+		return true
+	}
+	if b.last.IsZero() {
+		b.tokens = float64(max(burst, 1))
+	} else if d := now.Sub(b.last); d > 0 {
+		b.tokens = min(float64(max(burst, 1)), b.tokens+d.Seconds()*rate)
+	}
+	b.last = now
+	return b.tokens >= 1
+}
+
+func (b *bucket) take(rate float64) {
+	if rate > 0 {
+		b.tokens--
+	}
+}
+
+// maxRelayBuckets bounds the per-relay table: relay agent information is
+// chosen by whoever sends the packet.
+const maxRelayBuckets = 4096
+
+// relayKey is the key of a relayed request's bucket: giaddr and option 82.
+func relayKey(m *dhcpv4.DHCPv4) (string, bool) {
+	gi, ok := addr4(m.GatewayIPAddr)
+	if !ok {
+		return "", false
+	}
+	return gi.String() + "/" + string(m.GetOneOption(dhcpv4.OptionRelayAgentInformation)), true
+}
+
+// admitNewLocked reports whether a stranger may take a new address in sub
+// now, and takes the tokens if so.
+func (h *Handler) admitNewLocked(m *dhcpv4.DHCPv4, sub *Subnet, now time.Time) (ok bool, why string) {
+	lim := h.cfg.Limits
+	var rb *bucket
+	if key, relayed := relayKey(m); relayed && lim.RelayPerSecond > 0 {
+		rb = h.relayBuckets[key]
+		if rb == nil {
+			if len(h.relayBuckets) >= maxRelayBuckets {
+				for k, b := range h.relayBuckets {
+					if b.fill(now, lim.RelayPerSecond, lim.RelayBurst) && b.tokens >= float64(max(lim.RelayBurst, 1)) {
+						delete(h.relayBuckets, k) // full again: forgetting it changes nothing
+					}
+				}
+			}
+			if len(h.relayBuckets) >= maxRelayBuckets {
+				key = "" // one shared bucket for the rest
+			}
+			if rb = h.relayBuckets[key]; rb == nil {
+				rb = &bucket{}
+				h.relayBuckets[key] = rb
+			}
+		}
+		if !rb.fill(now, lim.RelayPerSecond, lim.RelayBurst) {
+			return false, "new addresses for strangers behind this relay are coming too fast"
+		}
+	}
+	if !h.newBucket.fill(now, lim.NewPerSecond, lim.NewBurst) {
+		return false, "new addresses for strangers are coming too fast"
+	}
+	if share := lim.StrangerShare; share > 0 && share < 100 {
+		held := 0
+		for ip, l := range h.byIP {
+			if l.MAC == "" || !inRange(sub, ip) || !l.active(now) {
+				continue
+			}
+			if !h.adm.Admit(parseMAC(l.MAC)).Known {
+				held++
+			}
+		}
+		if held >= rangeSize(sub)*share/100 {
+			return false, "strangers hold their share of the pool"
+		}
+	}
+	h.newBucket.take(lim.NewPerSecond)
+	if rb != nil {
+		rb.take(lim.RelayPerSecond)
+	}
+	return true, ""
+}
+
+// parseMAC parses a MAC as the lease table stores it.
+func parseMAC(s string) net.HardwareAddr {
+	m, _ := net.ParseMAC(s)
+	return m
+}

@@ -1,0 +1,259 @@
+package dhcp
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+)
+
+// clockHandler is a handler whose clock the test moves.
+func clockHandler(t *testing.T, cfg Config, adm Admitter) (*Handler, *time.Time) {
+	t.Helper()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	h := NewHandler(cfg, ModeFull, nil, nil, adm, nil)
+	now := t0
+	h.now = func() time.Time { return now }
+	return h, &now
+}
+
+func macN(i int) string {
+	return net.HardwareAddr{0x02, 0xee, byte(i >> 16), byte(i >> 8), byte(i), 0x01}.String()
+}
+
+// dora runs DISCOVER then REQUEST for mac and returns the bound address
+// (invalid if none).
+func dora(h *Handler, mac string, mods ...dhcpv4.Modifier) netip.Addr {
+	ctx := context.Background()
+	plain := clientKinds[6]
+	o := h.Handle(ctx, discoverReq(plain, mac, mods...))
+	if o == nil || o.Msg == nil {
+		return netip.Addr{}
+	}
+	a := h.Handle(ctx, requestReq(plain, mac, yi(o), netip.MustParseAddr("10.50.0.1"), mods...))
+	if a == nil || a.Msg == nil || a.Msg.MessageType() != dhcpv4.MessageTypeAck {
+		return netip.Addr{}
+	}
+	return yi(a)
+}
+
+func activeLeases(h *Handler, now time.Time) (n int) {
+	for _, l := range h.Leases() {
+		if l.active(now) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestStrangerFloodLeavesRoomForKnown: a thousand made-up MACs doing full
+// DORA exchanges over a minute take at most StrangerShare of the pool; a
+// machine the Admitter knows still gets an address, and a reserved one its
+// reservation.
+func TestStrangerFloodLeavesRoomForKnown(t *testing.T) {
+	cfg := testConfig()
+	cfg.Limits = Limits{NewPerSecond: 1000, NewBurst: 1000, StrangerShare: 80}
+	adm := NewStaticAdmitter(cfg.Reservations, false)
+	h, now := clockHandler(t, cfg, adm)
+	bound := 0
+	for i := range 1000 {
+		if i%20 == 0 {
+			*now = now.Add(time.Second)
+		}
+		if dora(h, macN(i)).IsValid() {
+			bound++
+		}
+	}
+	if bound != 80 {
+		t.Fatalf("strangers bound %d addresses of 100, want 80", bound)
+	}
+	if n := activeLeases(h, *now); n != 80 {
+		t.Fatalf("%d active leases, want 80", n)
+	}
+	if r := h.Stats().Refused; r < 900 {
+		t.Fatalf("refused %d requests, want >= 900", r)
+	}
+	// A machine admitted while the server runs: known, no fixed address.
+	known := mustMAC("52:54:00:00:00:42")
+	adm.Reserve(Reservation{MAC: known})
+	if ip := dora(h, known.String()); !ip.IsValid() {
+		t.Fatal("a known machine got no address after the flood")
+	}
+	if ip := dora(h, "52:54:00:00:00:99"); ip != netip.MustParseAddr("10.50.0.50") {
+		t.Fatalf("the reserved machine got %v, want 10.50.0.50", ip)
+	}
+	// More known machines fill the reserve, strangers still cannot.
+	if ip := dora(h, macN(5000)); ip.IsValid() {
+		t.Fatalf("a stranger got %v past its share", ip)
+	}
+}
+
+// TestNewAddressRate: strangers get NewBurst addresses at once, then
+// NewPerSecond; retransmissions of a stranger that holds an offer take no
+// token.
+func TestNewAddressRate(t *testing.T) {
+	cfg := testConfig()
+	cfg.Limits = Limits{NewPerSecond: 2, NewBurst: 5}
+	h, now := clockHandler(t, cfg, nil)
+	ctx := context.Background()
+	got := 0
+	for i := range 20 {
+		if r := h.Handle(ctx, discoverReq(clientKinds[6], macN(i))); r != nil {
+			got++
+		}
+	}
+	if got != 5 {
+		t.Fatalf("%d offers at once, want the burst of 5", got)
+	}
+	// The first client's retransmission is answered (its offer is held).
+	if r := h.Handle(ctx, discoverReq(clientKinds[6], macN(0))); r == nil {
+		t.Fatal("retransmitted DISCOVER of a client holding an offer was refused")
+	}
+	*now = now.Add(time.Second)
+	got = 0
+	for i := 100; i < 110; i++ {
+		if r := h.Handle(ctx, discoverReq(clientKinds[6], macN(i))); r != nil {
+			got++
+		}
+	}
+	if got != 2 {
+		t.Fatalf("%d offers one second later, want 2", got)
+	}
+	// A REQUEST for a free address without an offer is a new address too:
+	// refused without a reply (no NAK to amplify a flood).
+	if r := h.Handle(ctx, requestReq(clientKinds[6], macN(200), netip.MustParseAddr("10.50.0.180"), netip.Addr{})); r != nil {
+		t.Fatalf("REQUEST past the rate answered: %s", summary(r))
+	}
+	// Known machines are never limited.
+	if r := h.Handle(ctx, discoverReq(clientKinds[6], "52:54:00:00:00:99")); yi(r) != netip.MustParseAddr("10.50.0.50") {
+		t.Fatalf("reserved machine refused under the rate: %s", summary(r))
+	}
+}
+
+// TestOfferHoldShort: DISCOVERs alone hold addresses only for OfferHold.
+func TestOfferHoldShort(t *testing.T) {
+	cfg := testConfig()
+	cfg.Subnet.RangeEnd = netip.MustParseAddr("10.50.0.109")
+	cfg.Limits = Limits{}
+	h, now := clockHandler(t, cfg, nil)
+	ctx := context.Background()
+	for i := range 10 {
+		if r := h.Handle(ctx, discoverReq(clientKinds[6], macN(i))); r == nil {
+			t.Fatalf("offer %d", i)
+		}
+	}
+	if r := h.Handle(ctx, discoverReq(clientKinds[6], macN(99))); r != nil {
+		t.Fatal("offered from a pool held by offers")
+	}
+	*now = now.Add(cfg.OfferHold + time.Second)
+	if ip := dora(h, macN(99)); !ip.IsValid() {
+		t.Fatalf("no address %v after the offers expired (OfferHold %v)", ip, cfg.OfferHold)
+	}
+	if cfg.OfferHold > 15*time.Second {
+		t.Fatalf("default OfferHold %v: offers hold addresses too long", cfg.OfferHold)
+	}
+}
+
+// TestRelayCircuitLimit: behind a relay that adds option 82, one port
+// gets RelayBurst new addresses; another port of the same relay is not
+// affected.
+func TestRelayCircuitLimit(t *testing.T) {
+	cfg := testConfig()
+	cfg.Limits = Limits{RelayPerSecond: 1, RelayBurst: 3}
+	h, _ := clockHandler(t, cfg, nil)
+	port := func(name string) dhcpv4.Modifier {
+		return dhcpv4.WithOption(dhcpv4.OptRelayAgentInfo(dhcpv4.OptGeneric(dhcpv4.GenericOptionCode(1), []byte(name))))
+	}
+	relay := dhcpv4.WithRelay(net.IPv4(10, 60, 0, 1))
+	got := 0
+	for i := range 8 {
+		if dora(h, macN(i), relay, port("port1")).IsValid() {
+			got++
+		}
+	}
+	if got != 3 {
+		t.Fatalf("one relay port got %d addresses, want 3", got)
+	}
+	if !dora(h, macN(50), relay, port("port2")).IsValid() {
+		t.Fatal("another port of the relay was refused")
+	}
+}
+
+// TestRelayBucketsBounded: made-up relay agent information cannot grow the
+// bucket table without bound.
+func TestRelayBucketsBounded(t *testing.T) {
+	cfg := testConfig()
+	cfg.Limits = Limits{RelayPerSecond: 1, RelayBurst: 1}
+	h, _ := clockHandler(t, cfg, nil)
+	for i := range maxRelayBuckets + 500 {
+		m := makePacket(clientKinds[6], dhcpv4.MessageTypeDiscover, mustMAC(macN(i)), dhcpv4.WithRelay(net.IPv4(10, 60, 0, 1)),
+			dhcpv4.WithOption(dhcpv4.OptRelayAgentInfo(dhcpv4.OptGeneric(dhcpv4.GenericOptionCode(1), []byte(macN(i))))))
+		h.mu.Lock()
+		h.admitNewLocked(m, &h.cfg.Relayed[0], t0)
+		h.mu.Unlock()
+	}
+	if n := len(h.relayBuckets); n > maxRelayBuckets+1 {
+		t.Fatalf("%d relay buckets, want <= %d", n, maxRelayBuckets+1)
+	}
+}
+
+// TestReservationAtRunTime: a reservation added while the handler runs
+// applies to the next packet: the machine gets its address and hostname,
+// and no stranger is offered that address any more.
+func TestReservationAtRunTime(t *testing.T) {
+	cfg := testConfig()
+	cfg.Reservations = nil
+	adm := NewStaticAdmitter(nil, false)
+	h, _ := clockHandler(t, cfg, adm)
+	ctx := context.Background()
+	first := yi(h.Handle(ctx, discoverReq(clientKinds[6], "02:00:00:00:00:01")))
+	if first != netip.MustParseAddr("10.50.0.100") {
+		t.Fatalf("first offer %v", first)
+	}
+	// Reserve the next pool address for a machine at run time.
+	adm.Reserve(Reservation{MAC: mustMAC("52:54:00:00:07:07"), IP: netip.MustParseAddr("10.50.0.101"), Hostname: "gpu-7"})
+	if got := yi(h.Handle(ctx, discoverReq(clientKinds[6], "02:00:00:00:00:02"))); got == netip.MustParseAddr("10.50.0.101") || !got.IsValid() {
+		t.Fatalf("a stranger was offered %v (reserved at run time)", got)
+	}
+	o := h.Handle(ctx, discoverReq(clientKinds[6], "52:54:00:00:07:07"))
+	if yi(o) != netip.MustParseAddr("10.50.0.101") || o.Msg.HostName() != "gpu-7" {
+		t.Fatalf("machine reserved at run time got %s", summary(o))
+	}
+	a := h.Handle(ctx, requestReq(clientKinds[6], "52:54:00:00:07:07", yi(o), netip.MustParseAddr("10.50.0.1")))
+	if a == nil || a.Msg.MessageType() != dhcpv4.MessageTypeAck || a.Save[0].Hostname != "gpu-7" {
+		t.Fatalf("ACK for the run-time reservation: %s", summary(a))
+	}
+	adm.Unreserve(mustMAC("52:54:00:00:07:07"))
+	if _, ok := adm.ReservedFor(netip.MustParseAddr("10.50.0.101")); ok {
+		t.Fatal("Unreserve left the address reserved")
+	}
+}
+
+// TestRefuseStrangers: with an allowlist, unknown MACs get no reply of any
+// kind; reserved machines are served.
+func TestRefuseStrangers(t *testing.T) {
+	cfg := testConfig()
+	adm := NewStaticAdmitter(cfg.Reservations, true)
+	ctx := context.Background()
+	for _, mode := range []Mode{ModeFull, ModeProxy} {
+		h := NewHandler(cfg, mode, nil, nil, adm, nil)
+		for _, typ := range []dhcpv4.MessageType{dhcpv4.MessageTypeDiscover, dhcpv4.MessageTypeRequest, dhcpv4.MessageTypeInform} {
+			m := makePacket(clientKinds[0], typ, mustMAC("02:00:00:00:00:01"),
+				dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.IPv4(10, 50, 0, 120))), dhcpv4.WithClientIP(net.IPv4(10, 50, 0, 120)))
+			if r := h.Handle(ctx, Request{Msg: m, Port: 67}); r != nil {
+				t.Errorf("%s: %s from a stranger answered: %s", mode, typ, summary(r))
+			}
+		}
+		if r := h.Handle(ctx, discoverReq(clientKinds[0], "52:54:00:00:00:99")); r == nil {
+			t.Errorf("%s: reserved machine refused", mode)
+		}
+		if h.Stats().Refused != 3 {
+			t.Errorf("%s: refused %d, want 3", mode, h.Stats().Refused)
+		}
+	}
+}
