@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+
+	"airlock.dev/airlock/services/internal/ratelog"
 )
 
 // Prober tells whether an address is already in use on the network (it
@@ -46,7 +48,9 @@ type Handler struct {
 	mode  Mode // full or proxy, never auto
 	probe Prober
 	log   *slog.Logger
-	now   func() time.Time
+	// rl bounds the lines logged per packet: any host can send packets.
+	rl  *ratelog.Limiter
+	now func() time.Time
 
 	adm Admitter
 
@@ -75,7 +79,7 @@ func NewHandler(cfg Config, mode Mode, leases []Lease, probe Prober, adm Admitte
 		adm = NewStaticAdmitter(cfg.Reservations, false)
 	}
 	h := &Handler{
-		cfg: cfg, mode: mode, probe: probe, log: log, now: time.Now, adm: adm,
+		cfg: cfg, mode: mode, probe: probe, log: log, rl: ratelog.Default(log), now: time.Now, adm: adm,
 		byIP:         map[netip.Addr]*Lease{},
 		byMAC:        map[string]*Lease{},
 		cursor:       map[netip.Prefix]netip.Addr{},
@@ -194,14 +198,15 @@ func addr4(ip net.IP) (netip.Addr, bool) {
 // refuse counts and logs (rate-limited) a request given nothing.
 func (h *Handler) refuse(ctx context.Context, m *dhcpv4.DHCPv4, why string) {
 	h.refused.Add(1)
-	h.log.Log(ctx, slog.LevelInfo, "dhcp: request refused", "mac", m.ClientHWAddr.String(), "type", m.MessageType().String(), "reason", why)
+	mac := m.ClientHWAddr.String()
+	h.rl.Log(ctx, slog.LevelInfo, "dhcp: request refused", mac, "mac", mac, "type", m.MessageType().String(), "reason", why)
 }
 
 func (h *Handler) discover(ctx context.Context, req Request, client Client, adm Admission) *Response {
 	m := req.Msg
 	sub := h.subnetOf(m)
 	if sub == nil {
-		h.log.Debug("dhcp: no subnet for request", "mac", m.ClientHWAddr, "giaddr", m.GatewayIPAddr)
+		h.rl.Log(ctx, slog.LevelDebug, "dhcp: no subnet for request", m.GatewayIPAddr.String(), "mac", m.ClientHWAddr.String(), "giaddr", m.GatewayIPAddr.String())
 		return nil
 	}
 	requested, _ := addr4(m.RequestedIPAddress())
@@ -261,7 +266,7 @@ func (h *Handler) allocate(ctx context.Context, m *dhcpv4.DHCPv4, sub *Subnet, r
 		}
 		h.mu.Unlock()
 		if !ok {
-			h.log.Warn("dhcp: no free address", "subnet", sub.Prefix, "mac", mac)
+			h.rl.Log(ctx, slog.LevelWarn, "dhcp: no free address", sub.Prefix.String(), "subnet", sub.Prefix, "mac", mac)
 			return netip.Addr{}, false
 		}
 		if !held.probing {
@@ -276,7 +281,7 @@ func (h *Handler) allocate(ctx context.Context, m *dhcpv4.DHCPv4, sub *Subnet, r
 			h.mu.Unlock()
 			return ip, true
 		}
-		h.log.Warn("dhcp: address answers on the network, skipping it", "ip", ip, "hold", h.cfg.ConflictHold)
+		h.rl.Log(ctx, slog.LevelWarn, "dhcp: address answers on the network, skipping it", ip.String(), "ip", ip, "hold", h.cfg.ConflictHold)
 		h.mu.Lock()
 		held.probing = false
 		if cur := h.byMAC[mac]; cur == held {
@@ -462,7 +467,7 @@ func (h *Handler) decline(m *dhcpv4.DHCPv4) {
 	if l == nil || l.MAC != mac {
 		return
 	}
-	h.log.Warn("dhcp: client declined address (in use on the network)", "ip", ip, "mac", mac)
+	h.rl.Log(context.Background(), slog.LevelWarn, "dhcp: client declined address (in use on the network)", mac, "ip", ip, "mac", mac)
 	delete(h.byMAC, mac)
 	h.byIP[ip] = &Lease{IP: ip, State: StateDeclined, Expires: h.now().Add(h.cfg.DeclineHold)}
 }
@@ -535,7 +540,8 @@ func (h *Handler) handleProxy(req Request, client Client) *Response {
 
 func (h *Handler) nak(req Request, why string) *Response {
 	h.naks.Add(1)
-	h.log.Info("dhcp: NAK", "mac", req.Msg.ClientHWAddr.String(), "reason", why)
+	mac := req.Msg.ClientHWAddr.String()
+	h.rl.Log(context.Background(), slog.LevelInfo, "dhcp: NAK", mac, "mac", mac, "reason", why)
 	reply, err := dhcpv4.NewReplyFromRequest(req.Msg,
 		dhcpv4.WithMessageType(dhcpv4.MessageTypeNak),
 		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(h.cfg.ServerIP.AsSlice())),
@@ -599,7 +605,8 @@ func (h *Handler) respond(req Request, client Client, typ dhcpv4.MessageType, yi
 		} else if h.mode == ModeProxy {
 			return nil // nothing to offer this firmware
 		} else {
-			h.log.Info("dhcp: no first stage for this firmware", "mac", m.ClientHWAddr, "arch", client.Arch, "vendor", client.Vendor)
+			mac := m.ClientHWAddr.String()
+			h.rl.Log(context.Background(), slog.LevelInfo, "dhcp: no first stage for this firmware", mac, "mac", mac, "arch", client.Arch, "vendor", client.Vendor)
 		}
 	}
 	reply, err := dhcpv4.NewReplyFromRequest(m, mods...)

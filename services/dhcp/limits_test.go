@@ -1,13 +1,18 @@
 package dhcp
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+
+	"airlock.dev/airlock/services/internal/ratelog"
 )
 
 // clockHandler is a handler whose clock the test moves.
@@ -255,5 +260,65 @@ func TestRefuseStrangers(t *testing.T) {
 		if h.Stats().Refused != 3 {
 			t.Errorf("%s: refused %d, want 3", mode, h.Stats().Refused)
 		}
+	}
+}
+
+// countingWriter counts the lines a logger writes.
+type countingWriter struct {
+	mu    sync.Mutex
+	lines int
+	last  string
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.lines += bytes.Count(p, []byte("\n"))
+	w.last = string(p)
+	return len(p), nil
+}
+
+// TestLogsBounded: refusals, NAKs and "no free address" are logged for
+// every packet no more: ten thousand hostile packets from made-up MACs
+// make a bounded number of lines, and the same client's repeats a handful.
+func TestLogsBounded(t *testing.T) {
+	var w countingWriter
+	cfg := testConfig()
+	cfg.Subnet.RangeEnd = netip.MustParseAddr("10.50.0.100")
+	cfg.Limits = Limits{}
+	log := slog.New(slog.NewTextHandler(&w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ctx := context.Background()
+	// Refused by the Admitter.
+	h := NewHandler(cfg, ModeFull, nil, nil, NewStaticAdmitter(nil, true), log)
+	for i := range 10000 {
+		h.Handle(ctx, discoverReq(clientKinds[6], macN(i)))
+	}
+	if h.Stats().Refused != 10000 {
+		t.Fatalf("refused %d", h.Stats().Refused)
+	}
+	refusals := w.lines
+	// NAKs for a taken address, and "no free address", from one pool.
+	h = NewHandler(cfg, ModeFull, nil, nil, nil, log)
+	dora(h, "02:00:00:00:00:01")
+	for i := range 10000 {
+		h.Handle(ctx, requestReq(clientKinds[6], macN(i), netip.MustParseAddr("10.50.0.100"), netip.Addr{}))
+		h.Handle(ctx, discoverReq(clientKinds[6], macN(i)))
+	}
+	if h.Stats().Naks != 10000 {
+		t.Fatalf("NAKs %d", h.Stats().Naks)
+	}
+	// The same client again and again.
+	for range 1000 {
+		h.Handle(ctx, requestReq(clientKinds[6], "02:00:00:00:00:07", netip.MustParseAddr("10.50.0.100"), netip.Addr{}))
+	}
+	t.Logf("%d lines for 10,000 refusals; %d in all for 31,000 hostile packets", refusals, w.lines)
+	// Per message a minute: one line for each of the first DefaultKeys
+	// clients, 5 for all the others together, 5 for the repeating one.
+	perMsg := ratelog.DefaultKeys + 10
+	if refusals > perMsg || w.lines > 3*perMsg {
+		t.Fatalf("%d lines logged (%d for refusals): not bounded per client", w.lines, refusals)
+	}
+	if refusals >= 10000 {
+		t.Fatal("every refusal logged")
 	}
 }

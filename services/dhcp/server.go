@@ -210,6 +210,7 @@ func (s *Server) Run(ctx context.Context) error {
 	var bwg sync.WaitGroup
 	bwg.Go(func() { b.run(bctx) })
 	bwg.Go(func() { s.rl.Run(bctx) })
+	bwg.Go(func() { h.rl.Run(bctx) })
 
 	packets := make(chan packet, 4096)
 	var wg sync.WaitGroup
@@ -267,7 +268,7 @@ func (s *Server) readLoop(c net.PacketConn, port int, out chan<- packet) {
 func (s *Server) serve(ctx context.Context, h *Handler, b *batcher, p packet) {
 	m, err := dhcpv4.FromBytes(p.data)
 	if err != nil {
-		s.log.Debug("dhcp: bad packet", "from", p.peer, "err", err)
+		s.rl.Log(ctx, slog.LevelDebug, "dhcp: bad packet", p.peer.Addr().String(), "from", p.peer, "err", err)
 		return
 	}
 	if bytes.Equal(m.ClientHWAddr, s.probeMAC) {
@@ -279,7 +280,7 @@ func (s *Server) serve(ctx context.Context, h *Handler, b *batcher, p packet) {
 	}
 	if len(resp.Save) > 0 {
 		if err := b.save(ctx, resp.Save); err != nil {
-			s.log.Error("dhcp: store lease; not acknowledging", "err", err)
+			s.rl.Log(ctx, slog.LevelError, "dhcp: store lease; not acknowledging", "", "err", err)
 			return
 		}
 	}

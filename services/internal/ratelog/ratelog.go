@@ -46,8 +46,12 @@ func New(log *slog.Logger, burst int, window time.Duration, maxKeys int) *Limite
 }
 
 // Default is the limiter the services use: 5 lines per message and client
-// per minute, 1024 keys.
-func Default(log *slog.Logger) *Limiter { return New(log, 5, time.Minute, 1024) }
+// per minute, 256 clients told apart; a flood from made-up clients makes
+// at most about 260 lines a minute per message.
+func Default(log *slog.Logger) *Limiter { return New(log, 5, time.Minute, DefaultKeys) }
+
+// DefaultKeys is the number of keys Default remembers.
+const DefaultKeys = 256
 
 // overflow is the client of the shared key used once maxKeys are held.
 const overflow = "(many clients)"
