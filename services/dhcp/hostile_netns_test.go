@@ -1,12 +1,18 @@
 package dhcp
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -89,6 +95,9 @@ func heapInuse() uint64 {
 	return ms.HeapInuse
 }
 
+// pxeArgs make udhcpc ask as BIOS PXE firmware does.
+var pxeArgs = []string{"-V", "PXEClient:Arch:00000:UNDI:002001", "-O", "bootfile"}
+
 // timedUdhcpc runs udhcpc and returns its lease and how long it took.
 func timedUdhcpc(t *testing.T, ns *netns.NS, args ...string) (map[string]string, time.Duration) {
 	t.Helper()
@@ -116,6 +125,10 @@ func TestNetnsInformFloodUnreachable(t *testing.T) {
 	srv.logw.on = false // thousands of lines otherwise
 	srv.logw.mu.Unlock()
 	before := heapInuse()
+	// A client that holds a lease and will renew it during the flood:
+	// its REQUEST is unicast from its address, and so is the ACK.
+	renewer := startUdhcpcDaemon(t, l.host("52:54:00:dd:00:04", ""))
+	renewer.waitEvent(t, "bound", 10*time.Second)
 
 	bad := l.host("", "10.70.0.9/24")
 	mac := randomMAC()
@@ -132,10 +145,21 @@ func TestNetnsInformFloodUnreachable(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	good := l.host("52:54:00:dd:00:01", "")
-	env, took := timedUdhcpc(t, good)
-	t.Logf("during the flood (%d INFORMs sent): client got %s in %v", a.sent.Load(), env["ip"], took.Round(time.Millisecond))
+	env, took := timedUdhcpc(t, good, pxeArgs...)
+	t.Logf("during the flood (%d INFORMs sent): PXE client got %s and %s in %v", a.sent.Load(), env["ip"], env["boot_file"], took.Round(time.Millisecond))
+	if env["boot_file"] != "undionly.kpxe" {
+		t.Errorf("PXE client during the flood got boot file %q", env["boot_file"])
+	}
 	if took > 4*time.Second {
 		t.Errorf("during the flood the client waited %v for a lease", took)
+	}
+	// The renewal: SIGUSR1 makes udhcpc renew at once, by unicast.
+	if err := renewer.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	renewer.waitEvent(t, "renew", 3*time.Second)
+	if out := renewer.output(); !strings.Contains(out, "sending renew to server 10.70.0.1") {
+		t.Errorf("udhcpc did not renew by unicast:\n%s", out)
 	}
 	// A host with an address asks for its options (INFORM) during the
 	// flood: the ACK comes, unicast, as a frame to its MAC.
@@ -211,8 +235,11 @@ func TestNetnsStrangerFlood(t *testing.T) {
 	// Admitted at run time, no restart.
 	adm.Reserve(Reservation{MAC: mustMAC("52:54:00:ee:00:01")})
 	adm.Reserve(Reservation{MAC: mustMAC("52:54:00:ee:00:02")})
-	env, took := timedUdhcpc(t, l.host("52:54:00:ee:00:01", ""))
-	t.Logf("during the flood (%d packets sent): known machine got %s in %v", a.sent.Load(), env["ip"], took.Round(time.Millisecond))
+	env, took := timedUdhcpc(t, l.host("52:54:00:ee:00:01", ""), pxeArgs...)
+	t.Logf("during the flood (%d packets sent): known PXE client got %s and %s in %v", a.sent.Load(), env["ip"], env["boot_file"], took.Round(time.Millisecond))
+	if env["boot_file"] != "undionly.kpxe" {
+		t.Errorf("PXE client during the flood got boot file %q", env["boot_file"])
+	}
 	a.stop()
 	env2, took2 := timedUdhcpc(t, l.host("52:54:00:ee:00:02", ""))
 	t.Logf("after the flood: known machine got %s in %v", env2["ip"], took2.Round(time.Millisecond))
@@ -243,4 +270,67 @@ func TestNetnsStrangerFlood(t *testing.T) {
 	if after > before+32<<20 {
 		t.Errorf("heap grew by %d MiB during the flood", (after-before)>>20)
 	}
+}
+
+// udhcpcDaemon is busybox udhcpc running in the background; its script
+// appends "event ip" to a file for every event.
+type udhcpcDaemon struct {
+	cmd    *exec.Cmd
+	events string
+	mu     sync.Mutex
+	out    bytes.Buffer
+}
+
+func (d *udhcpcDaemon) Write(p []byte) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.out.Write(p)
+}
+
+func (d *udhcpcDaemon) output() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.out.String()
+}
+
+func startUdhcpcDaemon(t *testing.T, ns *netns.NS) *udhcpcDaemon {
+	t.Helper()
+	netns.RequireTool(t, "busybox", "busybox-static")
+	dir := t.TempDir()
+	d := &udhcpcDaemon{events: filepath.Join(dir, "events")}
+	script := filepath.Join(dir, "script")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho \"$1 $ip\" >> "+d.events+"\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d.cmd = ns.Command(ctx, "busybox", "udhcpc", "-f", "-i", "eth0", "-t", "8", "-T", "1", "-s", script)
+	d.cmd.Stdout, d.cmd.Stderr = d, d
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		_ = d.cmd.Wait()
+		if t.Failed() {
+			t.Logf("udhcpc output:\n%s", d.output())
+		}
+	})
+	return d
+}
+
+// waitEvent waits until the script saw event, or fails the test.
+func (d *udhcpcDaemon) waitEvent(t *testing.T, event string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		b, _ := os.ReadFile(d.events)
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, event+" ") {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b, _ := os.ReadFile(d.events)
+	t.Fatalf("udhcpc: no %q event within %v; events:\n%s\noutput:\n%s", event, within, b, d.output())
 }
