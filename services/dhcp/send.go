@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -25,9 +26,14 @@ var ErrSendQueueFull = errors.New("send queue full; reply dropped")
 // nothing (protocol 0), opened by NewLinkSender in the calling thread's
 // network namespace.
 type LinkSender struct {
-	fd     int
 	ifi    *net.Interface
 	onLink []netip.Prefix
+
+	// mu guards fd against Close while a Send is in flight (a closed fd
+	// number may be reused by another socket).
+	mu     sync.RWMutex
+	fd     int
+	closed bool
 }
 
 // NewLinkSender opens the packet socket on iface (root or CAP_NET_RAW).
@@ -59,8 +65,17 @@ func NewLinkSender(iface string) (*LinkSender, error) {
 	return &LinkSender{fd: fd, ifi: ifi, onLink: onLink}, nil
 }
 
-// Close closes the socket.
-func (l *LinkSender) Close() error { return unix.Close(l.fd) }
+// Close closes the socket; Send fails afterwards. It may be called more
+// than once.
+func (l *LinkSender) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil
+	}
+	l.closed = true
+	return unix.Close(l.fd)
+}
 
 // OnLink reports whether ip is on the sender's segment.
 func (l *LinkSender) OnLink(ip netip.Addr) bool {
@@ -81,6 +96,11 @@ func (l *LinkSender) Send(src, dst netip.AddrPort, mac net.HardwareAddr, payload
 	pkt := udp4Packet(src, dst, payload)
 	to := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IP), Ifindex: l.ifi.Index, Halen: 6}
 	copy(to.Addr[:], mac)
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		return net.ErrClosed
+	}
 	err := unix.Sendto(l.fd, pkt, unix.MSG_DONTWAIT, to)
 	if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.ENOBUFS) {
 		return ErrSendQueueFull

@@ -56,7 +56,6 @@ func (s *Sockets) Close() error {
 	}
 	if s.Link != nil {
 		errs = append(errs, s.Link.Close())
-		s.Link = nil
 	}
 	return errors.Join(errs...)
 }
