@@ -54,15 +54,16 @@ type Handler struct {
 
 	adm Admitter
 
-	offers, acks, naks, refused atomic.Uint64
+	offers, acks, naks, refused, reclaimed atomic.Uint64
 
 	mu     sync.Mutex
 	byIP   map[netip.Addr]*Lease
 	byMAC  map[string]*Lease
 	cursor map[netip.Prefix]netip.Addr
 	// newBucket and relayBuckets limit new addresses for strangers.
-	newBucket    bucket
-	relayBuckets map[string]*bucket
+	newBucket     bucket
+	relayBuckets  map[string]*bucket
+	reclaimBucket bucket
 }
 
 // NewHandler returns a handler for cfg in mode (ModeFull or ModeProxy) with
@@ -100,13 +101,13 @@ func NewHandler(cfg Config, mode Mode, leases []Lease, probe Prober, adm Admitte
 	return h
 }
 
-// Stats counts the replies sent, and the requests refused (by the
-// Admitter or by Config.Limits).
-type Stats struct{ Offers, Acks, Naks, Refused uint64 }
+// Stats counts the replies sent, the requests refused (by the Admitter or
+// by Config.Limits) and the strangers' addresses reclaimed.
+type Stats struct{ Offers, Acks, Naks, Refused, Reclaimed uint64 }
 
 // Stats returns the reply counters.
 func (h *Handler) Stats() Stats {
-	return Stats{Offers: h.offers.Load(), Acks: h.acks.Load(), Naks: h.naks.Load(), Refused: h.refused.Load()}
+	return Stats{Offers: h.offers.Load(), Acks: h.acks.Load(), Naks: h.naks.Load(), Refused: h.refused.Load(), Reclaimed: h.reclaimed.Load()}
 }
 
 // Mode returns the mode the handler serves (full or proxy).
@@ -210,11 +211,11 @@ func (h *Handler) discover(ctx context.Context, req Request, client Client, adm 
 		return nil
 	}
 	requested, _ := addr4(m.RequestedIPAddress())
-	ip, ok := h.allocate(ctx, m, sub, requested, adm)
+	ip, save, ok := h.allocate(ctx, m, sub, requested, adm)
 	if !ok {
 		return nil
 	}
-	return h.respond(req, client, dhcpv4.MessageTypeOffer, ip, sub, nil, hostnameFor(adm, ip))
+	return h.respond(req, client, dhcpv4.MessageTypeOffer, ip, sub, save, hostnameFor(adm, ip))
 }
 
 // hostnameFor is the hostname sent with ip: the reservation's.
@@ -237,25 +238,37 @@ const maxProbeTries = 8
 
 // allocate picks an address for the client, holds it as offered, and
 // probes it unless it is known to be the client's own. A stranger's new
-// address is subject to Config.Limits.
-func (h *Handler) allocate(ctx context.Context, m *dhcpv4.DHCPv4, sub *Subnet, requested netip.Addr, adm Admission) (netip.Addr, bool) {
+// address is subject to Config.Limits. When strangers hold their share or
+// the pool is full, one stranger's address that no host answers for is
+// reclaimed (see reclaim); save then holds its record.
+func (h *Handler) allocate(ctx context.Context, m *dhcpv4.DHCPv4, sub *Subnet, requested netip.Addr, adm Admission) (ip netip.Addr, save []Lease, ok bool) {
 	mac := m.ClientHWAddr.String()
 	stranger := !adm.Known && !adm.IP.IsValid()
-	for try := range maxProbeTries {
+	admitted, reclaimed := false, false
+	for range maxProbeTries {
 		now := h.now()
 		h.mu.Lock()
 		if l := h.byMAC[mac]; l != nil && l.probing {
 			// A retransmission while this client's address is being
 			// probed: the first request will answer.
 			h.mu.Unlock()
-			return netip.Addr{}, false
+			return netip.Addr{}, nil, false
 		}
-		if stranger && try == 0 && !h.holdsLocked(mac, sub, now) {
-			if ok, why := h.admitNewLocked(m, sub, now); !ok {
+		if stranger && !admitted && !h.holdsLocked(mac, sub, now) {
+			ok, why := h.admitNewLocked(m, sub, now)
+			if !ok {
 				h.mu.Unlock()
+				if why == whyShareFull && !reclaimed {
+					reclaimed = true
+					if l, ok := h.reclaim(ctx, sub); ok {
+						save = append(save, l)
+						continue
+					}
+				}
 				h.refuse(ctx, m, why)
-				return netip.Addr{}, false
+				return netip.Addr{}, save, false
 			}
+			admitted = true
 		}
 		ip, known, ok := h.pickLocked(mac, sub, requested, adm, now)
 		var held *Lease
@@ -266,11 +279,18 @@ func (h *Handler) allocate(ctx context.Context, m *dhcpv4.DHCPv4, sub *Subnet, r
 		}
 		h.mu.Unlock()
 		if !ok {
+			if !reclaimed {
+				reclaimed = true
+				if l, ok := h.reclaim(ctx, sub); ok {
+					save = append(save, l)
+					continue
+				}
+			}
 			h.rl.Log(ctx, slog.LevelWarn, "dhcp: no free address", sub.Prefix.String(), "subnet", sub.Prefix, "mac", mac)
-			return netip.Addr{}, false
+			return netip.Addr{}, save, false
 		}
 		if !held.probing {
-			return ip, true
+			return ip, save, true
 		}
 		pctx, cancel := context.WithTimeout(ctx, h.cfg.ProbeTimeout)
 		inUse := h.probe.InUse(pctx, ip)
@@ -279,7 +299,7 @@ func (h *Handler) allocate(ctx context.Context, m *dhcpv4.DHCPv4, sub *Subnet, r
 			h.mu.Lock()
 			held.probing = false
 			h.mu.Unlock()
-			return ip, true
+			return ip, save, true
 		}
 		h.rl.Log(ctx, slog.LevelWarn, "dhcp: address answers on the network, skipping it", ip.String(), "ip", ip, "hold", h.cfg.ConflictHold)
 		h.mu.Lock()
@@ -291,7 +311,7 @@ func (h *Handler) allocate(ctx context.Context, m *dhcpv4.DHCPv4, sub *Subnet, r
 		h.mu.Unlock()
 		requested = netip.Addr{}
 	}
-	return netip.Addr{}, false
+	return netip.Addr{}, save, false
 }
 
 // pickLocked chooses an address; known means it needs no probe (reserved

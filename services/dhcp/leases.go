@@ -34,8 +34,12 @@ type Lease struct {
 	Hostname string     `json:"hostname,omitempty"`
 	State    LeaseState `json:"state"`
 	Expires  time.Time  `json:"expires"`
-	// probing: offered, but the probe of the address has not finished.
+	// probing: offered, but the probe of the address has not finished
+	// (or bound to a stranger and being probed for reclaiming).
 	probing bool
+	// checked is when a stranger's bound address was last probed for
+	// reclaiming.
+	checked time.Time
 }
 
 // active reports whether the lease still holds its address at now.

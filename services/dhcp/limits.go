@@ -1,6 +1,8 @@
 package dhcp
 
 import (
+	"context"
+	"log/slog"
 	"net"
 	"time"
 
@@ -76,6 +78,8 @@ func relayKey(m *dhcpv4.DHCPv4) (string, bool) {
 	return gi.String() + "/" + string(m.GetOneOption(dhcpv4.OptionRelayAgentInformation)), true
 }
 
+const whyShareFull = "strangers hold their share of the pool"
+
 // admitNewLocked reports whether a stranger may take a new address in sub
 // now, and takes the tokens if so.
 func (h *Handler) admitNewLocked(m *dhcpv4.DHCPv4, sub *Subnet, now time.Time) (ok bool, why string) {
@@ -117,7 +121,7 @@ func (h *Handler) admitNewLocked(m *dhcpv4.DHCPv4, sub *Subnet, now time.Time) (
 			}
 		}
 		if held >= rangeSize(sub)*share/100 {
-			return false, "strangers hold their share of the pool"
+			return false, whyShareFull
 		}
 	}
 	h.newBucket.take(lim.NewPerSecond)
@@ -131,4 +135,65 @@ func (h *Handler) admitNewLocked(m *dhcpv4.DHCPv4, sub *Subnet, now time.Time) (
 func parseMAC(s string) net.HardwareAddr {
 	m, _ := net.ParseMAC(s)
 	return m
+}
+
+// Reclaiming: when strangers hold their share, or the pool is full, the
+// handler probes (ARP and ICMP) one address bound to a stranger; if no host
+// answers for it, the address is freed. A host that made up MACs to drain
+// the pool holds its addresses only as long as it answers for every one of
+// them; a machine that uses its address answers (its kernel, or iPXE,
+// replies to ARP). Known machines' leases are never reclaimed. Each lease
+// is probed at most once per reclaimEvery, and probes are rate-limited.
+const (
+	reclaimEvery     = time.Minute
+	reclaimPerSecond = 10
+	reclaimBurst     = 20
+)
+
+// reclaim frees one address in sub bound to a stranger that no host
+// answers for, and returns its record (released) to persist.
+func (h *Handler) reclaim(ctx context.Context, sub *Subnet) (Lease, bool) {
+	if h.probe == nil || h.cfg.ProbeTimeout <= 0 {
+		return Lease{}, false // no way to tell a used address
+	}
+	now := h.now()
+	h.mu.Lock()
+	if !h.reclaimBucket.fill(now, reclaimPerSecond, reclaimBurst) {
+		h.mu.Unlock()
+		return Lease{}, false
+	}
+	h.reclaimBucket.take(reclaimPerSecond)
+	var victim *Lease
+	for ip, l := range h.byIP {
+		if l.State != StateBound || l.MAC == "" || l.probing || !inRange(sub, ip) || !l.active(now) || now.Sub(l.checked) < reclaimEvery {
+			continue
+		}
+		if h.adm.Admit(parseMAC(l.MAC)).Known {
+			continue
+		}
+		victim = l
+		break
+	}
+	if victim == nil {
+		h.mu.Unlock()
+		return Lease{}, false
+	}
+	victim.checked, victim.probing = now, true
+	h.mu.Unlock()
+	pctx, cancel := context.WithTimeout(ctx, h.cfg.ProbeTimeout)
+	inUse := h.probe.InUse(pctx, victim.IP)
+	cancel()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	victim.probing = false
+	if inUse || h.byIP[victim.IP] != victim {
+		return Lease{}, false // in use, or renewed meanwhile
+	}
+	delete(h.byIP, victim.IP)
+	if h.byMAC[victim.MAC] == victim {
+		delete(h.byMAC, victim.MAC)
+	}
+	h.reclaimed.Add(1)
+	h.rl.Log(ctx, slog.LevelInfo, "dhcp: reclaimed a stranger's address: no host answers for it", sub.Prefix.String(), "ip", victim.IP, "mac", victim.MAC)
+	return Lease{IP: victim.IP, MAC: victim.MAC, State: StateReleased, Expires: now}, true
 }

@@ -322,3 +322,96 @@ func TestLogsBounded(t *testing.T) {
 		t.Fatal("every refusal logged")
 	}
 }
+
+// tableProber answers probes from a table the test changes.
+type tableProber struct {
+	mu     sync.Mutex
+	inUse  map[netip.Addr]bool
+	all    bool // every address answers
+	probes int
+}
+
+func (p *tableProber) InUse(_ context.Context, ip netip.Addr) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.probes++
+	return p.all || p.inUse[ip]
+}
+
+func (p *tableProber) set(all bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.all = all
+}
+
+// TestReclaimSilentStrangers: when strangers hold their share, a new
+// client gets an address a stranger holds but no host answers for; an
+// address whose host answers is kept; a known machine's never goes.
+func TestReclaimSilentStrangers(t *testing.T) {
+	cfg := testConfig()
+	cfg.Subnet.RangeEnd = netip.MustParseAddr("10.50.0.109") // 10 addresses
+	cfg.Limits = Limits{StrangerShare: 80}
+	adm := NewStaticAdmitter(nil, false)
+	p := &tableProber{inUse: map[netip.Addr]bool{}}
+	h := NewHandler(cfg, ModeFull, nil, p, adm, nil)
+	now := t0
+	h.now = func() time.Time { return now }
+	for i := range 8 {
+		if !dora(h, macN(i)).IsValid() {
+			t.Fatalf("stranger %d got nothing", i)
+		}
+	}
+	known := mustMAC("52:54:00:00:00:42")
+	adm.Reserve(Reservation{MAC: known})
+	knownIP := dora(h, known.String())
+	if !knownIP.IsValid() {
+		t.Fatal("known machine got nothing")
+	}
+	// Every stranger's host answers: nothing is reclaimed.
+	p.set(true)
+	if ip := dora(h, macN(100)); ip.IsValid() {
+		t.Fatalf("a stranger got %v past the share while every address answers", ip)
+	}
+	if h.Stats().Reclaimed != 0 {
+		t.Fatal("reclaimed an address that answers")
+	}
+	// The hosts fall silent (made-up MACs): each new client takes one.
+	p.set(false)
+	now = now.Add(reclaimEvery)
+	ctx := context.Background()
+	o := h.Handle(ctx, discoverReq(clientKinds[6], macN(101)))
+	if o == nil || len(o.Save) != 1 || o.Save[0].State != StateReleased || o.Save[0].IP == knownIP {
+		t.Fatalf("offer after reclaiming: %s, save %+v", summary(o), o)
+	}
+	for i := range 20 {
+		now = now.Add(reclaimEvery)
+		if !dora(h, macN(200+i)).IsValid() {
+			t.Fatalf("new stranger %d got nothing although silent addresses are held", i)
+		}
+	}
+	if got := h.Stats().Reclaimed; got < 20 {
+		t.Fatalf("reclaimed %d, want >= 20", got)
+	}
+	var stillKnown bool
+	for _, l := range h.Leases() {
+		if l.IP == knownIP && l.MAC == known.String() && l.State == StateBound {
+			stillKnown = true
+		}
+	}
+	if !stillKnown {
+		t.Fatal("the known machine's address was reclaimed")
+	}
+	// Probes for reclaiming are rate-limited: a burst of strangers at one
+	// instant probes at most reclaimBurst addresses for reclaiming.
+	p.mu.Lock()
+	p.probes = 0
+	p.mu.Unlock()
+	for i := range 200 {
+		h.Handle(ctx, discoverReq(clientKinds[6], macN(1000+i)))
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.probes > 2*reclaimBurst+10 {
+		t.Fatalf("%d probes for 200 DISCOVERs at one instant", p.probes)
+	}
+}
