@@ -205,7 +205,7 @@ func (c Config) Validate() error {
 	if c.ProbeTimeout < 0 || c.ForeignProbe < 0 {
 		bad("ProbeTimeout/ForeignProbe", "must not be negative")
 	}
-	if l := c.Limits; l.NewPerSecond < 0 || l.NewBurst < 0 || l.RelayPerSecond < 0 || l.RelayBurst < 0 {
+	if l := c.Limits; l.NewPerSecond < 0 || l.NewBurst < 0 || l.SourcePerSecond < 0 || l.SourceBurst < 0 {
 		bad("Limits", "rates and bursts must not be negative")
 	}
 	if l := c.Limits; l.StrangerShare < 0 || l.StrangerShare > 100 {

@@ -62,7 +62,7 @@ type Handler struct {
 	cursor map[netip.Prefix]netip.Addr
 	// newBucket and relayBuckets limit new addresses for strangers.
 	newBucket     bucket
-	relayBuckets  map[string]*bucket
+	sourceBuckets map[string]*bucket
 	reclaimBucket bucket
 }
 
@@ -81,10 +81,10 @@ func NewHandler(cfg Config, mode Mode, leases []Lease, probe Prober, adm Admitte
 	}
 	h := &Handler{
 		cfg: cfg, mode: mode, probe: probe, log: log, rl: ratelog.Default(log), now: time.Now, adm: adm,
-		byIP:         map[netip.Addr]*Lease{},
-		byMAC:        map[string]*Lease{},
-		cursor:       map[netip.Prefix]netip.Addr{},
-		relayBuckets: map[string]*bucket{},
+		byIP:          map[netip.Addr]*Lease{},
+		byMAC:         map[string]*Lease{},
+		cursor:        map[netip.Prefix]netip.Addr{},
+		sourceBuckets: map[string]*bucket{},
 	}
 	for _, l := range leases {
 		l := l
@@ -211,7 +211,7 @@ func (h *Handler) discover(ctx context.Context, req Request, client Client, adm 
 		return nil
 	}
 	requested, _ := addr4(m.RequestedIPAddress())
-	ip, save, ok := h.allocate(ctx, m, sub, requested, adm)
+	ip, save, ok := h.allocate(ctx, req, sub, requested, adm)
 	if !ok {
 		return nil
 	}
@@ -241,7 +241,8 @@ const maxProbeTries = 8
 // address is subject to Config.Limits. When strangers hold their share or
 // the pool is full, one stranger's address that no host answers for is
 // reclaimed (see reclaim); save then holds its record.
-func (h *Handler) allocate(ctx context.Context, m *dhcpv4.DHCPv4, sub *Subnet, requested netip.Addr, adm Admission) (ip netip.Addr, save []Lease, ok bool) {
+func (h *Handler) allocate(ctx context.Context, req Request, sub *Subnet, requested netip.Addr, adm Admission) (ip netip.Addr, save []Lease, ok bool) {
+	m := req.Msg
 	mac := m.ClientHWAddr.String()
 	stranger := !adm.Known && !adm.IP.IsValid()
 	admitted, reclaimed := false, false
@@ -255,7 +256,7 @@ func (h *Handler) allocate(ctx context.Context, m *dhcpv4.DHCPv4, sub *Subnet, r
 			return netip.Addr{}, nil, false
 		}
 		if stranger && !admitted && !h.holdsLocked(mac, sub, now) {
-			ok, why := h.admitNewLocked(m, sub, now)
+			ok, why := h.admitNewLocked(req, sub, now)
 			if !ok {
 				h.mu.Unlock()
 				if why == whyShareFull && !reclaimed {
@@ -455,7 +456,7 @@ func (h *Handler) request(ctx context.Context, req Request, client Client, adm A
 		// of ours, or one long expired): a new address, limited. No
 		// NAK: a flood of such requests gets no replies at all.
 		if cur := h.byIP[ip]; cur == nil || cur.MAC != mac || !cur.active(now) {
-			if ok, why := h.admitNewLocked(m, sub, now); !ok {
+			if ok, why := h.admitNewLocked(req, sub, now); !ok {
 				h.mu.Unlock()
 				h.refuse(ctx, m, why)
 				return nil

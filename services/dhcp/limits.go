@@ -20,11 +20,14 @@ type Limits struct {
 	// again takes no token.
 	NewPerSecond float64
 	NewBurst     int
-	// RelayPerSecond and RelayBurst are the same for each relay agent and
-	// circuit: giaddr with the relay agent information (option 82), so per
-	// switch port behind a relay that adds it.
-	RelayPerSecond float64
-	RelayBurst     int
+	// SourcePerSecond and SourceBurst are the same for each source: a
+	// relay agent and circuit (giaddr with the relay agent information,
+	// option 82: per switch port behind a relay that adds it), or the
+	// address a unicast request came from. A broadcast from a client with
+	// no address yet (0.0.0.0) has no source to tell apart: only the
+	// overall bucket and the share bound those.
+	SourcePerSecond float64
+	SourceBurst     int
 	// StrangerShare is the percentage of each subnet's range that
 	// strangers may hold at once (offered or bound); the rest is kept for
 	// known machines. 0 means 100 (no reserve).
@@ -35,7 +38,7 @@ type Limits struct {
 // seconds; a host making up MACs gets at most 80% of a pool, at 50 new
 // addresses a second.
 func DefaultLimits() Limits {
-	return Limits{NewPerSecond: 50, NewBurst: 200, RelayPerSecond: 5, RelayBurst: 50, StrangerShare: 80}
+	return Limits{NewPerSecond: 50, NewBurst: 200, SourcePerSecond: 5, SourceBurst: 50, StrangerShare: 80}
 }
 
 // bucket is a token bucket.
@@ -65,46 +68,50 @@ func (b *bucket) take(rate float64) {
 	}
 }
 
-// maxRelayBuckets bounds the per-relay table: relay agent information is
-// chosen by whoever sends the packet.
-const maxRelayBuckets = 4096
+// maxSourceBuckets bounds the per-source table: relay agent information
+// is chosen by whoever sends the packet.
+const maxSourceBuckets = 4096
 
-// relayKey is the key of a relayed request's bucket: giaddr and option 82.
-func relayKey(m *dhcpv4.DHCPv4) (string, bool) {
-	gi, ok := addr4(m.GatewayIPAddr)
-	if !ok {
-		return "", false
+// sourceKey is the key of a request's source bucket: giaddr and option
+// 82 for a relayed request, else the unicast sender's address.
+func sourceKey(req Request) (string, bool) {
+	m := req.Msg
+	if gi, ok := addr4(m.GatewayIPAddr); ok {
+		return "relay " + gi.String() + "/" + string(m.GetOneOption(dhcpv4.OptionRelayAgentInformation)), true
 	}
-	return gi.String() + "/" + string(m.GetOneOption(dhcpv4.OptionRelayAgentInformation)), true
+	if a := req.Peer.Addr(); a.IsValid() && !a.IsUnspecified() {
+		return "from " + a.Unmap().String(), true
+	}
+	return "", false
 }
 
 const whyShareFull = "strangers hold their share of the pool"
 
 // admitNewLocked reports whether a stranger may take a new address in sub
 // now, and takes the tokens if so.
-func (h *Handler) admitNewLocked(m *dhcpv4.DHCPv4, sub *Subnet, now time.Time) (ok bool, why string) {
+func (h *Handler) admitNewLocked(req Request, sub *Subnet, now time.Time) (ok bool, why string) {
 	lim := h.cfg.Limits
 	var rb *bucket
-	if key, relayed := relayKey(m); relayed && lim.RelayPerSecond > 0 {
-		rb = h.relayBuckets[key]
+	if key, ok := sourceKey(req); ok && lim.SourcePerSecond > 0 {
+		rb = h.sourceBuckets[key]
 		if rb == nil {
-			if len(h.relayBuckets) >= maxRelayBuckets {
-				for k, b := range h.relayBuckets {
-					if b.fill(now, lim.RelayPerSecond, lim.RelayBurst) && b.tokens >= float64(max(lim.RelayBurst, 1)) {
-						delete(h.relayBuckets, k) // full again: forgetting it changes nothing
+			if len(h.sourceBuckets) >= maxSourceBuckets {
+				for k, b := range h.sourceBuckets {
+					if b.fill(now, lim.SourcePerSecond, lim.SourceBurst) && b.tokens >= float64(max(lim.SourceBurst, 1)) {
+						delete(h.sourceBuckets, k) // full again: forgetting it changes nothing
 					}
 				}
 			}
-			if len(h.relayBuckets) >= maxRelayBuckets {
+			if len(h.sourceBuckets) >= maxSourceBuckets {
 				key = "" // one shared bucket for the rest
 			}
-			if rb = h.relayBuckets[key]; rb == nil {
+			if rb = h.sourceBuckets[key]; rb == nil {
 				rb = &bucket{}
-				h.relayBuckets[key] = rb
+				h.sourceBuckets[key] = rb
 			}
 		}
-		if !rb.fill(now, lim.RelayPerSecond, lim.RelayBurst) {
-			return false, "new addresses for strangers behind this relay are coming too fast"
+		if !rb.fill(now, lim.SourcePerSecond, lim.SourceBurst) {
+			return false, "new addresses for strangers from this source are coming too fast"
 		}
 	}
 	if !h.newBucket.fill(now, lim.NewPerSecond, lim.NewBurst) {
@@ -126,7 +133,7 @@ func (h *Handler) admitNewLocked(m *dhcpv4.DHCPv4, sub *Subnet, now time.Time) (
 	}
 	h.newBucket.take(lim.NewPerSecond)
 	if rb != nil {
-		rb.take(lim.RelayPerSecond)
+		rb.take(lim.SourcePerSecond)
 	}
 	return true, ""
 }

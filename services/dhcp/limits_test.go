@@ -169,7 +169,7 @@ func TestOfferHoldShort(t *testing.T) {
 // affected.
 func TestRelayCircuitLimit(t *testing.T) {
 	cfg := testConfig()
-	cfg.Limits = Limits{RelayPerSecond: 1, RelayBurst: 3}
+	cfg.Limits = Limits{SourcePerSecond: 1, SourceBurst: 3}
 	h, _ := clockHandler(t, cfg, nil)
 	port := func(name string) dhcpv4.Modifier {
 		return dhcpv4.WithOption(dhcpv4.OptRelayAgentInfo(dhcpv4.OptGeneric(dhcpv4.GenericOptionCode(1), []byte(name))))
@@ -193,17 +193,17 @@ func TestRelayCircuitLimit(t *testing.T) {
 // bucket table without bound.
 func TestRelayBucketsBounded(t *testing.T) {
 	cfg := testConfig()
-	cfg.Limits = Limits{RelayPerSecond: 1, RelayBurst: 1}
+	cfg.Limits = Limits{SourcePerSecond: 1, SourceBurst: 1}
 	h, _ := clockHandler(t, cfg, nil)
-	for i := range maxRelayBuckets + 500 {
+	for i := range maxSourceBuckets + 500 {
 		m := makePacket(clientKinds[6], dhcpv4.MessageTypeDiscover, mustMAC(macN(i)), dhcpv4.WithRelay(net.IPv4(10, 60, 0, 1)),
 			dhcpv4.WithOption(dhcpv4.OptRelayAgentInfo(dhcpv4.OptGeneric(dhcpv4.GenericOptionCode(1), []byte(macN(i))))))
 		h.mu.Lock()
-		h.admitNewLocked(m, &h.cfg.Relayed[0], t0)
+		h.admitNewLocked(Request{Msg: m, Port: 67}, &h.cfg.Relayed[0], t0)
 		h.mu.Unlock()
 	}
-	if n := len(h.relayBuckets); n > maxRelayBuckets+1 {
-		t.Fatalf("%d relay buckets, want <= %d", n, maxRelayBuckets+1)
+	if n := len(h.sourceBuckets); n > maxSourceBuckets+1 {
+		t.Fatalf("%d relay buckets, want <= %d", n, maxSourceBuckets+1)
 	}
 }
 
@@ -413,5 +413,32 @@ func TestReclaimSilentStrangers(t *testing.T) {
 	defer p.mu.Unlock()
 	if p.probes > 2*reclaimBurst+10 {
 		t.Fatalf("%d probes for 200 DISCOVERs at one instant", p.probes)
+	}
+}
+
+// TestSourceLimit: unicast requests from one address (a host that has one)
+// share a bucket, whatever MAC they claim; broadcasts from 0.0.0.0 do not.
+func TestSourceLimit(t *testing.T) {
+	cfg := testConfig()
+	cfg.Limits = Limits{SourcePerSecond: 1, SourceBurst: 4}
+	h, _ := clockHandler(t, cfg, nil)
+	ctx := context.Background()
+	acked := 0
+	for i := range 20 {
+		r := requestReq(clientKinds[6], macN(i), netip.AddrFrom4([4]byte{10, 50, 0, byte(100 + i)}), netip.Addr{})
+		r.Peer = netip.MustParseAddrPort("10.50.0.9:68")
+		if a := h.Handle(ctx, r); a != nil && a.Msg.MessageType() == dhcpv4.MessageTypeAck {
+			acked++
+		}
+	}
+	if acked != 4 {
+		t.Fatalf("one sender's made-up MACs got %d addresses, want 4", acked)
+	}
+	for i := range 10 {
+		r := discoverReq(clientKinds[6], macN(100+i))
+		r.Peer = netip.MustParseAddrPort("0.0.0.0:68")
+		if h.Handle(ctx, r) == nil {
+			t.Fatalf("broadcast DISCOVER %d limited by a source bucket", i)
+		}
 	}
 }
