@@ -91,6 +91,7 @@ func NewHandler(cfg Config, mode Mode, leases []Lease, probe Prober, adm Admitte
 		if !l.IP.IsValid() {
 			continue
 		}
+		l.stored = l.Expires
 		h.byIP[l.IP] = &l
 		if l.MAC != "" && (l.State == StateBound || l.State == StateReleased) {
 			if old := h.byMAC[l.MAC]; old == nil || old.Expires.Before(l.Expires) {
@@ -467,13 +468,25 @@ func (h *Handler) request(ctx context.Context, req Request, client Client, adm A
 	if reserved && adm.IP == ip {
 		l.Hostname = adm.Hostname
 	}
+	l.stored = l.Expires
+	save := []Lease{*l}
+	if cur := h.byIP[ip]; cur != nil && cur.MAC == mac && cur.State == StateBound && cur.Hostname == l.Hostname &&
+		cur.stored.Sub(now) >= h.cfg.LeaseTime/2 {
+		// A renewal while the stored lease still runs for at least half a
+		// lease time (the client renews at half its lease): not written
+		// again, so a client renewing in a loop costs the store nothing.
+		// After a crash the lease is known until the stored expiry, by
+		// which time the client has renewed.
+		l.stored = cur.stored
+		save = nil
+	}
 	if old := h.byMAC[mac]; old != nil && old.IP != ip && h.byIP[old.IP] == old && old.State == StateOffered {
 		delete(h.byIP, old.IP)
 	}
 	h.byIP[ip] = l
 	h.byMAC[mac] = l
 	h.mu.Unlock()
-	return h.respond(req, client, dhcpv4.MessageTypeAck, ip, sub, []Lease{*l}, l.Hostname)
+	return h.respond(req, client, dhcpv4.MessageTypeAck, ip, sub, save, l.Hostname)
 }
 
 func (h *Handler) decline(m *dhcpv4.DHCPv4) {

@@ -40,6 +40,8 @@ type Lease struct {
 	// checked is when a stranger's bound address was last probed for
 	// reclaiming.
 	checked time.Time
+	// stored is the expiry the store holds for this lease.
+	stored time.Time
 }
 
 // active reports whether the lease still holds its address at now.

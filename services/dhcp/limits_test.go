@@ -442,3 +442,30 @@ func TestSourceLimit(t *testing.T) {
 		}
 	}
 }
+
+// TestRenewalLoopCostsStoreNothing: a client renewing in a loop gets its
+// ACKs, but the store is written only when the stored lease has less than
+// half a lease time left.
+func TestRenewalLoopCostsStoreNothing(t *testing.T) {
+	cfg := testConfig()
+	h, now := clockHandler(t, cfg, nil)
+	ctx := context.Background()
+	ip := dora(h, "02:00:00:00:00:01")
+	writes := 0
+	for i := range 1000 {
+		*now = now.Add(time.Millisecond)
+		a := h.Handle(ctx, requestReq(clientKinds[6], "02:00:00:00:00:01", ip, netip.MustParseAddr("10.50.0.1")))
+		if a == nil || a.Msg.MessageType() != dhcpv4.MessageTypeAck {
+			t.Fatalf("renewal %d: %s", i, summary(a))
+		}
+		writes += len(a.Save)
+	}
+	if writes != 0 {
+		t.Fatalf("1000 renewals within a second wrote the store %d times", writes)
+	}
+	*now = now.Add(cfg.LeaseTime / 2)
+	a := h.Handle(ctx, requestReq(clientKinds[6], "02:00:00:00:00:01", ip, netip.MustParseAddr("10.50.0.1")))
+	if a == nil || len(a.Save) != 1 || !a.Save[0].Expires.Equal(now.Add(cfg.LeaseTime)) {
+		t.Fatalf("renewal at half the lease time not stored: %+v", a)
+	}
+}
