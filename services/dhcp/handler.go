@@ -503,7 +503,7 @@ func (h *Handler) decline(m *dhcpv4.DHCPv4) {
 	}
 	h.rl.Log(context.Background(), slog.LevelWarn, "dhcp: client declined address (in use on the network)", mac, "ip", ip, "mac", mac)
 	delete(h.byMAC, mac)
-	h.byIP[ip] = &Lease{IP: ip, State: StateDeclined, Expires: h.now().Add(h.cfg.DeclineHold)}
+	h.byIP[ip] = &Lease{IP: ip, State: StateDeclined, Expires: h.now().Add(h.cfg.DeclineHold), declinedBy: mac}
 }
 
 func (h *Handler) release(m *dhcpv4.DHCPv4) {

@@ -120,10 +120,11 @@ func (h *Handler) admitNewLocked(req Request, sub *Subnet, now time.Time) (ok bo
 	if share := lim.StrangerShare; share > 0 && share < 100 {
 		held := 0
 		for ip, l := range h.byIP {
-			if l.MAC == "" || !inRange(sub, ip) || !l.active(now) {
+			who := l.holder()
+			if who == "" || !inRange(sub, ip) || !l.active(now) {
 				continue
 			}
-			if !h.adm.Admit(parseMAC(l.MAC)).Known {
+			if !h.adm.Admit(parseMAC(who)).Known {
 				held++
 			}
 		}
@@ -172,10 +173,11 @@ func (h *Handler) reclaim(ctx context.Context, sub *Subnet) (Lease, bool) {
 	h.reclaimBucket.take(reclaimPerSecond)
 	var victim *Lease
 	for ip, l := range h.byIP {
-		if l.State != StateBound || l.MAC == "" || l.probing || !inRange(sub, ip) || !l.active(now) || now.Sub(l.checked) < reclaimEvery {
+		who := l.holder()
+		if (l.State != StateBound && l.State != StateDeclined) || who == "" || l.probing || !inRange(sub, ip) || !l.active(now) || now.Sub(l.checked) < reclaimEvery {
 			continue
 		}
-		if h.adm.Admit(parseMAC(l.MAC)).Known {
+		if h.adm.Admit(parseMAC(who)).Known {
 			continue
 		}
 		victim = l
@@ -197,10 +199,11 @@ func (h *Handler) reclaim(ctx context.Context, sub *Subnet) (Lease, bool) {
 		return Lease{}, false // in use, or renewed meanwhile
 	}
 	delete(h.byIP, victim.IP)
-	if h.byMAC[victim.MAC] == victim {
+	if victim.MAC != "" && h.byMAC[victim.MAC] == victim {
 		delete(h.byMAC, victim.MAC)
 	}
 	h.reclaimed.Add(1)
-	h.rl.Log(ctx, slog.LevelInfo, "dhcp: reclaimed a stranger's address: no host answers for it", sub.Prefix.String(), "ip", victim.IP, "mac", victim.MAC)
-	return Lease{IP: victim.IP, MAC: victim.MAC, State: StateReleased, Expires: now}, true
+	h.rl.Log(ctx, slog.LevelInfo, "dhcp: reclaimed a stranger's address: no host answers for it", sub.Prefix.String(),
+		"ip", victim.IP, "mac", victim.holder(), "state", victim.State)
+	return Lease{IP: victim.IP, MAC: victim.holder(), State: StateReleased, Expires: now}, true
 }

@@ -469,3 +469,46 @@ func TestRenewalLoopCostsStoreNothing(t *testing.T) {
 		t.Fatalf("renewal at half the lease time not stored: %+v", a)
 	}
 }
+
+// TestDeclineCycleBounded: a host that takes addresses for made-up MACs
+// and declines each (so that it stays out of the pool for the decline
+// hold) is bounded by the strangers' share, and a declined address no
+// host answers for is reclaimed.
+func TestDeclineCycleBounded(t *testing.T) {
+	cfg := testConfig()
+	cfg.Subnet.RangeEnd = netip.MustParseAddr("10.50.0.109") // 10 addresses
+	cfg.Limits = Limits{StrangerShare: 80}
+	p := &tableProber{inUse: map[netip.Addr]bool{}}
+	h := NewHandler(cfg, ModeFull, nil, p, nil, nil)
+	now := t0
+	h.now = func() time.Time { return now }
+	ctx := context.Background()
+	got := 0
+	for i := range 100 {
+		ip := dora(h, macN(i))
+		if !ip.IsValid() {
+			continue
+		}
+		got++
+		p.mu.Lock()
+		p.inUse[ip] = true // while it answers, it is not reclaimed
+		p.mu.Unlock()
+		dec := makePacket(clientKinds[6], dhcpv4.MessageTypeDecline, mustMAC(macN(i)),
+			dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(ip.AsSlice())))
+		h.Handle(ctx, Request{Msg: dec, Port: 67})
+	}
+	if got != 8 {
+		t.Fatalf("the decline cycle took %d addresses, want the share of 8", got)
+	}
+	// Declined addresses nobody answers for come back.
+	p.mu.Lock()
+	clear(p.inUse)
+	p.mu.Unlock()
+	now = now.Add(reclaimEvery)
+	if !dora(h, macN(500)).IsValid() {
+		t.Fatal("no address although the declined ones are silent")
+	}
+	if h.Stats().Reclaimed == 0 {
+		t.Fatal("no declined address reclaimed")
+	}
+}
