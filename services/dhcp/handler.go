@@ -60,7 +60,8 @@ type Handler struct {
 	byIP   map[netip.Addr]*Lease
 	byMAC  map[string]*Lease
 	cursor map[netip.Prefix]netip.Addr
-	// newBucket and relayBuckets limit new addresses for strangers.
+	// newBucket and sourceBuckets limit new addresses for strangers;
+	// reclaimBucket limits the probes for reclaiming.
 	newBucket     bucket
 	sourceBuckets map[string]*bucket
 	reclaimBucket bucket
