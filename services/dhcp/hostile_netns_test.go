@@ -212,7 +212,8 @@ func TestNetnsStrangerFlood(t *testing.T) {
 	cfg := netnsConfig(ModeFull)
 	cfg.ForeignProbe = 0
 	adm := NewStaticAdmitter(nil, false)
-	srv := startServerWith(t, srvNS, cfg, func(s *Server) { s.Admitter = adm })
+	store := NewMemStore()
+	srv := startServerWith(t, srvNS, cfg, store, func(s *Server) { s.Admitter = adm })
 	srv.logw.mu.Lock()
 	srv.logw.on = false
 	srv.logw.mu.Unlock()
@@ -282,6 +283,16 @@ func TestNetnsStrangerFlood(t *testing.T) {
 	}
 	if st.Refused == 0 {
 		t.Error("nothing was refused: the flood did not reach the limits")
+	}
+	// The store: one record per address at most, written once per
+	// address given (ACK) or reclaimed, not per packet.
+	stored, _ := store.Load(context.Background())
+	t.Logf("store: %d records, %d writes for %d packets", len(stored), store.Batches(), a.sent.Load())
+	if len(stored) > rangeSize(&cfg.Subnet) {
+		t.Errorf("the store holds %d records for a pool of %d", len(stored), rangeSize(&cfg.Subnet))
+	}
+	if w := uint64(store.Batches()); w > st.Acks+st.Reclaimed {
+		t.Errorf("%d store writes for %d ACKs and %d reclaimed addresses", w, st.Acks, st.Reclaimed)
 	}
 	after := heapInuse()
 	t.Logf("heap in use %d KiB -> %d KiB", before>>10, after>>10)

@@ -112,11 +112,11 @@ func startServer(t *testing.T, ns *netns.NS, cfg Config, store LeaseStore) (*run
 	return startServerSetup(t, ns, cfg, store, nil)
 }
 
-// startServerWith is startServer with no store, calling setup on the
-// server before Run; it fails the test if the server does not start.
-func startServerWith(t *testing.T, ns *netns.NS, cfg Config, setup func(*Server)) *runningServer {
+// startServerWith is startServer calling setup on the server before Run;
+// it fails the test if the server does not start.
+func startServerWith(t *testing.T, ns *netns.NS, cfg Config, store LeaseStore, setup func(*Server)) *runningServer {
 	t.Helper()
-	r, err := startServerSetup(t, ns, cfg, nil, setup)
+	r, err := startServerSetup(t, ns, cfg, store, setup)
 	if err != nil {
 		t.Fatal(err)
 	}
