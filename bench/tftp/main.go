@@ -89,7 +89,9 @@ func run(duration time.Duration, size int) error {
 	}); err != nil {
 		return err
 	}
-	srv, err := tftp.New(os.DirFS(dir), conn, tftp.Defaults(), slog.New(slog.DiscardHandler))
+	cfg := tftp.Defaults()
+	cfg.MaxPerClient = 8 // the 8 parallel transfers all come from the one client namespace
+	srv, err := tftp.New(os.DirFS(dir), conn, cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		conn.Close()
 		return err

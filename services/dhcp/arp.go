@@ -18,9 +18,14 @@ import (
 // ICMP still answers ARP. It holds one packet socket bound to the
 // interface, opened by NewARPProber in the calling thread's namespace.
 type ARPProber struct {
-	fd     int
 	ifi    *net.Interface
 	onLink []netip.Prefix
+
+	// fdMu guards fd against Close while a send or read uses it (a
+	// closed fd number may be reused by another socket).
+	fdMu     sync.RWMutex
+	fd       int
+	fdClosed bool
 
 	mu      sync.Mutex
 	waiting map[netip.Addr][]chan struct{}
@@ -73,7 +78,20 @@ func (p *ARPProber) Close() error {
 	default:
 	}
 	close(p.closed)
+	p.fdMu.Lock()
+	defer p.fdMu.Unlock()
+	p.fdClosed = true
 	return unix.Close(p.fd)
+}
+
+// use runs fn with the socket unless it is closed.
+func (p *ARPProber) use(fn func(fd int) error) error {
+	p.fdMu.RLock()
+	defer p.fdMu.RUnlock()
+	if p.fdClosed {
+		return net.ErrClosed
+	}
+	return fn(p.fd)
 }
 
 // OnLink reports whether ip is on the prober's segment.
@@ -94,7 +112,12 @@ func (p *ARPProber) read() {
 			return
 		default:
 		}
-		n, _, err := unix.Recvfrom(p.fd, buf, 0)
+		var n int
+		err := p.use(func(fd int) error {
+			var err error
+			n, _, err = unix.Recvfrom(fd, buf, 0) // wakes every 200 ms (SO_RCVTIMEO)
+			return err
+		})
 		if err != nil || n < 28 {
 			continue
 		}
@@ -155,7 +178,7 @@ func (p *ARPProber) InUse(ctx context.Context, ip netip.Addr) bool {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if err := unix.Sendto(p.fd, req, 0, to); err != nil {
+		if err := p.use(func(fd int) error { return unix.Sendto(fd, req, 0, to) }); err != nil {
 			return false
 		}
 		select {

@@ -51,6 +51,8 @@ type Config struct {
 
 	LeaseTime time.Duration
 	// OfferHold is how long an offered address stays held for a client.
+	// Short: the client asks for it within seconds, and an address it
+	// asks for after that is still given if free.
 	OfferHold time.Duration
 	// DeclineHold is how long a declined address is kept out of the pool.
 	DeclineHold time.Duration
@@ -67,6 +69,9 @@ type Config struct {
 	// server answered the probe. Dangerous: two authoritative servers on
 	// one segment hand out conflicting addresses.
 	AllowForeignServer bool
+
+	// Limits bound what clients unknown to the Admitter can take.
+	Limits Limits
 
 	Boot Boot
 }
@@ -108,11 +113,12 @@ func Defaults() Config {
 	return Config{
 		Mode:         ModeAuto,
 		LeaseTime:    time.Hour,
-		OfferHold:    30 * time.Second,
+		OfferHold:    10 * time.Second,
 		DeclineHold:  10 * time.Minute,
 		ProbeTimeout: 300 * time.Millisecond,
 		ConflictHold: 10 * time.Minute,
 		ForeignProbe: 5 * time.Second, // dnsmasq pings before it offers: its offer comes after ~3 s
+		Limits:       DefaultLimits(),
 		Boot: Boot{
 			BIOSFile: "undionly.kpxe",
 			// snponly.efi starts ~4 s faster than ipxe.efi under UEFI
@@ -198,6 +204,12 @@ func (c Config) Validate() error {
 	}
 	if c.ProbeTimeout < 0 || c.ForeignProbe < 0 {
 		bad("ProbeTimeout/ForeignProbe", "must not be negative")
+	}
+	if l := c.Limits; l.NewPerSecond < 0 || l.NewBurst < 0 || l.SourcePerSecond < 0 || l.SourceBurst < 0 {
+		bad("Limits", "rates and bursts must not be negative")
+	}
+	if l := c.Limits; l.StrangerShare < 0 || l.StrangerShare > 100 {
+		bad("Limits.StrangerShare", "%d is not a percentage", l.StrangerShare)
 	}
 	if c.Boot.HTTPBase != "" {
 		u, err := url.Parse(c.Boot.HTTPBase)

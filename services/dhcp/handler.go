@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+
+	"airlock.dev/airlock/services/internal/ratelog"
 )
 
 // Prober tells whether an address is already in use on the network (it
@@ -46,46 +48,51 @@ type Handler struct {
 	mode  Mode // full or proxy, never auto
 	probe Prober
 	log   *slog.Logger
-	now   func() time.Time
+	// rl bounds the lines logged per packet: any host can send packets.
+	rl  *ratelog.Limiter
+	now func() time.Time
 
-	reservedByMAC map[string]Reservation
-	reservedIP    map[netip.Addr]string
+	adm Admitter
 
-	offers, acks, naks atomic.Uint64
+	offers, acks, naks, refused, reclaimed atomic.Uint64
 
 	mu     sync.Mutex
 	byIP   map[netip.Addr]*Lease
 	byMAC  map[string]*Lease
 	cursor map[netip.Prefix]netip.Addr
+	// newBucket and sourceBuckets limit new addresses for strangers;
+	// reclaimBucket limits the probes for reclaiming.
+	newBucket     bucket
+	sourceBuckets map[string]*bucket
+	reclaimBucket bucket
 }
 
 // NewHandler returns a handler for cfg in mode (ModeFull or ModeProxy) with
-// the leases loaded from the store. probe may be nil (no probing).
-func NewHandler(cfg Config, mode Mode, leases []Lease, probe Prober, log *slog.Logger) *Handler {
+// the leases loaded from the store. probe may be nil (no probing); adm nil
+// means a StaticAdmitter of cfg.Reservations that refuses nobody.
+func NewHandler(cfg Config, mode Mode, leases []Lease, probe Prober, adm Admitter, log *slog.Logger) *Handler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Boot.TFTPServer == (netip.Addr{}) {
 		cfg.Boot.TFTPServer = cfg.ServerIP
 	}
+	if adm == nil {
+		adm = NewStaticAdmitter(cfg.Reservations, false)
+	}
 	h := &Handler{
-		cfg: cfg, mode: mode, probe: probe, log: log, now: time.Now,
-		reservedByMAC: map[string]Reservation{},
-		reservedIP:    map[netip.Addr]string{},
+		cfg: cfg, mode: mode, probe: probe, log: log, rl: ratelog.Default(log), now: time.Now, adm: adm,
 		byIP:          map[netip.Addr]*Lease{},
 		byMAC:         map[string]*Lease{},
 		cursor:        map[netip.Prefix]netip.Addr{},
-	}
-	for _, r := range cfg.Reservations {
-		mac := r.MAC.String()
-		h.reservedByMAC[mac] = r
-		h.reservedIP[r.IP] = mac
+		sourceBuckets: map[string]*bucket{},
 	}
 	for _, l := range leases {
 		l := l
 		if !l.IP.IsValid() {
 			continue
 		}
+		l.stored = l.Expires
 		h.byIP[l.IP] = &l
 		if l.MAC != "" && (l.State == StateBound || l.State == StateReleased) {
 			if old := h.byMAC[l.MAC]; old == nil || old.Expires.Before(l.Expires) {
@@ -96,12 +103,13 @@ func NewHandler(cfg Config, mode Mode, leases []Lease, probe Prober, log *slog.L
 	return h
 }
 
-// Stats counts the replies sent.
-type Stats struct{ Offers, Acks, Naks uint64 }
+// Stats counts the replies sent, the requests refused (by the Admitter or
+// by Config.Limits) and the strangers' addresses reclaimed.
+type Stats struct{ Offers, Acks, Naks, Refused, Reclaimed uint64 }
 
 // Stats returns the reply counters.
 func (h *Handler) Stats() Stats {
-	return Stats{Offers: h.offers.Load(), Acks: h.acks.Load(), Naks: h.naks.Load()}
+	return Stats{Offers: h.offers.Load(), Acks: h.acks.Load(), Naks: h.naks.Load(), Refused: h.refused.Load(), Reclaimed: h.reclaimed.Load()}
 }
 
 // Mode returns the mode the handler serves (full or proxy).
@@ -130,17 +138,26 @@ func (h *Handler) Handle(ctx context.Context, req Request) *Response {
 		return nil
 	}
 	client := Classify(m)
+	typ := m.MessageType()
+	var adm Admission
+	if typ != dhcpv4.MessageTypeDecline && typ != dhcpv4.MessageTypeRelease {
+		adm = h.adm.Admit(m.ClientHWAddr)
+		if adm.Refuse {
+			h.refuse(ctx, m, "not admitted")
+			return nil
+		}
+	}
 	if h.mode == ModeProxy {
 		return h.handleProxy(req, client)
 	}
 	if req.Port == ProxyPort {
 		return nil
 	}
-	switch m.MessageType() {
+	switch typ {
 	case dhcpv4.MessageTypeDiscover:
-		return h.discover(ctx, req, client)
+		return h.discover(ctx, req, client, adm)
 	case dhcpv4.MessageTypeRequest:
-		return h.request(req, client)
+		return h.request(ctx, req, client, adm)
 	case dhcpv4.MessageTypeDecline:
 		h.decline(m)
 		return h.saveOnly(m)
@@ -181,27 +198,56 @@ func addr4(ip net.IP) (netip.Addr, bool) {
 	return a, true
 }
 
-func (h *Handler) discover(ctx context.Context, req Request, client Client) *Response {
+// refuse counts and logs (rate-limited) a request given nothing.
+func (h *Handler) refuse(ctx context.Context, m *dhcpv4.DHCPv4, why string) {
+	h.refused.Add(1)
+	mac := m.ClientHWAddr.String()
+	h.rl.Log(ctx, slog.LevelInfo, "dhcp: request refused", mac, "mac", mac, "type", m.MessageType().String(), "reason", why)
+}
+
+func (h *Handler) discover(ctx context.Context, req Request, client Client, adm Admission) *Response {
 	m := req.Msg
 	sub := h.subnetOf(m)
 	if sub == nil {
-		h.log.Debug("dhcp: no subnet for request", "mac", m.ClientHWAddr, "giaddr", m.GatewayIPAddr)
+		h.rl.Log(ctx, slog.LevelDebug, "dhcp: no subnet for request", m.GatewayIPAddr.String(), "mac", m.ClientHWAddr.String(), "giaddr", m.GatewayIPAddr.String())
 		return nil
 	}
 	requested, _ := addr4(m.RequestedIPAddress())
-	ip, ok := h.allocate(ctx, m.ClientHWAddr.String(), sub, requested)
+	ip, save, ok := h.allocate(ctx, req, sub, requested, adm)
 	if !ok {
 		return nil
 	}
-	return h.respond(req, client, dhcpv4.MessageTypeOffer, ip, sub, nil)
+	return h.respond(req, client, dhcpv4.MessageTypeOffer, ip, sub, save, hostnameFor(adm, ip))
+}
+
+// hostnameFor is the hostname sent with ip: the reservation's.
+func hostnameFor(adm Admission, ip netip.Addr) string {
+	if adm.IP.IsValid() && adm.IP == ip {
+		return adm.Hostname
+	}
+	return ""
+}
+
+// holdsLocked reports whether mac holds an active lease or offer in sub:
+// giving it that address again is not a new address.
+func (h *Handler) holdsLocked(mac string, sub *Subnet, now time.Time) bool {
+	l := h.byMAC[mac]
+	return l != nil && l.MAC == mac && sub.Prefix.Contains(l.IP) && l.active(now) && h.byIP[l.IP] == l
 }
 
 // maxProbeTries bounds how many candidates one DISCOVER may probe.
 const maxProbeTries = 8
 
-// allocate picks an address for mac, holds it as offered, and probes it
-// unless it is known to be the client's own.
-func (h *Handler) allocate(ctx context.Context, mac string, sub *Subnet, requested netip.Addr) (netip.Addr, bool) {
+// allocate picks an address for the client, holds it as offered, and
+// probes it unless it is known to be the client's own. A stranger's new
+// address is subject to Config.Limits. When strangers hold their share or
+// the pool is full, one stranger's address that no host answers for is
+// reclaimed (see reclaim); save then holds its record.
+func (h *Handler) allocate(ctx context.Context, req Request, sub *Subnet, requested netip.Addr, adm Admission) (ip netip.Addr, save []Lease, ok bool) {
+	m := req.Msg
+	mac := m.ClientHWAddr.String()
+	stranger := !adm.Known && !adm.IP.IsValid()
+	admitted, reclaimed := false, false
 	for range maxProbeTries {
 		now := h.now()
 		h.mu.Lock()
@@ -209,9 +255,25 @@ func (h *Handler) allocate(ctx context.Context, mac string, sub *Subnet, request
 			// A retransmission while this client's address is being
 			// probed: the first request will answer.
 			h.mu.Unlock()
-			return netip.Addr{}, false
+			return netip.Addr{}, nil, false
 		}
-		ip, known, ok := h.pickLocked(mac, sub, requested, now)
+		if stranger && !admitted && !h.holdsLocked(mac, sub, now) {
+			ok, why := h.admitNewLocked(req, sub, now)
+			if !ok {
+				h.mu.Unlock()
+				if why == whyShareFull && !reclaimed {
+					reclaimed = true
+					if l, ok := h.reclaim(ctx, sub); ok {
+						save = append(save, l)
+						continue
+					}
+				}
+				h.refuse(ctx, m, why)
+				return netip.Addr{}, save, false
+			}
+			admitted = true
+		}
+		ip, known, ok := h.pickLocked(mac, sub, requested, adm, now)
 		var held *Lease
 		if ok {
 			held = &Lease{IP: ip, MAC: mac, State: StateOffered, Expires: now.Add(h.cfg.OfferHold)}
@@ -220,11 +282,18 @@ func (h *Handler) allocate(ctx context.Context, mac string, sub *Subnet, request
 		}
 		h.mu.Unlock()
 		if !ok {
-			h.log.Warn("dhcp: no free address", "subnet", sub.Prefix, "mac", mac)
-			return netip.Addr{}, false
+			if !reclaimed {
+				reclaimed = true
+				if l, ok := h.reclaim(ctx, sub); ok {
+					save = append(save, l)
+					continue
+				}
+			}
+			h.rl.Log(ctx, slog.LevelWarn, "dhcp: no free address", sub.Prefix.String(), "subnet", sub.Prefix, "mac", mac)
+			return netip.Addr{}, save, false
 		}
 		if !held.probing {
-			return ip, true
+			return ip, save, true
 		}
 		pctx, cancel := context.WithTimeout(ctx, h.cfg.ProbeTimeout)
 		inUse := h.probe.InUse(pctx, ip)
@@ -233,9 +302,9 @@ func (h *Handler) allocate(ctx context.Context, mac string, sub *Subnet, request
 			h.mu.Lock()
 			held.probing = false
 			h.mu.Unlock()
-			return ip, true
+			return ip, save, true
 		}
-		h.log.Warn("dhcp: address answers on the network, skipping it", "ip", ip, "hold", h.cfg.ConflictHold)
+		h.rl.Log(ctx, slog.LevelWarn, "dhcp: address answers on the network, skipping it", ip.String(), "ip", ip, "hold", h.cfg.ConflictHold)
 		h.mu.Lock()
 		held.probing = false
 		if cur := h.byMAC[mac]; cur == held {
@@ -245,14 +314,14 @@ func (h *Handler) allocate(ctx context.Context, mac string, sub *Subnet, request
 		h.mu.Unlock()
 		requested = netip.Addr{}
 	}
-	return netip.Addr{}, false
+	return netip.Addr{}, save, false
 }
 
 // pickLocked chooses an address; known means it needs no probe (reserved
 // for the client, or the client's own previous lease).
-func (h *Handler) pickLocked(mac string, sub *Subnet, requested netip.Addr, now time.Time) (ip netip.Addr, known, ok bool) {
-	if r, ok := h.reservedByMAC[mac]; ok && sub.Prefix.Contains(r.IP) {
-		return r.IP, true, true
+func (h *Handler) pickLocked(mac string, sub *Subnet, requested netip.Addr, adm Admission, now time.Time) (ip netip.Addr, known, ok bool) {
+	if adm.IP.IsValid() && sub.Prefix.Contains(adm.IP) {
+		return adm.IP, true, true
 	}
 	if l := h.byMAC[mac]; l != nil && sub.Prefix.Contains(l.IP) && h.freeLocked(l.IP, mac, sub, now) {
 		return l.IP, true, true
@@ -298,7 +367,7 @@ func rangeSize(sub *Subnet) int {
 
 // freeLocked reports whether ip may be given to mac.
 func (h *Handler) freeLocked(ip netip.Addr, mac string, sub *Subnet, now time.Time) bool {
-	if owner, ok := h.reservedIP[ip]; ok && owner != mac {
+	if owner, ok := h.adm.ReservedFor(ip); ok && owner.String() != mac {
 		return false
 	}
 	if ip == h.cfg.ServerIP || ip == sub.Router || ip == sub.Prefix.Masked().Addr() || ip == lastAddr(sub.Prefix) {
@@ -341,7 +410,7 @@ func (h *Handler) holdLocked(l *Lease) {
 	}
 }
 
-func (h *Handler) request(req Request, client Client) *Response {
+func (h *Handler) request(ctx context.Context, req Request, client Client, adm Admission) *Response {
 	m := req.Msg
 	mac := m.ClientHWAddr.String()
 	if sid, ok := addr4(m.ServerIdentifier()); ok && sid != h.cfg.ServerIP {
@@ -372,21 +441,45 @@ func (h *Handler) request(req Request, client Client) *Response {
 	}
 	now := h.now()
 	h.mu.Lock()
-	r, reserved := h.reservedByMAC[mac]
+	reserved := adm.IP.IsValid()
 	switch {
-	case reserved && sub.Prefix.Contains(r.IP) && r.IP != ip:
+	case reserved && sub.Prefix.Contains(adm.IP) && adm.IP != ip:
 		h.mu.Unlock()
 		return h.nak(req, "this machine has a reserved address")
 	case !h.freeLocked(ip, mac, sub, now):
 		h.mu.Unlock()
 		return h.nak(req, "address is in use")
-	case !inRange(sub, ip) && !(reserved && r.IP == ip):
+	case !inRange(sub, ip) && !(reserved && adm.IP == ip):
 		h.mu.Unlock()
 		return h.nak(req, "address is outside the pool")
 	}
+	if !adm.Known && !reserved {
+		// A stranger asking for an address it does not hold (no offer
+		// of ours, or one long expired): a new address, limited. No
+		// NAK: a flood of such requests gets no replies at all.
+		if cur := h.byIP[ip]; cur == nil || cur.MAC != mac || !cur.active(now) {
+			if ok, why := h.admitNewLocked(req, sub, now); !ok {
+				h.mu.Unlock()
+				h.refuse(ctx, m, why)
+				return nil
+			}
+		}
+	}
 	l := &Lease{IP: ip, MAC: mac, State: StateBound, Expires: now.Add(h.cfg.LeaseTime)}
-	if reserved {
-		l.Hostname = r.Hostname
+	if reserved && adm.IP == ip {
+		l.Hostname = adm.Hostname
+	}
+	l.stored = l.Expires
+	save := []Lease{*l}
+	if cur := h.byIP[ip]; cur != nil && cur.MAC == mac && cur.State == StateBound && cur.Hostname == l.Hostname &&
+		cur.stored.Sub(now) >= h.cfg.LeaseTime/2 {
+		// A renewal while the stored lease still runs for at least half a
+		// lease time (the client renews at half its lease): not written
+		// again, so a client renewing in a loop costs the store nothing.
+		// After a crash the lease is known until the stored expiry, by
+		// which time the client has renewed.
+		l.stored = cur.stored
+		save = nil
 	}
 	if old := h.byMAC[mac]; old != nil && old.IP != ip && h.byIP[old.IP] == old && old.State == StateOffered {
 		delete(h.byIP, old.IP)
@@ -394,7 +487,7 @@ func (h *Handler) request(req Request, client Client) *Response {
 	h.byIP[ip] = l
 	h.byMAC[mac] = l
 	h.mu.Unlock()
-	return h.respond(req, client, dhcpv4.MessageTypeAck, ip, sub, []Lease{*l})
+	return h.respond(req, client, dhcpv4.MessageTypeAck, ip, sub, save, l.Hostname)
 }
 
 func (h *Handler) decline(m *dhcpv4.DHCPv4) {
@@ -409,9 +502,9 @@ func (h *Handler) decline(m *dhcpv4.DHCPv4) {
 	if l == nil || l.MAC != mac {
 		return
 	}
-	h.log.Warn("dhcp: client declined address (in use on the network)", "ip", ip, "mac", mac)
+	h.rl.Log(context.Background(), slog.LevelWarn, "dhcp: client declined address (in use on the network)", mac, "ip", ip, "mac", mac)
 	delete(h.byMAC, mac)
-	h.byIP[ip] = &Lease{IP: ip, State: StateDeclined, Expires: h.now().Add(h.cfg.DeclineHold)}
+	h.byIP[ip] = &Lease{IP: ip, State: StateDeclined, Expires: h.now().Add(h.cfg.DeclineHold), declinedBy: mac}
 }
 
 func (h *Handler) release(m *dhcpv4.DHCPv4) {
@@ -456,7 +549,7 @@ func (h *Handler) inform(req Request, client Client) *Response {
 	if sub == nil {
 		return nil
 	}
-	return h.respond(req, client, dhcpv4.MessageTypeAck, netip.Addr{}, sub, nil)
+	return h.respond(req, client, dhcpv4.MessageTypeAck, netip.Addr{}, sub, nil, "")
 }
 
 func (h *Handler) handleProxy(req Request, client Client) *Response {
@@ -469,20 +562,21 @@ func (h *Handler) handleProxy(req Request, client Client) *Response {
 		if req.Port == ProxyPort {
 			return nil
 		}
-		return h.respond(req, client, dhcpv4.MessageTypeOffer, netip.Addr{}, nil, nil)
+		return h.respond(req, client, dhcpv4.MessageTypeOffer, netip.Addr{}, nil, nil, "")
 	case dhcpv4.MessageTypeRequest, dhcpv4.MessageTypeInform:
 		sid, hasSID := addr4(m.ServerIdentifier())
 		if req.Port != ProxyPort && (!hasSID || sid != h.cfg.ServerIP) {
 			return nil // addressed to the real DHCP server
 		}
-		return h.respond(req, client, dhcpv4.MessageTypeAck, netip.Addr{}, nil, nil)
+		return h.respond(req, client, dhcpv4.MessageTypeAck, netip.Addr{}, nil, nil, "")
 	}
 	return nil
 }
 
 func (h *Handler) nak(req Request, why string) *Response {
 	h.naks.Add(1)
-	h.log.Info("dhcp: NAK", "mac", req.Msg.ClientHWAddr.String(), "reason", why)
+	mac := req.Msg.ClientHWAddr.String()
+	h.rl.Log(context.Background(), slog.LevelInfo, "dhcp: NAK", mac, "mac", mac, "reason", why)
 	reply, err := dhcpv4.NewReplyFromRequest(req.Msg,
 		dhcpv4.WithMessageType(dhcpv4.MessageTypeNak),
 		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(h.cfg.ServerIP.AsSlice())),
@@ -500,8 +594,8 @@ func (h *Handler) nak(req Request, why string) *Response {
 }
 
 // respond builds an OFFER or ACK. yiaddr and sub are unset for proxy and
-// INFORM replies.
-func (h *Handler) respond(req Request, client Client, typ dhcpv4.MessageType, yiaddr netip.Addr, sub *Subnet, save []Lease) *Response {
+// INFORM replies; hostname is sent with yiaddr when set.
+func (h *Handler) respond(req Request, client Client, typ dhcpv4.MessageType, yiaddr netip.Addr, sub *Subnet, save []Lease, hostname string) *Response {
 	m := req.Msg
 	mods := []dhcpv4.Modifier{
 		dhcpv4.WithMessageType(typ),
@@ -535,8 +629,8 @@ func (h *Handler) respond(req Request, client Client, typ dhcpv4.MessageType, yi
 				dhcpv4.WithOption(dhcpv4.OptRenewTimeValue(lt/2)),
 				dhcpv4.WithOption(dhcpv4.OptRebindingTimeValue(lt*7/8)),
 			)
-			if r, ok := h.reservedByMAC[m.ClientHWAddr.String()]; ok && r.IP == yiaddr && r.Hostname != "" {
-				mods = append(mods, dhcpv4.WithOption(dhcpv4.OptHostName(r.Hostname)))
+			if hostname != "" {
+				mods = append(mods, dhcpv4.WithOption(dhcpv4.OptHostName(hostname)))
 			}
 		}
 	}
@@ -546,7 +640,8 @@ func (h *Handler) respond(req Request, client Client, typ dhcpv4.MessageType, yi
 		} else if h.mode == ModeProxy {
 			return nil // nothing to offer this firmware
 		} else {
-			h.log.Info("dhcp: no first stage for this firmware", "mac", m.ClientHWAddr, "arch", client.Arch, "vendor", client.Vendor)
+			mac := m.ClientHWAddr.String()
+			h.rl.Log(context.Background(), slog.LevelInfo, "dhcp: no first stage for this firmware", mac, "mac", mac, "arch", client.Arch, "vendor", client.Vendor)
 		}
 	}
 	reply, err := dhcpv4.NewReplyFromRequest(m, mods...)

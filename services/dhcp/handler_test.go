@@ -117,7 +117,7 @@ func newTestHandler(t *testing.T, mode Mode, leases []Lease, p Prober) *Handler 
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	h := NewHandler(cfg, mode, leases, p, nil)
+	h := NewHandler(cfg, mode, leases, p, nil, nil)
 	h.now = func() time.Time { return t0 }
 	return h
 }
@@ -367,7 +367,8 @@ func TestProxyIgnoresPlainClients(t *testing.T) {
 func TestPoolExhaustion(t *testing.T) {
 	cfg := testConfig()
 	cfg.Subnet.RangeEnd = netip.MustParseAddr("10.50.0.102")
-	h := NewHandler(cfg, ModeFull, nil, nil, nil)
+	cfg.Limits = Limits{} // the whole pool, to strangers too
+	h := NewHandler(cfg, ModeFull, nil, nil, nil, nil)
 	ctx := context.Background()
 	for i := range 3 {
 		if r := h.Handle(ctx, discoverReq(clientKinds[6], net.HardwareAddr{2, 0, 0, 0, 9, byte(i)}.String())); r == nil {
@@ -401,11 +402,13 @@ func TestValidate(t *testing.T) {
 	c.Subnet.RangeEnd = netip.MustParseAddr("10.99.0.1")
 	c.Boot.BIOSFile = "../etc/passwd"
 	c.Reservations = append(c.Reservations, Reservation{MAC: mustMAC("52:54:00:00:00:99"), IP: netip.MustParseAddr("10.50.0.50")})
+	c.Limits.StrangerShare = 120
+	c.Limits.NewBurst = -1
 	err := c.Validate()
 	if err == nil {
 		t.Fatal("bad config accepted")
 	}
-	for _, want := range []string{"Interface:", "Mode:", "Subnet.Range:", "Boot.BIOSFile:", "Reservations[1].MAC:", "Reservations[1].IP:"} {
+	for _, want := range []string{"Interface:", "Mode:", "Subnet.Range:", "Boot.BIOSFile:", "Reservations[1].MAC:", "Reservations[1].IP:", "Limits:", "Limits.StrangerShare:"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("missing %q in:\n%v", want, err)
 		}

@@ -34,8 +34,28 @@ type Lease struct {
 	Hostname string     `json:"hostname,omitempty"`
 	State    LeaseState `json:"state"`
 	Expires  time.Time  `json:"expires"`
-	// probing: offered, but the probe of the address has not finished.
+	// probing: offered, but the probe of the address has not finished
+	// (or bound to a stranger and being probed for reclaiming).
 	probing bool
+	// checked is when a stranger's bound address was last probed for
+	// reclaiming.
+	checked time.Time
+	// stored is the expiry the store holds for this lease.
+	stored time.Time
+	// declinedBy is the MAC that declined the address: a stranger's
+	// DECLINE counts against the strangers' share and can be reclaimed,
+	// or a host could take new addresses and decline them to empty the
+	// pool for the decline hold.
+	declinedBy string
+}
+
+// holder is the MAC an address is held for or by: the lease's, or the one
+// that declined it.
+func (l *Lease) holder() string {
+	if l.MAC != "" {
+		return l.MAC
+	}
+	return l.declinedBy
 }
 
 // active reports whether the lease still holds its address at now.

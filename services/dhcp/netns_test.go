@@ -109,6 +109,22 @@ func (r *runningServer) doStop(t *testing.T) {
 // once the server serves, or with the error Run returned.
 func startServer(t *testing.T, ns *netns.NS, cfg Config, store LeaseStore) (*runningServer, error) {
 	t.Helper()
+	return startServerSetup(t, ns, cfg, store, nil)
+}
+
+// startServerWith is startServer calling setup on the server before Run;
+// it fails the test if the server does not start.
+func startServerWith(t *testing.T, ns *netns.NS, cfg Config, store LeaseStore, setup func(*Server)) *runningServer {
+	t.Helper()
+	r, err := startServerSetup(t, ns, cfg, store, setup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func startServerSetup(t *testing.T, ns *netns.NS, cfg Config, store LeaseStore, setup func(*Server)) (*runningServer, error) {
+	t.Helper()
 	var socks *Sockets
 	if err := ns.Do(func() error {
 		var err error
@@ -122,6 +138,9 @@ func startServer(t *testing.T, ns *netns.NS, cfg Config, store LeaseStore) (*run
 	if err != nil {
 		socks.Close()
 		t.Fatal(err)
+	}
+	if setup != nil {
+		setup(srv)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &runningServer{Server: srv, cancel: cancel, done: make(chan error, 1), logw: logw}

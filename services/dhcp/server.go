@@ -16,7 +16,10 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
+	"github.com/insomniacslk/dhcp/iana"
 	"golang.org/x/sys/unix"
+
+	"airlock.dev/airlock/services/internal/ratelog"
 )
 
 // ErrForeignServer is returned by Run in full mode when another DHCP server
@@ -35,6 +38,9 @@ type Sockets struct {
 	Proxy net.PacketConn
 	// Prober probes addresses before they are offered; may be nil.
 	Prober Prober
+	// Link sends unicast replies to on-link clients without ARP; may be
+	// nil (such replies then go out on the socket they came in on).
+	Link *LinkSender
 }
 
 // Close closes every socket.
@@ -47,6 +53,9 @@ func (s *Sockets) Close() error {
 	}
 	if c, ok := s.Prober.(io.Closer); ok {
 		errs = append(errs, c.Close())
+	}
+	if s.Link != nil {
+		errs = append(errs, s.Link.Close())
 	}
 	return errors.Join(errs...)
 }
@@ -90,6 +99,11 @@ func Listen(iface string, withProxyPort bool) (*Sockets, error) {
 		probes.ARP = arpP
 	}
 	s.Prober = probes
+	// Unicast replies to on-link clients as frames to chaddr: they never
+	// wait for ARP (see LinkSender). Without it they go out on port 67.
+	if l, err := NewLinkSender(iface); err == nil {
+		s.Link = l
+	}
 	return &s, nil
 }
 
@@ -101,11 +115,18 @@ type Server struct {
 	log   *slog.Logger
 	// Workers bounds the packets handled at once.
 	Workers int
+	// Admitter is asked about each client by MAC (reservations, whether
+	// it may get anything at all); set it before Run. Nil means a
+	// StaticAdmitter of the configuration's Reservations that refuses
+	// nobody.
+	Admitter Admitter
 
 	ready    chan struct{}
 	probeMAC net.HardwareAddr
 	handler  atomic.Pointer[Handler]
 	dropped  atomic.Uint64
+	unsent   atomic.Uint64
+	rl       *ratelog.Limiter
 }
 
 // New checks cfg and returns a server; it serves nothing until Run.
@@ -122,7 +143,7 @@ func New(cfg Config, socks *Sockets, store LeaseStore, log *slog.Logger) (*Serve
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, socks: socks, store: store, log: log, Workers: 128, ready: make(chan struct{})}, nil
+	return &Server{cfg: cfg, socks: socks, store: store, log: log, Workers: 128, ready: make(chan struct{}), rl: ratelog.Default(log)}, nil
 }
 
 // Ready is closed once the server has picked its mode and is serving.
@@ -180,13 +201,15 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("dhcp: %w", err)
 	}
-	h := NewHandler(s.cfg, mode, leases, s.socks.Prober, s.log)
+	h := NewHandler(s.cfg, mode, leases, s.socks.Prober, s.Admitter, s.log)
 	s.handler.Store(h)
 
 	bctx, bcancel := context.WithCancel(context.WithoutCancel(ctx))
 	b := newBatcher(s.store)
 	var bwg sync.WaitGroup
 	bwg.Go(func() { b.run(bctx) })
+	bwg.Go(func() { s.rl.Run(bctx) })
+	bwg.Go(func() { h.rl.Run(bctx) })
 
 	packets := make(chan packet, 4096)
 	var wg sync.WaitGroup
@@ -244,7 +267,7 @@ func (s *Server) readLoop(c net.PacketConn, port int, out chan<- packet) {
 func (s *Server) serve(ctx context.Context, h *Handler, b *batcher, p packet) {
 	m, err := dhcpv4.FromBytes(p.data)
 	if err != nil {
-		s.log.Debug("dhcp: bad packet", "from", p.peer, "err", err)
+		s.rl.Log(ctx, slog.LevelDebug, "dhcp: bad packet", p.peer.Addr().String(), "from", p.peer, "err", err)
 		return
 	}
 	if bytes.Equal(m.ClientHWAddr, s.probeMAC) {
@@ -256,7 +279,7 @@ func (s *Server) serve(ctx context.Context, h *Handler, b *batcher, p packet) {
 	}
 	if len(resp.Save) > 0 {
 		if err := b.save(ctx, resp.Save); err != nil {
-			s.log.Error("dhcp: store lease; not acknowledging", "err", err)
+			s.rl.Log(ctx, slog.LevelError, "dhcp: store lease; not acknowledging", "", "err", err)
 			return
 		}
 	}
@@ -266,11 +289,40 @@ func (s *Server) serve(ctx context.Context, h *Handler, b *batcher, p packet) {
 	if s.log.Enabled(ctx, slog.LevelDebug) {
 		s.log.Debug("dhcp: reply", "type", resp.Msg.MessageType(), "mac", m.ClientHWAddr.String(), "yiaddr", resp.Msg.YourIPAddr, "to", resp.Dest, "req", m.MessageType())
 	}
-	dest := net.UDPAddrFromAddrPort(resp.Dest)
-	if _, err := p.conn.WriteTo(resp.Msg.ToBytes(), dest); err != nil {
-		s.log.Warn("dhcp: send reply", "to", dest, "err", err)
+	if err := s.send(p, m, resp); err != nil {
+		s.unsent.Add(1)
+		s.rl.Log(ctx, slog.LevelWarn, "dhcp: reply not sent", resp.Dest.Addr().String(), "to", resp.Dest, "err", err)
 	}
 }
+
+// send sends a reply without ever waiting: a reply that cannot go now is
+// dropped (the client retransmits), so one unreachable destination cannot
+// stop the replies to everyone else. Unicast replies to on-link clients go
+// as frames to the client's hardware address (no ARP, see LinkSender);
+// broadcasts, replies to relays and to routed clients go out on the socket
+// the request came in on.
+func (s *Server) send(p packet, m *dhcpv4.DHCPv4, resp *Response) error {
+	b := resp.Msg.ToBytes()
+	if s.direct(m, resp.Dest) {
+		return s.socks.Link.Send(netip.AddrPortFrom(s.cfg.ServerIP, uint16(p.port)), resp.Dest, m.ClientHWAddr, b)
+	}
+	return sendNoWait(p.conn, b, resp.Dest)
+}
+
+// direct reports whether a reply to dest goes to the client's own
+// hardware address: unicast, not through a relay, on the segment.
+func (s *Server) direct(m *dhcpv4.DHCPv4, dest netip.AddrPort) bool {
+	if s.socks.Link == nil || dest == broadcastDest || !dest.Addr().Is4() {
+		return false
+	}
+	if _, relayed := addr4(m.GatewayIPAddr); relayed {
+		return false
+	}
+	return m.HWType == iana.HWTypeEthernet && len(m.ClientHWAddr) == 6 && s.socks.Link.OnLink(dest.Addr())
+}
+
+// Unsent counts replies dropped because they could not be sent at once.
+func (s *Server) Unsent() uint64 { return s.unsent.Load() }
 
 // probeForeign sends a DISCOVER as a client and returns the first other
 // server that offers within ForeignProbe.

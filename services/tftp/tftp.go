@@ -1,8 +1,9 @@
 // Package tftp serves the iPXE first stage read-only over TFTP from an
 // fs.FS (the embedded iPXE binaries, or a bundle's). It negotiates blksize
 // and tsize, accepts only plain relative paths, bounds concurrent transfers
-// and the time each may take. Everything larger than the first stage goes
-// over HTTP.
+// (in all and per client address) and the time each may take, and gives up
+// on a client that stops acknowledging within seconds. Everything larger
+// than the first stage goes over HTTP.
 package tftp
 
 import (
@@ -16,20 +17,29 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	ptftp "github.com/pin/tftp/v3"
 	"golang.org/x/sys/unix"
+
+	"airlock.dev/airlock/services/internal/ratelog"
 )
 
 // Config tunes the server; Defaults fills it.
 type Config struct {
 	// MaxTransfers bounds concurrent transfers; more are refused.
 	MaxTransfers int
+	// MaxPerClient bounds concurrent transfers to one client address, so
+	// that one host cannot take every slot. Firmware fetches one file at
+	// a time (EDK2 asks for the size first, then fetches).
+	MaxPerClient int
 	// TransferTimeout bounds one whole transfer.
 	TransferTimeout time.Duration
 	// Timeout is the per-packet retransmission timeout; Retries the count.
+	// A client that stops acknowledging loses its slot after about
+	// (Retries+1) x Timeout.
 	Timeout time.Duration
 	Retries int
 	// Anticipate > 1 sends that many blocks before waiting for an ACK
@@ -46,11 +56,16 @@ type Config struct {
 func Defaults() Config {
 	return Config{
 		MaxTransfers:    64,
+		MaxPerClient:    4,
 		TransferTimeout: 2 * time.Minute,
-		Timeout:         2 * time.Second,
-		Retries:         5,
-		DrainTimeout:    10 * time.Second,
-		MaxBlockSize:    1468,
+		// On the provisioning LAN a round trip takes well under a
+		// millisecond: a second is plenty, and a stalled transfer is
+		// reclaimed in about 5 s (it was 2 s x 5 plus up to 1 s of
+		// random back-off per retry: ~15 s).
+		Timeout:      time.Second,
+		Retries:      4,
+		DrainTimeout: 10 * time.Second,
+		MaxBlockSize: 1468,
 	}
 }
 
@@ -84,7 +99,11 @@ type Server struct {
 	conn net.PacketConn
 	cfg  Config
 	log  *slog.Logger
+	rl   *ratelog.Limiter
 	sem  chan struct{}
+
+	mu       sync.Mutex
+	byClient map[string]int
 }
 
 // New returns a server for fsys on conn. Run closes conn.
@@ -95,13 +114,40 @@ func New(fsys fs.FS, conn net.PacketConn, cfg Config, log *slog.Logger) (*Server
 	if cfg.MaxBlockSize < 512 || cfg.MaxBlockSize > 65464 {
 		return nil, fmt.Errorf("tftp: MaxBlockSize %d is outside 512-65464", cfg.MaxBlockSize)
 	}
-	if cfg.MaxTransfers <= 0 || cfg.TransferTimeout <= 0 || cfg.Timeout <= 0 || cfg.Retries <= 0 {
-		return nil, errors.New("tftp: MaxTransfers, TransferTimeout, Timeout and Retries must be positive")
+	if cfg.MaxTransfers <= 0 || cfg.MaxPerClient <= 0 || cfg.TransferTimeout <= 0 || cfg.Timeout <= 0 || cfg.Retries <= 0 {
+		return nil, errors.New("tftp: MaxTransfers, MaxPerClient, TransferTimeout, Timeout and Retries must be positive")
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{fsys: fsys, conn: conn, cfg: cfg, log: log, sem: make(chan struct{}, cfg.MaxTransfers)}, nil
+	return &Server{fsys: fsys, conn: conn, cfg: cfg, log: log, rl: ratelog.Default(log),
+		sem: make(chan struct{}, cfg.MaxTransfers), byClient: map[string]int{}}, nil
+}
+
+// Active returns the number of transfers in progress.
+func (s *Server) Active() int { return len(s.sem) }
+
+// acquire takes a slot for a transfer to client, or says why not.
+func (s *Server) acquire(client string) (release func(), refused string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.byClient[client] >= s.cfg.MaxPerClient {
+		return nil, "too many transfers to this client"
+	}
+	select {
+	case s.sem <- struct{}{}:
+	default:
+		return nil, "too many transfers"
+	}
+	s.byClient[client]++
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.byClient[client]--; s.byClient[client] <= 0 {
+			delete(s.byClient, client)
+		}
+		<-s.sem
+	}, ""
 }
 
 // Run serves until ctx is cancelled, then lets transfers drain for up to
@@ -111,6 +157,14 @@ func (s *Server) Run(ctx context.Context) error {
 	srv.SetBlockSize(s.cfg.MaxBlockSize)
 	srv.SetTimeout(s.cfg.Timeout)
 	srv.SetRetries(s.cfg.Retries)
+	// pin/tftp sleeps up to a second at random before each retry by
+	// default; a short, growing pause keeps a stalled transfer's slot
+	// for little more than its timeouts.
+	step := s.cfg.Timeout / 20
+	srv.SetBackoff(func(attempt int) time.Duration { return step * time.Duration(attempt+1) })
+	rctx, rcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer rcancel()
+	go s.rl.Run(rctx)
 	if s.cfg.Anticipate > 1 {
 		srv.SetAnticipate(s.cfg.Anticipate)
 	}
@@ -181,26 +235,26 @@ func socketNetns(c net.PacketConn) (*os.File, error) {
 
 // read is the read handler: one transfer.
 func (s *Server) read(name string, rf io.ReaderFrom) error {
-	peer := ""
+	peer, client := "", ""
 	if ot, ok := rf.(ptftp.OutgoingTransfer); ok {
 		a := ot.RemoteAddr()
-		peer = a.String()
+		peer, client = a.String(), a.IP.String()
 	}
+	ctx := context.Background()
 	clean, err := CleanPath(name)
 	if err != nil {
-		s.log.Warn("tftp: refused", "file", name, "peer", peer, "err", err)
+		s.rl.Log(ctx, slog.LevelWarn, "tftp: refused", client, "file", name, "peer", peer, "err", err)
 		return err
 	}
-	select {
-	case s.sem <- struct{}{}:
-		defer func() { <-s.sem }()
-	default:
-		s.log.Warn("tftp: too many transfers; refused", "file", clean, "peer", peer)
+	release, why := s.acquire(client)
+	if release == nil {
+		s.rl.Log(ctx, slog.LevelWarn, "tftp: "+why+"; refused", client, "file", clean, "peer", peer)
 		return errors.New("server busy")
 	}
+	defer release()
 	f, err := s.fsys.Open(clean)
 	if err != nil {
-		s.log.Info("tftp: not found", "file", clean, "peer", peer)
+		s.rl.Log(ctx, slog.LevelInfo, "tftp: not found", client, "file", clean, "peer", peer)
 		return fmt.Errorf("open %s: %w", clean, fs.ErrNotExist)
 	}
 	defer f.Close()

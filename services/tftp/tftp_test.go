@@ -63,7 +63,7 @@ func randomBytes(t *testing.T, n int) []byte {
 }
 
 // serveInNS starts the server on a socket opened inside ns at addr.
-func serveInNS(t *testing.T, ns *netns.NS, addr string, fsys fstest.MapFS, cfg Config) {
+func serveInNS(t *testing.T, ns *netns.NS, addr string, fsys fstest.MapFS, cfg Config) *Server {
 	t.Helper()
 	var conn net.PacketConn
 	if err := ns.Do(func() error {
@@ -91,6 +91,7 @@ func serveInNS(t *testing.T, ns *netns.NS, addr string, fsys fstest.MapFS, cfg C
 			t.Error("tftp server did not stop")
 		}
 	})
+	return srv
 }
 
 // TestNetnsTFTPHPA fetches files with tftp-hpa's client from another
