@@ -19,7 +19,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 
-	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/installer/lab/netns"
 )
 
 // These tests put an attacker written in Go (raw DHCP packets from a UDP

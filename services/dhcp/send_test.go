@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/net/ipv4"
 
-	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/installer/lab/netns"
 )
 
 // TestUDP4Packet: the frames LinkSender sends carry a valid IPv4 header

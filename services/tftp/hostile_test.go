@@ -14,7 +14,7 @@ import (
 	"testing/fstest"
 	"time"
 
-	"airlock.dev/airlock/e2e/netns"
+	"airlock.dev/airlock/installer/lab/netns"
 )
 
 // hog is a host that starts transfers and never acknowledges a block: each
