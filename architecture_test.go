@@ -19,7 +19,8 @@ const module = "airlock.dev/airlock"
 // following DESIGN.md: main -> installer/cli (the only composition root);
 // services know nothing of the engine; bundle, manifests and the config
 // schema are leaves; the TUI sees the engine only through config; the node
-// agent stays small.
+// agent stays small. installer/termtext (escaping for the terminal) is a
+// leaf every package may import.
 func layerRule(pkg, imp string) error {
 	under := func(p, prefix string) bool { return p == prefix || strings.HasPrefix(p, prefix+"/") }
 	switch {
@@ -27,6 +28,10 @@ func layerRule(pkg, imp string) error {
 		if imp != "installer/cli" {
 			return fmt.Errorf("main may import only installer/cli")
 		}
+	case under(pkg, "installer/termtext"):
+		return fmt.Errorf("termtext is a leaf")
+	case imp == "installer/termtext":
+		return nil
 	case imp == "installer/cli":
 		return fmt.Errorf("only main imports installer/cli (the composition root)")
 	case under(pkg, "services"):
@@ -159,10 +164,14 @@ func writeTree(t *testing.T, files map[string]string) string {
 // The layering check must fail when a forbidden import is added.
 func TestLayeringCatchesForbiddenImports(t *testing.T) {
 	ok := map[string]string{
-		"main.go":                    "// Command x.\npackage main\nimport _ \"airlock.dev/airlock/installer/cli\"\n",
-		"installer/cli/cli.go":       "// Package cli.\npackage cli\nimport _ \"airlock.dev/airlock/services/dhcp\"\n",
-		"services/dhcp/dhcp.go":      "// Package dhcp.\npackage dhcp\nimport _ \"airlock.dev/airlock/services/ipxe\"\n",
-		"services/dhcp/dhcp_test.go": "package dhcp\nimport _ \"airlock.dev/airlock/installer/state\"\n",
+		"main.go":                     "// Command x.\npackage main\nimport _ \"airlock.dev/airlock/installer/cli\"\n",
+		"installer/cli/cli.go":        "// Package cli.\npackage cli\nimport _ \"airlock.dev/airlock/services/dhcp\"\n",
+		"services/dhcp/dhcp.go":       "// Package dhcp.\npackage dhcp\nimport _ \"airlock.dev/airlock/services/ipxe\"\n",
+		"services/dhcp/dhcp_test.go":  "package dhcp\nimport _ \"airlock.dev/airlock/installer/state\"\n",
+		"bundle/inspect.go":           "// Package bundle.\npackage bundle\nimport _ \"airlock.dev/airlock/installer/termtext\"\n",
+		"installer/config/problem.go": "// Package config.\npackage config\nimport _ \"airlock.dev/airlock/installer/termtext\"\n",
+		"services/ra/ra.go":           "// Package ra.\npackage ra\nimport _ \"airlock.dev/airlock/installer/termtext\"\n",
+		"tui/form.go":                 "// Package tui.\npackage tui\nimport _ \"airlock.dev/airlock/installer/termtext\"\n",
 	}
 	if v, err := layerViolations(writeTree(t, ok)); err != nil || len(v) != 0 {
 		t.Fatalf("allowed tree reported %v, %v", v, err)
@@ -178,6 +187,7 @@ func TestLayeringCatchesForbiddenImports(t *testing.T) {
 		{"other.go", "installer/state", ". imports installer/state: main may import only installer/cli"},
 		{"installer/agent/a.go", "installer/state", "installer/agent imports installer/state: the node agent may import only"},
 		{"e2e/lab/lab.go", "installer/cli", "e2e/lab imports installer/cli: only main imports installer/cli"},
+		{"installer/termtext/t.go", "installer/config", "installer/termtext imports installer/config: termtext is a leaf"},
 	} {
 		files := map[string]string{}
 		for k, v := range ok {
