@@ -118,7 +118,7 @@ func loadBundleSpec(w io.Writer, file string) (*build.Spec, error) {
 		fmt.Fprintln(w, p)
 	}
 	if errs := problems.Errors(); len(errs) > 0 {
-		fmt.Fprintf(w, "%s: %s; fix them and run airlock bundle check -f %s\n", termtext.Escape(file), countProblems(problems), termtext.Quote(file))
+		fmt.Fprintf(w, "%s: %s; fix them and run airlock bundle check -f %s\n", termtext.Escape(file), countProblems(problems), termtext.Escape(file))
 		return nil, &exitError{code: 1}
 	}
 	return spec, nil

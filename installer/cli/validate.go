@@ -38,7 +38,7 @@ func loadAnswers(w io.Writer, file string) (*config.Answers, error) {
 		fmt.Fprintln(w, p)
 	}
 	if errs := problems.Errors(); len(errs) > 0 {
-		fmt.Fprintf(w, "%s: %s; fix them and run airlock validate -f %s\n", termtext.Escape(file), countProblems(problems), termtext.Quote(file))
+		fmt.Fprintf(w, "%s: %s; fix them and run airlock validate -f %s\n", termtext.Escape(file), countProblems(problems), termtext.Escape(file))
 		return nil, &exitError{code: 1}
 	}
 	return a, nil

@@ -67,7 +67,8 @@ func findUnsafe(b []byte) int {
 // can sit below any text or JSON encoder (slog's handlers, a table): every
 // unsafe rune except newline and tab reaches the underlying writer as a \u
 // escape. A rune split across two writes is held until the next one; Flush
-// writes a held incomplete rune as \ufffd.
+// writes a held incomplete rune as \ufffd. Like a bytes.Buffer, a Writer
+// is not for concurrent use: slog's handlers serialise their writes.
 type Writer struct {
 	w    io.Writer
 	held []byte
