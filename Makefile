@@ -7,6 +7,9 @@ VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 
 LDFLAGS     := -s -w -X airlock.dev/airlock/installer/cli.version=$(VERSION)
 TEST_FLAGS  ?= -count=1 -timeout 30m
 STATE       ?= $(CURDIR)/.cache/demo-state
+FUZZTIME    ?= 10m
+FUZZFLAGS   ?=
+FUZZ        ?= .
 
 .DEFAULT_GOAL := help
 
@@ -44,6 +47,10 @@ e2e: deps build ## end-to-end tests against the built binary (network namespaces
 bench: build ## every benchmark beside its peer (installs the peers); figures go to bench/RESULTS.md
 	@bash .ci/deps bench
 	@for b in bench/*.sh; do echo "== $$b"; bash $$b || exit 1; done
+
+.PHONY: fuzz
+fuzz: ## every fuzz target, FUZZTIME each (default 10m), one after the other; not in CI
+	@FUZZTIME='$(FUZZTIME)' FUZZFLAGS='$(FUZZFLAGS)' FUZZ='$(FUZZ)' GO='$(GO)' bash .ci/fuzz
 
 .PHONY: lint
 lint: ## gofmt, go vet and staticcheck

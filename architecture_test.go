@@ -21,7 +21,8 @@ const module = "airlock.dev/airlock"
 // schema are leaves; the TUI sees the engine only through config and events; the node
 // agent stays small; the virtual rack (installer/lab) knows nothing of the
 // engine (its switches speak through services/*); no product package
-// imports e2e/ or the test kit.
+// imports e2e/ or the test kit. installer/termtext (escaping for the
+// terminal) is a leaf every package may import.
 func layerRule(pkg, imp string) error {
 	under := func(p, prefix string) bool { return p == prefix || strings.HasPrefix(p, prefix+"/") }
 	switch {
@@ -29,6 +30,10 @@ func layerRule(pkg, imp string) error {
 		if imp != "installer/cli" {
 			return fmt.Errorf("main may import only installer/cli")
 		}
+	case under(pkg, "installer/termtext"):
+		return fmt.Errorf("termtext is a leaf")
+	case imp == "installer/termtext":
+		return nil
 	case imp == "installer/cli":
 		return fmt.Errorf("only main imports installer/cli (the composition root)")
 	case under(imp, "e2e"):
@@ -169,10 +174,14 @@ func writeTree(t *testing.T, files map[string]string) string {
 // The layering check must fail when a forbidden import is added.
 func TestLayeringCatchesForbiddenImports(t *testing.T) {
 	ok := map[string]string{
-		"main.go":                    "// Command x.\npackage main\nimport _ \"airlock.dev/airlock/installer/cli\"\n",
-		"installer/cli/cli.go":       "// Package cli.\npackage cli\nimport _ \"airlock.dev/airlock/services/dhcp\"\n",
-		"services/dhcp/dhcp.go":      "// Package dhcp.\npackage dhcp\nimport _ \"airlock.dev/airlock/services/ipxe\"\n",
-		"services/dhcp/dhcp_test.go": "package dhcp\nimport _ \"airlock.dev/airlock/installer/state\"\n",
+		"main.go":                     "// Command x.\npackage main\nimport _ \"airlock.dev/airlock/installer/cli\"\n",
+		"installer/cli/cli.go":        "// Package cli.\npackage cli\nimport _ \"airlock.dev/airlock/services/dhcp\"\n",
+		"services/dhcp/dhcp.go":       "// Package dhcp.\npackage dhcp\nimport _ \"airlock.dev/airlock/services/ipxe\"\n",
+		"services/dhcp/dhcp_test.go":  "package dhcp\nimport _ \"airlock.dev/airlock/installer/state\"\n",
+		"bundle/inspect.go":           "// Package bundle.\npackage bundle\nimport _ \"airlock.dev/airlock/installer/termtext\"\n",
+		"installer/config/problem.go": "// Package config.\npackage config\nimport _ \"airlock.dev/airlock/installer/termtext\"\n",
+		"services/ra/ra.go":           "// Package ra.\npackage ra\nimport _ \"airlock.dev/airlock/installer/termtext\"\n",
+		"tui/form.go":                 "// Package tui.\npackage tui\nimport _ \"airlock.dev/airlock/installer/termtext\"\n",
 	}
 	if v, err := layerViolations(writeTree(t, ok)); err != nil || len(v) != 0 {
 		t.Fatalf("allowed tree reported %v, %v", v, err)
@@ -194,6 +203,7 @@ func TestLayeringCatchesForbiddenImports(t *testing.T) {
 		{"installer/agent/k.go", "installer/lab/testkit", "installer/agent imports installer/lab/testkit: installer/lab/testkit is for tests only"},
 		{"installer/lab/lab.go", "installer/engine", "installer/lab imports installer/engine: the virtual rack knows nothing of the engine"},
 		{"installer/lab/netns/n.go", "installer/lab", "installer/lab/netns imports installer/lab: the namespace helpers and the test kit are leaves"},
+		{"installer/termtext/t.go", "installer/config", "installer/termtext imports installer/config: termtext is a leaf"},
 	} {
 		files := map[string]string{}
 		for k, v := range ok {

@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 	"text/tabwriter"
+
+	"airlock.dev/airlock/installer/termtext"
 )
 
 // Inspection is what `airlock bundle inspect` shows.
@@ -66,31 +68,42 @@ func HumanSize(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
-// WriteText renders the inspection for a terminal.
+// WriteText renders the inspection for a terminal. Names, references,
+// dates and paths come from the bundle's metadata (signed, but by a key
+// that may be anyone's) or from the command line: every text cell is
+// escaped, so none can act on the terminal or forge a row.
 func (in Inspection) WriteText(w io.Writer) error {
+	e := termtext.Escape
+	join := func(ss []string, sep string) string {
+		out := make([]string, len(ss))
+		for i, s := range ss {
+			out[i] = e(s)
+		}
+		return strings.Join(out, sep)
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	trust := "signature valid, key not given (use --key to trust it)"
 	if in.Trusted {
 		trust = "signature valid, trusted key"
 	}
-	where := in.Path
+	where := e(in.Path)
 	if in.Embedded {
 		where += " (self-contained executable)"
 	}
 	if len(in.Parts) > 0 {
 		where += fmt.Sprintf(" (%d parts)", len(in.Parts))
 	}
-	fmt.Fprintf(tw, "Bundle:\t%s\n", in.Name)
+	fmt.Fprintf(tw, "Bundle:\t%s\n", e(in.Name))
 	fmt.Fprintf(tw, "File:\t%s\n", where)
 	fmt.Fprintf(tw, "Size:\t%s (%d entries)\n", HumanSize(in.Size), in.Entries)
-	fmt.Fprintf(tw, "Created:\t%s\n", in.Created)
-	fmt.Fprintf(tw, "Key:\t%s (%s)\n", in.KeyID, trust)
+	fmt.Fprintf(tw, "Created:\t%s\n", e(in.Created))
+	fmt.Fprintf(tw, "Key:\t%s (%s)\n", e(in.KeyID), trust)
 	if len(in.Components) > 0 {
-		fmt.Fprintf(tw, "Components:\t%s\n", strings.Join(in.Components, ", "))
+		fmt.Fprintf(tw, "Components:\t%s\n", join(in.Components, ", "))
 	}
 	fmt.Fprintf(tw, "\nIMAGES (%d)\tDIGEST\tSIZE\tPLATFORMS\tFROM\n", len(in.Images))
 	for _, im := range in.Images {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", im.Ref(), shortDigest(im.Digest), HumanSize(im.Size), strings.Join(im.Platforms, ","), strings.Join(im.From, ", "))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e(im.Ref()), e(shortDigest(im.Digest)), HumanSize(im.Size), join(im.Platforms, ","), join(im.From, ", "))
 	}
 	fmt.Fprintf(tw, "\nCHARTS (%d)\tVERSION\tIMAGES\n", len(in.Charts))
 	for _, c := range in.Charts {
@@ -100,14 +113,14 @@ func (in Inspection) WriteText(w io.Writer) error {
 		if len(imgs) > 0 {
 			first = imgs[0]
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", c.Name, c.Version, first)
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", e(c.Name), e(c.Version), e(first))
 		for _, im := range imgs[min(1, len(imgs)):] {
-			fmt.Fprintf(tw, "\t\t%s\n", im)
+			fmt.Fprintf(tw, "\t\t%s\n", e(im))
 		}
 	}
 	fmt.Fprintf(tw, "\nFILES (%d)\tSIZE\tDIGEST\n", len(in.Files))
 	for _, f := range in.Files {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", f.Name, HumanSize(f.Size), shortDigest(f.Digest))
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", e(f.Name), HumanSize(f.Size), e(shortDigest(f.Digest)))
 	}
 	return tw.Flush()
 }

@@ -5,10 +5,14 @@ import (
 	"io"
 	"sync"
 	"time"
+
+	"airlock.dev/airlock/installer/termtext"
 )
 
 // progress prints build progress: one line per step, and on a terminal a
-// running total that rewrites its line.
+// running total that rewrites its line. Lines name charts, images and
+// errors from registries and downloaded charts: each is escaped, so only
+// progress's own line rewriting reaches the terminal as control codes.
 type progress struct {
 	mu  sync.Mutex
 	w   io.Writer
@@ -29,7 +33,7 @@ func (p *progress) linef(format string, args ...any) {
 	if p.run {
 		fmt.Fprint(p.w, "\r\033[K")
 	}
-	fmt.Fprintf(p.w, format+"\n", args...)
+	fmt.Fprintln(p.w, termtext.Escape(fmt.Sprintf(format, args...)))
 }
 
 // running shows status() every 200ms (on a terminal) or every 5s until the
@@ -53,10 +57,10 @@ func (p *progress) running(status func() string) (stop func()) {
 			case <-t.C:
 				p.mu.Lock()
 				if p.tty {
-					fmt.Fprintf(p.w, "\r\033[K%s", status())
+					fmt.Fprintf(p.w, "\r\033[K%s", termtext.Escape(status()))
 					p.run = true
 				} else {
-					fmt.Fprintln(p.w, status())
+					fmt.Fprintln(p.w, termtext.Escape(status()))
 				}
 				p.mu.Unlock()
 			}

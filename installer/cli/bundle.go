@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -17,6 +16,7 @@ import (
 	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/bundle/build"
 	"airlock.dev/airlock/installer/config"
+	"airlock.dev/airlock/installer/termtext"
 	"airlock.dev/airlock/services/registry"
 )
 
@@ -78,7 +78,7 @@ registry answers with docker.io/library/nginx:1.25 from the bundle.`,
 				log = slog.New(slog.DiscardHandler)
 			}
 			log.Info("registry serving", "bundle", b.Name(), "address", l.Addr().String(), "repositories", len(b.Repositories()), "trusted", b.Trusted())
-			fmt.Fprintf(g.streams.Out, "serving %s on %s\n", b.Name(), l.Addr())
+			fmt.Fprintf(g.streams.Out, "serving %s on %s\n", termtext.Escape(b.Name()), l.Addr())
 			return registry.New(b, log).Run(cmd.Context(), l)
 		},
 	}
@@ -99,7 +99,7 @@ func newBundleKeygenCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.streams.Out, "key %s: private key %s.key (keep it on the connected side), public key %s.pub (give it to the site)\n", id, out, out)
+			fmt.Fprintf(g.streams.Out, "key %s: private key %s.key (keep it on the connected side), public key %s.pub (give it to the site)\n", id, termtext.Escape(out), termtext.Escape(out))
 			return nil
 		},
 	}
@@ -118,7 +118,7 @@ func loadBundleSpec(w io.Writer, file string) (*build.Spec, error) {
 		fmt.Fprintln(w, p)
 	}
 	if errs := problems.Errors(); len(errs) > 0 {
-		fmt.Fprintf(w, "%s: %s; fix them and run airlock bundle check -f %s\n", file, countProblems(problems), file)
+		fmt.Fprintf(w, "%s: %s; fix them and run airlock bundle check -f %s\n", termtext.Escape(file), countProblems(problems), termtext.Escape(file))
 		return nil, &exitError{code: 1}
 	}
 	return spec, nil
@@ -135,7 +135,7 @@ func newBundleCheckCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.streams.Out, "%s: valid: %d images, %d charts, %d files\n", file, len(spec.Images), len(spec.Charts), len(spec.Files))
+			fmt.Fprintf(g.streams.Out, "%s: valid: %d images, %d charts, %d files\n", termtext.Escape(file), len(spec.Images), len(spec.Charts), len(spec.Files))
 			return nil
 		},
 	}
@@ -207,7 +207,9 @@ binary with the bundle appended.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.streams.Out, "%s\n", strings.Join(res.Paths, "\n"))
+			for _, p := range res.Paths {
+				fmt.Fprintln(g.streams.Out, termtext.Escape(p))
+			}
 			return nil
 		},
 	}
@@ -316,7 +318,7 @@ BUNDLE it verifies the bundle appended to this executable.`,
 					trust = "key not given, integrity only (use --key site.pub to trust it)"
 				}
 				fmt.Fprintf(w, "%s: OK: signature by key %s (%s); %d entries, %s checked in %s (%s/s)\n",
-					b.Name(), res.KeyID, trust, res.Entries, bundle.HumanSize(res.Bytes), d.Round(time.Millisecond), bundle.HumanSize(int64(rep.BytesPerSec)))
+					termtext.Escape(b.Name()), termtext.Escape(res.KeyID), trust, res.Entries, bundle.HumanSize(res.Bytes), d.Round(time.Millisecond), bundle.HumanSize(int64(rep.BytesPerSec)))
 				return nil
 			})
 			if err != nil {

@@ -15,6 +15,7 @@ import (
 
 	"airlock.dev/airlock/installer/engine"
 	"airlock.dev/airlock/installer/events"
+	"airlock.dev/airlock/installer/termtext"
 )
 
 func newInstallCommand(g *globals) *cobra.Command {
@@ -168,20 +169,11 @@ func eventLine(e events.Event) string {
 		}
 	}
 	if e.Message != "" {
-		fmt.Fprintf(&b, ": %s", quoteUnsafe(e.Message))
+		fmt.Fprintf(&b, ": %s", termtext.Escape(e.Message))
 	}
 	if e.Error != "" {
-		fmt.Fprintf(&b, ": %s", quoteUnsafe(e.Error))
+		fmt.Fprintf(&b, ": %s", termtext.Escape(e.Error))
 	}
 	return b.String()
 }
 
-// quoteUnsafe returns s, quoted if it holds anything but printable text.
-func quoteUnsafe(s string) string {
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || (r >= 0x200b && r <= 0x200f) || (r >= 0x202a && r <= 0x202e) || (r >= 0x2066 && r <= 0x2069) {
-			return fmt.Sprintf("%+q", s)
-		}
-	}
-	return s
-}

@@ -13,6 +13,7 @@ import (
 	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/installer/control"
 	"airlock.dev/airlock/installer/inventory"
+	"airlock.dev/airlock/installer/termtext"
 )
 
 func newInventoryCommand(g *globals) *cobra.Command {
@@ -51,7 +52,7 @@ socket, or reads the state store when none runs.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.streams.Out, "%s reboots into discovery at its next heartbeat\n", args[0])
+			fmt.Fprintf(g.streams.Out, "%s reboots into discovery at its next heartbeat\n", termtext.Escape(args[0]))
 			return nil
 		},
 	})
@@ -63,7 +64,12 @@ func readInventory(cmd *cobra.Command, stateDir string) ([]inventory.Machine, er
 	return machines, err
 }
 
+// printInventory writes the inventory table. Everything in a machine
+// record came from its agent's report, so every text cell is escaped: a
+// serial or switch name cannot act on the terminal nor, with a newline or
+// tab, forge a row or a column.
 func printInventory(out io.Writer, machines []inventory.Machine) error {
+	e := termtext.Escape
 	if len(machines) == 0 {
 		_, err := fmt.Fprintln(out, "no machines discovered yet")
 		return err
@@ -74,16 +80,16 @@ func printInventory(out io.Writer, machines []inventory.Machine) error {
 	for _, m := range machines {
 		port := "-"
 		if m.Switch != "" {
-			port = m.Switch + " " + m.SwitchPort
+			port = e(m.Switch) + " " + e(m.SwitchPort)
 		}
 		gpus := fmt.Sprint(m.Summary.GPUs)
 		if m.Summary.GPUModel != "" {
-			gpus += " " + m.Summary.GPUModel
+			gpus += " " + e(m.Summary.GPUModel)
 		}
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d (%s)\t%s\t%s\t%s ago\t%s\n",
-			dash(m.Rack), m.ID, m.State, dash(m.Serial), m.BootMAC, dash(m.Firmware), m.Summary.CPUs,
+			e(dash(m.Rack)), e(m.ID), e(m.State), e(dash(m.Serial)), e(m.BootMAC), e(dash(m.Firmware)), m.Summary.CPUs,
 			bundle.HumanSize(int64(m.Summary.MemoryBytes)), m.Summary.Disks, bundle.HumanSize(int64(m.Summary.DiskBytes)), gpus, port,
-			now.Sub(m.LastSeen).Round(time.Second), strings.Join(m.Flags, "; "))
+			now.Sub(m.LastSeen).Round(time.Second), e(strings.Join(m.Flags, "; ")))
 	}
 	return w.Flush()
 }

@@ -1,12 +1,15 @@
 package cli
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
+
+	"airlock.dev/airlock/installer/termtext"
 )
 
 // outputFlag adds -o text|json|yaml to cmd and returns where it lands.
@@ -25,13 +28,22 @@ func checkOutput(format string) error {
 	return fmt.Errorf("--output %q: use text, json or yaml", format)
 }
 
-// render writes v as JSON or YAML, or calls text for the text form.
+// render writes v as JSON or YAML, or calls text for the text form. Every
+// form reaches terminals, so none lets a control, bidi or invisible rune
+// through raw: JSON and YAML write them as escapes inside their strings
+// (the same values), and the text form passes through termtext's Writer
+// behind whatever escaping text does itself.
 func render(w io.Writer, format string, v any, text func(io.Writer) error) error {
 	switch format {
 	case "json":
-		enc := json.NewEncoder(w)
+		var buf bytes.Buffer
+		enc := json.NewEncoder(&buf)
 		enc.SetIndent("", "  ")
-		return enc.Encode(v)
+		if err := enc.Encode(v); err != nil {
+			return err
+		}
+		_, err := w.Write(termtext.EscapeJSON(buf.Bytes()))
+		return err
 	case "yaml":
 		// Through JSON, so both forms use the same field names and omissions.
 		raw, err := json.Marshal(v)
@@ -42,14 +54,40 @@ func render(w io.Writer, format string, v any, text func(io.Writer) error) error
 		if err := json.Unmarshal(raw, &generic); err != nil {
 			return err
 		}
-		enc := yaml.NewEncoder(w)
-		enc.SetIndent(2)
-		if err := enc.Encode(generic); err != nil {
+		var doc yaml.Node
+		if err := doc.Encode(generic); err != nil {
 			return err
 		}
-		return enc.Close()
+		quoteUnsafe(&doc)
+		var buf bytes.Buffer
+		enc := yaml.NewEncoder(&buf)
+		enc.SetIndent(2)
+		if err := enc.Encode(&doc); err != nil {
+			return err
+		}
+		if err := enc.Close(); err != nil {
+			return err
+		}
+		_, err = w.Write(termtext.EscapeYAML(buf.Bytes()))
+		return err
 	case "text":
-		return text(w)
+		tw := termtext.NewWriter(w)
+		if err := text(tw); err != nil {
+			return err
+		}
+		return tw.Flush()
 	}
 	return checkOutput(format)
+}
+
+// quoteUnsafe double-quotes every string scalar under n that holds a rune
+// that must not reach a terminal: double quotes are the only YAML style
+// with escapes, which termtext.EscapeYAML then writes.
+func quoteUnsafe(n *yaml.Node) {
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!str" && termtext.FindUnsafe(n.Value) >= 0 {
+		n.Style = yaml.DoubleQuotedStyle
+	}
+	for _, c := range n.Content {
+		quoteUnsafe(c)
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"airlock.dev/airlock/installer/inventory"
 	"airlock.dev/airlock/installer/plan"
 	"airlock.dev/airlock/installer/state"
+	"airlock.dev/airlock/installer/termtext"
 )
 
 func newPlanCommand(g *globals) *cobra.Command {
@@ -70,17 +71,21 @@ func readProgress(ctx context.Context, stateDir string) ([]inventory.Machine, []
 	return machines, journal, err
 }
 
+// printPlan writes the plan as text. Names, hostnames, serials and reasons
+// come from the answer file or from agents' reports: every text cell is
+// escaped, so none can act on the terminal or forge a row with a newline.
 func printPlan(out io.Writer, p plan.Plan) error {
+	e := termtext.Escape
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "Site %s\n\nServices\n", p.Site)
+	fmt.Fprintf(w, "Site %s\n\nServices\n", e(p.Site))
 	for _, s := range p.Services {
-		fmt.Fprintf(w, "  %s\t%s\n", s.Name, s.Detail)
+		fmt.Fprintf(w, "  %s\t%s\n", e(s.Name), e(s.Detail))
 	}
-	fmt.Fprintf(w, "\nBundle\t%s\nAdmission\t%s\n", p.Bundle, p.Admission)
+	fmt.Fprintf(w, "\nBundle\t%s\nAdmission\t%s\n", e(p.Bundle), e(p.Admission))
 	if len(p.Racks) > 0 {
 		fmt.Fprintln(w, "\nRacks")
 		for _, r := range p.Racks {
-			fmt.Fprintf(w, "  %s\tToR %s\t%d expected machines\n", r.Name, r.ToR, r.Expected)
+			fmt.Fprintf(w, "  %s\tToR %s\t%d expected machines\n", e(r.Name), e(r.ToR), r.Expected)
 		}
 	}
 	fmt.Fprintln(w, "\nMachine rules (first match wins)")
@@ -89,29 +94,29 @@ func printPlan(out io.Writer, p plan.Plan) error {
 		if len(r.Expected) > 0 {
 			expects = "expects " + strings.Join(r.Expected, ", ")
 		}
-		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Role, r.Hostname, r.Match, r.Admitted, expects)
+		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%s\t%s\n", e(r.Name), e(r.Role), e(r.Hostname), e(r.Match), e(r.Admitted), e(expects))
 	}
 	fmt.Fprintln(w, "\nDiscovered machines")
 	if len(p.Machines) == 0 {
 		fmt.Fprintln(w, "  none yet: they appear as they network-boot")
 	}
 	for _, m := range p.Machines {
-		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.MachineID, dash(m.Rack), dash(m.Serial), dash(m.Rule), dash(m.Hostname), m.Admission, m.Reason)
+		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", e(m.MachineID), e(dash(m.Rack)), e(dash(m.Serial)), e(dash(m.Rule)), e(dash(m.Hostname)), e(m.Admission), e(m.Reason))
 	}
 	c := p.Cluster
 	fmt.Fprintf(w, "\nCluster %s\n  distribution\t%s\n  control planes\t%s\n  endpoint\t%s\n  pods\t%s\n  services\t%s\n",
-		c.Name, c.Distribution, c.ControlPlanes, c.Endpoint, c.PodCIDR, c.ServiceCIDR)
+		e(c.Name), e(c.Distribution), e(c.ControlPlanes), e(c.Endpoint), e(c.PodCIDR), e(c.ServiceCIDR))
 	fmt.Fprintln(w, "\nPlatform (in order)")
 	for _, comp := range p.Platform {
 		verb := "install"
 		if !comp.Install {
 			verb = "skip"
 		}
-		fmt.Fprintf(w, "  %s\t%s\t%s\n", comp.Name, verb, comp.Reason)
+		fmt.Fprintf(w, "  %s\t%s\t%s\n", e(comp.Name), verb, e(comp.Reason))
 	}
 	fmt.Fprintln(w, "\nPhases")
 	for i, ph := range p.Phases {
-		fmt.Fprintf(w, "  %d. %s\t%s\t%s\n", i+1, ph.Name, ph.Status, ph.Does)
+		fmt.Fprintf(w, "  %d. %s\t%s\t%s\n", i+1, e(ph.Name), e(ph.Status), e(ph.Does))
 	}
 	return w.Flush()
 }

@@ -14,6 +14,8 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"airlock.dev/airlock/installer/termtext"
 )
 
 // version is set at link time: -ldflags "-X airlock.dev/airlock/installer/cli.version=v0.1.0".
@@ -35,14 +37,15 @@ type globals struct {
 }
 
 // Execute runs the airlock command line with args and returns its error;
-// errors are already printed to stderr when Execute returns.
+// errors are already printed to stderr when Execute returns, escaped: an
+// error may quote a file name, a bundle's metadata or an agent's report.
 func Execute(ctx context.Context, args []string, in io.Reader, out, errOut io.Writer) error {
 	root := NewRootCommand(Streams{In: in, Out: out, Err: errOut})
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	var exit *exitError
 	if err != nil && !errors.As(err, &exit) {
-		fmt.Fprintf(errOut, "airlock: %v\n", err)
+		fmt.Fprintf(errOut, "airlock: %s\n", termtext.EscapeLines(err.Error()))
 	}
 	return err
 }
@@ -123,7 +126,14 @@ the cluster and lays down the platform from one signed bundle.`,
 	return root
 }
 
+// newLogger builds the CLI's logger. Its handler writes through
+// termtext's Writer: slog's text handler quotes most control and format
+// runes itself but writes DEL raw, and its JSON handler leaves DEL, C1
+// controls, bidi controls and zero-width runes raw; below either, every
+// such rune in a message, key, value or error reaches the terminal (or log
+// file) as a \u escape, and JSON lines stay valid JSON.
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	w = termtext.NewWriter(w)
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", level)

@@ -14,6 +14,7 @@ import (
 	"airlock.dev/airlock/installer/inventory"
 	"airlock.dev/airlock/installer/pipeline"
 	"airlock.dev/airlock/installer/state"
+	"airlock.dev/airlock/installer/termtext"
 )
 
 // Status is what `airlock status` reports.
@@ -111,18 +112,18 @@ func printStatus(out io.Writer, st Status, history bool) error {
 		if m.Step != "" {
 			step = m.Step + " " + m.StepStatus
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.State, dash(m.Hostname), dash(m.Role), dash(quoteUnsafe(m.Serial)), dash(quoteUnsafe(m.Rack)), step)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.State, dash(m.Hostname), dash(m.Role), dash(termtext.Escape(m.Serial)), dash(termtext.Escape(m.Rack)), step)
 	}
 	if err := w.Flush(); err != nil {
 		return err
 	}
 	for _, m := range st.Machines {
 		if m.Failure != "" {
-			fmt.Fprintf(out, "%s failed: %s\n", m.ID, quoteUnsafe(m.Failure))
+			fmt.Fprintf(out, "%s failed: %s\n", m.ID, termtext.Escape(m.Failure))
 		}
 		if history {
 			for _, h := range m.History {
-				fmt.Fprintf(out, "  %s %s  %s -> %s  %s\n", m.ID, h.Time.Local().Format(time.DateTime), h.From, h.To, quoteUnsafe(h.Reason))
+				fmt.Fprintf(out, "  %s %s  %s -> %s  %s\n", m.ID, h.Time.Local().Format(time.DateTime), h.From, h.To, termtext.Escape(h.Reason))
 			}
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"airlock.dev/airlock/installer/config"
+	"airlock.dev/airlock/installer/termtext"
 )
 
 // answersFlag adds the required -f FILE flag.
@@ -37,7 +38,7 @@ func loadAnswers(w io.Writer, file string) (*config.Answers, error) {
 		fmt.Fprintln(w, p)
 	}
 	if errs := problems.Errors(); len(errs) > 0 {
-		fmt.Fprintf(w, "%s: %s; fix them and run airlock validate -f %s\n", file, countProblems(problems), file)
+		fmt.Fprintf(w, "%s: %s; fix them and run airlock validate -f %s\n", termtext.Escape(file), countProblems(problems), termtext.Escape(file))
 		return nil, &exitError{code: 1}
 	}
 	return a, nil
@@ -85,9 +86,9 @@ printed but allowed), 1 when not.`,
 					fmt.Fprintln(w, p)
 				}
 				if v.Valid {
-					fmt.Fprintf(w, "%s: valid (%s)\n", *file, countProblems(problems))
+					fmt.Fprintf(w, "%s: valid (%s)\n", termtext.Escape(*file), countProblems(problems))
 				} else {
-					fmt.Fprintf(w, "%s: invalid (%s)\n", *file, countProblems(problems))
+					fmt.Fprintf(w, "%s: invalid (%s)\n", termtext.Escape(*file), countProblems(problems))
 				}
 				return nil
 			})

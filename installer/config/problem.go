@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"airlock.dev/airlock/installer/termtext"
 )
 
 // Problem is one thing wrong (or, for a warning, suspicious) in an answer
@@ -22,11 +24,14 @@ type Problem struct {
 }
 
 // String renders FILE:LINE:COL: field.path: message, leaving out the parts
-// that are unknown (an answer built by the wizard has no file).
+// that are unknown (an answer built by the wizard has no file). The file
+// name, the path (its keys come from the file) and the message (which may
+// quote values) are escaped for the terminal: nothing from the file reaches
+// it raw, and one problem is always one line.
 func (p Problem) String() string {
 	var b strings.Builder
 	if p.File != "" {
-		b.WriteString(p.File)
+		b.WriteString(termtext.Escape(p.File))
 		if p.Line > 0 {
 			fmt.Fprintf(&b, ":%d:%d", p.Line, p.Col)
 		}
@@ -36,10 +41,10 @@ func (p Problem) String() string {
 		b.WriteString("warning: ")
 	}
 	if p.Path != "" {
-		b.WriteString(p.Path)
+		b.WriteString(termtext.Escape(p.Path))
 		b.WriteString(": ")
 	}
-	b.WriteString(p.Message)
+	b.WriteString(termtext.Escape(p.Message))
 	return b.String()
 }
 
