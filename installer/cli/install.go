@@ -176,4 +176,3 @@ func eventLine(e events.Event) string {
 	}
 	return b.String()
 }
-
