@@ -147,6 +147,8 @@ type VerifyResult struct {
 	Duration time.Duration
 	KeyID    string
 	Trusted  bool
+	// Authenticity says how the signing key was trusted.
+	Authenticity Authenticity
 }
 
 // Throughput is bytes per second.
@@ -226,7 +228,7 @@ func (b *Bundle) Verify(ctx context.Context, opts VerifyOptions) (VerifyResult, 
 	if opts.Progress != nil {
 		opts.Progress(done.Load(), total)
 	}
-	res := VerifyResult{Entries: len(entries), Bytes: done.Load(), Duration: time.Since(start), KeyID: b.meta.KeyID, Trusted: b.trusted}
+	res := VerifyResult{Entries: len(entries), Bytes: done.Load(), Duration: time.Since(start), KeyID: b.meta.KeyID, Trusted: b.Trusted(), Authenticity: b.auth}
 	if err := ctx.Err(); err != nil {
 		return res, fmt.Errorf("verify bundle %s: %w", b.name, err)
 	}

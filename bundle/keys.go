@@ -76,9 +76,9 @@ func EncodePublicKey(pub ed25519.PublicKey) []byte {
 
 // ReadPrivateKey reads an ed25519 private key written by Keygen.
 func ReadPrivateKey(path string) (ed25519.PrivateKey, error) {
-	b, err := os.ReadFile(path)
+	b, err := ReadRegularFile(path, maxKeyFileSize, "signing key")
 	if err != nil {
-		return nil, fmt.Errorf("read signing key: %w", err)
+		return nil, err
 	}
 	blk, _ := pem.Decode(b)
 	if blk == nil || blk.Type != "PRIVATE KEY" {
@@ -97,9 +97,9 @@ func ReadPrivateKey(path string) (ed25519.PrivateKey, error) {
 
 // ReadPublicKey reads an ed25519 public key written by Keygen.
 func ReadPublicKey(path string) (ed25519.PublicKey, error) {
-	b, err := os.ReadFile(path)
+	b, err := ReadRegularFile(path, maxKeyFileSize, "public key")
 	if err != nil {
-		return nil, fmt.Errorf("read public key: %w", err)
+		return nil, err
 	}
 	return ParsePublicKey(path, b)
 }

@@ -18,23 +18,15 @@ import (
 	"sync"
 )
 
-// OpenOptions says what a bundle must satisfy to be opened.
-type OpenOptions struct {
-	// PublicKey, when set, is the key the bundle must be signed with.
-	// Without it the signature is still checked against the key recorded
-	// in the bundle (integrity), but the bundle is not Trusted.
-	PublicKey ed25519.PublicKey
-}
-
 // Bundle is an open, structurally checked bundle.
 type Bundle struct {
-	name    string // for messages
-	parts   []part
-	ra      io.ReaderAt // the bundle's bytes, from 0 to size
-	size    int64
-	base    int64 // offset of the bundle in the first file (an executable prefix)
-	trusted bool
-	meta    Metadata
+	name  string // for messages
+	parts []part
+	ra    io.ReaderAt // the bundle's bytes, from 0 to size
+	size  int64
+	base  int64 // offset of the bundle in the first file (an executable prefix)
+	auth  Authenticity
+	meta  Metadata
 
 	byPath   map[string]*Entry
 	byDigest map[string]*Entry
@@ -59,36 +51,50 @@ type check struct {
 var partSuffix = regexp.MustCompile(`\.[0-9]{3}$`)
 
 // Open opens the bundle at name: a bundle file, a self-contained
-// executable, or the first part (or base name) of a split bundle.
-func Open(name string, opts OpenOptions) (*Bundle, error) {
+// executable, or the first part (or base name) of a split bundle; an
+// empty name is the bundle appended to the running executable. It checks
+// the bundle's structure and signature, and its signing key against
+// trust: this is where every command decides whether a bundle is used.
+func Open(name string, trust Trust) (*Bundle, error) {
+	if name == "" {
+		return OpenExecutable(trust)
+	}
 	files, err := openParts(name)
 	if err != nil {
 		return nil, err
 	}
-	b, err := openFiles(name, files, opts)
-	if err != nil {
-		for _, f := range files {
-			f.Close()
-		}
-		return nil, err
-	}
-	return b, nil
+	return openTrusted(name, files, trust)
 }
 
-// OpenExecutable opens the bundle appended to the running executable. It
-// returns an error wrapping ErrNotBundle when there is none.
-func OpenExecutable(opts OpenOptions) (*Bundle, error) {
+// OpenExecutable opens the bundle appended to the running executable, as
+// Open does a bundle file. It returns an error wrapping ErrNotBundle when
+// there is none.
+func OpenExecutable(trust Trust) (*Bundle, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find own executable: %w", err)
 	}
-	f, err := os.Open(exe)
+	f, err := OpenRegular(exe)
 	if err != nil {
 		return nil, fmt.Errorf("open own executable: %w", err)
 	}
-	b, err := openFiles(exe, []*os.File{f}, opts)
+	return openTrusted(exe, []*os.File{f}, trust)
+}
+
+// openTrusted opens the bundle in files and, on first use, records its
+// key once all of it checked out. It closes files when it fails.
+func openTrusted(name string, files []*os.File, trust Trust) (*Bundle, error) {
+	b, err := openFiles(name, files, trust)
+	if err == nil && b.auth == FirstUse {
+		if err = trust.pin(ed25519.PublicKey(b.meta.PublicKey)); err != nil {
+			b.Close()
+			return nil, fmt.Errorf("open bundle %s: %w", name, err)
+		}
+	}
 	if err != nil {
-		f.Close()
+		for _, f := range files {
+			f.Close()
+		}
 		return nil, err
 	}
 	return b, nil
@@ -99,7 +105,7 @@ func openParts(name string) ([]*os.File, error) {
 	st, err := os.Stat(name)
 	switch {
 	case err == nil && st.Mode().IsRegular() && !partSuffix.MatchString(name):
-		f, err := os.Open(name)
+		f, err := OpenRegular(name)
 		if err != nil {
 			return nil, fmt.Errorf("open bundle: %w", err)
 		}
@@ -107,7 +113,7 @@ func openParts(name string) ([]*os.File, error) {
 	case err == nil && st.Mode().IsRegular():
 		base = name[:len(name)-4]
 	case err == nil:
-		return nil, fmt.Errorf("open bundle %s: not a regular file", name)
+		return nil, fmt.Errorf("open bundle %s: %w", name, notRegular(st.Mode()))
 	case !errors.Is(err, fs.ErrNotExist):
 		return nil, fmt.Errorf("open bundle: %w", err)
 	}
@@ -123,7 +129,7 @@ func openParts(name string) ([]*os.File, error) {
 	}
 	var files []*os.File
 	for _, n := range names {
-		f, err := os.Open(n)
+		f, err := OpenRegular(n)
 		if err != nil {
 			for _, f := range files {
 				f.Close()
@@ -147,7 +153,7 @@ func globEscape(p string) string {
 	return b.String()
 }
 
-func openFiles(name string, files []*os.File, opts OpenOptions) (*Bundle, error) {
+func openFiles(name string, files []*os.File, trust Trust) (*Bundle, error) {
 	b := &Bundle{name: name}
 	var total int64
 	for _, f := range files {
@@ -189,7 +195,7 @@ func openFiles(name string, files []*os.File, opts OpenOptions) (*Bundle, error)
 	}
 	b.size = t.total
 	b.ra = io.NewSectionReader(whole, b.base, t.total)
-	if err := b.readMetadata(t, opts); err != nil {
+	if err := b.readMetadata(t, trust); err != nil {
 		return nil, fmt.Errorf("open bundle %s: %w", name, err)
 	}
 	if err := b.checkEntries(t); err != nil {
@@ -243,7 +249,7 @@ func checkParts(parts []part, t trailer, total int64) error {
 	return nil
 }
 
-func (b *Bundle) readMetadata(t trailer, opts OpenOptions) error {
+func (b *Bundle) readMetadata(t trailer, trust Trust) error {
 	raw := make([]byte, t.metaSize)
 	if _, err := b.ra.ReadAt(raw, t.metaOff); err != nil {
 		return fmt.Errorf("read metadata: %w", err)
@@ -262,8 +268,9 @@ func (b *Bundle) readMetadata(t trailer, opts OpenOptions) error {
 		return fmt.Errorf("%w: %s (%d bytes at offset %d, as the trailer says) is damaged: no signing key in it; copy the bundle again or rebuild it", ErrCorrupt, MetadataPath, t.metaSize, t.metaOff)
 	}
 	pub := ed25519.PublicKey(keyOnly.PublicKey)
-	if opts.PublicKey != nil && !pub.Equal(opts.PublicKey) {
-		return fmt.Errorf("%w: signed by key %s, not by the given key %s; use the public key of the key that signed it, or rebuild the bundle with yours", ErrSignature, KeyID(pub), KeyID(opts.PublicKey))
+	auth, err := trust.decide(pub)
+	if err != nil {
+		return err
 	}
 	if !ed25519.Verify(pub, raw, sig) {
 		return fmt.Errorf("%w: %s does not match its signature %s (key %s): one of them was altered or damaged; copy the bundle again or rebuild it", ErrSignature, MetadataPath, SignaturePath, KeyID(pub))
@@ -279,7 +286,7 @@ func (b *Bundle) readMetadata(t trailer, opts OpenOptions) error {
 	if b.meta.KeyID != KeyID(pub) {
 		return fmt.Errorf("%w: metadata key ID %s does not match its key %s", ErrCorrupt, b.meta.KeyID, KeyID(pub))
 	}
-	b.trusted = opts.PublicKey != nil
+	b.auth = auth
 	return nil
 }
 
@@ -418,8 +425,12 @@ func (b *Bundle) Close() error {
 // Metadata returns the bundle's signed metadata.
 func (b *Bundle) Metadata() Metadata { return b.meta }
 
-// Trusted reports whether the signature was checked against a given key.
-func (b *Bundle) Trusted() bool { return b.trusted }
+// Trusted reports whether the signing key was vouched for: given by the
+// operator, or trusted on first use.
+func (b *Bundle) Trusted() bool { return b.auth != NotChecked }
+
+// Authenticity says how the signing key was trusted.
+func (b *Bundle) Authenticity() Authenticity { return b.auth }
 
 // Size is the bundle's size in bytes.
 func (b *Bundle) Size() int64 { return b.size }
