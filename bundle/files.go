@@ -25,6 +25,10 @@ func OpenRegular(path string) (*os.File, error) {
 		f.Close()
 		return nil, fmt.Errorf("%s: %w", path, notRegular(st.Mode()))
 	}
+	if err := clearNonblock(f); err != nil {
+		f.Close()
+		return nil, err
+	}
 	return f, nil
 }
 

@@ -65,7 +65,7 @@ const (
 
 // Limits that bound what a reader allocates for untrusted input.
 const (
-	maxMetadataSize = 256 << 20
+	maxMetadataSize = 64 << 20 // some 250,000 entries
 	trailerSize     = 64
 )
 

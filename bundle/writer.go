@@ -336,8 +336,19 @@ func (p *partWriter) part(off int64) (*os.File, int64, int64, error) {
 		if !p.keep {
 			flags |= os.O_TRUNC
 		}
-		f, err := os.OpenFile(p.finalName(len(p.files))+".partial", flags, 0o644)
+		f, err := os.OpenFile(p.finalName(len(p.files))+".partial", flags|openNonblock, 0o644)
 		if err != nil {
+			return nil, 0, 0, err
+		}
+		if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+			f.Close()
+			if err == nil {
+				err = fmt.Errorf("%s: %w", f.Name(), notRegular(st.Mode()))
+			}
+			return nil, 0, 0, err
+		}
+		if err := clearNonblock(f); err != nil {
+			f.Close()
 			return nil, 0, 0, err
 		}
 		p.files = append(p.files, f)

@@ -323,7 +323,7 @@ func (b *builder) write(ctx context.Context, res *Result) error {
 }
 
 func addCached(w *bundle.Writer, path, cached string, size int64, digest, mediaType string) error {
-	f, err := os.Open(cached)
+	f, err := bundle.OpenRegular(cached)
 	if err != nil {
 		return fmt.Errorf("add %s: %w", path, err)
 	}

@@ -245,3 +245,26 @@ func runBundleState(t *testing.T, stateDir string, args ...string) (string, stri
 	err := cmd.ExecuteContext(context.Background())
 	return out.String(), errOut.String(), err
 }
+
+// -f /dev/zero and --key /dev/zero fail at once with a clear message.
+func TestBundleRefusesDevZero(t *testing.T) {
+	dir := t.TempDir()
+	site, _ := buildCLIBundle(t, dir, "site")
+	for _, args := range [][]string{
+		{"build", "-f", "/dev/zero", "-o", filepath.Join(dir, "x.bundle"), "--key", filepath.Join(dir, "site.key")},
+		{"check", "-f", "/dev/zero"},
+		{"build", "-f", filepath.Join(dir, "site.yaml"), "-o", filepath.Join(dir, "x.bundle"), "--key", "/dev/zero"},
+		{"verify", "--key", "/dev/zero", site},
+		{"inspect", "--key", "/dev/zero", site},
+		{"serve", "--key", "/dev/zero", site},
+	} {
+		start := time.Now()
+		_, _, err := runBundle(t, args...)
+		if err == nil || !strings.Contains(err.Error(), "/dev/zero: is a character device, not a regular file") {
+			t.Errorf("bundle %s: %v", strings.Join(args, " "), err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("bundle %s took %s", strings.Join(args, " "), d)
+		}
+	}
+}
