@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"errors"
 	"path/filepath"
 
 	"airlock.dev/airlock/bundle"
@@ -22,6 +23,9 @@ func BundleTrust(cfg config.Bundle, stateDir string) (bundle.Trust, error) {
 		return t, nil
 	}
 	if cfg.TrustOnFirstUse {
+		if stateDir == "" {
+			return t, errors.New("bundle.trustOnFirstUse: the key is recorded in the state directory, and none is set (--state)")
+		}
 		t.FirstUse = true
 		t.PinFile = filepath.Join(stateDir, bundle.PinFileName)
 	}
