@@ -121,7 +121,7 @@ func (b *builder) getters() getter.Providers {
 // from the cache when an earlier build fetched that version.
 func (b *builder) chartFromRepo(ctx context.Context, c ChartSpec, tmp string) ([]byte, error) {
 	cached := filepath.Join(b.cache, "charts", c.Name+"-"+c.Version+".tgz")
-	if data, err := os.ReadFile(cached); err == nil {
+	if data, err := bundle.ReadRegularFile(cached, maxChartArchive, "cached chart"); err == nil {
 		if _, err := loader.LoadArchive(bytes.NewReader(data)); err == nil {
 			return data, nil
 		}
