@@ -370,3 +370,41 @@ func TestSignedListMatchesArchive(t *testing.T) {
 		})
 	}
 }
+
+// inspect prints text from the metadata escaped: a signer (any signer, when
+// no key is given) cannot write escape sequences or bidi overrides to the
+// terminal.
+func TestInspectEscapes(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "e.bundle")
+	_, priv := newKey(t)
+	w, err := Create(p, WriterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, _ := w.AddBytes("blobs/sha256/"+digestOf([]byte("{}"))[7:], []byte("{}"), "application/vnd.oci.image.manifest.v1+json")
+	hostile := "evil\x1b[2J\x1b]0;pwned\a\u202etxt.exe\r\ttab"
+	meta := Metadata{Name: hostile, Components: []string{hostile},
+		Images: []Image{{Repository: "docker.io/" + hostile, Tag: hostile, Digest: d, From: []string{hostile}, Platforms: []string{hostile}}},
+		Charts: []Chart{{Name: hostile, Version: hostile, Images: []string{hostile, hostile + "2"}}},
+		Files:  []File{{Name: hostile, Digest: hostile}}}
+	if _, err := w.Finish(meta, priv); err != nil {
+		t.Fatal(err)
+	}
+	b, err := Open(p, Trust{IntegrityOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	var out bytes.Buffer
+	if err := b.Inspect().WriteText(&out); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"\x1b", "\a", "\u202e", "\r", "\ttab"} {
+		if strings.Contains(out.String(), bad) {
+			t.Errorf("inspect printed %q raw:\n%s", bad, out.String())
+		}
+	}
+	if !strings.Contains(out.String(), `\x1b[2J`) {
+		t.Errorf("inspect does not show the escaped name:\n%s", out.String())
+	}
+}

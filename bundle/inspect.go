@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
+	"unicode"
 )
 
 // Inspection is what `airlock bundle inspect` shows.
@@ -79,17 +81,17 @@ func (in Inspection) WriteText(w io.Writer) error {
 	if len(in.Parts) > 0 {
 		where += fmt.Sprintf(" (%d parts)", len(in.Parts))
 	}
-	fmt.Fprintf(tw, "Bundle:\t%s\n", in.Name)
-	fmt.Fprintf(tw, "File:\t%s\n", where)
+	fmt.Fprintf(tw, "Bundle:\t%s\n", safe(in.Name))
+	fmt.Fprintf(tw, "File:\t%s\n", safe(where))
 	fmt.Fprintf(tw, "Size:\t%s (%d entries)\n", HumanSize(in.Size), in.Entries)
-	fmt.Fprintf(tw, "Created:\t%s\n", in.Created)
-	fmt.Fprintf(tw, "Key:\t%s (%s)\n", in.KeyID, trust)
+	fmt.Fprintf(tw, "Created:\t%s\n", safe(in.Created))
+	fmt.Fprintf(tw, "Key:\t%s (%s)\n", safe(in.KeyID), trust)
 	if len(in.Components) > 0 {
-		fmt.Fprintf(tw, "Components:\t%s\n", strings.Join(in.Components, ", "))
+		fmt.Fprintf(tw, "Components:\t%s\n", safeJoin(in.Components, ", "))
 	}
 	fmt.Fprintf(tw, "\nIMAGES (%d)\tDIGEST\tSIZE\tPLATFORMS\tFROM\n", len(in.Images))
 	for _, im := range in.Images {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", im.Ref(), shortDigest(im.Digest), HumanSize(im.Size), strings.Join(im.Platforms, ","), strings.Join(im.From, ", "))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", safe(im.Ref()), safe(shortDigest(im.Digest)), HumanSize(im.Size), safeJoin(im.Platforms, ","), safeJoin(im.From, ", "))
 	}
 	fmt.Fprintf(tw, "\nCHARTS (%d)\tVERSION\tIMAGES\n", len(in.Charts))
 	for _, c := range in.Charts {
@@ -99,14 +101,14 @@ func (in Inspection) WriteText(w io.Writer) error {
 		if len(imgs) > 0 {
 			first = imgs[0]
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", c.Name, c.Version, first)
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", safe(c.Name), safe(c.Version), safe(first))
 		for _, im := range imgs[min(1, len(imgs)):] {
-			fmt.Fprintf(tw, "\t\t%s\n", im)
+			fmt.Fprintf(tw, "\t\t%s\n", safe(im))
 		}
 	}
 	fmt.Fprintf(tw, "\nFILES (%d)\tSIZE\tDIGEST\n", len(in.Files))
 	for _, f := range in.Files {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", f.Name, HumanSize(f.Size), shortDigest(f.Digest))
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", safe(f.Name), HumanSize(f.Size), safe(shortDigest(f.Digest)))
 	}
 	return tw.Flush()
 }
@@ -116,4 +118,24 @@ func shortDigest(d string) string {
 		return d[:i+13]
 	}
 	return d
+}
+
+// safe returns s as is when every rune is printable, else quoted with Go
+// escapes: text from a bundle's metadata never reaches a terminal raw (no
+// escape sequences, control characters, tabs or bidi overrides).
+func safe(s string) string {
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
+}
+
+func safeJoin(ss []string, sep string) string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = safe(s)
+	}
+	return strings.Join(out, sep)
 }

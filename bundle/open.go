@@ -284,10 +284,10 @@ func (b *Bundle) readMetadata(t trailer, trust Trust) error {
 		return fmt.Errorf("%w: decode %s: %v (built by a newer airlock?)", ErrCorrupt, MetadataPath, err)
 	}
 	if b.meta.APIVersion != APIVersion || b.meta.Kind != KindMetadata {
-		return fmt.Errorf("%w: metadata is %s %s, want %s %s", ErrCorrupt, b.meta.APIVersion, b.meta.Kind, APIVersion, KindMetadata)
+		return fmt.Errorf("%w: metadata is %q %q, want %s %s", ErrCorrupt, b.meta.APIVersion, b.meta.Kind, APIVersion, KindMetadata)
 	}
 	if b.meta.KeyID != KeyID(pub) {
-		return fmt.Errorf("%w: metadata key ID %s does not match its key %s", ErrCorrupt, b.meta.KeyID, KeyID(pub))
+		return fmt.Errorf("%w: metadata key ID %q does not match its key %s", ErrCorrupt, b.meta.KeyID, KeyID(pub))
 	}
 	b.auth = auth
 	return nil
