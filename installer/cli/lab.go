@@ -39,7 +39,7 @@ func newLabUpCommand(g *globals) *cobra.Command {
   airlock inventory
   airlock lab down
 
-  airlock lab up --nodes 2 --bundle site.bundle    # rehearse with the bundle you will carry in`,
+  airlock lab up --nodes 2 --bundle site.bundle --bundle-key site.pub    # rehearse with the bundle you will carry in`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			self, err := os.Executable()
