@@ -116,9 +116,37 @@ func newHash(digest string) (hash.Hash, string) {
 
 // checkEntry hashes an entry and compares it with its signed digest.
 func (b *Bundle) checkEntry(e *Entry, progress *atomic.Int64) error {
-	h, algo := newHash(e.Digest)
-	buf := make([]byte, 1<<20)
-	sr := io.NewSectionReader(b.ra, e.Offset, e.Size)
+	got, err := hashSection(io.NewSectionReader(b.ra, e.Offset, e.Size), e.Digest, progress)
+	if err != nil {
+		return fmt.Errorf("%w: read %s: %v; copy the bundle again", ErrCorrupt, e.Path, err)
+	}
+	if got != e.Digest {
+		return fmt.Errorf("%w: %s (%d bytes at offset %d) has digest %s, the signed metadata says %s: the bundle was damaged in transit or altered; copy it again (or rebuild it) and run airlock bundle verify",
+			ErrCorrupt, e.Path, e.Size, e.Offset, got, e.Digest)
+	}
+	return nil
+}
+
+// checkExecutable hashes the program a self-contained bundle is appended
+// to and compares it with the digest the metadata records.
+func (b *Bundle) checkExecutable(progress *atomic.Int64) error {
+	exe := b.meta.Executable
+	got, err := hashSection(io.NewSectionReader(b.parts[0].f, 0, b.base), exe.Digest, progress)
+	if err != nil {
+		return fmt.Errorf("%w: read the executable before the bundle: %v", ErrCorrupt, err)
+	}
+	if got != exe.Digest {
+		return fmt.Errorf("%w: the executable this bundle is appended to (%d bytes) has digest %s, the signed metadata says %s: the program was altered or damaged; do not run it, copy the self-contained executable again",
+			ErrCorrupt, b.base, got, exe.Digest)
+	}
+	return nil
+}
+
+// hashSection hashes sr with the algorithm of digest and returns the
+// result in the same form.
+func hashSection(sr *io.SectionReader, digest string, progress *atomic.Int64) (string, error) {
+	h, algo := newHash(digest)
+	buf := make([]byte, max(min(sr.Size(), 1<<20), 1))
 	for {
 		n, err := sr.Read(buf)
 		h.Write(buf[:n])
@@ -126,18 +154,12 @@ func (b *Bundle) checkEntry(e *Entry, progress *atomic.Int64) error {
 			progress.Add(int64(n))
 		}
 		if err == io.EOF {
-			break
+			return algo + hex.EncodeToString(h.Sum(nil)), nil
 		}
 		if err != nil {
-			return fmt.Errorf("%w: read %s: %v; copy the bundle again", ErrCorrupt, e.Path, err)
+			return "", err
 		}
 	}
-	got := algo + hex.EncodeToString(h.Sum(nil))
-	if got != e.Digest {
-		return fmt.Errorf("%w: %s (%d bytes at offset %d) has digest %s, the signed metadata says %s: the bundle was damaged in transit or altered; copy it again (or rebuild it) and run airlock bundle verify",
-			ErrCorrupt, e.Path, e.Size, e.Offset, got, e.Digest)
-	}
-	return nil
 }
 
 // VerifyResult reports a full verification.
@@ -147,6 +169,8 @@ type VerifyResult struct {
 	Duration time.Duration
 	KeyID    string
 	Trusted  bool
+	// Authenticity says how the signing key was trusted.
+	Authenticity Authenticity
 }
 
 // Throughput is bytes per second.
@@ -166,22 +190,33 @@ type VerifyOptions struct {
 	Progress func(done, total int64)
 }
 
-// Verify checks the digest of every entry (the signature and structure
-// were checked by Open). It returns every failure, joined.
+// Verify checks the digest of every entry, and of the executable a
+// self-contained bundle is appended to (the signature, structure and
+// signing key were checked by Open). It returns every failure, joined.
 func (b *Bundle) Verify(ctx context.Context, opts VerifyOptions) (VerifyResult, error) {
 	start := time.Now()
 	workers := opts.Workers
 	if workers <= 0 {
 		workers = 2
 	}
-	entries := make([]*Entry, len(b.meta.Entries))
+	type job struct {
+		size  int64
+		check func(progress *atomic.Int64) error
+	}
+	entries := make([]job, 0, len(b.meta.Entries)+1)
 	var total int64
 	for i := range b.meta.Entries {
-		entries[i] = &b.meta.Entries[i]
-		total += entries[i].Size
+		e := &b.meta.Entries[i]
+		entries = append(entries, job{e.Size, func(p *atomic.Int64) error { return b.checkEntry(e, p) }})
+		total += e.Size
+	}
+	nEntries := len(entries)
+	if b.meta.Executable != nil {
+		entries = append(entries, job{b.base, b.checkExecutable})
+		total += b.base
 	}
 	// Largest first, so that the workers finish together.
-	sort.SliceStable(entries, func(i, j int) bool { return entries[i].Size > entries[j].Size })
+	sort.SliceStable(entries, func(i, j int) bool { return entries[i].size > entries[j].size })
 	var (
 		done   atomic.Int64
 		mu     sync.Mutex
@@ -213,7 +248,7 @@ func (b *Bundle) Verify(ctx context.Context, opts VerifyOptions) (VerifyResult, 
 				if i >= len(entries) || ctx.Err() != nil {
 					return
 				}
-				if err := b.checkEntry(entries[i], &done); err != nil {
+				if err := entries[i].check(&done); err != nil {
 					mu.Lock()
 					errs = append(errs, err)
 					mu.Unlock()
@@ -226,13 +261,13 @@ func (b *Bundle) Verify(ctx context.Context, opts VerifyOptions) (VerifyResult, 
 	if opts.Progress != nil {
 		opts.Progress(done.Load(), total)
 	}
-	res := VerifyResult{Entries: len(entries), Bytes: done.Load(), Duration: time.Since(start), KeyID: b.meta.KeyID, Trusted: b.trusted}
+	res := VerifyResult{Entries: nEntries, Bytes: done.Load(), Duration: time.Since(start), KeyID: b.meta.KeyID, Trusted: b.Trusted(), Authenticity: b.auth}
 	if err := ctx.Err(); err != nil {
 		return res, fmt.Errorf("verify bundle %s: %w", b.name, err)
 	}
 	if len(errs) > 0 {
 		sort.Slice(errs, func(i, j int) bool { return errs[i].Error() < errs[j].Error() })
-		return res, fmt.Errorf("verify bundle %s: %d of %d entries failed:\n%w", b.name, len(errs), len(entries), joinLines(errs))
+		return res, fmt.Errorf("verify bundle %s: %d of %d checks failed:\n%w", b.name, len(errs), len(entries), joinLines(errs))
 	}
 	return res, nil
 }

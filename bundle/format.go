@@ -26,17 +26,29 @@
 //
 // # Trust
 //
-// Opening a bundle checks the trailer, the part sizes, the signature over
-// the metadata, that every archive header matches the metadata, and that
-// no path is duplicated, absolute or escapes with "..". Each blob's digest
-// is checked before it is first served (and remembered); Verify checks
-// every digest at once.
+// Every byte of a bundle is covered by its signature, directly or through
+// a signed digest. The metadata is signed. The archive around the entries'
+// contents (each entry's ustar header: name, mode 0644, owner root, type
+// regular file, size and time; the zero padding after each content; the
+// two zero end-of-archive blocks) and the trailer's fields are a function
+// of the signed metadata: Open rebuilds them as the writer writes them and
+// refuses a bundle whose bytes differ anywhere, so nothing unlisted,
+// missing, reordered, setuid, linked or extended (PAX, GNU) can hide in
+// it. Each entry's content is checked against its signed digest before it
+// is first served (and remembered); Verify checks every digest at once,
+// and the executable a self-contained bundle is appended to, whose size
+// and digest the metadata records.
+//
+// Which key a bundle must be signed with is the caller's to say (Trust):
+// Open refuses a bundle whose key nobody named.
 package bundle
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 )
 
 // API version and kinds.
@@ -53,7 +65,7 @@ const (
 
 // Limits that bound what a reader allocates for untrusted input.
 const (
-	maxMetadataSize = 256 << 20
+	maxMetadataSize = 64 << 20 // some 250,000 entries
 	trailerSize     = 64
 )
 
@@ -95,6 +107,18 @@ type Metadata struct {
 	Files   []File  `json:"files,omitempty"`
 	// Components are the platform catalog components the bundle serves.
 	Components []string `json:"components,omitempty"`
+	// PartSize is the size of each part of a split bundle (the trailer
+	// repeats it); 0 when the bundle is one file.
+	PartSize int64 `json:"partSize,omitempty"`
+	// Executable is the program a self-contained executable's bundle is
+	// appended to; nil for a bundle file.
+	Executable *Executable `json:"executable,omitempty"`
+}
+
+// Executable records the program a bundle was appended to.
+type Executable struct {
+	Size   int64  `json:"size"`
+	Digest string `json:"digest"`
 }
 
 // Entry is one file in the archive.
@@ -179,6 +203,9 @@ func parseTrailer(b []byte) (trailer, error) {
 	if v := binary.BigEndian.Uint32(b[8:]); v != formatVersion {
 		return t, fmt.Errorf("%w: format version %d, this airlock reads version %d (use a matching airlock)", ErrNotBundle, v, formatVersion)
 	}
+	if r := binary.BigEndian.Uint32(b[12:]); r != 0 {
+		return t, fmt.Errorf("%w: trailer bytes 12-15 are %#x, the writer writes 0", ErrCorrupt, r)
+	}
 	vals := make([]int64, 6)
 	for i := range vals {
 		u := binary.BigEndian.Uint64(b[16+8*i:])
@@ -201,4 +228,105 @@ func parseTrailer(b []byte) (trailer, error) {
 		return t, fmt.Errorf("%w: negative part size", ErrCorrupt)
 	}
 	return t, nil
+}
+
+// The archive's layout: what the writer puts around the entries' contents.
+const (
+	blockSize = 512
+	// endOfArchive is the two zero blocks that end a tar archive.
+	endOfArchive = 2 * blockSize
+	// maxOctalSize is the largest size the ustar size field holds in octal
+	// (11 digits); larger sizes are written base-256 (a GNU extension that
+	// GNU tar, bsdtar, Python and Go read).
+	maxOctalSize = 1<<33 - 1
+	// maxMtime is the largest time the ustar mtime field holds.
+	maxMtime = 1<<33 - 1
+)
+
+// padding is the number of zero bytes after size bytes of content.
+func padding(size int64) int64 {
+	if r := size % blockSize; r != 0 {
+		return blockSize - r
+	}
+	return 0
+}
+
+// ustarHeader returns the archive header the writer puts before an
+// entry's content: one POSIX ustar block for a regular file named name,
+// of size bytes, mode 0644, owner and group root (0), modified at mtime
+// (Unix seconds). For these fields it is what archive/tar writes
+// (FormatUSTAR), byte for byte. The reader compares every header of a
+// bundle with it, so no field can say what the writer did not.
+func ustarHeader(name string, size, mtime int64) ([]byte, error) {
+	if err := checkPathChars(name); err != nil {
+		return nil, err
+	}
+	prefix, base := "", name
+	if len(name) > 100 {
+		// Split at a slash: prefix (at most 155 bytes) / name (at most 100).
+		i := strings.LastIndexByte(name[:min(len(name), 156)], '/')
+		if i <= 0 || len(name)-i-1 > 100 || len(name)-i-1 == 0 {
+			return nil, fmt.Errorf("%w: path %q does not fit an archive header (at most 100 bytes after the last slash within the first 156)", ErrCorrupt, name)
+		}
+		prefix, base = name[:i], name[i+1:]
+	}
+	if size < 0 || mtime < 0 || mtime > maxMtime {
+		return nil, fmt.Errorf("%w: entry %q: size %d or time %d out of range", ErrCorrupt, name, size, mtime)
+	}
+	h := make([]byte, blockSize)
+	copy(h[0:100], base)
+	octal(h[100:108], 0o644)
+	octal(h[108:116], 0)
+	octal(h[116:124], 0)
+	if size <= maxOctalSize {
+		octal(h[124:136], size)
+	} else {
+		h[124] = 0x80
+		binary.BigEndian.PutUint64(h[128:136], uint64(size))
+	}
+	octal(h[136:148], mtime)
+	h[156] = '0' // regular file
+	copy(h[257:263], "ustar\x00")
+	copy(h[263:265], "00")
+	copy(h[265:297], "root")
+	copy(h[297:329], "root")
+	octal(h[329:337], 0)
+	octal(h[337:345], 0)
+	copy(h[345:500], prefix)
+	var sum int64
+	for i, c := range h {
+		if i >= 148 && i < 156 {
+			c = ' '
+		}
+		sum += int64(c)
+	}
+	octal(h[148:155], sum)
+	h[155] = ' '
+	return h, nil
+}
+
+// octal writes x as zero-padded octal digits and a NUL into field.
+func octal(field []byte, x int64) {
+	s := strconv.FormatInt(x, 8)
+	for len(s) < len(field)-1 {
+		s = "0" + s
+	}
+	copy(field, s)
+	field[len(field)-1] = 0
+}
+
+// headerField names the ustar header field at offset i of a header block.
+func headerField(i int64) string {
+	fields := []struct {
+		end  int64
+		name string
+	}{{100, "name"}, {108, "mode"}, {116, "uid"}, {124, "gid"}, {136, "size"}, {148, "mtime"}, {156, "checksum"},
+		{157, "type"}, {257, "link name"}, {263, "magic"}, {265, "version"}, {297, "user name"}, {329, "group name"},
+		{337, "device major"}, {345, "device minor"}, {500, "name prefix"}, {512, "padding"}}
+	for _, f := range fields {
+		if i < f.end {
+			return f.name
+		}
+	}
+	return "block"
 }

@@ -100,7 +100,7 @@ func fmtInt(n int) string {
 
 func TestRoundTrip(t *testing.T) {
 	tb := writeTestBundle(t, t.TempDir(), WriterOptions{}, nil)
-	b, err := Open(tb.path, OpenOptions{PublicKey: tb.pub})
+	b, err := Open(tb.path, Trust{PublicKey: tb.pub})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +139,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatalf("verify: %+v %v", res, err)
 	}
 	// Without a key the signature is still checked, but not trusted.
-	b2, err := Open(tb.path, OpenOptions{})
+	b2, err := Open(tb.path, Trust{IntegrityOnly: true})
 	if err != nil || b2.Trusted() {
 		t.Fatalf("open without key: trusted=%v %v", b2 != nil && b2.Trusted(), err)
 	}
@@ -154,7 +154,7 @@ func TestSplitParts(t *testing.T) {
 		t.Fatalf("parts %v, want 4", parts)
 	}
 	for _, name := range []string{tb.path, tb.path + ".001"} {
-		b, err := Open(name, OpenOptions{PublicKey: tb.pub})
+		b, err := Open(name, Trust{PublicKey: tb.pub})
 		if err != nil {
 			t.Fatalf("open %s: %v", name, err)
 		}
@@ -175,14 +175,14 @@ func TestSplitParts(t *testing.T) {
 	if err := os.Rename(tb.path+".002", tb.path+".x"); err != nil {
 		t.Fatal(err)
 	}
-	_, err := Open(tb.path, OpenOptions{PublicKey: tb.pub})
+	_, err := Open(tb.path, Trust{PublicKey: tb.pub})
 	if !errors.Is(err, ErrMissingPart) || !strings.Contains(err.Error(), "site.bundle.002") {
 		t.Fatalf("missing part 2: %v", err)
 	}
 	os.Rename(tb.path+".x", tb.path+".002")
 	// A missing last part.
 	os.Rename(tb.path+".004", tb.path+".x")
-	_, err = Open(tb.path, OpenOptions{PublicKey: tb.pub})
+	_, err = Open(tb.path, Trust{PublicKey: tb.pub})
 	if !errors.Is(err, ErrMissingPart) || !strings.Contains(err.Error(), "last part") {
 		t.Fatalf("missing last part: %v", err)
 	}
@@ -191,7 +191,7 @@ func TestSplitParts(t *testing.T) {
 	if err := os.Truncate(tb.path+".003", 1000); err != nil {
 		t.Fatal(err)
 	}
-	_, err = Open(tb.path, OpenOptions{PublicKey: tb.pub})
+	_, err = Open(tb.path, Trust{PublicKey: tb.pub})
 	if !errors.Is(err, ErrMissingPart) || !strings.Contains(err.Error(), "site.bundle.003 has 1000 bytes") {
 		t.Fatalf("truncated part: %v", err)
 	}
@@ -205,7 +205,7 @@ func TestEmbedded(t *testing.T) {
 		t.Fatal(err)
 	}
 	tb := writeTestBundle(t, dir, WriterOptions{Executable: exe}, nil)
-	b, err := Open(tb.path, OpenOptions{PublicKey: tb.pub})
+	b, err := Open(tb.path, Trust{PublicKey: tb.pub})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,7 +256,7 @@ func flip(t *testing.T, path string, off int64) {
 }
 
 func entryOffset(t *testing.T, tb testBundle, path string) int64 {
-	b, err := Open(tb.path, OpenOptions{})
+	b, err := Open(tb.path, Trust{IntegrityOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,53 +274,53 @@ func TestRefusesCorruption(t *testing.T) {
 	wrongPub, _ := newKey(t)
 	cases := []struct {
 		name    string
-		damage  func(t *testing.T, tb testBundle) OpenOptions
+		damage  func(t *testing.T, tb testBundle) Trust
 		edit    func(w *Writer)
 		openErr error  // refused by Open
 		lazyErr error  // refused when served and by Verify
 		msg     string // in the message
 	}{
-		{name: "flipped byte in a layer", damage: func(t *testing.T, tb testBundle) OpenOptions {
+		{name: "flipped byte in a layer", damage: func(t *testing.T, tb testBundle) Trust {
 			flip(t, tb.path, entryOffset(t, tb, "blobs/sha256/"+tb.blobD[7:])+1<<20)
-			return OpenOptions{PublicKey: tb.pub}
+			return Trust{PublicKey: tb.pub}
 		}, lazyErr: ErrCorrupt, msg: "blobs/sha256/"},
-		{name: "flipped byte in a manifest", damage: func(t *testing.T, tb testBundle) OpenOptions {
+		{name: "flipped byte in a manifest", damage: func(t *testing.T, tb testBundle) Trust {
 			flip(t, tb.path, entryOffset(t, tb, "blobs/sha256/"+tb.manD[7:])+10)
-			return OpenOptions{PublicKey: tb.pub}
+			return Trust{PublicKey: tb.pub}
 		}, lazyErr: ErrCorrupt, msg: "the signed metadata says"},
-		{name: "flipped byte in the metadata", damage: func(t *testing.T, tb testBundle) OpenOptions {
+		{name: "flipped byte in the metadata", damage: func(t *testing.T, tb testBundle) Trust {
 			st, _ := os.Stat(tb.path)
 			tr := readTrailer(t, tb.path, st.Size())
 			flip(t, tb.path, tr.metaOff+tr.metaSize/2)
-			return OpenOptions{PublicKey: tb.pub}
+			return Trust{PublicKey: tb.pub}
 		}, openErr: ErrSignature, msg: "metadata.json"},
-		{name: "flipped byte in the signature", damage: func(t *testing.T, tb testBundle) OpenOptions {
+		{name: "flipped byte in the signature", damage: func(t *testing.T, tb testBundle) Trust {
 			st, _ := os.Stat(tb.path)
 			tr := readTrailer(t, tb.path, st.Size())
 			flip(t, tb.path, tr.sigOff+5)
-			return OpenOptions{PublicKey: tb.pub}
+			return Trust{PublicKey: tb.pub}
 		}, openErr: ErrSignature, msg: "does not match its signature"},
-		{name: "flipped byte in an archive header", damage: func(t *testing.T, tb testBundle) OpenOptions {
+		{name: "flipped byte in an archive header", damage: func(t *testing.T, tb testBundle) Trust {
 			flip(t, tb.path, entryOffset(t, tb, "files/vmlinuz")-512+3)
-			return OpenOptions{PublicKey: tb.pub}
+			return Trust{PublicKey: tb.pub}
 		}, openErr: ErrCorrupt, msg: "archive header"},
-		{name: "flipped byte in the trailer", damage: func(t *testing.T, tb testBundle) OpenOptions {
+		{name: "flipped byte in the trailer", damage: func(t *testing.T, tb testBundle) Trust {
 			st, _ := os.Stat(tb.path)
 			flip(t, tb.path, st.Size()-trailerSize+16+7) // metadata offset
-			return OpenOptions{PublicKey: tb.pub}
+			return Trust{PublicKey: tb.pub}
 		}, openErr: ErrCorrupt, msg: "as the trailer says"},
-		{name: "truncated", damage: func(t *testing.T, tb testBundle) OpenOptions {
+		{name: "truncated", damage: func(t *testing.T, tb testBundle) Trust {
 			st, _ := os.Stat(tb.path)
 			os.Truncate(tb.path, st.Size()-4096)
-			return OpenOptions{PublicKey: tb.pub}
+			return Trust{PublicKey: tb.pub}
 		}, openErr: ErrCorrupt, msg: "truncated"},
-		{name: "truncated to half", damage: func(t *testing.T, tb testBundle) OpenOptions {
+		{name: "truncated to half", damage: func(t *testing.T, tb testBundle) Trust {
 			st, _ := os.Stat(tb.path)
 			os.Truncate(tb.path, st.Size()/2)
-			return OpenOptions{PublicKey: tb.pub}
+			return Trust{PublicKey: tb.pub}
 		}, openErr: ErrCorrupt, msg: "truncated"},
-		{name: "wrong key", damage: func(t *testing.T, tb testBundle) OpenOptions {
-			return OpenOptions{PublicKey: wrongPub}
+		{name: "wrong key", damage: func(t *testing.T, tb testBundle) Trust {
+			return Trust{PublicKey: wrongPub}
 		}, openErr: ErrSignature, msg: "not by the given key " + KeyID(wrongPub)},
 		{name: "duplicate path", edit: func(w *Writer) {
 			w.unchecked = true
@@ -334,15 +334,15 @@ func TestRefusesCorruption(t *testing.T) {
 			w.unchecked = true
 			w.AddBytes("/etc/passwd", []byte("root::0:0"), "")
 		}, openErr: ErrCorrupt, msg: "not relative"},
-		{name: "not a bundle", damage: func(t *testing.T, tb testBundle) OpenOptions {
+		{name: "not a bundle", damage: func(t *testing.T, tb testBundle) Trust {
 			os.WriteFile(tb.path, bytes.Repeat([]byte("hello"), 1000), 0o644)
-			return OpenOptions{}
+			return Trust{IntegrityOnly: true}
 		}, openErr: ErrNotBundle, msg: "is it a bundle"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			tb := writeTestBundle(t, t.TempDir(), WriterOptions{}, c.edit)
-			opts := OpenOptions{PublicKey: tb.pub}
+			opts := Trust{PublicKey: tb.pub}
 			if c.damage != nil {
 				opts = c.damage(t, tb)
 			}

@@ -1,9 +1,13 @@
 package bundle
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -24,18 +28,24 @@ func FuzzOpen(f *testing.F) {
 	f.Add([]byte{})
 	small := writeSmallBundle(f)
 	f.Add(small)
+	// Each way of changing a bundle that archive/tar still reads.
+	for _, bad := range hostileBundles(f, small) {
+		f.Add(bad)
+	}
 	dir := f.TempDir()
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p := filepath.Join(dir, "fuzz.bundle")
 		if err := os.WriteFile(p, data, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		b, err := Open(p, OpenOptions{})
+		b, err := Open(p, Trust{IntegrityOnly: true})
 		if err != nil {
 			return
 		}
 		defer b.Close()
-		b.Verify(context.Background(), VerifyOptions{Workers: 1})
+		if _, err := b.Verify(context.Background(), VerifyOptions{Workers: 1}); err == nil {
+			checkExtracts(t, p, b)
+		}
 		for _, r := range b.Repositories() {
 			for _, tag := range b.Tags(r) {
 				if d, ok := b.ResolveTag(r, tag); ok {
@@ -49,21 +59,43 @@ func FuzzOpen(f *testing.F) {
 
 // writeSmallBundle returns a complete valid bundle of a few KiB.
 func writeSmallBundle(t testing.TB) []byte {
-	dir := t.TempDir()
-	p := filepath.Join(dir, "s.bundle")
-	_, priv := newKey(t)
-	w, err := Create(p, WriterOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.AddBytes("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`), "")
-	d, _ := w.AddBytes("blobs/sha256/"+digestOf([]byte("{}"))[7:], []byte("{}"), "application/vnd.oci.image.manifest.v1+json")
-	if _, err := w.Finish(Metadata{Images: []Image{{Repository: "docker.io/library/x", Tag: "1", Digest: d}}}, priv); err != nil {
-		t.Fatal(err)
-	}
+	p, _ := writeSmallBundleAt(t, filepath.Join(t.TempDir(), "s.bundle"), WriterOptions{})
 	b, err := os.ReadFile(p)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// checkExtracts reads an accepted, verified bundle as tar does: regular
+// files only, mode 0644, owned by root, no extended records, exactly the
+// signed entries in their order.
+func checkExtracts(t *testing.T, path string, b *Bundle) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{}
+	for _, e := range b.Metadata().Entries {
+		want = append(want, e.Path)
+	}
+	want = append(want, MetadataPath, SignaturePath)
+	tr := tar.NewReader(bytes.NewReader(raw[b.base : b.base+b.size-trailerSize]))
+	var got []string
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("a verified bundle is not a tar archive: %v", err)
+		}
+		if h.Typeflag != tar.TypeReg || h.Mode != 0o644 || h.Uid != 0 || h.Gid != 0 || len(h.PAXRecords) > 0 || h.Linkname != "" {
+			t.Fatalf("a verified bundle holds %+v", h)
+		}
+		got = append(got, h.Name)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("a verified bundle holds %q, its metadata lists %q", got, want)
+	}
 }

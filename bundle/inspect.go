@@ -20,10 +20,12 @@ type Inspection struct {
 	Created  string   `json:"created"`
 	KeyID    string   `json:"keyID"`
 	Trusted  bool     `json:"trusted"`
-	Entries  int      `json:"entries"`
-	Images   []Image  `json:"images"`
-	Charts   []Chart  `json:"charts"`
-	Files    []File   `json:"files"`
+	// Authenticity says in words how the signing key was trusted.
+	Authenticity string  `json:"authenticity"`
+	Entries      int     `json:"entries"`
+	Images       []Image `json:"images"`
+	Charts       []Chart `json:"charts"`
+	Files        []File  `json:"files"`
 	// Components are the platform catalog components the bundle serves.
 	Components []string `json:"components"`
 }
@@ -32,7 +34,7 @@ type Inspection struct {
 func (b *Bundle) Inspect() Inspection {
 	in := Inspection{
 		Name: b.meta.Name, Path: b.name, Embedded: b.Embedded(), Size: b.size,
-		Created: b.meta.Created, KeyID: b.meta.KeyID, Trusted: b.trusted,
+		Created: b.meta.Created, KeyID: b.meta.KeyID, Trusted: b.Trusted(), Authenticity: b.auth.String(),
 		Entries: len(b.meta.Entries), Images: b.meta.Images, Charts: b.meta.Charts, Files: b.meta.Files,
 		Components: b.meta.Components,
 	}
@@ -82,10 +84,7 @@ func (in Inspection) WriteText(w io.Writer) error {
 		return strings.Join(out, sep)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	trust := "signature valid, key not given (use --key to trust it)"
-	if in.Trusted {
-		trust = "signature valid, trusted key"
-	}
+	trust := "signature valid, " + e(in.Authenticity)
 	where := e(in.Path)
 	if in.Embedded {
 		where += " (self-contained executable)"

@@ -43,15 +43,31 @@ func Keygen(opts KeygenOptions) (string, error) {
 	}
 	flag := os.O_WRONLY | os.O_CREATE | os.O_EXCL
 	if opts.Force {
-		flag = os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+		// Not blocking, and no truncation before the file is known to be
+		// regular: a FIFO or device under the name is refused, not written.
+		flag = os.O_WRONLY | os.O_CREATE | openNonblock
 	}
 	write := func(path string, mode os.FileMode, typ string, b []byte) error {
+		if st, err := os.Stat(path); err == nil && !st.Mode().IsRegular() {
+			return fmt.Errorf("write key %s: %w", path, notRegular(st.Mode()))
+		}
 		f, err := os.OpenFile(path, flag, mode)
 		if err != nil {
 			if errors.Is(err, os.ErrExist) {
 				return fmt.Errorf("write key %s: the file exists (remove it or use --force)", path)
 			}
 			return fmt.Errorf("write key: %w", err)
+		}
+		if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+			f.Close()
+			if err == nil {
+				err = notRegular(st.Mode())
+			}
+			return fmt.Errorf("write key %s: %w", path, err)
+		}
+		if err := errors.Join(clearNonblock(f), f.Truncate(0), f.Chmod(mode)); err != nil {
+			f.Close()
+			return fmt.Errorf("write key %s: %w", path, err)
 		}
 		err = pem.Encode(f, &pem.Block{Type: typ, Bytes: b})
 		return errors.Join(err, f.Close())
@@ -76,9 +92,9 @@ func EncodePublicKey(pub ed25519.PublicKey) []byte {
 
 // ReadPrivateKey reads an ed25519 private key written by Keygen.
 func ReadPrivateKey(path string) (ed25519.PrivateKey, error) {
-	b, err := os.ReadFile(path)
+	b, err := ReadRegularFile(path, maxKeyFileSize, "signing key")
 	if err != nil {
-		return nil, fmt.Errorf("read signing key: %w", err)
+		return nil, err
 	}
 	blk, _ := pem.Decode(b)
 	if blk == nil || blk.Type != "PRIVATE KEY" {
@@ -97,9 +113,9 @@ func ReadPrivateKey(path string) (ed25519.PrivateKey, error) {
 
 // ReadPublicKey reads an ed25519 public key written by Keygen.
 func ReadPublicKey(path string) (ed25519.PublicKey, error) {
-	b, err := os.ReadFile(path)
+	b, err := ReadRegularFile(path, maxKeyFileSize, "public key")
 	if err != nil {
-		return nil, fmt.Errorf("read public key: %w", err)
+		return nil, err
 	}
 	return ParsePublicKey(path, b)
 }

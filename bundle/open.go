@@ -13,28 +13,23 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
-
-// OpenOptions says what a bundle must satisfy to be opened.
-type OpenOptions struct {
-	// PublicKey, when set, is the key the bundle must be signed with.
-	// Without it the signature is still checked against the key recorded
-	// in the bundle (integrity), but the bundle is not Trusted.
-	PublicKey ed25519.PublicKey
-}
 
 // Bundle is an open, structurally checked bundle.
 type Bundle struct {
-	name    string // for messages
-	parts   []part
-	ra      io.ReaderAt // the bundle's bytes, from 0 to size
-	size    int64
-	base    int64 // offset of the bundle in the first file (an executable prefix)
-	trusted bool
-	meta    Metadata
+	name  string // for messages
+	parts []part
+	ra    io.ReaderAt // the bundle's bytes, from 0 to size
+	size  int64
+	base  int64 // offset of the bundle in the first file (an executable prefix)
+	auth  Authenticity
+	meta  Metadata
 
 	byPath   map[string]*Entry
 	byDigest map[string]*Entry
@@ -59,36 +54,50 @@ type check struct {
 var partSuffix = regexp.MustCompile(`\.[0-9]{3}$`)
 
 // Open opens the bundle at name: a bundle file, a self-contained
-// executable, or the first part (or base name) of a split bundle.
-func Open(name string, opts OpenOptions) (*Bundle, error) {
+// executable, or the first part (or base name) of a split bundle; an
+// empty name is the bundle appended to the running executable. It checks
+// the bundle's structure and signature, and its signing key against
+// trust: this is where every command decides whether a bundle is used.
+func Open(name string, trust Trust) (*Bundle, error) {
+	if name == "" {
+		return OpenExecutable(trust)
+	}
 	files, err := openParts(name)
 	if err != nil {
 		return nil, err
 	}
-	b, err := openFiles(name, files, opts)
-	if err != nil {
-		for _, f := range files {
-			f.Close()
-		}
-		return nil, err
-	}
-	return b, nil
+	return openTrusted(name, files, trust)
 }
 
-// OpenExecutable opens the bundle appended to the running executable. It
-// returns an error wrapping ErrNotBundle when there is none.
-func OpenExecutable(opts OpenOptions) (*Bundle, error) {
+// OpenExecutable opens the bundle appended to the running executable, as
+// Open does a bundle file. It returns an error wrapping ErrNotBundle when
+// there is none.
+func OpenExecutable(trust Trust) (*Bundle, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find own executable: %w", err)
 	}
-	f, err := os.Open(exe)
+	f, err := OpenRegular(exe)
 	if err != nil {
 		return nil, fmt.Errorf("open own executable: %w", err)
 	}
-	b, err := openFiles(exe, []*os.File{f}, opts)
+	return openTrusted(exe, []*os.File{f}, trust)
+}
+
+// openTrusted opens the bundle in files and, on first use, records its
+// key once all of it checked out. It closes files when it fails.
+func openTrusted(name string, files []*os.File, trust Trust) (*Bundle, error) {
+	b, err := openFiles(name, files, trust)
+	if err == nil && b.auth == FirstUse {
+		if err = trust.pin(ed25519.PublicKey(b.meta.PublicKey)); err != nil {
+			b.Close()
+			return nil, fmt.Errorf("open bundle %s: %w", name, err)
+		}
+	}
 	if err != nil {
-		f.Close()
+		for _, f := range files {
+			f.Close()
+		}
 		return nil, err
 	}
 	return b, nil
@@ -99,7 +108,7 @@ func openParts(name string) ([]*os.File, error) {
 	st, err := os.Stat(name)
 	switch {
 	case err == nil && st.Mode().IsRegular() && !partSuffix.MatchString(name):
-		f, err := os.Open(name)
+		f, err := OpenRegular(name)
 		if err != nil {
 			return nil, fmt.Errorf("open bundle: %w", err)
 		}
@@ -107,7 +116,7 @@ func openParts(name string) ([]*os.File, error) {
 	case err == nil && st.Mode().IsRegular():
 		base = name[:len(name)-4]
 	case err == nil:
-		return nil, fmt.Errorf("open bundle %s: not a regular file", name)
+		return nil, fmt.Errorf("open bundle %s: %w", name, notRegular(st.Mode()))
 	case !errors.Is(err, fs.ErrNotExist):
 		return nil, fmt.Errorf("open bundle: %w", err)
 	}
@@ -123,7 +132,7 @@ func openParts(name string) ([]*os.File, error) {
 	}
 	var files []*os.File
 	for _, n := range names {
-		f, err := os.Open(n)
+		f, err := OpenRegular(n)
 		if err != nil {
 			for _, f := range files {
 				f.Close()
@@ -147,7 +156,7 @@ func globEscape(p string) string {
 	return b.String()
 }
 
-func openFiles(name string, files []*os.File, opts OpenOptions) (*Bundle, error) {
+func openFiles(name string, files []*os.File, trust Trust) (*Bundle, error) {
 	b := &Bundle{name: name}
 	var total int64
 	for _, f := range files {
@@ -189,13 +198,13 @@ func openFiles(name string, files []*os.File, opts OpenOptions) (*Bundle, error)
 	}
 	b.size = t.total
 	b.ra = io.NewSectionReader(whole, b.base, t.total)
-	if err := b.readMetadata(t, opts); err != nil {
+	if err := b.readMetadata(t, trust); err != nil {
 		return nil, fmt.Errorf("open bundle %s: %w", name, err)
 	}
 	if err := b.checkEntries(t); err != nil {
 		return nil, fmt.Errorf("open bundle %s: %w", name, err)
 	}
-	if err := b.walkArchive(t); err != nil {
+	if err := b.checkArchive(t); err != nil {
 		return nil, fmt.Errorf("open bundle %s: %w", name, err)
 	}
 	b.index()
@@ -243,7 +252,7 @@ func checkParts(parts []part, t trailer, total int64) error {
 	return nil
 }
 
-func (b *Bundle) readMetadata(t trailer, opts OpenOptions) error {
+func (b *Bundle) readMetadata(t trailer, trust Trust) error {
 	raw := make([]byte, t.metaSize)
 	if _, err := b.ra.ReadAt(raw, t.metaOff); err != nil {
 		return fmt.Errorf("read metadata: %w", err)
@@ -262,8 +271,9 @@ func (b *Bundle) readMetadata(t trailer, opts OpenOptions) error {
 		return fmt.Errorf("%w: %s (%d bytes at offset %d, as the trailer says) is damaged: no signing key in it; copy the bundle again or rebuild it", ErrCorrupt, MetadataPath, t.metaSize, t.metaOff)
 	}
 	pub := ed25519.PublicKey(keyOnly.PublicKey)
-	if opts.PublicKey != nil && !pub.Equal(opts.PublicKey) {
-		return fmt.Errorf("%w: signed by key %s, not by the given key %s; use the public key of the key that signed it, or rebuild the bundle with yours", ErrSignature, KeyID(pub), KeyID(opts.PublicKey))
+	auth, err := trust.decide(pub)
+	if err != nil {
+		return err
 	}
 	if !ed25519.Verify(pub, raw, sig) {
 		return fmt.Errorf("%w: %s does not match its signature %s (key %s): one of them was altered or damaged; copy the bundle again or rebuild it", ErrSignature, MetadataPath, SignaturePath, KeyID(pub))
@@ -274,12 +284,12 @@ func (b *Bundle) readMetadata(t trailer, opts OpenOptions) error {
 		return fmt.Errorf("%w: decode %s: %v (built by a newer airlock?)", ErrCorrupt, MetadataPath, err)
 	}
 	if b.meta.APIVersion != APIVersion || b.meta.Kind != KindMetadata {
-		return fmt.Errorf("%w: metadata is %s %s, want %s %s", ErrCorrupt, b.meta.APIVersion, b.meta.Kind, APIVersion, KindMetadata)
+		return fmt.Errorf("%w: metadata is %q %q, want %s %s", ErrCorrupt, b.meta.APIVersion, b.meta.Kind, APIVersion, KindMetadata)
 	}
 	if b.meta.KeyID != KeyID(pub) {
-		return fmt.Errorf("%w: metadata key ID %s does not match its key %s", ErrCorrupt, b.meta.KeyID, KeyID(pub))
+		return fmt.Errorf("%w: metadata key ID %q does not match its key %s", ErrCorrupt, b.meta.KeyID, KeyID(pub))
 	}
-	b.trusted = opts.PublicKey != nil
+	b.auth = auth
 	return nil
 }
 
@@ -292,8 +302,20 @@ func checkPath(p string) error {
 		return fmt.Errorf("%w: path %q is not relative; refusing it (rebuild the bundle with airlock bundle build)", ErrCorrupt, p)
 	case p == ".." || strings.HasPrefix(p, "../") || strings.Contains(p, "/../") || strings.HasSuffix(p, "/.."):
 		return fmt.Errorf("%w: path %q escapes the bundle with ..; refusing it (rebuild the bundle with airlock bundle build)", ErrCorrupt, p)
-	case path.Clean(p) != p || strings.ContainsAny(p, "\\\x00"):
+	case path.Clean(p) != p:
 		return fmt.Errorf("%w: path %q is not clean", ErrCorrupt, p)
+	}
+	return checkPathChars(p)
+}
+
+// checkPathChars refuses paths an archive header does not carry as they
+// are: bytes outside printable ASCII (controls, escapes, UTF-8 that would
+// need a PAX record), and backslashes.
+func checkPathChars(p string) error {
+	for i := 0; i < len(p); i++ {
+		if c := p[i]; c < 0x20 || c > 0x7e || c == '\\' {
+			return fmt.Errorf("%w: path %q has the byte %#02x at %d; bundle paths are printable ASCII without backslashes", ErrCorrupt, p, c, i)
+		}
 	}
 	return nil
 }
@@ -325,58 +347,105 @@ func (b *Bundle) checkEntries(t trailer) error {
 	return nil
 }
 
-// walkArchive reads every tar header and checks it against the metadata,
-// so that an extracted bundle holds exactly what was signed.
-func (b *Bundle) walkArchive(t trailer) error {
-	want := map[string]Entry{}
-	for _, e := range b.meta.Entries {
-		want[e.Path] = e
+// checkArchive compares every byte of the archive outside the entries'
+// contents with what the writer writes for the signed metadata: each
+// entry's header at its place, the zero padding after its content, the
+// end-of-archive blocks, then the trailer's fields. A header changed in
+// any field (mode, owner, time, type, link, PAX or GNU records), an entry
+// added, dropped or moved, garbage in padding or before the trailer: all
+// differ from that and are refused. Contents are covered by their digests.
+func (b *Bundle) checkArchive(t trailer) error {
+	created, err := time.Parse(time.RFC3339, b.meta.Created)
+	if err != nil {
+		return fmt.Errorf("%w: metadata creation time %q: %v", ErrCorrupt, b.meta.Created, err)
 	}
-	want[MetadataPath] = Entry{Path: MetadataPath, Offset: t.metaOff, Size: t.metaSize}
-	want[SignaturePath] = Entry{Path: SignaturePath, Offset: t.sigOff, Size: t.sigSize}
-	sr := io.NewSectionReader(b.ra, 0, b.size-trailerSize)
-	tr := tar.NewReader(sr)
-	seen := 0
-	done := map[string]bool{}
-	last := "the start"
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
+	if b.meta.PartSize != t.partSize {
+		return fmt.Errorf("%w: the trailer gives a part size of %d, the signed metadata %d", ErrCorrupt, t.partSize, b.meta.PartSize)
+	}
+	switch exe := b.meta.Executable; {
+	case exe == nil && b.base > 0:
+		return fmt.Errorf("%w: %d bytes precede the bundle, which was not built into an executable; copy it again", ErrCorrupt, b.base)
+	case exe != nil && exe.Size != b.base:
+		return fmt.Errorf("%w: the bundle was appended to an executable of %d bytes, but %d bytes precede it; copy the self-contained executable again", ErrCorrupt, exe.Size, b.base)
+	case exe != nil && !digestRE.MatchString(exe.Digest):
+		return fmt.Errorf("%w: invalid executable digest %q", ErrCorrupt, exe.Digest)
+	}
+	entries := append(append([]Entry(nil), b.meta.Entries...),
+		Entry{Path: MetadataPath, Offset: t.metaOff, Size: t.metaSize},
+		Entry{Path: SignaturePath, Offset: t.sigOff, Size: t.sigSize})
+	var pos int64
+	buf := make([]byte, blockSize)
+	for _, e := range entries {
+		h, err := ustarHeader(e.Path, e.Size, created.Unix())
 		if err != nil {
-			pos, _ := sr.Seek(0, io.SeekCurrent)
-			return fmt.Errorf("%w: archive header %d (after %q, near offset %d) is damaged: %v; copy the bundle again or rebuild it", ErrCorrupt, seen+1, last, pos, err)
+			return err
 		}
-		if err := checkPath(h.Name); err != nil {
-			return fmt.Errorf("archive entry %d: %w", seen+1, err)
+		if e.Offset != pos+int64(len(h)) {
+			return fmt.Errorf("%w: %s starts at offset %d, the archive's layout puts it at %d; an entry was added, dropped or moved", ErrCorrupt, e.Path, e.Offset, pos+int64(len(h)))
 		}
-		pos, _ := sr.Seek(0, io.SeekCurrent)
-		e, ok := want[h.Name]
-		switch {
-		case !ok && done[h.Name]:
-			return fmt.Errorf("%w: archive path %q appears twice; the bundle was tampered with: rebuild it", ErrCorrupt, h.Name)
-		case !ok:
-			return fmt.Errorf("%w: archive entry %q is not in the signed metadata; the bundle was tampered with: rebuild it", ErrCorrupt, h.Name)
-		case h.Typeflag != tar.TypeReg:
-			return fmt.Errorf("%w: archive entry %q is not a regular file", ErrCorrupt, h.Name)
-		case pos != e.Offset || h.Size != e.Size:
-			return fmt.Errorf("%w: archive entry %q at %d (%d bytes), the metadata says %d (%d bytes)", ErrCorrupt, h.Name, pos, h.Size, e.Offset, e.Size)
+		if err := b.compare(pos, h, buf, "the archive header of "+strconv.Quote(e.Path), func() string { return "; fields that differ: " + b.headerDiff(pos, h) }); err != nil {
+			return err
 		}
-		done[h.Name] = true
-		last = h.Name
-		delete(want, h.Name)
-		seen++
+		pos = e.Offset + e.Size
+		if err := b.compare(pos, make([]byte, padding(e.Size)), buf, "the padding after "+strconv.Quote(e.Path), nil); err != nil {
+			return err
+		}
+		pos += padding(e.Size)
 	}
-	if len(want) > 0 {
-		var missing []string
-		for p := range want {
-			missing = append(missing, p)
-		}
-		sort.Strings(missing)
-		return fmt.Errorf("%w: %d signed entries missing from the archive, first %s", ErrCorrupt, len(missing), missing[0])
+	if err := b.compare(pos, make([]byte, endOfArchive), buf, "the end-of-archive blocks", nil); err != nil {
+		return err
+	}
+	pos += endOfArchive
+	if t.total != pos+trailerSize {
+		return fmt.Errorf("%w: the archive ends at offset %d, so the trailer must follow there, but it gives a bundle size of %d (the trailer at %d); bytes were added or the trailer altered", ErrCorrupt, pos, t.total, t.total-trailerSize)
 	}
 	return nil
+}
+
+// compare checks that the bundle holds want at off; where names those
+// bytes and detail, if set, says more about a difference.
+func (b *Bundle) compare(off int64, want, buf []byte, where string, detail func() string) error {
+	for done := 0; done < len(want); {
+		n := min(len(buf), len(want)-done)
+		if _, err := b.ra.ReadAt(buf[:n], off+int64(done)); err != nil {
+			return fmt.Errorf("%w: read %s at offset %d: %v", ErrCorrupt, where, off+int64(done), err)
+		}
+		if i := firstDiff(buf[:n], want[done:done+n]); i >= 0 {
+			more := ""
+			if detail != nil {
+				more = detail()
+			}
+			return fmt.Errorf("%w: byte %d (%s) is %#02x, the writer wrote %#02x%s; the bundle was altered or damaged: copy it again or rebuild it", ErrCorrupt, off+int64(done+i), where, buf[i], want[done+i], more)
+		}
+		done += n
+	}
+	return nil
+}
+
+// headerDiff names the fields in which the header at off differs from h.
+func (b *Bundle) headerDiff(off int64, h []byte) string {
+	got := make([]byte, len(h))
+	if _, err := b.ra.ReadAt(got, off); err != nil {
+		return "unreadable"
+	}
+	var fields []string
+	for i := range got {
+		if got[i] != h[i] {
+			if f := headerField(int64(i % blockSize)); !slices.Contains(fields, f) {
+				fields = append(fields, f)
+			}
+		}
+	}
+	return strings.Join(fields, ", ")
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range a {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return -1
 }
 
 func (b *Bundle) index() {
@@ -418,8 +487,12 @@ func (b *Bundle) Close() error {
 // Metadata returns the bundle's signed metadata.
 func (b *Bundle) Metadata() Metadata { return b.meta }
 
-// Trusted reports whether the signature was checked against a given key.
-func (b *Bundle) Trusted() bool { return b.trusted }
+// Trusted reports whether the signing key was vouched for: given by the
+// operator, or trusted on first use.
+func (b *Bundle) Trusted() bool { return b.auth != NotChecked }
+
+// Authenticity says how the signing key was trusted.
+func (b *Bundle) Authenticity() Authenticity { return b.auth }
 
 // Size is the bundle's size in bytes.
 func (b *Bundle) Size() int64 { return b.size }

@@ -85,7 +85,7 @@ func TestReserveFillsConcurrently(t *testing.T) {
 			if _, err := w.Finish(Metadata{Name: "reserved"}, priv); err != nil {
 				t.Fatal(err)
 			}
-			b, err := Open(path, OpenOptions{PublicKey: pub})
+			b, err := Open(path, Trust{PublicKey: pub})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -169,7 +169,7 @@ func TestResumableKeepsPartialOutput(t *testing.T) {
 	if _, err := w.Finish(Metadata{}, priv); err != nil {
 		t.Fatal(err)
 	}
-	b, err := Open(path, OpenOptions{PublicKey: pub})
+	b, err := Open(path, Trust{PublicKey: pub})
 	if err != nil {
 		t.Fatalf("open the resumed bundle (a stale tail would break its trailer): %v", err)
 	}

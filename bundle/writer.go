@@ -1,8 +1,6 @@
 package bundle
 
 import (
-	"archive/tar"
-	"bytes"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
@@ -46,6 +44,7 @@ type Writer struct {
 	regions []*Region
 	seen    map[string]bool
 	created time.Time
+	exe     *Executable // the program copied first, if any
 	// unchecked lets tests write duplicate and escaping paths.
 	unchecked bool
 }
@@ -62,14 +61,18 @@ func Create(path string, opts WriterOptions) (*Writer, error) {
 	if t.IsZero() {
 		t = time.Now()
 	}
-	w := &Writer{path: path, opts: opts, seen: map[string]bool{}, created: t.UTC().Truncate(time.Second)}
+	t = t.UTC().Truncate(time.Second)
+	if t.Unix() < 0 || t.Unix() > maxMtime {
+		return nil, fmt.Errorf("create bundle: time %s cannot be written in an archive header", t)
+	}
+	w := &Writer{path: path, opts: opts, seen: map[string]bool{}, created: t}
 	w.out = &partWriter{base: path, partSize: opts.PartSize, keep: opts.Resumable}
 	if opts.PartSize <= 0 {
 		w.out.partSize = 1 << 62
 		w.out.single = true
 	}
 	if opts.Executable != "" {
-		exe, err := os.Open(opts.Executable)
+		exe, err := OpenRegular(opts.Executable)
 		if err != nil {
 			return nil, fmt.Errorf("create self-contained executable: %w", err)
 		}
@@ -83,6 +86,13 @@ func Create(path string, opts WriterOptions) (*Writer, error) {
 			return nil, fmt.Errorf("create self-contained executable: copy %s: %w", opts.Executable, err)
 		}
 		w.base = w.out.off
+		// Hash the copy, not the source: the bundle records what it holds.
+		h := sha256.New()
+		if _, err := io.Copy(h, io.NewSectionReader(readerAtFunc(w.out.readAt), 0, w.base)); err != nil {
+			w.Abort()
+			return nil, fmt.Errorf("create self-contained executable: hash the copy of %s: %w", opts.Executable, err)
+		}
+		w.exe = &Executable{Size: w.base, Digest: "sha256:" + hex.EncodeToString(h.Sum(nil))}
 	}
 	return w, nil
 }
@@ -102,15 +112,11 @@ func (w *Writer) header(path string, size int64) error {
 		return fmt.Errorf("add %s: %w: the path is already in the bundle", path, ErrCorrupt)
 	}
 	w.seen[path] = true
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	if err := tw.WriteHeader(&tar.Header{
-		Typeflag: tar.TypeReg, Name: path, Size: size, Mode: 0o644, ModTime: w.created,
-		Uname: "root", Gname: "root",
-	}); err != nil {
-		return fmt.Errorf("add %s: tar header: %w", path, err)
+	h, err := ustarHeader(path, size, w.created.Unix())
+	if err != nil {
+		return fmt.Errorf("add %s: %w", path, err)
 	}
-	return w.write(buf.Bytes())
+	return w.write(h)
 }
 
 func (w *Writer) write(b []byte) error {
@@ -120,8 +126,8 @@ func (w *Writer) write(b []byte) error {
 }
 
 func (w *Writer) pad(size int64) error {
-	if r := size % 512; r != 0 {
-		return w.write(make([]byte, 512-r))
+	if n := padding(size); n > 0 {
+		return w.write(make([]byte, n))
 	}
 	return nil
 }
@@ -238,6 +244,7 @@ func (w *Writer) Finish(meta Metadata, key ed25519.PrivateKey) ([]string, error)
 	meta.Created = w.created.Format(time.RFC3339)
 	meta.KeyID, meta.PublicKey = KeyID(pub), pub
 	meta.Entries = w.entries
+	meta.PartSize, meta.Executable = max(w.opts.PartSize, 0), w.exe
 	raw, err := json.Marshal(meta)
 	if err != nil {
 		w.Abort()
@@ -264,7 +271,7 @@ func (w *Writer) Finish(meta Metadata, key ed25519.PrivateKey) ([]string, error)
 		err = w.pad(int64(len(sig)))
 	}
 	if err == nil {
-		err = w.write(make([]byte, 1024)) // tar end-of-archive
+		err = w.write(make([]byte, endOfArchive))
 	}
 	t.total = w.pos + trailerSize
 	if w.opts.PartSize > 0 {
@@ -288,6 +295,11 @@ func (w *Writer) Finish(meta Metadata, key ed25519.PrivateKey) ([]string, error)
 	}
 	return paths, nil
 }
+
+// readerAtFunc adapts a ReadAt method value to io.ReaderAt.
+type readerAtFunc func(p []byte, off int64) (int, error)
+
+func (f readerAtFunc) ReadAt(p []byte, off int64) (int, error) { return f(p, off) }
 
 // Abort removes the partial output.
 func (w *Writer) Abort() { w.out.abort() }
@@ -324,8 +336,19 @@ func (p *partWriter) part(off int64) (*os.File, int64, int64, error) {
 		if !p.keep {
 			flags |= os.O_TRUNC
 		}
-		f, err := os.OpenFile(p.finalName(len(p.files))+".partial", flags, 0o644)
+		f, err := os.OpenFile(p.finalName(len(p.files))+".partial", flags|openNonblock, 0o644)
 		if err != nil {
+			return nil, 0, 0, err
+		}
+		if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+			f.Close()
+			if err == nil {
+				err = fmt.Errorf("%s: %w", f.Name(), notRegular(st.Mode()))
+			}
+			return nil, 0, 0, err
+		}
+		if err := clearNonblock(f); err != nil {
+			f.Close()
 			return nil, 0, 0, err
 		}
 		p.files = append(p.files, f)

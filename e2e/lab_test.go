@@ -259,7 +259,7 @@ func TestLabRehearsesABundle(t *testing.T) {
 	bundleFile := kernelBundle(t, dir)
 	stateDir := filepath.Join(dir, "state")
 	out, err := airlock(t, "lab", "up", "--state", stateDir, "--nodes", "1", "--racks", "1", "--firmware", "bios",
-		"--bundle", bundleFile, "--agent", filepath.Join(filepath.Dir(bin), "airlock-agent"))
+		"--bundle", bundleFile, "--bundle-key", filepath.Join(dir, "site.pub"), "--agent", filepath.Join(filepath.Dir(bin), "airlock-agent"))
 	if err != nil {
 		t.Fatal(err)
 	}

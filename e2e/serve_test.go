@@ -211,6 +211,14 @@ func TestServeWithBundle(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The same bundle with no key named and no trust on first use chosen
+	// is refused before anything serves.
+	noKey := writeFile(t, dir, "answers-nokey.yaml", answers("prov0")+fmt.Sprintf("bundle: {path: %s}\n", bundleFile))
+	out1, err := srv.Command(context.Background(), airlockBin(t), "serve", "-f", noKey, "--state", filepath.Join(dir, "state1")).CombinedOutput()
+	if err == nil || !strings.Contains(string(out1), "nobody named") || strings.Contains(string(out1), "serving on") {
+		t.Fatalf("serve of a bundle whose key nobody named: %v\n%s", err, out1)
+	}
+
 	// Flip one byte of the signed metadata (where the bundle names itself):
 	// opening checks the signature at once, so serve refuses to start.
 	raw, err := os.ReadFile(bundleFile)

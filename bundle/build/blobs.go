@@ -57,7 +57,7 @@ type resumeState struct {
 // line that does not parse.
 func readJournal(path string) (layout string, rs resumeState) {
 	rs = resumeState{done: map[string]bool{}, at: map[string]int64{}}
-	f, err := os.Open(path)
+	f, err := bundle.OpenRegular(path)
 	if err != nil {
 		return "", rs
 	}

@@ -287,7 +287,9 @@ func (b *builder) write(ctx context.Context, res *Result) error {
 		return err
 	}
 	defer j.close()
-	old, err := bundle.Open(b.opts.Output, bundle.OpenOptions{})
+	// The earlier output's blobs are hashed again as they are reused
+	// (Unchecked), so its signer does not matter.
+	old, err := bundle.Open(b.opts.Output, bundle.Trust{IntegrityOnly: true})
 	if err != nil {
 		old = nil // nothing to reuse: no earlier bundle, or not a readable one
 	}
@@ -321,7 +323,7 @@ func (b *builder) write(ctx context.Context, res *Result) error {
 }
 
 func addCached(w *bundle.Writer, path, cached string, size int64, digest, mediaType string) error {
-	f, err := os.Open(cached)
+	f, err := bundle.OpenRegular(cached)
 	if err != nil {
 		return fmt.Errorf("add %s: %w", path, err)
 	}

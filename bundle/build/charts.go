@@ -121,7 +121,7 @@ func (b *builder) getters() getter.Providers {
 // from the cache when an earlier build fetched that version.
 func (b *builder) chartFromRepo(ctx context.Context, c ChartSpec, tmp string) ([]byte, error) {
 	cached := filepath.Join(b.cache, "charts", c.Name+"-"+c.Version+".tgz")
-	if data, err := os.ReadFile(cached); err == nil {
+	if data, err := bundle.ReadRegularFile(cached, maxChartArchive, "cached chart"); err == nil {
 		if _, err := loader.LoadArchive(bytes.NewReader(data)); err == nil {
 			return data, nil
 		}
@@ -214,6 +214,10 @@ func (b *builder) chartFromOCI(ctx context.Context, c ChartSpec) ([]byte, error)
 	return nil, fmt.Errorf("%s is not a Helm chart: no %s layer", r, helmChartLayer)
 }
 
+// maxChartArchive bounds a local chart archive read into memory (Helm
+// refuses charts that decompress past 100 MiB).
+const maxChartArchive = 100 << 20
+
 // chartFromPath packages a local chart directory (or reads a .tgz).
 func (b *builder) chartFromPath(c ChartSpec, tmp string) ([]byte, error) {
 	p := c.Path
@@ -225,7 +229,7 @@ func (b *builder) chartFromPath(c ChartSpec, tmp string) ([]byte, error) {
 		return nil, fmt.Errorf("local chart: %w", err)
 	}
 	if !st.IsDir() {
-		return os.ReadFile(p)
+		return bundle.ReadRegularFile(p, maxChartArchive, "chart archive")
 	}
 	ch, err := loader.Load(p)
 	if err != nil {

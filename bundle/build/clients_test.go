@@ -52,7 +52,7 @@ func serveSelf() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	b, err := bundle.OpenExecutable(bundle.OpenOptions{PublicKey: pub})
+	b, err := bundle.OpenExecutable(bundle.Trust{PublicKey: pub})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2

@@ -43,7 +43,7 @@ type fileSum struct {
 }
 
 func hashFile(path string) (fileSum, error) {
-	f, err := os.Open(path)
+	f, err := bundle.OpenRegular(path)
 	if err != nil {
 		return fileSum{}, err
 	}
@@ -81,7 +81,7 @@ func (b *builder) open(ctx context.Context, src string) (io.ReadCloser, error) {
 	if !filepath.IsAbs(p) {
 		p = filepath.Join(b.opts.SpecDir, p)
 	}
-	f, err := os.Open(p)
+	f, err := bundle.OpenRegular(p)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", src, err)
 	}

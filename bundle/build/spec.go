@@ -10,10 +10,10 @@ package build
 import (
 	"fmt"
 	"net/url"
-	"os"
 	"regexp"
 	"strings"
 
+	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/installer/config"
 	"airlock.dev/airlock/manifests"
 )
@@ -105,13 +105,16 @@ func ParseSpec(file string, data []byte) (*Spec, config.Problems) {
 
 // LoadSpec reads and parses a bundle.yaml.
 func LoadSpec(path string) (*Spec, config.Problems, error) {
-	data, err := os.ReadFile(path)
+	data, err := bundle.ReadRegularFile(path, MaxSpecSize, "bundle spec")
 	if err != nil {
-		return nil, nil, fmt.Errorf("read bundle spec: %w", err)
+		return nil, nil, err
 	}
 	s, p := ParseSpec(path, data)
 	return s, p, nil
 }
+
+// MaxSpecSize bounds a bundle.yaml: thousands of images take well under 1 MiB.
+const MaxSpecSize = 4 << 20
 
 var (
 	platformRE = regexp.MustCompile(`^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$`)

@@ -1,8 +1,13 @@
 package build
 
 import (
+	"context"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestParseSpecProblems(t *testing.T) {
@@ -67,5 +72,46 @@ func TestParseImageRef(t *testing.T) {
 		if err != nil || r.String() != want {
 			t.Errorf("%s: %v %v, want %s", in, r, err, want)
 		}
+	}
+}
+
+// A bundle spec, a local file or a local chart archive that is not a
+// regular file is refused at once, and a spec is bounded before it is read.
+func TestRefusesSpecialInputs(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	big := filepath.Join(dir, "big.yaml")
+	os.WriteFile(big, []byte(strings.Repeat("# a comment line\n", MaxSpecSize/17+1)), 0o644)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, p := range []string{"/dev/zero", fifo, dir, big} {
+			_, _, err := LoadSpec(p)
+			if err == nil || !(strings.Contains(err.Error(), "not a regular file") || strings.Contains(err.Error(), "more than")) {
+				t.Errorf("LoadSpec(%s): %v", p, err)
+			} else {
+				t.Logf("LoadSpec(%s): %v", p, err)
+			}
+		}
+		b := &builder{opts: Options{SpecDir: dir}}
+		for _, src := range []string{"fifo", "file://" + fifo, "/dev/zero"} {
+			if _, err := b.open(context.Background(), src); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+				t.Errorf("open %s: %v", src, err)
+			}
+		}
+		if _, err := hashFile(fifo); err == nil {
+			t.Error("hashFile of a FIFO: no error")
+		}
+		if _, err := b.chartFromPath(ChartSpec{Path: "fifo"}, dir); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("a FIFO as a chart archive: %v", err)
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("still blocked after 10 s on a special file")
 	}
 }

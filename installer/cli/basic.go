@@ -64,6 +64,7 @@ func newInitCommand(g *globals) *cobra.Command {
 	f.StringVar(&subnet, "subnet", "", "provisioning subnet (default 10.40.0.0/24)")
 	f.StringVar(&o.Mode, "mode", "auto", "DHCP mode: auto, full or proxy")
 	f.StringVar(&o.Site, "site", "dc1", "site and cluster name")
+	f.StringVar(&o.BundleKey, "bundle-key", "", "the bundle's public key file (the builder's site.pub); left out, bundle.publicKey is a placeholder validate warns about")
 	_ = cmd.RegisterFlagCompletionFunc("mode", fixedCompletion("auto", "full", "proxy"))
 	return cmd
 }

@@ -16,6 +16,7 @@ import (
 	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/bundle/build"
 	"airlock.dev/airlock/installer/config"
+	"airlock.dev/airlock/installer/engine"
 	"airlock.dev/airlock/installer/termtext"
 	"airlock.dev/airlock/services/registry"
 )
@@ -47,8 +48,9 @@ signed file, or appended to the airlock executable itself (--embed).
 
 func newBundleServeCommand(g *globals) *cobra.Command {
 	var keyPath, listen string
+	var tofu bool
 	cmd := &cobra.Command{
-		Use:   "serve [--key site.pub] [--listen ADDR] [BUNDLE]",
+		Use:   "serve --key site.pub|--trust-on-first-use [--listen ADDR] [BUNDLE]",
 		Short: "Serve only the bundle's images as a read-only OCI registry (airlock serve runs every service)",
 		Long: `Serve answers the OCI distribution API from the bundle (or from the bundle
 appended to this executable when BUNDLE is left out) until interrupted.
@@ -61,12 +63,16 @@ Point containerd at it with a hosts.toml mirror per upstream registry:
     capabilities = ["pull", "resolve"]
 
 containerd then asks for /v2/library/nginx/manifests/1.25?ns=docker.io and the
-registry answers with docker.io/library/nginx:1.25 from the bundle.`,
+registry answers with docker.io/library/nginx:1.25 from the bundle.
+
+The bundle must be signed by the key given with --key, or, with
+--trust-on-first-use, by the key of the first bundle served from this state
+directory (recorded there).`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			b, err := openBundle(bundleArg(args), keyPath)
+			b, err := engine.OpenBundle(config.Bundle{Path: bundleArg(args), PublicKey: keyPath, TrustOnFirstUse: tofu}, g.stateDir)
 			if err != nil {
-				return err
+				return noBundleHint(bundleArg(args), err)
 			}
 			defer b.Close()
 			l, err := net.Listen("tcp", listen)
@@ -77,12 +83,14 @@ registry answers with docker.io/library/nginx:1.25 from the bundle.`,
 			if log == nil {
 				log = slog.New(slog.DiscardHandler)
 			}
-			log.Info("registry serving", "bundle", b.Name(), "address", l.Addr().String(), "repositories", len(b.Repositories()), "trusted", b.Trusted())
+			logTrust(&globals{log: log, stateDir: g.stateDir}, b)
+			log.Info("registry serving", "bundle", b.Name(), "address", l.Addr().String(), "repositories", len(b.Repositories()))
 			fmt.Fprintf(g.streams.Out, "serving %s on %s\n", termtext.Escape(b.Name()), l.Addr())
 			return registry.New(b, log).Run(cmd.Context(), l)
 		},
 	}
-	cmd.Flags().StringVar(&keyPath, "key", "", "public key the bundle must be signed with")
+	cmd.Flags().StringVar(&keyPath, "key", "", "public key the bundle must be signed with (the builder's site.pub)")
+	cmd.Flags().BoolVar(&tofu, "trust-on-first-use", false, "instead of --key: trust the key of the first bundle served from this state directory, and refuse any other later")
 	cmd.Flags().StringVar(&listen, "listen", ":5000", "address to serve on")
 	return cmd
 }
@@ -227,8 +235,6 @@ binary with the bundle appended.`,
 	return cmd
 }
 
-// openBundle opens the named bundle, or this executable's own bundle
-// when name is empty.
 // bundleArg is the optional BUNDLE argument ("" means this executable's own).
 func bundleArg(args []string) string {
 	if len(args) == 1 {
@@ -237,52 +243,72 @@ func bundleArg(args []string) string {
 	return ""
 }
 
+// openBundle opens the named bundle, or this executable's own bundle when
+// name is empty, for verify and inspect: signed by the key at keyPath, or,
+// with no key, checked for integrity only (they say so).
 func openBundle(name, keyPath string) (*bundle.Bundle, error) {
-	var opts bundle.OpenOptions
+	trust := bundle.Trust{IntegrityOnly: true}
 	if keyPath != "" {
 		pub, err := bundle.ReadPublicKey(keyPath)
 		if err != nil {
 			return nil, err
 		}
-		opts.PublicKey = pub
+		trust = bundle.Trust{PublicKey: pub}
 	}
-	if name == "" {
-		b, err := bundle.OpenExecutable(opts)
-		if errors.Is(err, bundle.ErrNotBundle) {
-			return nil, fmt.Errorf("no bundle given, and this airlock executable carries none: name a bundle file (%w)", err)
-		}
-		return b, err
-	}
-	return bundle.Open(name, opts)
+	b, err := bundle.Open(name, trust)
+	return b, noBundleHint(name, err)
 }
 
+// noBundleHint explains that no bundle was named and this executable
+// carries none.
+func noBundleHint(name string, err error) error {
+	if name == "" && errors.Is(err, bundle.ErrNotBundle) {
+		return fmt.Errorf("no bundle given, and this airlock executable carries none: name a bundle file (%w)", err)
+	}
+	return err
+}
+
+// errNoKey ends bundle verify without --key: the bundle is intact, but who
+// built it was not checked.
+var errNoKey = errors.New("authenticity NOT checked: no --key given, so the signature proves only that the bundle is intact, not who built it; run again with --key site.pub (the builder's public key, handed over out of band), or pass --insecure-no-key to accept integrity only")
+
 type verifyReport struct {
-	Bundle        string  `json:"bundle"`
-	KeyID         string  `json:"keyID"`
-	Trusted       bool    `json:"trusted"`
-	Entries       int     `json:"entries"`
-	Bytes         int64   `json:"bytes"`
-	Seconds       float64 `json:"seconds"`
-	BytesPerSec   float64 `json:"bytesPerSecond"`
-	Verified      bool    `json:"verified"`
-	Error         string  `json:"error,omitempty"`
-	SelfContained bool    `json:"selfContained"`
+	Bundle      string  `json:"bundle"`
+	KeyID       string  `json:"keyID"`
+	Trusted     bool    `json:"trusted"`
+	Entries     int     `json:"entries"`
+	Bytes       int64   `json:"bytes"`
+	Seconds     float64 `json:"seconds"`
+	BytesPerSec float64 `json:"bytesPerSecond"`
+	Verified    bool    `json:"verified"`
+	// Authenticity says whether (and how) the signer was checked.
+	Authenticity  string `json:"authenticity"`
+	Error         string `json:"error,omitempty"`
+	SelfContained bool   `json:"selfContained"`
 }
 
 func newBundleVerifyCommand(g *globals) *cobra.Command {
 	var keyPath string
+	var insecure bool
 	var workers int
 	var output *string
 	cmd := &cobra.Command{
-		Use:   "verify [--key site.pub] [BUNDLE]",
+		Use:   "verify --key site.pub [BUNDLE]",
 		Short: "Check a bundle's signature and every digest, and print the throughput",
-		Long: `Verify checks the signature over the bundle's metadata (against --key when
-given), the archive structure, and the digest of every blob and file. With no
-BUNDLE it verifies the bundle appended to this executable.`,
+		Long: `Verify checks that the bundle is signed by --key, the archive structure byte
+for byte, and the digest of every blob and file. With no BUNDLE it verifies
+the bundle appended to this executable.
+
+Without --key the signature is checked against the key the bundle carries:
+that proves the bundle intact, not who built it. Verify then says
+"authenticity NOT checked" and exits 1, unless --insecure-no-key accepts that.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkOutput(*output); err != nil {
 				return err
+			}
+			if keyPath != "" && insecure {
+				return errors.New("--key and --insecure-no-key: choose one")
 			}
 			start := time.Now()
 			b, err := openBundle(bundleArg(args), keyPath)
@@ -305,6 +331,7 @@ BUNDLE it verifies the bundle appended to this executable.`,
 			rep := verifyReport{
 				Bundle: b.Name(), KeyID: res.KeyID, Trusted: res.Trusted, Entries: res.Entries, Bytes: res.Bytes,
 				Seconds: d.Seconds(), BytesPerSec: float64(res.Bytes) / d.Seconds(), Verified: verr == nil, SelfContained: b.Embedded(),
+				Authenticity: res.Authenticity.String(),
 			}
 			if verr != nil {
 				rep.Error = verr.Error()
@@ -313,21 +340,26 @@ BUNDLE it verifies the bundle appended to this executable.`,
 				if verr != nil {
 					return nil
 				}
-				trust := "trusted key"
 				if !res.Trusted {
-					trust = "key not given, integrity only (use --key site.pub to trust it)"
+					fmt.Fprintf(w, "%s: intact: signature by the key it carries, %s; %d entries, %s checked in %s (%s/s)\n%s: authenticity NOT checked: no --key given, anyone could have built and signed it\n",
+						termtext.Escape(b.Name()), termtext.Escape(res.KeyID), res.Entries, bundle.HumanSize(res.Bytes), d.Round(time.Millisecond), bundle.HumanSize(int64(rep.BytesPerSec)), termtext.Escape(b.Name()))
+					return nil
 				}
-				fmt.Fprintf(w, "%s: OK: signature by key %s (%s); %d entries, %s checked in %s (%s/s)\n",
-					termtext.Escape(b.Name()), termtext.Escape(res.KeyID), trust, res.Entries, bundle.HumanSize(res.Bytes), d.Round(time.Millisecond), bundle.HumanSize(int64(rep.BytesPerSec)))
+				fmt.Fprintf(w, "%s: OK: signature by key %s (the given key); %d entries, %s checked in %s (%s/s)\n",
+					termtext.Escape(b.Name()), termtext.Escape(res.KeyID), res.Entries, bundle.HumanSize(res.Bytes), d.Round(time.Millisecond), bundle.HumanSize(int64(rep.BytesPerSec)))
 				return nil
 			})
 			if err != nil {
 				return err
 			}
+			if verr == nil && !res.Trusted && !insecure {
+				return errNoKey
+			}
 			return verr
 		},
 	}
-	cmd.Flags().StringVar(&keyPath, "key", "", "public key the bundle must be signed with")
+	cmd.Flags().StringVar(&keyPath, "key", "", "public key the bundle must be signed with (the builder's site.pub)")
+	cmd.Flags().BoolVar(&insecure, "insecure-no-key", false, "without --key, accept a bundle whose signer was not checked (integrity only) and exit 0")
 	cmd.Flags().IntVar(&workers, "workers", 2, "entries hashed in parallel")
 	output = outputFlag(cmd)
 	return cmd
@@ -339,7 +371,10 @@ func newBundleInspectCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "inspect [--key site.pub] [BUNDLE]",
 		Short: "Show a bundle's images, charts (and the images they reference) and files",
-		Args:  cobra.MaximumNArgs(1),
+		Long: `Inspect shows what the bundle's signed metadata lists. Without --key the
+signature is checked against the key the bundle carries only, and inspect
+says that authenticity was NOT checked.`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkOutput(*output); err != nil {
 				return err

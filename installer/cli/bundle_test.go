@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"airlock.dev/airlock/bundle"
+	"airlock.dev/airlock/installer/config"
 )
 
 // runBundle runs `airlock bundle ARGS` and returns stdout, stderr and the error.
@@ -71,14 +73,31 @@ func TestBundleCommands(t *testing.T) {
 	if err != nil || !strings.Contains(out, "OK: signature by key") || !strings.Contains(out, "/s)") {
 		t.Fatalf("verify: %v %s", err, out)
 	}
+	// Without --key: intact, but authenticity NOT checked, and that fails
+	// unless --insecure-no-key accepts it.
+	out, _, err = runBundle(t, "verify", bpath)
+	if err == nil || !strings.Contains(err.Error(), "authenticity NOT checked") || !strings.Contains(out, "authenticity NOT checked") || strings.Contains(out, "OK") {
+		t.Fatalf("verify without --key: %v %s", err, out)
+	}
 	out, _, err = runBundle(t, "verify", "-o", "json", bpath)
 	var rep verifyReport
-	if err != nil || json.Unmarshal([]byte(out), &rep) != nil || !rep.Verified || rep.Trusted {
-		t.Fatalf("verify -o json: %v %s", err, out)
+	if err == nil || json.Unmarshal([]byte(out), &rep) != nil || !rep.Verified || rep.Trusted || !strings.Contains(rep.Authenticity, "NOT checked") {
+		t.Fatalf("verify -o json without --key: %v %s", err, out)
+	}
+	out, _, err = runBundle(t, "verify", "--insecure-no-key", bpath)
+	if err != nil || !strings.Contains(out, "authenticity NOT checked") {
+		t.Fatalf("verify --insecure-no-key: %v %s", err, out)
+	}
+	if _, _, err := runBundle(t, "verify", "--insecure-no-key", "--key", key+".pub", bpath); err == nil {
+		t.Fatal("verify --insecure-no-key --key: accepted")
 	}
 	out, _, err = runBundle(t, "inspect", bpath)
-	if err != nil || !strings.Contains(out, "mychart") || !strings.Contains(out, "vmlinuz") {
+	if err != nil || !strings.Contains(out, "mychart") || !strings.Contains(out, "vmlinuz") || !strings.Contains(out, "authenticity NOT checked") {
 		t.Fatalf("inspect: %v %s", err, out)
+	}
+	out, _, err = runBundle(t, "inspect", "--key", key+".pub", bpath)
+	if err != nil || !strings.Contains(out, "signed by the given key") {
+		t.Fatalf("inspect --key: %v %s", err, out)
 	}
 	// A wrong key is refused.
 	other := filepath.Join(dir, "other")
@@ -90,12 +109,16 @@ func TestBundleCommands(t *testing.T) {
 	if _, err := openBundle("", ""); !errors.Is(err, bundle.ErrNotBundle) {
 		t.Fatalf("openBundle of an executable without a bundle: %v", err)
 	}
+	// serve refuses a bundle whose key nobody named.
+	if _, _, err := runBundle(t, "serve", "--listen", "127.0.0.1:0", bpath); !errors.Is(err, bundle.ErrUntrusted) {
+		t.Fatalf("serve without --key: %v", err)
+	}
 	// serve answers the registry API until cancelled.
 	ctx, cancel := context.WithCancel(context.Background())
 	serveOut := &syncBuffer{}
 	g := &globals{streams: Streams{Out: serveOut, Err: serveOut}}
 	serve := newBundleCommand(g)
-	serve.SetArgs([]string{"serve", "--listen", "127.0.0.1:0", bpath})
+	serve.SetArgs([]string{"serve", "--listen", "127.0.0.1:0", "--key", key + ".pub", bpath})
 	done := make(chan error, 1)
 	go func() { done <- serve.ExecuteContext(ctx) }()
 	deadline := time.Now().Add(10 * time.Second)
@@ -144,4 +167,104 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// buildCLIBundle makes a key pair and a small bundle signed with it, as an
+// operator would, and returns the bundle and the public key.
+func buildCLIBundle(t *testing.T, dir, name string) (string, string) {
+	t.Helper()
+	key := filepath.Join(dir, name)
+	if _, _, err := runBundle(t, "keygen", "--out", key); err != nil {
+		t.Fatal(err)
+	}
+	kernel := []byte("a kernel for " + name)
+	os.WriteFile(filepath.Join(dir, name+".vmlinuz"), kernel, 0o644)
+	sum := sha256.Sum256(kernel)
+	spec := filepath.Join(dir, name+".yaml")
+	os.WriteFile(spec, []byte("apiVersion: airlock.dev/v1alpha1\nkind: Bundle\nmetadata: {name: "+name+"}\nfiles:\n  - name: vmlinuz\n    url: "+name+".vmlinuz\n    sha256: "+hex.EncodeToString(sum[:])+"\n"), 0o644)
+	out := filepath.Join(dir, name+".bundle")
+	if _, errOut, err := runBundle(t, "build", "-f", spec, "-o", out, "--key", key+".key"); err != nil {
+		t.Fatalf("build: %v\n%s", err, errOut)
+	}
+	return out, key + ".pub"
+}
+
+// serve opens the answer file's bundle only with its key or with trust on
+// first use, which records the key in the state directory and refuses
+// another one later.
+func TestServeBundleTrust(t *testing.T) {
+	dir := t.TempDir()
+	site, sitePub := buildCLIBundle(t, dir, "site")
+	other, otherPub := buildCLIBundle(t, dir, "other")
+	var logs syncBuffer
+	g := &globals{stateDir: filepath.Join(dir, "state"), log: slog.New(slog.NewTextHandler(&logs, nil))}
+
+	if _, err := serveBundle(config.Bundle{Path: site}, g); !errors.Is(err, bundle.ErrUntrusted) || !strings.Contains(err.Error(), "bundle.publicKey") {
+		t.Fatalf("no key, no trust on first use: %v", err)
+	}
+	if _, err := serveBundle(config.Bundle{Path: site, PublicKey: otherPub}, g); !errors.Is(err, bundle.ErrSignature) {
+		t.Fatalf("another key: %v", err)
+	}
+	if _, err := serveBundle(config.Bundle{Path: site, PublicKey: "/dev/zero"}, g); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Fatalf("key /dev/zero: %v", err)
+	}
+	b, err := serveBundle(config.Bundle{Path: site, PublicKey: sitePub}, g)
+	if err != nil || b.Authenticity() != bundle.KeyGiven {
+		t.Fatalf("its key: %v", err)
+	}
+	b.Close()
+	if _, err := os.Stat(filepath.Join(g.stateDir, bundle.PinFileName)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a named key was recorded as trusted on first use: %v", err)
+	}
+
+	b, err = serveBundle(config.Bundle{Path: site, TrustOnFirstUse: true}, g)
+	if err != nil || b.Authenticity() != bundle.FirstUse {
+		t.Fatalf("first use: %v", err)
+	}
+	b.Close()
+	if !strings.Contains(logs.String(), "trusted on first use") || !strings.Contains(logs.String(), b.Metadata().KeyID) {
+		t.Errorf("first use is not logged with the key ID:\n%s", logs.String())
+	}
+	if _, err := serveBundle(config.Bundle{Path: other, TrustOnFirstUse: true}, g); !errors.Is(err, bundle.ErrSignature) || !strings.Contains(err.Error(), "trusted at first use") {
+		t.Fatalf("another key after first use: %v", err)
+	}
+	// bundle serve shares the state directory's record.
+	if _, _, err := runBundleState(t, g.stateDir, "serve", "--trust-on-first-use", "--listen", "127.0.0.1:0", other); !errors.Is(err, bundle.ErrSignature) {
+		t.Fatalf("bundle serve of another key after first use: %v", err)
+	}
+}
+
+// runBundleState is runBundle with a state directory.
+func runBundleState(t *testing.T, stateDir string, args ...string) (string, string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	g := &globals{streams: Streams{In: strings.NewReader(""), Out: &out, Err: &errOut}, stateDir: stateDir}
+	cmd := newBundleCommand(g)
+	cmd.SetArgs(args)
+	cmd.SilenceUsage, cmd.SilenceErrors = true, true
+	err := cmd.ExecuteContext(context.Background())
+	return out.String(), errOut.String(), err
+}
+
+// -f /dev/zero and --key /dev/zero fail at once with a clear message.
+func TestBundleRefusesDevZero(t *testing.T) {
+	dir := t.TempDir()
+	site, _ := buildCLIBundle(t, dir, "site")
+	for _, args := range [][]string{
+		{"build", "-f", "/dev/zero", "-o", filepath.Join(dir, "x.bundle"), "--key", filepath.Join(dir, "site.key")},
+		{"check", "-f", "/dev/zero"},
+		{"build", "-f", filepath.Join(dir, "site.yaml"), "-o", filepath.Join(dir, "x.bundle"), "--key", "/dev/zero"},
+		{"verify", "--key", "/dev/zero", site},
+		{"inspect", "--key", "/dev/zero", site},
+		{"serve", "--key", "/dev/zero", site},
+	} {
+		start := time.Now()
+		_, _, err := runBundle(t, args...)
+		if err == nil || !strings.Contains(err.Error(), "/dev/zero: is a character device, not a regular file") {
+			t.Errorf("bundle %s: %v", strings.Join(args, " "), err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("bundle %s took %s", strings.Join(args, " "), d)
+		}
+	}
 }

@@ -44,7 +44,7 @@ func newLabUpCommand(g *globals) *cobra.Command {
   airlock inventory
   airlock lab down
 
-  airlock lab up --nodes 2 --bundle site.bundle    # rehearse with the bundle you will carry in`,
+  airlock lab up --nodes 2 --bundle site.bundle --bundle-key site.pub    # rehearse with the bundle you will carry in`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			self, err := os.Executable()
@@ -82,6 +82,8 @@ func newLabUpCommand(g *globals) *cobra.Command {
 	f.StringVar(&o.Kernel, "kernel", "", "discovery kernel, e.g. /boot/vmlinuz-RELEASE (or --bundle)")
 	f.StringVar(&o.ModulesDir, "modules", "", "the kernel's module tree, /lib/modules/RELEASE (or --bundle)")
 	f.StringVar(&o.Bundle, "bundle", "", "rehearse with this bundle: the discovery image from its "+engine.KernelPackage+", and its registry served in the lab")
+	f.StringVar(&o.BundleKey, "bundle-key", "", "public key the --bundle must be signed with (the builder's site.pub)")
+	f.BoolVar(&o.BundleTrustOnFirstUse, "bundle-trust-on-first-use", false, "instead of --bundle-key: trust the key of the first bundle opened in this state directory, and refuse any other later")
 	f.StringVar(&o.Agent, "agent", "", "airlock-agent binary (default: next to this airlock)")
 	f.BoolVar(&install, "install", false, "the lab's airlock runs the install pipeline (airlock install) on the machines, not only the services")
 	_ = cmd.RegisterFlagCompletionFunc("firmware", fixedCompletion(lab.BIOS, lab.UEFI, lab.Mixed))

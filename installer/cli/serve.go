@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -23,6 +24,8 @@ func newServeCommand(g *globals) *cobra.Command {
 		httpPort     int
 		allowForeign bool
 		bundlePath   string
+		bundleKey    string
+		bundleTOFU   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "serve -f FILE",
@@ -51,6 +54,11 @@ until network.interface names the NIC to serve on.`,
 			if bundlePath != "" {
 				a.Bundle.Path = bundlePath
 			}
+			if bundleKey != "" {
+				a.Bundle.PublicKey, a.Bundle.TrustOnFirstUse = bundleKey, false
+			} else if bundleTOFU {
+				a.Bundle.TrustOnFirstUse = true
+			}
 			in.httpPort, in.allowForeign = httpPort, allowForeign
 			e, closeAll, err := buildEngine(g, a, in)
 			if err != nil {
@@ -71,6 +79,8 @@ until network.interface names the NIC to serve on.`,
 	f.StringVar(&image.Cmdline, "kernel-args", "console=ttyS0", "extra kernel arguments for the discovery image")
 	f.IntVar(&httpPort, "http-port", 8080, "HTTP boot port")
 	f.StringVar(&bundlePath, "bundle", "", "bundle to serve (overrides bundle.path; default: the one appended to this executable)")
+	f.StringVar(&bundleKey, "bundle-key", "", "public key the bundle must be signed with (overrides bundle.publicKey)")
+	f.BoolVar(&bundleTOFU, "bundle-trust-on-first-use", false, "trust the key of the first bundle opened in this state directory and refuse any other later (as bundle.trustOnFirstUse)")
 	f.BoolVar(&allowForeign, "allow-foreign-dhcp", false, "DANGEROUS: serve full DHCP although another DHCP server answers on the segment")
 	return cmd
 }
@@ -90,7 +100,7 @@ func discoveryFromBundle(b *bundle.Bundle, g *globals) (fs.FS, engine.DiscoveryI
 // executable when the answers name none. It returns nil (and says so) when
 // there is no bundle at all: serve then runs the boot services only.
 func serveBundle(cfg config.Bundle, g *globals) (*bundle.Bundle, error) {
-	b, err := openBundle(cfg.Path, cfg.PublicKey)
+	b, err := engine.OpenBundle(cfg, g.stateDir)
 	if cfg.Path == "" && errors.Is(err, bundle.ErrNotBundle) {
 		g.log.Warn("no bundle: neither bundle.path nor a bundle appended to this executable; serving the boot services without a registry")
 		return nil, nil
@@ -98,8 +108,17 @@ func serveBundle(cfg config.Bundle, g *globals) (*bundle.Bundle, error) {
 	if err != nil {
 		return nil, err // it names the bundle and what is wrong with it
 	}
-	if !b.Trusted() {
-		g.log.Warn("bundle checked for integrity only: set bundle.publicKey to require your signing key", "bundle", b.Name())
-	}
+	logTrust(g, b)
 	return b, nil
+}
+
+// logTrust says which key signed the bundle and why it is trusted; a key
+// trusted on first use is a warning, with its ID to compare.
+func logTrust(g *globals, b *bundle.Bundle) {
+	if b.Authenticity() == bundle.FirstUse {
+		g.log.Warn("bundle key trusted on first use and recorded: compare its ID with the one the bundle's builder gave you; bundles signed by any other key will be refused",
+			"bundle", b.Name(), "key", b.Metadata().KeyID, "recorded", filepath.Join(g.stateDir, bundle.PinFileName))
+		return
+	}
+	g.log.Info("bundle opened", "bundle", b.Name(), "key", b.Metadata().KeyID, "authenticity", b.Authenticity().String())
 }

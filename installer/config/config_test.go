@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -118,6 +119,7 @@ func TestExampleFromInitAlwaysValidates(t *testing.T) {
 		{Interface: "br-prov", Mode: ModeAuto, Subnet: netip.MustParsePrefix("172.16.0.0/12")},
 		{Mode: ModeFull, Subnet: netip.MustParsePrefix("10.9.8.0/29")},
 		{Mode: ModeFull, Subnet: netip.MustParsePrefix("10.9.8.77/26"), Site: "rehearsal"},
+		{Interface: "eno1", BundleKey: "/media/usb/hall b.pub"},
 	} {
 		out, err := Example(o)
 		if err != nil {
@@ -130,7 +132,15 @@ func TestExampleFromInitAlwaysValidates(t *testing.T) {
 		}
 		wantWarnings := 0
 		if o.Interface == "" {
-			wantWarnings = 1 // the interface is left for the engineer to name
+			wantWarnings++ // the interface is left for the engineer to name
+		}
+		if o.BundleKey == "" {
+			wantWarnings++ // so is the bundle's key, never silently
+			if !slices.ContainsFunc(problems.Warnings(), func(p Problem) bool { return p.Path == "bundle.publicKey" }) {
+				t.Errorf("airlock init %+v: no warning that bundle.publicKey is not set", o)
+			}
+		} else if a.Bundle.PublicKey != o.BundleKey {
+			t.Errorf("bundle.publicKey = %q, want %q", a.Bundle.PublicKey, o.BundleKey)
 		}
 		if n := len(problems.Warnings()); n != wantWarnings {
 			t.Errorf("airlock init %+v: %d warnings, want %d:\n%s", o, n, wantWarnings, problems.Warnings())
@@ -146,6 +156,8 @@ func TestExampleFromInitAlwaysValidates(t *testing.T) {
 		{Subnet: netip.MustParsePrefix("10.0.0.0/30")},
 		{Subnet: netip.MustParsePrefix("fd00::/64")},
 		{Site: "Hall B"},
+		{BundleKey: "a\"b.pub"},
+		{BundleKey: "a\nb.pub"},
 	} {
 		if _, err := Example(bad); err == nil {
 			t.Errorf("Example(%+v) accepted bad options", bad)

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"text/template"
+	"unicode"
 )
 
 //go:embed init.yaml.tmpl
@@ -18,6 +20,7 @@ type InitOptions struct {
 	Interface string       // provisioning NIC; empty leaves it commented out
 	Subnet    netip.Prefix // default 10.40.0.0/24
 	Mode      string       // auto, full or proxy; default auto
+	BundleKey string       // the bundle's public key file; empty leaves a placeholder validate warns about
 }
 
 // Example renders the commented example answer file. The result always
@@ -41,6 +44,9 @@ func Example(o InitOptions) ([]byte, error) {
 	if o.Interface != "" && !interfaceNameRE.MatchString(o.Interface) {
 		return nil, fmt.Errorf("interface %q is not a valid Linux interface name", o.Interface)
 	}
+	if strings.ContainsFunc(o.BundleKey, func(r rune) bool { return r < 0x20 || r == 0x7f || r == '"' || r == '\\' || !unicode.IsPrint(r) }) {
+		return nil, fmt.Errorf("bundle key path %q: quotes, backslashes and control characters are not supported", o.BundleKey)
+	}
 	if !o.Subnet.Addr().Is4() || o.Subnet.Bits() > 29 || o.Subnet.Bits() < 8 {
 		return nil, fmt.Errorf("subnet %s: use an IPv4 subnet between /8 and /29", o.Subnet)
 	}
@@ -50,6 +56,7 @@ func Example(o InitOptions) ([]byte, error) {
 	data := map[string]any{
 		"Site":       o.Site,
 		"Interface":  o.Interface,
+		"BundleKey":  o.BundleKey,
 		"Mode":       o.Mode,
 		"Subnet":     subnet,
 		"Address":    nthHost(subnet, 1),

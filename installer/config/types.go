@@ -99,7 +99,10 @@ type RelayedSubnet struct {
 // Bundle says where the signed bundle is and which key signs it.
 type Bundle struct {
 	Path      string `yaml:"path,omitempty" json:"path,omitempty" doc:"Path of the bundle file (or the first of its parts). Empty: the bundle appended to the airlock executable."`
-	PublicKey string `yaml:"publicKey,omitempty" json:"publicKey,omitempty" doc:"Path of the ed25519 public key the bundle must be signed with."`
+	PublicKey string `yaml:"publicKey,omitempty" json:"publicKey,omitempty" doc:"Path of the ed25519 public key the bundle must be signed with (the builder's .pub file, handed over out of band). Without it, or trustOnFirstUse, a bundle is refused."`
+	// TrustOnFirstUse trusts whichever key signs the first bundle opened
+	// and records it in the state directory; later bundles must carry it.
+	TrustOnFirstUse bool `yaml:"trustOnFirstUse,omitempty" json:"trustOnFirstUse,omitempty" doc:"Instead of publicKey: trust the key that signs the first bundle opened, record it in the state directory, and refuse any other key later. Compare the key ID airlock prints with the builder's."`
 }
 
 // Rack is one rack of the expected plan.

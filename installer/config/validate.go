@@ -26,6 +26,7 @@ func (a *Answers) Validate(src *Source) Problems {
 	v.admission(a)
 	v.cluster(a)
 	v.platform(a)
+	v.bundle(a.Bundle)
 	v.problems.Sort()
 	return v.omitted.appendTo(v.problems)
 }
@@ -1097,5 +1098,15 @@ func (x *hostnameIndex) collisions(v *validator) {
 				}
 			}
 		}
+	}
+}
+
+// bundle warns when a bundle would be refused for want of a trusted key.
+func (v *validator) bundle(b Bundle) {
+	switch {
+	case b.PublicKey != "" && b.TrustOnFirstUse:
+		v.warnf("bundle.trustOnFirstUse", "ignored: publicKey names the key the bundle must be signed with")
+	case b.Path != "" && b.PublicKey == "" && !b.TrustOnFirstUse && !v.failed("bundle.trustOnFirstUse"):
+		v.warnf("bundle.publicKey", "not set: airlock refuses a bundle signed by a key nobody named; set it to the .pub file the bundle's builder gave you (out of band), or set trustOnFirstUse: true to trust the first key seen")
 	}
 }

@@ -15,7 +15,6 @@ import (
 	"text/template"
 	"time"
 
-	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/installer/bootimage"
 	"airlock.dev/airlock/installer/config"
 	"airlock.dev/airlock/installer/control"
@@ -53,6 +52,11 @@ type LabOptions struct {
 	// with: the discovery image comes from its kernel package, as serve
 	// makes it, and the lab's airlock serves its registry.
 	Bundle string
+	// BundleKey (a public key file) or BundleTrustOnFirstUse says which
+	// key the bundle must be signed with, as bundle.publicKey and
+	// bundle.trustOnFirstUse do in an answer file; one is required.
+	BundleKey             string
+	BundleTrustOnFirstUse bool
 	// Agent is the static airlock-agent binary that becomes /init.
 	Agent string
 	// Self is the airlock executable to run in the lab's namespace.
@@ -85,6 +89,11 @@ func LabUp(ctx context.Context, o LabOptions) (_ *lab.State, err error) {
 			return nil, err
 		}
 		o.Bundle = abs
+		if o.BundleKey != "" {
+			if o.BundleKey, err = filepath.Abs(o.BundleKey); err != nil {
+				return nil, err
+			}
+		}
 		if bundleBoot, err = labBundleBoot(o); err != nil {
 			return nil, fmt.Errorf("--bundle: %w", err)
 		}
@@ -119,7 +128,7 @@ func LabUp(ctx context.Context, o LabOptions) (_ *lab.State, err error) {
 	if err := buildLabBoot(s.Dir, bundleBoot, o); err != nil {
 		return nil, err
 	}
-	answers, err := labAnswerFile(s, o.Bundle)
+	answers, err := labAnswerFile(s, o.labBundle())
 	if err != nil {
 		return nil, err
 	}
@@ -143,6 +152,9 @@ func checkLabInputs(o LabOptions) error {
 		} else if _, err := os.Stat(o.Bundle); err != nil {
 			errs = append(errs, fmt.Errorf("--bundle: %w", err))
 		}
+		if o.BundleKey == "" && !o.BundleTrustOnFirstUse {
+			errs = append(errs, errors.New("--bundle: name the key it must be signed with (--bundle-key site.pub, the builder's public key) or choose --bundle-trust-on-first-use"))
+		}
 	} else {
 		if o.Kernel == "" {
 			errs = append(errs, errors.New("--kernel: the discovery kernel is required (Debian: /boot/vmlinuz-*-cloud-amd64 from linux-image-cloud-amd64)"))
@@ -165,12 +177,20 @@ func checkLabInputs(o LabOptions) error {
 // package (kept in the state directory, as serve keeps it) and returns
 // its directory.
 func labBundleBoot(o LabOptions) (string, error) {
-	b, err := bundle.Open(o.Bundle, bundle.OpenOptions{})
+	b, err := OpenBundle(o.labBundle(), o.StateDir)
 	if err != nil {
 		return "", err
 	}
 	defer b.Close()
 	return discoveryDirFromBundle(b, o.StateDir, func() ([]byte, error) { return os.ReadFile(o.Agent) }, o.Log)
+}
+
+// labBundle is the bundle section of the lab's answer file.
+func (o LabOptions) labBundle() config.Bundle {
+	if o.Bundle == "" {
+		return config.Bundle{}
+	}
+	return config.Bundle{Path: o.Bundle, PublicKey: o.BundleKey, TrustOnFirstUse: o.BundleKey == "" && o.BundleTrustOnFirstUse}
 }
 
 // buildLabBoot puts the discovery kernel and boot image into the lab's
@@ -236,15 +256,22 @@ machines:
     hostname: worker-{rack}-{index}
 admission: {policy: any}
 cluster: {name: lab}
-{{- if .Bundle}}
-bundle: {path: {{printf "%q" .Bundle}}}
+{{- with .Bundle}}{{if .Path}}
+bundle:
+  path: {{printf "%q" .Path}}
+{{- if .PublicKey}}
+  publicKey: {{printf "%q" .PublicKey}}
 {{- end}}
+{{- if .TrustOnFirstUse}}
+  trustOnFirstUse: true
+{{- end}}
+{{- end}}{{end}}
 `))
 
 // labAnswerFile is the answer file for the lab's own airlock: full DHCP on
 // the bridge, the rack plan exactly as the lab cabled it, and the bundle
 // to serve, if any.
-func labAnswerFile(s *lab.State, bundlePath string) ([]byte, error) {
+func labAnswerFile(s *lab.State, bun config.Bundle) ([]byte, error) {
 	subnet, err := netip.ParsePrefix(s.Subnet)
 	if err != nil {
 		return nil, err
@@ -273,7 +300,7 @@ func labAnswerFile(s *lab.State, bundlePath string) ([]byte, error) {
 	var out bytes.Buffer
 	err = labAnswersTmpl.Execute(&out, map[string]any{
 		"Bridge": s.Bridge, "Subnet": subnet.Masked(), "Address": server.Addr(),
-		"Start": at(100), "End": at(200), "Racks": racks, "First": s.VMs[0].Serial, "Bundle": bundlePath,
+		"Start": at(100), "End": at(200), "Racks": racks, "First": s.VMs[0].Serial, "Bundle": bun,
 	})
 	if err != nil {
 		return nil, err

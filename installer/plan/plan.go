@@ -91,8 +91,13 @@ func Make(a *config.Answers, machines []inventory.Machine, journal []state.Entry
 	if p.Bundle == "" {
 		p.Bundle = "appended to the airlock executable"
 	}
-	if a.Bundle.PublicKey != "" {
+	switch {
+	case a.Bundle.PublicKey != "":
 		p.Bundle += ", signed by " + a.Bundle.PublicKey
+	case a.Bundle.TrustOnFirstUse:
+		p.Bundle += ", signed by the key trusted on first use"
+	default:
+		p.Bundle += ", which is refused: no key named (bundle.publicKey) and no trust on first use"
 	}
 	for _, r := range a.Racks {
 		p.Racks = append(p.Racks, Rack{Name: r.Name, ToR: r.ToR, Expected: len(r.Ports)})

@@ -1,0 +1,76 @@
+package bundle
+
+import (
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+)
+
+// OpenRegular opens path for reading and refuses anything but a regular
+// file. The open does not block (an ordinary open of a FIFO waits for a
+// writer), and the kind is checked on the opened file, not on the name,
+// so the file cannot be swapped in between.
+func OpenRegular(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|openNonblock, 0)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", path, notRegular(st.Mode()))
+	}
+	if err := clearNonblock(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// notRegular describes a file that is not a regular file.
+func notRegular(m fs.FileMode) error {
+	kind := "special file"
+	switch {
+	case m.IsDir():
+		kind = "directory"
+	case m&fs.ModeNamedPipe != 0:
+		kind = "FIFO"
+	case m&fs.ModeCharDevice != 0:
+		kind = "character device"
+	case m&fs.ModeDevice != 0:
+		kind = "block device"
+	case m&fs.ModeSocket != 0:
+		kind = "socket"
+	case m&fs.ModeSymlink != 0:
+		kind = "symbolic link"
+	}
+	return fmt.Errorf("is a %s, not a regular file", kind)
+}
+
+// ReadRegularFile reads a regular file of at most max bytes. The size is
+// checked before anything is read, and the read stops at max+1 bytes, so
+// a file that grows meanwhile is refused too; what says what the file is,
+// for messages ("public key").
+func ReadRegularFile(path string, max int64, what string) ([]byte, error) {
+	f, err := OpenRegular(path)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", what, err)
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() > max {
+		return nil, fmt.Errorf("read %s %s: %d bytes, more than the %d a %s can have", what, path, st.Size(), max, what)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s %s: %w", what, path, err)
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("read %s %s: more than the %d bytes a %s can have", what, path, max, what)
+	}
+	return b, nil
+}

@@ -1,0 +1,58 @@
+package engine
+
+import (
+	"strings"
+	"testing"
+
+	"airlock.dev/airlock/installer/config"
+	"airlock.dev/airlock/installer/lab"
+)
+
+// lab up --bundle needs the bundle's key or an explicit trust on first
+// use, like every other command, and hands that choice to the lab's
+// airlock through its answer file.
+func TestLabBundleNeedsTrust(t *testing.T) {
+	o := LabOptions{Bundle: "/nonexistent/site.bundle", Agent: "/nonexistent/agent"}
+	err := checkLabInputs(o)
+	if err == nil || !strings.Contains(err.Error(), "--bundle-key") {
+		t.Fatalf("lab up --bundle without a key: %v", err)
+	}
+	o.BundleTrustOnFirstUse = true
+	if err := checkLabInputs(o); err == nil || strings.Contains(err.Error(), "--bundle-key") {
+		t.Fatalf("lab up --bundle --bundle-trust-on-first-use: %v", err)
+	}
+	for _, c := range []struct {
+		o    LabOptions
+		want config.Bundle
+	}{
+		{LabOptions{}, config.Bundle{}},
+		{LabOptions{Bundle: "/b", BundleKey: "/k.pub"}, config.Bundle{Path: "/b", PublicKey: "/k.pub"}},
+		{LabOptions{Bundle: "/b", BundleTrustOnFirstUse: true}, config.Bundle{Path: "/b", TrustOnFirstUse: true}},
+		{LabOptions{Bundle: "/b", BundleKey: "/k.pub", BundleTrustOnFirstUse: true}, config.Bundle{Path: "/b", PublicKey: "/k.pub"}},
+	} {
+		if got := c.o.labBundle(); got != c.want {
+			t.Errorf("%+v: bundle section %+v, want %+v", c.o, got, c.want)
+		}
+	}
+}
+
+// The lab's answer file carries the bundle's trust to the lab's airlock.
+func TestLabAnswerFileCarriesBundleTrust(t *testing.T) {
+	s := &lab.State{Bridge: "albr0", ServerAddr: "10.77.0.1/24", Subnet: "10.77.0.0/24",
+		VMs:      []lab.VM{{Name: "node-a-01", Rack: "rack-a", Slot: 1, Serial: "SN-1"}},
+		Switches: []lab.Switch{{Rack: "rack-a", SystemName: "rack-a-tor"}}}
+	for _, want := range []config.Bundle{
+		{},
+		{Path: "/media/usb/site \"b\".bundle", PublicKey: "/media/usb/site.pub"},
+		{Path: "/media/usb/site.bundle", TrustOnFirstUse: true},
+	} {
+		out, err := labAnswerFile(s, want)
+		if err != nil {
+			t.Fatalf("%+v: %v", want, err)
+		}
+		a, _, problems := config.Parse("lab.yaml", out)
+		if err := problems.Err(); err != nil || a.Bundle != want {
+			t.Fatalf("%+v: got %+v (%v):\n%s", want, a.Bundle, err, out)
+		}
+	}
+}
