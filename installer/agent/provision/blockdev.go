@@ -70,7 +70,7 @@ func rereadPartitions(f *os.File) (string, error) {
 const (
 	dmIoctlSize = 312
 	dmDevRemove = 3<<30 | dmIoctlSize<<16 | 0xfd<<8 | 4 // _IOWR(0xfd, DM_DEV_REMOVE_CMD, struct dm_ioctl)
-	mdStopArray = 9<<8 | 0x14                          // _IO(MD_MAJOR, 0x14)
+	mdStopArray = 9<<8 | 0x14                           // _IO(MD_MAJOR, 0x14)
 )
 
 // removeDM removes the device-mapper device with the given number, as

@@ -311,7 +311,7 @@ func probeContent(r io.ReaderAt, base, size int64) string {
 		}
 	}
 	if size >= 128*1024 {
-		v10 := ((size>>9)-16)&^7*512 // md 1.0: 8 KiB from the end, 4 KiB aligned
+		v10 := ((size >> 9) - 16) &^ 7 * 512 // md 1.0: 8 KiB from the end, 4 KiB aligned
 		v090 := size&^(65536-1) - 65536
 		if le32(v10) == mdMagic || le32(v090) == mdMagic {
 			return "linux_raid_member"
