@@ -312,7 +312,7 @@ func Write(ctx context.Context, dev string, src io.Reader, spec WriteSpec, progr
 
 	// Verified. Move the backup GPT to the disk's end, then write the
 	// first MiB.
-	if gptSS != 0 && isBlock(f) {
+	if gptSS != 0 {
 		mv, err := relocateGPT(held, gptSS, diskSize)
 		if err != nil {
 			return rep, fmt.Errorf("write image to %s: %w (first MiB left zeroed)", dev, err)
