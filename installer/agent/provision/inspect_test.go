@@ -21,7 +21,7 @@ func TestProbeSynthetic(t *testing.T) {
 	}{
 		{"md 1.2", md(4096), "linux_raid_member"},
 		{"md 1.1", md(0), "linux_raid_member"},
-		{"md 1.0", md(((size>>9)-16)&^7*512), "linux_raid_member"},
+		{"md 1.0", md(((size >> 9) - 16) &^ 7 * 512), "linux_raid_member"},
 		{"md 0.90", md(size&^(65536-1) - 65536), "linux_raid_member"},
 		{"luks", func(b []byte) { copy(b, "LUKS\xba\xbe") }, "crypto_LUKS"},
 		{"iso9660", func(b []byte) { copy(b[0x8001:], "CD001") }, "iso9660"},
