@@ -92,7 +92,7 @@ func decompress(src io.Reader) (io.Reader, string, func(), error) {
 		}
 		return zr, "xz", func() {}, nil
 	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
-		zr, err := zstd.NewReader(br, zstd.WithDecoderMaxWindow(1<<30))
+		zr, err := zstd.NewReader(br, zstd.WithDecoderMaxWindow(1<<30), zstd.IgnoreChecksum(true))
 		if err != nil {
 			return nil, "", nil, fmt.Errorf("read zstd image: %w", err)
 		}
