@@ -73,26 +73,34 @@ func Fetch(ctx context.Context, client *http.Client, url string) (io.ReadCloser,
 }
 
 // decompress wraps src in the decompressor its first bytes name (gzip, xz,
-// zstd) or none.
+// zstd) or none. The peeked bytes are put back with a MultiReader rather
+// than a bufio.Reader, so that the raw and zstd paths copy nothing more.
 func decompress(src io.Reader) (io.Reader, string, func(), error) {
-	br := bufio.NewReaderSize(src, 256<<10)
-	magic, _ := br.Peek(6)
+	magic := make([]byte, 6)
+	n, err := io.ReadFull(src, magic)
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+		return nil, "", nil, fmt.Errorf("read image: %w", err)
+	}
+	magic = magic[:n]
+	r := io.MultiReader(bytes.NewReader(magic), src)
 	switch {
 	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
-		zr, err := gzip.NewReader(br)
+		zr, err := gzip.NewReader(bufio.NewReaderSize(r, 256<<10))
 		if err != nil {
 			return nil, "", nil, fmt.Errorf("read gzip image: %w", err)
 		}
 		zr.Multistream(true)
 		return zr, "gzip", func() { zr.Close() }, nil
 	case bytes.HasPrefix(magic, []byte{0xfd, '7', 'z', 'X', 'Z', 0}):
-		zr, err := xz.NewReader(br)
+		zr, err := xz.NewReader(bufio.NewReaderSize(r, 256<<10))
 		if err != nil {
 			return nil, "", nil, fmt.Errorf("read xz image: %w", err)
 		}
 		return zr, "xz", func() {}, nil
 	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
-		zr, err := zstd.NewReader(br, zstd.WithDecoderMaxWindow(1<<30), zstd.IgnoreChecksum(true))
+		// The frame's own xxhash is not checked: the raw stream's
+		// SHA-256 covers it.
+		zr, err := zstd.NewReader(r, zstd.WithDecoderMaxWindow(1<<30), zstd.IgnoreChecksum(true))
 		if err != nil {
 			return nil, "", nil, fmt.Errorf("read zstd image: %w", err)
 		}
@@ -100,7 +108,7 @@ func decompress(src io.Reader) (io.Reader, string, func(), error) {
 	case bytes.HasPrefix(magic, []byte("QFI\xfb")):
 		return nil, "", nil, errors.New("image is qcow2: convert it to raw at bundle build time")
 	}
-	return br, "raw", func() {}, nil
+	return r, "raw", func() {}, nil
 }
 
 // alignedBuf returns n bytes aligned to 4096 for O_DIRECT.
