@@ -3,6 +3,7 @@ package provision
 import (
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -99,5 +100,24 @@ func TestResolveFixture(t *testing.T) {
 	}
 	if dev, err := Resolve("testdata/sys", DiskPin{Serial: "lab-os-disk"}); err != nil || dev != "/dev/vda" {
 		t.Fatalf("package Resolve = %q, %v", dev, err)
+	}
+}
+
+// TestTearDownFailsClosed: this machine's kernel has neither
+// device-mapper nor md, so tearing down real holders is not tested here;
+// what is tested is that a holder that cannot be removed stops the wipe
+// with an error naming it, and that an unknown kind of holder is refused.
+func TestTearDownFailsClosed(t *testing.T) {
+	h := Host{SysRoot: "testdata/sys", DevRoot: t.TempDir()}
+	var done []string
+	err := h.tearDown("dm-0", &done, 0)
+	if err == nil || !strings.Contains(err.Error(), "dm-0 (vg0-root)") || !strings.Contains(err.Error(), "device-mapper control") {
+		t.Fatalf("tearDown dm-0 without /dev/mapper/control: %v", err)
+	}
+	if err := h.tearDown("bcache0", &done, 0); err == nil || !strings.Contains(err.Error(), "neither device-mapper nor md") {
+		t.Fatalf("tearDown of an unknown holder: %v", err)
+	}
+	if len(done) != 0 {
+		t.Fatalf("torn down %v", done)
 	}
 }
