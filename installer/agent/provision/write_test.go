@@ -246,3 +246,34 @@ func TestWriteRefuses(t *testing.T) {
 		t.Fatalf("cancelled: %v", err)
 	}
 }
+
+// TestInstall runs a whole order against a loop device: refused while the
+// pin does not match or the disk holds a filesystem, done once allowed.
+func TestInstall(t *testing.T) {
+	img := makeImage(t, 48<<20)
+	dev, backing := loopDevice(t, 64<<20)
+	run(t, "mkfs.ext4", "-q", "-F", dev)
+	h := Host{SysRoot: "/sys", DevRoot: "/dev", Loop: true}
+	ctx := context.Background()
+	spec := WriteSpec{RawSize: int64(len(img.raw)), RawSHA256: img.sha256}
+	zst := compress(t, "zstd", img.raw)
+
+	if _, err := h.Install(ctx, DiskPin{Serial: backing, SizeBytes: 128 << 20}, true, bytes.NewReader(zst), spec, nil); !errors.Is(err, ErrNoMatch) {
+		t.Fatalf("Install with a stale size: %v, want ErrNoMatch", err)
+	}
+	rep, err := h.Install(ctx, DiskPin{Serial: backing, SizeBytes: 64 << 20}, false, bytes.NewReader(zst), spec, nil)
+	if !errors.Is(err, ErrNotEmpty) || rep.Disk.Dev != dev {
+		t.Fatalf("Install over ext4 without permission: %v (disk %q)", err, rep.Disk.Dev)
+	}
+	if out, code := blkid(t, dev, 0); code != 0 || !strings.Contains(out, `TYPE="ext4"`) {
+		t.Fatalf("refused Install touched the disk: %s", out)
+	}
+	rep, err = h.Install(ctx, DiskPin{Serial: backing, SizeBytes: 64 << 20}, true, bytes.NewReader(zst), spec, nil)
+	if err != nil {
+		t.Fatalf("Install: %v", err)
+	}
+	if rep.Wipe.Before.Found[0].Type != "ext4" || rep.Write.SHA256 != img.sha256 || !rep.Write.BackupGPTMoved {
+		t.Fatalf("report: wipe %s, write %+v", rep.Wipe.Before, rep.Write)
+	}
+	checkGPT(t, dev, 64<<20)
+}
