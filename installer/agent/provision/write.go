@@ -99,8 +99,9 @@ func decompress(src io.Reader) (io.Reader, string, func(), error) {
 		return zr, "xz", func() {}, nil
 	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
 		// The frame's own xxhash is not checked: the raw stream's
-		// SHA-256 covers it.
-		zr, err := zstd.NewReader(r, zstd.WithDecoderMaxWindow(1<<30), zstd.IgnoreChecksum(true))
+		// SHA-256 covers it. Windows up to 256 MiB (zstd --long=28) are
+		// accepted; a larger one would cost the discovery image's RAM.
+		zr, err := zstd.NewReader(r, zstd.WithDecoderMaxWindow(1<<28), zstd.IgnoreChecksum(true))
 		if err != nil {
 			return nil, "", nil, fmt.Errorf("read zstd image: %w", err)
 		}
