@@ -177,6 +177,25 @@ func Write(ctx context.Context, dev string, src io.Reader, spec WriteSpec, progr
 	rep.Format = format
 	raw = io.LimitReader(raw, spec.RawSize+1)
 
+	// The first MiB is read before the disk is touched: a stream that
+	// fails at once, or an image for another sector size, leaves it as
+	// it was.
+	held := make([]byte, MiB)
+	n, err := io.ReadFull(raw, held)
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+		return rep, fmt.Errorf("write image to %s: read %s image: %w", dev, format, err)
+	}
+	held = held[:n]
+	var gptSS int64
+	if gptSS = gptSectorSize(held); gptSS != 0 && gptSS != ss {
+		return rep, fmt.Errorf("write image to %s: image's GPT is for %d-byte sectors, the disk has %d-byte sectors", dev, gptSS, ss)
+	}
+	hash := sha256.New()
+	hash.Write(held)
+	if err := ctx.Err(); err != nil {
+		return rep, fmt.Errorf("write image to %s: %w", dev, err)
+	}
+
 	// Nothing boots from this disk until the image is proven whole: zero
 	// its first MiB now, and the last MiB past the image (a stale backup
 	// GPT), before the bulk goes down.
@@ -194,18 +213,6 @@ func Write(ctx context.Context, dev string, src io.Reader, spec WriteSpec, progr
 		return rep, fmt.Errorf("write image to %s: sync: %w", dev, err)
 	}
 
-	held := make([]byte, MiB)
-	n, err := io.ReadFull(raw, held)
-	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
-		return rep, fmt.Errorf("write image to %s: read %s image: %w", dev, format, err)
-	}
-	held = held[:n]
-	var gptSS int64
-	if gptSS = gptSectorSize(held); gptSS != 0 && gptSS != ss {
-		return rep, fmt.Errorf("write image to %s: image's GPT is for %d-byte sectors, the disk has %d-byte sectors", dev, gptSS, ss)
-	}
-	hash := sha256.New()
-	hash.Write(held)
 
 	direct := !spec.Buffered && isBlock(f)
 	if direct {

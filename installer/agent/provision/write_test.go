@@ -237,8 +237,12 @@ func TestWriteRefuses(t *testing.T) {
 	gpt4k := make([]byte, 2<<20)
 	copy(gpt4k[4096:], "EFI PART")
 	sum := sha256.Sum256(gpt4k)
+	putDev(t, dev, img.raw[:1<<20], 0)
 	if _, err := Write(ctx, dev, bytes.NewReader(gpt4k), WriteSpec{RawSize: int64(len(gpt4k)), RawSHA256: hex.EncodeToString(sum[:])}, nil); err == nil || !strings.Contains(err.Error(), "4096-byte sectors") {
 		t.Fatalf("4K-sector image on a 512-byte disk: %v", err)
+	}
+	if !bytes.Equal(readDev(t, dev, 0, 1<<20), img.raw[:1<<20]) {
+		t.Fatal("refused 4K-sector image touched the disk")
 	}
 	ctx2, cancel := context.WithCancel(ctx)
 	cancel()
