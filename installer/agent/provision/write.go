@@ -213,7 +213,6 @@ func Write(ctx context.Context, dev string, src io.Reader, spec WriteSpec, progr
 		return rep, fmt.Errorf("write image to %s: sync: %w", dev, err)
 	}
 
-
 	direct := !spec.Buffered && isBlock(f)
 	if direct {
 		if err := setDirect(f, true); err != nil {
