@@ -66,6 +66,18 @@ func rereadPartitions(f *os.File) (string, error) {
 	return "", fmt.Errorf("re-read partition table of %s: %w", f.Name(), err)
 }
 
+// blkZeroOut has the device zero length bytes at off (BLKZEROOUT: WRITE
+// ZEROES where the device has it, else the kernel writes zero pages).
+func blkZeroOut(f *os.File, off, length int64) error {
+	r := [2]uint64{uint64(off), uint64(length)}
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), blkZeroOutIoctl, uintptr(unsafe.Pointer(&r[0]))); errno != 0 {
+		return fmt.Errorf("zero bytes %d-%d of %s: %w", off, off+length, f.Name(), errno)
+	}
+	return nil
+}
+
+const blkZeroOutIoctl = 0x12<<8 | 127 // _IO(0x12, 127), linux/fs.h
+
 // Device-mapper and md ioctls (linux/dm-ioctl.h, linux/raid/md_u.h).
 const (
 	dmIoctlSize = 312

@@ -52,6 +52,7 @@ type WriteReport struct {
 	SHA256         string
 	Elapsed        time.Duration
 	BackupGPTMoved bool   // the backup GPT was moved to the disk's end
+	ZeroedOut      int64  // bytes of all-zero chunks left to the device (BLKZEROOUT)
 	Reread         string // what re-reading the partition table gave
 }
 
@@ -120,8 +121,22 @@ func alignedBuf(n int) []byte {
 }
 
 type chunk struct {
-	buf []byte
-	off int64
+	buf  []byte
+	off  int64
+	zero bool // every byte is 0
+}
+
+// isZero reports whether b holds only zero bytes, comparing it with zero
+// (a zeroed buffer) piece by piece.
+func isZero(b, zero []byte) bool {
+	for len(b) > 0 {
+		n := min(len(b), len(zero))
+		if !bytes.Equal(b[:n], zero[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
 }
 
 // Write streams the image in src onto dev (a block device, normally just
@@ -279,6 +294,7 @@ func Write(ctx context.Context, dev string, src io.Reader, spec WriteSpec, progr
 		defer close(toWrite)
 		for c := range toHash {
 			hash.Write(c.buf)
+			c.zero = isZero(c.buf, zero)
 			select {
 			case toWrite <- c:
 			case <-gctx.Done():
@@ -289,7 +305,19 @@ func Write(ctx context.Context, dev string, src io.Reader, spec WriteSpec, progr
 	})
 	g.Go(func() error {
 		last := time.Now()
+		zeroOut := isBlock(f)
 		for c := range toWrite {
+			if c.zero && zeroOut && c.off%ss == 0 && int64(len(c.buf))%ss == 0 {
+				// The device zeroes the range itself (WRITE ZEROES, or
+				// the kernel's own zero pages): no copy of our zeros.
+				if err := blkZeroOut(f, c.off, int64(len(c.buf))); err == nil {
+					rep.ZeroedOut += int64(len(c.buf))
+					written.Add(int64(len(c.buf)))
+					free <- c.buf[:cap(c.buf)]
+					continue
+				}
+				zeroOut = false // not supported here: write them
+			}
 			if direct && len(c.buf)%4096 != 0 {
 				if err := setDirect(f, false); err != nil {
 					return err

@@ -75,6 +75,9 @@ func TestWriteFormats(t *testing.T) {
 	dev, _ := loopDevice(t, diskSize)
 	for _, format := range []string{"raw", "gzip", "xz", "zstd"} {
 		t.Run(format, func(t *testing.T) {
+			// Old data everywhere, so that the image's zero runs must
+			// really be zeroed on the disk.
+			putDev(t, dev, bytes.Repeat([]byte{0xa5}, diskSize), 0)
 			if _, err := Wipe(context.Background(), dev, true); err != nil {
 				t.Fatal(err)
 			}
@@ -85,7 +88,7 @@ func TestWriteFormats(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Write: %v", err)
 			}
-			if rep.Format != format || rep.SHA256 != img.sha256 || rep.RawSize != int64(len(img.raw)) || !rep.BackupGPTMoved {
+			if rep.Format != format || rep.SHA256 != img.sha256 || rep.RawSize != int64(len(img.raw)) || !rep.BackupGPTMoved || rep.ZeroedOut < 4<<20 {
 				t.Fatalf("report %+v", rep)
 			}
 			if len(progress) == 0 || progress[len(progress)-1].Written != spec.RawSize || progress[len(progress)-1].BytesPerSec <= 0 {
