@@ -36,6 +36,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"strings"
 	"syscall"
@@ -50,6 +51,7 @@ func main() {
 	sizeMiB := flag.Int("size", 512, "raw image size in MiB")
 	rounds := flag.Int("rounds", 5, "rounds; each writes the image once with each path, alternating which goes first")
 	backing := flag.String("backing", "/dev/shm", "directory for the loop device's backing file (tmpfs by default)")
+	dio := flag.Bool("dio", false, "the loop device writes its backing file with direct I/O (losetup --direct-io=on): with -backing on a real disk, the writes reach that disk")
 	level := flag.Int("level", 3, "zstd compression level of the served image")
 	buffered := flag.Bool("buffered", false, "airlock writes without O_DIRECT")
 	chunkMiB := flag.Int("chunk", 4, "airlock's write size in MiB")
@@ -63,7 +65,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	o := options{size: int64(*sizeMiB) << 20, rounds: *rounds, backing: *backing, level: *level,
-		buffered: *buffered, chunk: *chunkMiB << 20, cpuprofile: *cpuprofile}
+		buffered: *buffered, chunk: *chunkMiB << 20, cpuprofile: *cpuprofile, dio: *dio}
 	if err := run(ctx, o); err != nil {
 		log.Print(err)
 		defer os.Exit(1)
@@ -77,6 +79,7 @@ type options struct {
 	level    int
 	buffered bool
 	chunk    int
+	dio      bool
 	// cpuprofile, if set, profiles this process (airlock's path, the
 	// floor's rounds idle here) from the first round on.
 	cpuprofile string
@@ -116,6 +119,7 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
+	fmt.Printf("GOMAXPROCS %d, load average %s\n", runtime.GOMAXPROCS(0), loadavg())
 	fmt.Printf("image: %d MiB raw, %.0f MiB zstd -%d (made in %.1fs), sha256 %s\n",
 		o.size>>20, float64(zsize)/(1<<20), o.level, time.Since(start).Seconds(), sum[:16])
 
@@ -126,7 +130,11 @@ func run(ctx context.Context, o options) error {
 	if err := os.Truncate(disk, o.size+64<<20); err != nil {
 		return err
 	}
-	out, err := exec.Command("losetup", "--find", "--show", disk).Output()
+	args := []string{"--find", "--show", disk}
+	if o.dio {
+		args = append([]string{"--direct-io=on"}, args...)
+	}
+	out, err := exec.Command("losetup", args...).Output()
 	if err != nil {
 		return fmt.Errorf("losetup: %w", err)
 	}
@@ -147,7 +155,8 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("image server: %w", err)
 	}
 	url := "http://" + strings.TrimSpace(addr) + "/image"
-	fmt.Printf("target: %s backed by %s; image at %s\n", dev, disk, url)
+	dioState, _ := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "loop/dio"))
+	fmt.Printf("target: %s backed by %s (loop direct I/O %s); image at %s\n", dev, disk, strings.TrimSpace(string(dioState)), url)
 
 	spec := provision.WriteSpec{RawSize: o.size, RawSHA256: sum, Buffered: o.buffered, ChunkSize: o.chunk}
 	client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
@@ -206,7 +215,19 @@ func run(ctx context.Context, o options) error {
 	fmt.Printf("throughput ratio airlock/floor: %.3fx (range %.3f-%.3f; %.0f%% interval of the median %.3f-%.3f); goal >= 0.95x with verification\n",
 		med, lo, hi, cover*100, ciLo, ciHi)
 	fmt.Printf("CPU-s per GiB: airlock %.2f, floor %.2f\n", stats.Median(airCPU), stats.Median(floorCPU))
+	fmt.Printf("load average at the end %s\n", loadavg())
 	return nil
+}
+
+// loadavg is the first three fields of /proc/loadavg: how busy the
+// machine was, which decides these figures on a shared one.
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 type result struct {
