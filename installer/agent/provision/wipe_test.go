@@ -170,3 +170,46 @@ func allZero(b []byte) bool {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// TestWipeDOS: an MBR-partitioned disk with LVM in its second partition
+// (tables and signatures made by sfdisk and pvcreate) is found and
+// cleared, partitions included.
+func TestWipeDOS(t *testing.T) {
+	dev, _ := loopDevice(t, 64<<20)
+	need(t, "sfdisk", "fdisk")
+	need(t, "pvcreate", "lvm2")
+	cmd := exec.Command("sfdisk", "--quiet", dev)
+	cmd.Stdin = strings.NewReader("label: dos\nstart=2048, size=40960, type=83\nstart=43008, size=40960, type=8e\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sfdisk: %v\n%s", err, out)
+	}
+	// No partition nodes here: make the PV through a loop device over the
+	// second partition's bytes.
+	part := strings.TrimSpace(run(t, "losetup", "--find", "--show", "--offset", itoa(43008*512), "--sizelimit", itoa(40960*512), dev))
+	defer exec.Command("losetup", "-d", part).Run()
+	run(t, "pvcreate", "-ff", "-y", "--config", `devices { use_devicesfile=0 obtain_device_list_from_udev=0 } activation { udev_sync=0 udev_rules=0 }`, part)
+	if err := exec.Command("losetup", "-d", part).Run(); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := blkid(t, dev, 43008*512); code != 0 || !strings.Contains(out, "LVM2_member") {
+		t.Fatalf("blkid does not see the PV: exit %d %s", code, out)
+	}
+	s, err := Inspect(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.String(); !strings.Contains(got, "dos on disk") || !strings.Contains(got, "LVM2_member on partition 2 at 22020096") {
+		t.Fatalf("Inspect = %s", got)
+	}
+	if _, err := Wipe(context.Background(), dev, false); !errors.Is(err, ErrNotEmpty) {
+		t.Fatalf("Wipe: %v, want ErrNotEmpty", err)
+	}
+	if _, err := Wipe(context.Background(), dev, true); err != nil {
+		t.Fatal(err)
+	}
+	for _, off := range []int64{0, 2048 * 512, 43008 * 512} {
+		if out, code := blkid(t, dev, off); code != 2 {
+			t.Fatalf("blkid at %d after Wipe: exit %d %s", off, code, out)
+		}
+	}
+}
