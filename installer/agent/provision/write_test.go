@@ -284,3 +284,46 @@ func TestInstall(t *testing.T) {
 	}
 	checkGPT(t, dev, 64<<20)
 }
+
+// TestWrite4K: a GPT image made for 4096-byte sectors (by sfdisk on a
+// 4K-sector loop device) written to a larger 4K-sector disk.
+func TestWrite4K(t *testing.T) {
+	need(t, "sfdisk", "fdisk")
+	src, _ := loopDevice(t, 48<<20, "--sector-size", "4096")
+	cmd := exec.Command("sfdisk", "--quiet", src)
+	cmd.Stdin = strings.NewReader("label: gpt\nstart=256, size=8192, type=linux, name=root\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sfdisk: %v\n%s", err, out)
+	}
+	run(t, "mkfs.ext4", "-q", "-F", "-b", "4096", "-E", "offset=1048576", src, "32M")
+	raw := readDev(t, src, 0, 48<<20)
+	if string(raw[4096:4104]) != "EFI PART" {
+		t.Fatal("sfdisk made no 4K-sector GPT")
+	}
+	sum := sha256.Sum256(raw)
+	spec := WriteSpec{RawSize: int64(len(raw)), RawSHA256: hex.EncodeToString(sum[:])}
+
+	dev, _ := loopDevice(t, 64<<20, "--sector-size", "4096")
+	rep, err := Write(context.Background(), dev, bytes.NewReader(compress(t, "zstd", raw)), spec, nil)
+	if err != nil {
+		t.Fatalf("Write: %v", err)
+	}
+	if !rep.BackupGPTMoved {
+		t.Fatal("backup GPT not moved")
+	}
+	need(t, "sgdisk", "gdisk")
+	if out := run(t, "sgdisk", "--verify", dev); !strings.Contains(out, "No problems found") {
+		t.Fatalf("sgdisk --verify:\n%s", out)
+	}
+	if hdr := readDev(t, dev, 64<<20-4096, 4096); string(hdr[:8]) != "EFI PART" {
+		t.Fatal("no backup header in the last 4K sector")
+	}
+	if out, code := blkid(t, dev, 1<<20); code != 0 || !strings.Contains(out, `TYPE="ext4"`) {
+		t.Fatalf("blkid on partition 1: %d %s", code, out)
+	}
+	// The same image on a 512-byte-sector disk is refused untouched.
+	small, _ := loopDevice(t, 64<<20)
+	if _, err := Write(context.Background(), small, bytes.NewReader(raw), spec, nil); err == nil || !strings.Contains(err.Error(), "GPT is for 4096-byte sectors") {
+		t.Fatalf("4K image on a 512-byte disk: %v", err)
+	}
+}
