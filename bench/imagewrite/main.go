@@ -49,6 +49,7 @@ import (
 func main() {
 	serve := flag.String("serve", "", "internal: serve this file over HTTP on 127.0.0.1 and print the address")
 	sizeMiB := flag.Int("size", 512, "raw image size in MiB")
+	image := flag.String("image", "", "raw disk image to write instead of the generated one (e.g. an ext4 made with mkfs.ext4 -d); -size is then ignored")
 	rounds := flag.Int("rounds", 5, "rounds; each writes the image once with each path, alternating which goes first")
 	backing := flag.String("backing", "/dev/shm", "directory for the loop device's backing file (tmpfs by default)")
 	dio := flag.Bool("dio", false, "the loop device writes its backing file with direct I/O (losetup --direct-io=on): with -backing on a real disk, the writes reach that disk")
@@ -65,7 +66,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	o := options{size: int64(*sizeMiB) << 20, rounds: *rounds, backing: *backing, level: *level,
-		buffered: *buffered, chunk: *chunkMiB << 20, cpuprofile: *cpuprofile, dio: *dio}
+		buffered: *buffered, chunk: *chunkMiB << 20, cpuprofile: *cpuprofile, dio: *dio, image: *image}
 	if err := run(ctx, o); err != nil {
 		log.Print(err)
 		defer os.Exit(1)
@@ -80,6 +81,7 @@ type options struct {
 	buffered bool
 	chunk    int
 	dio      bool
+	image    string
 	// cpuprofile, if set, profiles this process (airlock's path, the
 	// floor's rounds idle here) from the first round on.
 	cpuprofile string
@@ -115,7 +117,13 @@ func run(ctx context.Context, o options) error {
 	defer os.RemoveAll(dir)
 
 	start := time.Now()
-	sum, zsize, err := makeImage(dir, o.size, o.level)
+	var sum string
+	var zsize int64
+	if o.image != "" {
+		sum, zsize, o.size, err = useImage(dir, o.image, o.level)
+	} else {
+		sum, zsize, err = makeImage(dir, o.size, o.level)
+	}
 	if err != nil {
 		return err
 	}
@@ -244,6 +252,29 @@ func measure(who int, f func() error) (result, error) {
 	c0, t0 := rusage(who), time.Now()
 	err := f()
 	return result{wall: time.Since(t0), cpu: rusage(who) - c0}, err
+}
+
+// useImage hashes the raw image at name and compresses it with the zstd
+// command to dir/image.zst.
+func useImage(dir, name string, level int) (sum string, zsize, size int64, err error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return "", 0, 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if size, err = io.Copy(h, f); err != nil {
+		return "", 0, 0, fmt.Errorf("read %s: %w", name, err)
+	}
+	zst := filepath.Join(dir, "image.zst")
+	if out, err := exec.Command("zstd", "-q", "-f", fmt.Sprintf("-%d", level), "-T0", "-o", zst, name).CombinedOutput(); err != nil {
+		return "", 0, 0, fmt.Errorf("zstd: %v\n%s", err, out)
+	}
+	fi, err := os.Stat(zst)
+	if err != nil {
+		return "", 0, 0, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), fi.Size(), size, nil
 }
 
 // makeImage writes a raw image of size bytes shaped like a cloud image
