@@ -56,6 +56,7 @@ func main() {
 	level := flag.Int("level", 3, "zstd compression level of the served image")
 	buffered := flag.Bool("buffered", false, "airlock writes without O_DIRECT")
 	chunkMiB := flag.Int("chunk", 4, "airlock's write size in MiB")
+	verify := flag.String("verify", "raw", "what airlock checks: raw (the SHA-256 of the raw image, the default) or stream (the SHA-256 of the zstd stream as sent, plus zstd's frame checksum)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of this process (airlock's path) to this file")
 	flag.Parse()
 
@@ -66,7 +67,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	o := options{size: int64(*sizeMiB) << 20, rounds: *rounds, backing: *backing, level: *level,
-		buffered: *buffered, chunk: *chunkMiB << 20, cpuprofile: *cpuprofile, dio: *dio, image: *image}
+		buffered: *buffered, chunk: *chunkMiB << 20, cpuprofile: *cpuprofile, dio: *dio, image: *image, verify: *verify}
 	if err := run(ctx, o); err != nil {
 		log.Print(err)
 		defer os.Exit(1)
@@ -82,6 +83,7 @@ type options struct {
 	chunk    int
 	dio      bool
 	image    string
+	verify   string
 	// cpuprofile, if set, profiles this process (airlock's path, the
 	// floor's rounds idle here) from the first round on.
 	cpuprofile string
@@ -167,6 +169,18 @@ func run(ctx context.Context, o options) error {
 	fmt.Printf("target: %s backed by %s (loop direct I/O %s); image at %s\n", dev, disk, strings.TrimSpace(string(dioState)), url)
 
 	spec := provision.WriteSpec{RawSize: o.size, RawSHA256: sum, Buffered: o.buffered, ChunkSize: o.chunk}
+	switch o.verify {
+	case "raw":
+	case "stream":
+		zsum, err := fileSHA256(filepath.Join(dir, "image.zst"))
+		if err != nil {
+			return err
+		}
+		spec.RawSHA256, spec.StreamSHA256 = "", zsum
+	default:
+		return fmt.Errorf("-verify %q: raw or stream", o.verify)
+	}
+	fmt.Printf("airlock verifies the %s stream's SHA-256\n", o.verify)
 	client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
 	if o.cpuprofile != "" {
 		f, err := os.Create(o.cpuprofile)
@@ -252,6 +266,19 @@ func measure(who int, f func() error) (result, error) {
 	c0, t0 := rusage(who), time.Now()
 	err := f()
 	return result{wall: time.Since(t0), cpu: rusage(who) - c0}, err
+}
+
+func fileSHA256(name string) (string, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("read %s: %w", name, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // useImage hashes the raw image at name and compresses it with the zstd

@@ -29,6 +29,14 @@ type WriteSpec struct {
 	// decompressed image, from the bundle's signed metadata.
 	RawSize   int64
 	RawSHA256 string
+	// StreamSHA256 (hex), if set, is the digest of the stream as sent
+	// (the bundle blob's digest). With RawSHA256 empty it is checked
+	// instead of the raw stream's, which costs a hash of the compressed
+	// bytes only; the decompressor then checks its own checksum of the
+	// raw content (zstd's frame checksum, gzip's CRC-32, xz's block
+	// checks) against decoder faults. RawSize is checked either way. With
+	// both set, both are checked.
+	StreamSHA256 string
 	// Buffered turns off O_DIRECT for the bulk of the image (it is on by
 	// default: see docs-provision.md for what it measured).
 	Buffered bool
@@ -49,7 +57,8 @@ type WriteReport struct {
 	Dev            string
 	Format         string // gzip, xz, zstd or raw, from the stream's magic bytes
 	RawSize        int64
-	SHA256         string
+	SHA256         string // of the raw stream, when RawSHA256 was given
+	StreamSHA256   string // of the stream as sent, when StreamSHA256 was given
 	Elapsed        time.Duration
 	BackupGPTMoved bool   // the backup GPT was moved to the disk's end
 	ZeroedOut      int64  // bytes of all-zero chunks left to the device (BLKZEROOUT)
@@ -76,7 +85,7 @@ func Fetch(ctx context.Context, client *http.Client, url string) (io.ReadCloser,
 // decompress wraps src in the decompressor its first bytes name (gzip, xz,
 // zstd) or none. The peeked bytes are put back with a MultiReader rather
 // than a bufio.Reader, so that the raw and zstd paths copy nothing more.
-func decompress(src io.Reader) (io.Reader, string, func(), error) {
+func decompress(src io.Reader, checkFrames bool) (io.Reader, string, func(), error) {
 	magic := make([]byte, 6)
 	n, err := io.ReadFull(src, magic)
 	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
@@ -99,10 +108,10 @@ func decompress(src io.Reader) (io.Reader, string, func(), error) {
 		}
 		return zr, "xz", func() {}, nil
 	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
-		// The frame's own xxhash is not checked: the raw stream's
-		// SHA-256 covers it. Windows up to 256 MiB (zstd --long=28) are
+		// The frame's own xxhash is checked only when the raw stream's
+		// SHA-256 is not. Windows up to 256 MiB (zstd --long=28) are
 		// accepted; a larger one would cost the discovery image's RAM.
-		zr, err := zstd.NewReader(r, zstd.WithDecoderMaxWindow(1<<28), zstd.IgnoreChecksum(true))
+		zr, err := zstd.NewReader(r, zstd.WithDecoderMaxWindow(1<<28), zstd.IgnoreChecksum(!checkFrames))
 		if err != nil {
 			return nil, "", nil, fmt.Errorf("read zstd image: %w", err)
 		}
@@ -151,9 +160,14 @@ func isZero(b, zero []byte) bool {
 func Write(ctx context.Context, dev string, src io.Reader, spec WriteSpec, progress func(Progress)) (WriteReport, error) {
 	rep := WriteReport{Dev: dev}
 	start := time.Now()
-	want := strings.ToLower(spec.RawSHA256)
-	if len(want) != 64 {
-		return rep, fmt.Errorf("write image to %s: expected sha256 %q is not 64 hex digits", dev, spec.RawSHA256)
+	want, wantStream := strings.ToLower(spec.RawSHA256), strings.ToLower(spec.StreamSHA256)
+	for _, d := range []string{want, wantStream} {
+		if _, err := hex.DecodeString(d); err != nil || (len(d) != 64 && d != "") {
+			return rep, fmt.Errorf("write image to %s: expected sha256 %q is not 64 hex digits", dev, d)
+		}
+	}
+	if want == "" && wantStream == "" {
+		return rep, fmt.Errorf("write image to %s: no digest to check the image against", dev)
 	}
 	if spec.RawSize <= 0 {
 		return rep, fmt.Errorf("write image to %s: raw size %d: %w", dev, spec.RawSize, ErrSize)
@@ -184,7 +198,11 @@ func Write(ctx context.Context, dev string, src io.Reader, spec WriteSpec, progr
 		diskSize = max(diskSize, spec.RawSize)
 	}
 
-	raw, format, closeDec, err := decompress(src)
+	streamHash := sha256.New()
+	if wantStream != "" {
+		src = io.TeeReader(src, streamHash)
+	}
+	raw, format, closeDec, err := decompress(src, want == "")
 	if err != nil {
 		return rep, fmt.Errorf("write image to %s: %w", dev, err)
 	}
@@ -205,8 +223,10 @@ func Write(ctx context.Context, dev string, src io.Reader, spec WriteSpec, progr
 	if gptSS = gptSectorSize(held); gptSS != 0 && gptSS != ss {
 		return rep, fmt.Errorf("write image to %s: image's GPT is for %d-byte sectors, the disk has %d-byte sectors", dev, gptSS, ss)
 	}
-	hash := sha256.New()
-	hash.Write(held)
+	hash, hashRaw := sha256.New(), want != ""
+	if hashRaw {
+		hash.Write(held)
+	}
 	if err := ctx.Err(); err != nil {
 		return rep, fmt.Errorf("write image to %s: %w", dev, err)
 	}
@@ -293,7 +313,9 @@ func Write(ctx context.Context, dev string, src io.Reader, spec WriteSpec, progr
 	g.Go(func() error {
 		defer close(toWrite)
 		for c := range toHash {
-			hash.Write(c.buf)
+			if hashRaw {
+				hash.Write(c.buf)
+			}
 			c.zero = isZero(c.buf, zero)
 			select {
 			case toWrite <- c:
@@ -345,12 +367,25 @@ func Write(ctx context.Context, dev string, src io.Reader, spec WriteSpec, progr
 		}
 	}
 	rep.RawSize = total
-	rep.SHA256 = hex.EncodeToString(hash.Sum(nil))
+	if hashRaw {
+		rep.SHA256 = hex.EncodeToString(hash.Sum(nil))
+	}
 	if total != spec.RawSize {
 		return rep, fmt.Errorf("write image to %s: raw image is %d bytes, expected %d: %w (first MiB left zeroed)", dev, total, spec.RawSize, ErrSize)
 	}
-	if rep.SHA256 != want {
+	if want != "" && rep.SHA256 != want {
 		return rep, fmt.Errorf("write image to %s: %w", dev, &DigestError{Expected: want, Actual: rep.SHA256})
+	}
+	if wantStream != "" {
+		// The decompressor may not have read its input to the end (a
+		// trailing frame, padding): what was sent is what is checked.
+		if _, err := io.Copy(io.Discard, src); err != nil {
+			return rep, fmt.Errorf("write image to %s: read the stream's end: %w (first MiB left zeroed)", dev, err)
+		}
+		rep.StreamSHA256 = hex.EncodeToString(streamHash.Sum(nil))
+		if rep.StreamSHA256 != wantStream {
+			return rep, fmt.Errorf("write image to %s: stream %w", dev, &DigestError{Expected: wantStream, Actual: rep.StreamSHA256})
+		}
 	}
 
 	// Verified. Move the backup GPT to the disk's end, then write the

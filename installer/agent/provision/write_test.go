@@ -327,3 +327,57 @@ func TestWrite4K(t *testing.T) {
 		t.Fatalf("4K image on a 512-byte disk: %v", err)
 	}
 }
+
+// TestWriteStreamDigest: checking the digest of the stream as sent instead
+// of the raw one; a flipped byte in the compressed stream is caught by
+// the digest (or by the decompressor), and the first MiB stays zero.
+func TestWriteStreamDigest(t *testing.T) {
+	img := makeImage(t, 48<<20)
+	dev, _ := loopDevice(t, 64<<20)
+	for _, format := range []string{"zstd", "gzip", "xz", "raw"} {
+		t.Run(format, func(t *testing.T) {
+			stream := compress(t, format, img.raw)
+			sum := sha256.Sum256(stream)
+			spec := WriteSpec{RawSize: int64(len(img.raw)), StreamSHA256: hex.EncodeToString(sum[:])}
+			rep, err := Write(context.Background(), dev, bytes.NewReader(stream), spec, nil)
+			if err != nil {
+				t.Fatalf("Write: %v", err)
+			}
+			if rep.StreamSHA256 != spec.StreamSHA256 || rep.SHA256 != "" {
+				t.Fatalf("report %+v", rep)
+			}
+			if got := readDev(t, dev, 1<<20, 8<<20); !bytes.Equal(got, img.raw[1<<20:9<<20]) {
+				t.Fatal("disk differs from the image")
+			}
+			bad := bytes.Clone(stream)
+			bad[len(bad)/2] ^= 0x01
+			badSum := sha256.Sum256(bad)
+			_, err = Write(context.Background(), dev, bytes.NewReader(bad), spec, nil)
+			var de *DigestError
+			switch {
+			case errors.As(err, &de):
+				if de.Expected != spec.StreamSHA256 || de.Actual != hex.EncodeToString(badSum[:]) {
+					t.Fatalf("digests %s / %s", de.Expected, de.Actual)
+				}
+			case err == nil:
+				t.Fatal("a flipped byte in the stream was written")
+			default: // the decompressor's own check or a corrupt block
+				t.Logf("flipped byte: %v", err)
+			}
+			if !allZero(readDev(t, dev, 0, 1<<20)) {
+				t.Fatal("first MiB not zero after a bad stream")
+			}
+		})
+	}
+	// A stream digest that does not match while the raw one does: both
+	// are checked when both are given.
+	stream := compress(t, "zstd", img.raw)
+	spec := WriteSpec{RawSize: int64(len(img.raw)), RawSHA256: img.sha256, StreamSHA256: strings.Repeat("0", 64)}
+	var de *DigestError
+	if _, err := Write(context.Background(), dev, bytes.NewReader(stream), spec, nil); !errors.As(err, &de) || de.Expected != spec.StreamSHA256 {
+		t.Fatalf("both digests, stream wrong: %v", err)
+	}
+	if _, err := Write(context.Background(), dev, bytes.NewReader(stream), WriteSpec{RawSize: int64(len(img.raw))}, nil); err == nil {
+		t.Fatal("Write with no digest at all succeeded")
+	}
+}
