@@ -180,7 +180,7 @@ func run(ctx context.Context, o options) error {
 	default:
 		return fmt.Errorf("-verify %q: raw or stream", o.verify)
 	}
-	fmt.Printf("airlock verifies the %s stream's SHA-256\n", o.verify)
+	fmt.Printf("airlock checks %s\n", map[string]string{"raw": "the raw image's SHA-256", "stream": "the zstd stream's SHA-256 and its frame checksum"}[o.verify])
 	client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
 	if o.cpuprofile != "" {
 		f, err := os.Create(o.cpuprofile)
