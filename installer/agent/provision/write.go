@@ -251,7 +251,7 @@ func Write(ctx context.Context, dev string, src io.Reader, spec WriteSpec, progr
 	direct := !spec.Buffered && isBlock(f)
 	if direct {
 		if err := setDirect(f, true); err != nil {
-			direct = false // e.g. tmpfs-backed: fall back to buffered writes
+			direct = false // a device without direct I/O: buffered writes
 		}
 	}
 
