@@ -150,12 +150,14 @@ func isZero(b, zero []byte) bool {
 
 // Write streams the image in src onto dev (a block device, normally just
 // wiped; or a file in tests). It detects the compression by magic bytes,
-// hashes the raw stream, zeroes the disk's first MiB before anything else
-// and writes the image's first MiB last, only after the raw size and
-// SHA-256 match spec: on any failure the first MiB stays zeroed. A GPT
-// image smaller than the disk gets its backup GPT moved to the disk's end.
-// The disk is synced and its partition table re-read. progress, if not
-// nil, is called from Write's goroutines about four times a second and
+// hashes the raw stream (and/or the stream as sent: see WriteSpec), zeroes
+// the disk's first MiB before anything else and writes the image's first
+// MiB last, only after the raw size and the digests match spec: on any
+// failure the first MiB stays zeroed. The bulk goes down with O_DIRECT in
+// aligned chunks; all-zero chunks are left to the device (BLKZEROOUT). A
+// GPT image smaller than the disk gets its backup GPT moved to the disk's
+// end. The disk is synced and its partition table re-read. progress, if
+// not nil, is called from Write's goroutines about four times a second and
 // once at the end.
 func Write(ctx context.Context, dev string, src io.Reader, spec WriteSpec, progress func(Progress)) (WriteReport, error) {
 	rep := WriteReport{Dev: dev}
