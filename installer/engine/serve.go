@@ -83,15 +83,16 @@ type Engine struct {
 	decider events.Decider
 	log     *slog.Logger
 
-	dsrv  *dhcp.Server
-	hb    *httpboot.Server
-	tsrv  *tftp.Server
-	adv   *ra.Advertiser
-	ctlLn net.Listener
-	regLn net.Listener
-	reg   registry.Backend
-	base  string
-	ready chan struct{}
+	dsrv     *dhcp.Server
+	admitter *machineAdmitter
+	hb       *httpboot.Server
+	tsrv     *tftp.Server
+	adv      *ra.Advertiser
+	ctlLn    net.Listener
+	regLn    net.Listener
+	reg      registry.Backend
+	base     string
+	ready    chan struct{}
 	// owned is closed by Close; sockets too, unless Run ran (its servers
 	// close their own sockets when they stop).
 	owned, sockets []io.Closer
@@ -199,6 +200,8 @@ func New(o Options) (_ *Engine, err error) {
 	if e.dsrv, err = dhcp.New(dcfg, socks, Leases{e.store}, log.With("part", "dhcp")); err != nil {
 		return nil, err
 	}
+	e.admitter = newMachineAdmitter(a, dcfg.Reservations)
+	e.dsrv.Admitter = e.admitter
 	if tftpConn != nil {
 		if e.tsrv, err = tftp.New(o.IPXE, tftpConn, tftp.Defaults(), log.With("part", "tftp")); err != nil {
 			return nil, err
@@ -244,6 +247,7 @@ func (e *Engine) Run(ctx context.Context, ready func(Serving)) error {
 	e.ran = true
 	a, log := e.answers, e.log
 	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return e.admitter.follow(gctx, e.inv) })
 	g.Go(func() error { return e.dsrv.Run(gctx) })
 	g.Go(func() error { return e.hb.Run(gctx) })
 	g.Go(func() error {
