@@ -212,16 +212,18 @@ func TestRoundTrip(t *testing.T) {
 func TestValidateRejects(t *testing.T) {
 	ok := cases(t)["static"]
 	for name, mutate := range map[string]func(c *Config){
-		"hostname newline":    func(c *Config) { c.Hostname = "a\nb: c" },
-		"hostname upper":      func(c *Config) { c.Hostname = "Worker" },
-		"fqdn other host":     func(c *Config) { c.FQDN = "other.example.net" },
-		"instance id":         func(c *Config) { c.InstanceID = "" },
-		"mac short":           func(c *Config) { c.Network.Ethernets[0].MAC = net.HardwareAddr{1, 2} },
-		"ifname long":         func(c *Config) { c.Network.Ethernets[0].Name = "averyveryverylongname" },
-		"gateway off subnet":  func(c *Config) { c.Network.Ethernets[0].Gateway = netip.MustParseAddr("192.168.9.1") },
-		"ntp junk":            func(c *Config) { c.NTPServers = []string{"a b"} },
-		"ca not pem":          func(c *Config) { c.CACertificates = []string{"hello"} },
-		"ca key block":        func(c *Config) { c.CACertificates = []string{"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"} },
+		"hostname newline":   func(c *Config) { c.Hostname = "a\nb: c" },
+		"hostname upper":     func(c *Config) { c.Hostname = "Worker" },
+		"fqdn other host":    func(c *Config) { c.FQDN = "other.example.net" },
+		"instance id":        func(c *Config) { c.InstanceID = "" },
+		"mac short":          func(c *Config) { c.Network.Ethernets[0].MAC = net.HardwareAddr{1, 2} },
+		"ifname long":        func(c *Config) { c.Network.Ethernets[0].Name = "averyveryverylongname" },
+		"gateway off subnet": func(c *Config) { c.Network.Ethernets[0].Gateway = netip.MustParseAddr("192.168.9.1") },
+		"ntp junk":           func(c *Config) { c.NTPServers = []string{"a b"} },
+		"ca not pem":         func(c *Config) { c.CACertificates = []string{"hello"} },
+		"ca key block": func(c *Config) {
+			c.CACertificates = []string{"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"}
+		},
 		"ssh key two lines":   func(c *Config) { c.SSHAuthorizedKeys = []string{"ssh-ed25519 AAAA a\nssh-rsa BBB b"} },
 		"mirror no port":      func(c *Config) { c.Mirror = &Mirror{Endpoint: "https://10.0.0.1"} },
 		"mirror path":         func(c *Config) { c.Mirror = &Mirror{Endpoint: "https://10.0.0.1:5000/v2"} },
