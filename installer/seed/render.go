@@ -147,7 +147,7 @@ func userData(c Config) (cloudConfig, error) {
 		}
 		ud.PhoneHome = &phoneHomeCfg{
 			URL:   u.String(),
-			Post:  []string{"instance_id", "hostname", "fqdn", "pub_key_rsa", "pub_key_ecdsa", "pub_key_ed25519"},
+			Post:  []string{"instance_id", "hostname", "fqdn", "pub_key_ecdsa", "pub_key_ed25519"},
 			Tries: tries,
 		}
 	}
