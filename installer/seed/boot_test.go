@@ -297,7 +297,7 @@ func bootOnce(t *testing.T, imgDir, fw string) {
 	select {
 	case v := <-ph.got:
 		t.Logf("%s: phone-home %.1f s after QEMU start: %v", fw, time.Since(start).Seconds(), v)
-		if v.Get("token") != token || v.Get("hostname") != hostname || v.Get("instance_id") != c.InstanceID || v.Get("path") != "/phone-home/"+fw {
+		if v.Get("token") != token || v.Get("hostname") != hostname || v.Get("fqdn") != c.FQDN || v.Get("instance_id") != c.InstanceID || v.Get("path") != "/phone-home/"+fw {
 			t.Errorf("%s: phone-home carried %v", fw, v)
 		}
 	case <-time.After(3 * time.Minute):

@@ -33,7 +33,14 @@ func Render(c Config) (Files, error) {
 	}
 	var f Files
 	var err error
-	if f.MetaData, err = marshalYAML("", metaData{InstanceID: c.InstanceID, LocalHostname: c.Hostname}); err != nil {
+	// local-hostname is the FQDN when there is one: cloud-init takes the
+	// short name from it where it needs one, and the FQDN (e.g. phone-home's
+	// fqdn field) only from here; user-data's hostname and fqdn still rule.
+	local := c.Hostname
+	if c.FQDN != "" {
+		local = c.FQDN
+	}
+	if f.MetaData, err = marshalYAML("", metaData{InstanceID: c.InstanceID, LocalHostname: local}); err != nil {
 		return Files{}, err
 	}
 	ud, err := userData(c)
