@@ -195,6 +195,7 @@ func bootOnce(t *testing.T, imgDir, fw string) {
 		}}},
 		NTPServers:        []string{"10.0.2.2"},
 		CACertificates:    []string{testCA(t)},
+		OnlyTheseCAs:      fw == "bios", // both ways: BIOS trusts only airlock's CA, UEFI keeps the defaults too
 		SSHAuthorizedKeys: []string{testKey},
 		Mirror:            &Mirror{Endpoint: "https://10.0.2.100:5000", CA: testCA(t)},
 		PhoneHome:         &PhoneHome{URL: "http://10.0.2.100/phone-home/" + fw, Token: token, Tries: 5},

@@ -92,7 +92,8 @@ type ntp struct {
 }
 
 type caCerts struct {
-	Trusted []string `yaml:"trusted"`
+	RemoveDefaults bool     `yaml:"remove_defaults,omitempty"`
+	Trusted        []string `yaml:"trusted"`
 }
 
 type writeFile struct {
@@ -127,7 +128,7 @@ func userData(c Config) (cloudConfig, error) {
 		ud.NTP = &ntp{Enabled: true, Servers: c.NTPServers}
 	}
 	if len(c.CACertificates) > 0 {
-		ud.CACerts = &caCerts{}
+		ud.CACerts = &caCerts{RemoveDefaults: c.OnlyTheseCAs}
 		for _, p := range c.CACertificates {
 			ud.CACerts.Trusted = append(ud.CACerts.Trusted, strings.TrimSpace(p)+"\n")
 		}
