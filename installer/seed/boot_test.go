@@ -3,7 +3,7 @@
 // The seed boots a real system: the node OS image that e2e/osimage/build.sh
 // makes (cached under .cache/osimage) is written to a larger virtual disk,
 // the CIDATA filesystem this package builds goes in a last GPT partition at
-// the disk's end, and QEMU (TCG) boots it under SeaBIOS and under OVMF. The
+// the disk's end (added by installer/agent/gpt, as the agent will), and QEMU (TCG) boots it under SeaBIOS and under OVMF. The
 // seed's runcmd reports on the serial console what cloud-init did (hostname,
 // static address, trusted CA, containerd mirrors, grown root filesystem);
 // its phone-home reaches an HTTP server of this test through QEMU's
@@ -34,6 +34,8 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+
+	"airlock.dev/airlock/installer/agent/gpt"
 )
 
 const (
@@ -102,20 +104,21 @@ func writeDisk(t *testing.T, imgDir, path string, seedImg []byte) {
 	if err := dst.Close(); err != nil {
 		t.Fatal(err)
 	}
-	// The seed goes last: sfdisk moves the backup GPT to the new end and
-	// appends the entry; growpart later grows partition 3 up to it.
-	seedMiB := (len(seedImg) + mib - 1) / mib
-	startLBA := (diskSize/mib - 1 - seedMiB) * (mib / 512)
-	cmd := exec.Command("sfdisk", "--append", "--quiet", "--no-reread", path)
-	cmd.Stdin = strings.NewReader(fmt.Sprintf("start=%d, size=%d, type=%s, name=cidata\n", startLBA, seedMiB*mib/512, PartitionType))
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("sfdisk --append: %v\n%s", err, out)
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	// The seed goes last, placed by the agent's GPT editor, which also moves
+	// the backup table to the new end; growpart later grows partition 3 up
+	// to it.
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.WriteAt(seedImg, int64(startLBA)*512); err != nil {
+	p, err := gpt.AppendPartition(f, diskSize, int64(len(seedImg)), PartitionType, "cidata")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Number != 4 {
+		t.Fatalf("seed partition %+v, want number 4", p)
+	}
+	if _, err := f.WriteAt(seedImg, p.Offset); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.Close(); err != nil {
