@@ -3,6 +3,7 @@ package seed
 import (
 	"bytes"
 	"flag"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -289,5 +290,50 @@ func TestCloudInitValidates(t *testing.T) {
 			}
 			t.Logf("%s", out)
 		})
+	}
+}
+
+// cloud-init reads YAML 1.1 (PyYAML), where on, yes, 0x1f or 12:30:45 are
+// not strings: every such value must come out quoted. Checked by PyYAML
+// itself, as the installed system reads it.
+func TestPyYAMLReadsStrings(t *testing.T) {
+	if _, err := os.Stat("/usr/bin/python3"); err != nil {
+		t.Fatal("python3 (PyYAML) not found: apt-get install cloud-init")
+	}
+	tricky := []string{"on", "off", "yes", "no", "y", "n", "true", "null", "nan", "inf", "1e3", "123", "0x1f", "017", "1-2", "12-30"}
+	dir := t.TempDir()
+	var want []string
+	for i, h := range tricky {
+		c := Config{InstanceID: h, Hostname: h, NTPServers: []string{h},
+			Network: Network{Ethernets: []Ethernet{{Name: "e" + h, MAC: net.HardwareAddr{0x12, 0x34, 0x56, 0x78, 0x90, byte(i)}}}}}
+		f, err := Render(c)
+		if err != nil {
+			t.Fatalf("%q: %v", h, err)
+		}
+		for _, d := range docs {
+			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("%02d-%s", i, d)), f.doc(d), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want = append(want, h)
+	}
+	script := `
+import glob, sys, yaml
+for p in sorted(glob.glob(sys.argv[1] + "/*-user-data")):
+    u = yaml.safe_load(open(p))
+    m = yaml.safe_load(open(p.replace("user-data", "meta-data")))
+    n = yaml.safe_load(open(p.replace("user-data", "network-config")))
+    (name, eth), = n["ethernets"].items()
+    vals = [u["hostname"], u["ntp"]["servers"][0], m["instance-id"], m["local-hostname"], name[1:], eth["match"]["macaddress"]]
+    if not all(isinstance(v, str) for v in vals) or len(set(vals[:5])) != 1:
+        print("BAD", p, repr(vals)); continue
+    print(vals[0])
+`
+	out, err := exec.Command("/usr/bin/python3", "-c", script, dir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("python3: %v\n%s", err, out)
+	}
+	if got := strings.Fields(string(out)); strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("PyYAML read:\n%s\nwant the strings %q", out, want)
 	}
 }
