@@ -56,6 +56,8 @@ func layerRule(pkg, imp string) error {
 		if !under(imp, "bundle") && imp != "manifests" && imp != "installer/config" {
 			return fmt.Errorf("bundle is a leaf: it may import only bundle/*, manifests and installer/config")
 		}
+	case under(pkg, "installer/seed"):
+		return fmt.Errorf("the cloud-init seed renderer is a leaf")
 	case under(pkg, "installer/events"):
 		return fmt.Errorf("the event and Decider types are a leaf (the wizard imports them)")
 	case under(pkg, "installer/state"):
