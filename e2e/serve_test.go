@@ -21,7 +21,7 @@ import (
 func answers(iface string) string {
 	s := `apiVersion: airlock.dev/v1alpha1
 kind: Install
-site: {name: e2e}
+site: {name: e2e, lab: true}
 network:
   mode: full
   subnet: 10.77.0.0/24

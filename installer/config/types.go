@@ -38,6 +38,9 @@ type Site struct {
 	Name     string `yaml:"name" json:"name" doc:"A short name for the site, used in reports and hostnames (DNS label)." required:"true"`
 	Location string `yaml:"location,omitempty" json:"location,omitempty" doc:"Free text: building, hall, room."`
 	Domain   string `yaml:"domain,omitempty" json:"domain,omitempty" doc:"DNS domain for node hostnames, e.g. hall-b.example.internal."`
+	// Lab marks a rehearsal on a virtual rack, the only place where
+	// admission policy any is allowed.
+	Lab bool `yaml:"lab,omitempty" json:"lab,omitempty" doc:"This is a rehearsal on a virtual rack (airlock lab): only then may admission.policy be any."`
 }
 
 // Network modes.
@@ -221,7 +224,7 @@ const (
 
 // Admission decides which discovered machines may be installed.
 type Admission struct {
-	Policy string `yaml:"policy,omitempty" json:"policy,omitempty" doc:"allowlist: only machines a rule names by MAC or serial; approve: an operator approves each; any: every machine a rule matches." enum:"allowlist,approve,any"`
+	Policy string `yaml:"policy,omitempty" json:"policy,omitempty" doc:"allowlist: only machines a rule names by MAC or serial; approve: an operator approves each; any: every machine a rule matches, on a lab site only (site.lab)." enum:"allowlist,approve,any"`
 }
 
 // Cluster describes the Kubernetes cluster.

@@ -849,6 +849,9 @@ func (v *validator) installDisk(path string, d InstallDisk) {
 }
 
 func (v *validator) admission(a *Answers) {
+	if a.Admission.Policy == AdmitAny && !a.Site.Lab {
+		v.errorf("admission.policy", "any admits every machine on the network, for a lab only: use allowlist (name the machines in the rules) or approve (an operator approves each); on a virtual rack set site.lab: true")
+	}
 	if a.Admission.Policy == AdmitAllowlist && len(a.Machines) > 0 && !v.failedUnder("machines") && !slices.ContainsFunc(a.Machines, func(r Rule) bool { return r.Match.Identifies() }) {
 		v.warnf("admission.policy", "allowlist admits only machines named by MAC or serial, and no rule names any: nothing will be installed")
 	}

@@ -229,7 +229,7 @@ func buildLabBoot(dir, bundleBoot string, o LabOptions) error {
 var labAnswersTmpl = template.Must(template.New("lab").Parse(`# Written by airlock lab up for the virtual rack in this directory.
 apiVersion: airlock.dev/v1alpha1
 kind: Install
-site: {name: lab}
+site: {name: lab, lab: true}
 network:
   interface: {{.Bridge}}
   mode: full

@@ -144,7 +144,7 @@ func variant(o variantOpts) string {
 		o.rangeStart, o.rangeEnd = "10.40.0.100", "10.40.0.200"
 	}
 	var b strings.Builder
-	b.WriteString("apiVersion: airlock.dev/v1alpha1\nkind: Install\nsite: {name: dc1}\nnetwork:\n")
+	b.WriteString("apiVersion: airlock.dev/v1alpha1\nkind: Install\nsite: {name: dc1, lab: true}\nnetwork:\n")
 	if o.iface != "-" {
 		fmt.Fprintf(&b, "  interface: %s\n", cmpOr(o.iface, "prov0"))
 	}
