@@ -282,6 +282,16 @@ func (b *orderBook) set(r agentapi.OrderResult) {
 // take starts an order it has not seen, unless another one runs (airlock
 // sends it again). An order that ends the agent runs at once.
 func (b *orderBook) take(ctx context.Context, o agentapi.Order, opts Options) {
+	if err := o.Validate(); err != nil {
+		b.mu.Lock()
+		_, known := b.results[o.ID]
+		b.mu.Unlock()
+		if !known {
+			opts.Log.Warn("order refused", "id", o.ID, "err", err)
+			b.set(agentapi.OrderResult{ID: o.ID, Status: agentapi.ResultFailed, Error: truncate("refused: "+err.Error(), 1024)})
+		}
+		return
+	}
 	b.mu.Lock()
 	_, known := b.results[o.ID]
 	busy := b.busy != ""

@@ -16,13 +16,19 @@ const maxResults = 32
 // maxOrders bounds the orders waiting for one machine.
 const maxOrders = 16
 
-// newOrder makes an order with an ID no other order has.
+// newOrder makes an order of the given kind with an ID no other order has.
 func newOrder(tx state.Tx, machineID, kind string) (agentapi.Order, error) {
+	return numbered(tx, agentapi.Order{Kind: kind})
+}
+
+// numbered gives o an ID no other order has.
+func numbered(tx state.Tx, o agentapi.Order) (agentapi.Order, error) {
 	seq, err := tx.NextSequence(ordersBucket)
 	if err != nil {
 		return agentapi.Order{}, err
 	}
-	return agentapi.Order{ID: fmt.Sprintf("o-%d", seq), Kind: kind}, nil
+	o.ID = fmt.Sprintf("o-%d", seq)
+	return o, nil
 }
 
 // recordResult keeps an agent's answer to an order, replacing an earlier
@@ -35,11 +41,16 @@ func recordResult(m *Machine, r agentapi.OrderResult) {
 	}
 }
 
-// Order queues an order of the given kind for a machine's agent and
-// returns it; its next heartbeat carries it, and every heartbeat after
-// that until the agent answers it for good.
-func (s *Store) Order(machineID, kind string) (agentapi.Order, error) {
-	var o agentapi.Order
+// Order queues an order for a machine's agent, with an ID of its own, and
+// returns it; the agent's next heartbeat carries it, and every heartbeat
+// after that until the agent answers it for good. The order must validate
+// (its ID aside).
+func (s *Store) Order(machineID string, o agentapi.Order) (agentapi.Order, error) {
+	check := o
+	check.ID = "o-1"
+	if err := check.Validate(); err != nil {
+		return agentapi.Order{}, fmt.Errorf("order for %s: %w", machineID, err)
+	}
 	err := s.store.Update(func(tx state.Tx) error {
 		var m Machine
 		found, err := getJSON(tx, machinesBucket, machineID, &m)
@@ -52,7 +63,7 @@ func (s *Store) Order(machineID, kind string) (agentapi.Order, error) {
 		if len(m.Orders) >= maxOrders {
 			return fmt.Errorf("machine %s has %d orders waiting already", machineID, len(m.Orders))
 		}
-		if o, err = newOrder(tx, machineID, kind); err != nil {
+		if o, err = numbered(tx, o); err != nil {
 			return err
 		}
 		m.Orders = append(m.Orders, o)
@@ -61,7 +72,7 @@ func (s *Store) Order(machineID, kind string) (agentapi.Order, error) {
 	if err != nil {
 		return agentapi.Order{}, err
 	}
-	s.log.Info("order queued", "machine", machineID, "order", o.ID, "kind", kind)
+	s.log.Info("order queued", "machine", machineID, "order", o.ID, "kind", o.Kind)
 	return o, nil
 }
 

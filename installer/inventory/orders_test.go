@@ -88,7 +88,10 @@ func TestOrdersAreNeverLostNorRedone(t *testing.T) {
 		return id != ""
 	})
 	tr.drop.Store(2) // the next two replies, which carry the order, are lost
-	o, err := s.inv.Order(id, "test-work")
+	if _, err := s.inv.Order(id, agentapi.Order{Kind: "dance"}); err == nil {
+		t.Error("an order of an unknown kind was queued")
+	}
+	o, err := s.inv.Order(id, agentapi.Order{Kind: agentapi.OrderWait})
 	if err != nil {
 		t.Fatal(err)
 	}

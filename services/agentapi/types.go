@@ -185,6 +185,40 @@ type HeartbeatReply struct {
 type Order struct {
 	ID   string `json:"id"`
 	Kind string `json:"kind"`
+	// Install is the order's work when Kind is OrderInstall.
+	Install *InstallOrder `json:"install,omitempty"`
+}
+
+// InstallOrder says which disk gets which image and seed. The disk is named
+// by the identity airlock pinned at assignment: the agent resolves it again
+// right before it wipes, and refuses no match, several, or a removable or
+// read-only disk.
+type InstallOrder struct {
+	Disk DiskPin `json:"disk"`
+	// AllowWipe lets the agent wipe a disk that holds a partition table,
+	// a filesystem, LVM or RAID; without it such a disk is refused.
+	AllowWipe bool `json:"allowWipe,omitempty"`
+	// Image is the OS image, written whole from the disk's start.
+	Image Artifact `json:"image"`
+	// Seed is the cloud-init NoCloud seed (a CIDATA filesystem), put in a
+	// partition of its own at the disk's end.
+	Seed Artifact `json:"seed"`
+}
+
+// DiskPin names a disk by what identifies it (at least a WWN or serial).
+type DiskPin struct {
+	WWN       string `json:"wwn,omitempty"`
+	Serial    string `json:"serial,omitempty"`
+	SizeBytes uint64 `json:"sizeBytes,omitempty"`
+}
+
+// Artifact is a file the agent fetches from airlock: Path is under the
+// agent's airlock URL (never another host), Size and SHA256 are those of
+// the raw content (for an image, once decompressed).
+type Artifact struct {
+	Path   string `json:"path"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
 }
 
 // Ends reports whether carrying out the order ends the agent, so that no
@@ -196,4 +230,6 @@ const (
 	OrderWait     = "wait"
 	OrderReboot   = "reboot"
 	OrderPowerOff = "poweroff"
+	// OrderInstall wipes the pinned disk, writes the OS image and the seed.
+	OrderInstall = "install"
 )

@@ -330,3 +330,57 @@ func (h *Heartbeat) Validate() error {
 
 // ReOrderID is the form of the order IDs airlock makes.
 var ReOrderID = regexp.MustCompile(`^o-[a-z0-9][a-z0-9-]{0,62}$`)
+
+var (
+	reArtifactPath = regexp.MustCompile(`^/[A-Za-z0-9._/-]{1,255}$`)
+	reSHA256Hex    = regexp.MustCompile(`^[0-9a-f]{64}$`)
+)
+
+// MaxArtifactBytes bounds an artifact's raw size (16 TiB, larger than any
+// OS image; the disk's own size bounds it again).
+const MaxArtifactBytes = 16 << 40
+
+// Validate checks an order before the agent acts on it: a known kind, an
+// ID of the form airlock makes, and for an install order a pinned disk and
+// artifacts that are paths on airlock (no other host, no "..") with a raw
+// size and SHA-256.
+func (o *Order) Validate() error {
+	var p problems
+	if !ReOrderID.MatchString(o.ID) {
+		p.add("id", "%q is not an order ID", o.ID)
+	}
+	switch o.Kind {
+	case OrderWait, OrderReboot, OrderPowerOff:
+		if o.Install != nil {
+			p.add("install", "set on a %s order", o.Kind)
+		}
+	case OrderInstall:
+		if o.Install == nil {
+			p.add("install", "missing")
+			break
+		}
+		in := o.Install
+		if in.Disk.WWN == "" && in.Disk.Serial == "" {
+			p.add("install.disk", "names neither a WWN nor a serial")
+		}
+		checkText(&p, "install.disk.wwn", in.Disk.WWN, 128)
+		checkText(&p, "install.disk.serial", in.Disk.Serial, 128)
+		for _, a := range []struct {
+			path string
+			a    Artifact
+		}{{"install.image", in.Image}, {"install.seed", in.Seed}} {
+			if !reArtifactPath.MatchString(a.a.Path) || strings.Contains(a.a.Path, "..") || strings.Contains(a.a.Path, "//") {
+				p.add(a.path+".path", "%q is not a path on airlock", a.a.Path)
+			}
+			if a.a.Size <= 0 || a.a.Size > MaxArtifactBytes {
+				p.add(a.path+".size", "%d is out of range", a.a.Size)
+			}
+			if !reSHA256Hex.MatchString(a.a.SHA256) {
+				p.add(a.path+".sha256", "%q is not a hex SHA-256", a.a.SHA256)
+			}
+		}
+	default:
+		p.add("kind", "unknown order kind %q", o.Kind)
+	}
+	return p.err()
+}

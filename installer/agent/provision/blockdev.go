@@ -123,3 +123,7 @@ func stopMD(node string) error {
 	}
 	return nil
 }
+
+// RereadPartitionTable asks the kernel to read f's partition table again
+// (after a partition was added); it says what came of it.
+func RereadPartitionTable(f *os.File) (string, error) { return rereadPartitions(f) }

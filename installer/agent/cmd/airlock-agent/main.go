@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"airlock.dev/airlock/installer/agent"
+	"airlock.dev/airlock/installer/agent/provision"
 	"airlock.dev/airlock/services/agentapi"
 )
 
@@ -180,8 +182,16 @@ func initMain(log *slog.Logger) error {
 		cfg.BootMAC = lease.MAC
 	}
 	log.Info("network up", "after", time.Since(start).Round(time.Millisecond))
-	onOrder := func(_ context.Context, o agentapi.Order, _ func(done, total uint64)) error {
+	installer := agent.Installer{
+		Host: provision.Host{SysRoot: "/sys", DevRoot: "/dev"},
+		Base: cfg.URL,
+		HTTP: &http.Client{Timeout: 0}, // an image takes as long as it takes; ctx ends it
+		Log:  log,
+	}
+	onOrder := func(ctx context.Context, o agentapi.Order, progress func(done, total uint64)) error {
 		switch o.Kind {
+		case agentapi.OrderInstall:
+			return installer.Run(ctx, o, progress)
 		case agentapi.OrderReboot:
 			unix.Sync()
 			return unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)

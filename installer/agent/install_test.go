@@ -1,0 +1,178 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+
+	"airlock.dev/airlock/installer/agent/provision"
+	"airlock.dev/airlock/installer/seed"
+	"airlock.dev/airlock/services/agentapi"
+)
+
+func need(t *testing.T, tool, pkg string) {
+	t.Helper()
+	if _, err := exec.LookPath(tool); err != nil {
+		t.Fatalf("%s is needed: apt-get install %s", tool, pkg)
+	}
+}
+
+func sh(t *testing.T, stdin string, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func digest(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// An install order, carried out by the agent's Installer on a real loop
+// device: the image (a GPT disk made with sfdisk, zstd-compressed, served
+// over HTTP) lands on the pinned disk, the seed in a partition of its own
+// at the disk's end that sfdisk accepts, and a seed whose digest does not
+// match its order fails before the disk is touched.
+func TestInstallOrderOnALoopDevice(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("this test attaches loop devices: run it as root")
+	}
+	need(t, "sfdisk", "fdisk")
+	need(t, "losetup", "mount")
+	dir := t.TempDir()
+	// The image: 16 MiB, GPT with one partition, a marker inside it.
+	imgPath := filepath.Join(dir, "image.raw")
+	if err := os.Truncate(mustCreate(t, imgPath), 16<<20); err != nil {
+		t.Fatal(err)
+	}
+	sh(t, "label: gpt\nstart=2048, size=20480, type=linux, name=root\n", "sfdisk", "--quiet", imgPath)
+	raw, err := os.ReadFile(imgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(raw[4<<20:], "airlock image marker")
+	var zimg bytes.Buffer
+	zw, _ := zstd.NewWriter(&zimg)
+	zw.Write(raw)
+	zw.Close()
+	files, err := seed.Render(seed.Config{InstanceID: "m-test-1", Hostname: "cp-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seedImg, err := files.Image()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/files/os.img.zst", func(w http.ResponseWriter, _ *http.Request) { w.Write(zimg.Bytes()) })
+	mux.HandleFunc("/seeds/m-test-1", func(w http.ResponseWriter, _ *http.Request) { w.Write(seedImg) })
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	base, _ := url.Parse(srv.URL)
+
+	// The disk: 64 MiB, on a loop device, holding old data.
+	backing := filepath.Join(dir, "disk.img")
+	if err := os.Truncate(mustCreate(t, backing), 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	dev := strings.TrimSpace(sh(t, "", "losetup", "--find", "--show", backing))
+	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
+	in := Installer{Host: provision.Host{SysRoot: "/sys", DevRoot: "/dev", Loop: true}, Base: base, HTTP: srv.Client(), Log: slog.New(slog.DiscardHandler)}
+	order := agentapi.Order{ID: "o-7", Kind: agentapi.OrderInstall, Install: &agentapi.InstallOrder{
+		Disk:  agentapi.DiskPin{Serial: backing, SizeBytes: 64 << 20},
+		Image: agentapi.Artifact{Path: "/files/os.img.zst", Size: int64(len(raw)), SHA256: digest(raw)},
+		Seed:  agentapi.Artifact{Path: "/seeds/m-test-1", Size: int64(len(seedImg)), SHA256: digest(seedImg)},
+	}}
+
+	// A seed that is not the one ordered: refused before the disk is touched.
+	bad := order
+	badInstall := *order.Install
+	badInstall.Seed.SHA256 = strings.Repeat("0", 64)
+	bad.Install = &badInstall
+	if err := in.Run(context.Background(), bad, nil); !errors.Is(err, ErrSeed) {
+		t.Fatalf("wrong seed digest: %v, want ErrSeed", err)
+	}
+	if disk, _ := os.ReadFile(backing); !bytes.Equal(disk[:1<<20], make([]byte, 1<<20)) {
+		t.Fatal("the disk was written although the seed was refused")
+	}
+
+	var last uint64
+	if err := in.Run(context.Background(), order, func(done, total uint64) { last = done }); err != nil {
+		t.Fatal(err)
+	}
+	if last != uint64(len(raw)) {
+		t.Errorf("last progress %d bytes, want %d", last, len(raw))
+	}
+	disk, err := os.ReadFile(backing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(disk[1<<20:16<<20-1<<20], raw[1<<20:16<<20-1<<20]) {
+		t.Error("the image's body is not on the disk")
+	}
+	sfdisk := sh(t, "", "sfdisk", "--dump", backing)
+	if !strings.Contains(sfdisk, `name="cidata"`) || !strings.Contains(sfdisk, `name="root"`) {
+		t.Fatalf("partitions after install:\n%s", sfdisk)
+	}
+	sh(t, "", "sfdisk", "--verify", backing)
+	// The seed partition holds the seed, byte for byte.
+	var start int64
+	for _, line := range strings.Split(sfdisk, "\n") {
+		if strings.Contains(line, `name="cidata"`) {
+			f := strings.Fields(strings.ReplaceAll(line, ",", " "))
+			for i, w := range f {
+				if w == "start=" && i+1 < len(f) {
+					start = parseInt(t, f[i+1])
+				}
+			}
+		}
+	}
+	if start == 0 || !bytes.Equal(disk[start*512:start*512+int64(len(seedImg))], seedImg) {
+		t.Fatalf("the seed is not in its partition (start sector %d)", start)
+	}
+}
+
+func mustCreate(t *testing.T, path string) string {
+	t.Helper()
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func parseInt(t *testing.T, s string) int64 {
+	t.Helper()
+	var n int64
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			t.Fatalf("not a number: %q", s)
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n
+}
+
+// The agent names the seed's partition type as the seed renderer does.
+func TestSeedPartitionTypeIsTheRenderers(t *testing.T) {
+	if !strings.EqualFold(SeedPartitionType, seed.PartitionType) {
+		t.Fatalf("agent %s, seed %s", SeedPartitionType, seed.PartitionType)
+	}
+}
