@@ -24,6 +24,14 @@ import (
 // test's own, serving until the test ends.
 func testEngine(t *testing.T, dir, answers string, decider events.Decider) *Engine {
 	t.Helper()
+	e, _ := testEngineNS(t, dir, answers, decider)
+	return e
+}
+
+// testEngineNS is testEngine that also returns the namespace on the other
+// end of the provisioning link (eth0), where machines would be.
+func testEngineNS(t *testing.T, dir, answers string, decider events.Decider) (*Engine, *netns.NS) {
+	t.Helper()
 	netns.RequireTool(t, "ip", "iproute2")
 	ns := netns.NewTest(t, "alin")
 	peer := netns.NewTest(t, "alip")
@@ -62,7 +70,7 @@ cluster: {name: t}
 		}
 		e.Close()
 	})
-	return e
+	return e, peer
 }
 
 // report registers a machine the way its agent does, through the agent

@@ -202,6 +202,15 @@ func New(o Options) (_ *Engine, err error) {
 	}
 	e.admitter = newMachineAdmitter(a, dcfg.Reservations)
 	e.dsrv.Admitter = e.admitter
+	// An agent must report from the address airlock leased to its boot
+	// MAC (when airlock leased it one: not in proxy mode).
+	e.inv.CheckLeases(func(mac string) (netip.Addr, bool) {
+		h := e.dsrv.Handler()
+		if h == nil {
+			return netip.Addr{}, false
+		}
+		return h.LeaseOf(mac)
+	})
 	if tftpConn != nil {
 		if e.tsrv, err = tftp.New(o.IPXE, tftpConn, tftp.Defaults(), log.With("part", "tftp")); err != nil {
 			return nil, err

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -226,6 +227,19 @@ func hostnameFor(adm Admission, ip netip.Addr) string {
 		return adm.Hostname
 	}
 	return ""
+}
+
+// LeaseOf returns the address bound to mac by a lease that still runs
+// (not merely offered), so that a service can check a client speaks from
+// the address it was given.
+func (h *Handler) LeaseOf(mac string) (netip.Addr, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l := h.byMAC[strings.ToLower(mac)]
+	if l == nil || l.State != StateBound || !l.active(h.now()) || h.byIP[l.IP] != l {
+		return netip.Addr{}, false
+	}
+	return l.IP, true
 }
 
 // holdsLocked reports whether mac holds an active lease or offer in sub:

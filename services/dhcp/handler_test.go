@@ -260,10 +260,17 @@ func TestLeaseLifecycle(t *testing.T) {
 	if yi(o2) == yi(o) || !yi(o2).IsValid() {
 		t.Fatalf("second offer %v", yi(o2))
 	}
+	// An offer is no lease yet.
+	if ip, ok := h.LeaseOf("02:00:00:00:00:01"); ok {
+		t.Fatalf("LeaseOf an offered client = %v", ip)
+	}
 	// REQUEST binds and asks to persist.
 	a := h.Handle(ctx, requestReq(plain, "02:00:00:00:00:01", yi(o), srv))
 	if a == nil || a.Msg.MessageType() != dhcpv4.MessageTypeAck || len(a.Save) != 1 || a.Save[0].State != StateBound {
 		t.Fatalf("ack: %v", summary(a))
+	}
+	if ip, ok := h.LeaseOf("02:00:00:00:00:01"); !ok || ip != yi(o) {
+		t.Fatalf("LeaseOf the bound client = %v %v, want %v", ip, ok, yi(o))
 	}
 	// Another MAC asking for that address is refused.
 	n := h.Handle(ctx, requestReq(plain, "02:00:00:00:00:03", yi(o), srv))
@@ -282,6 +289,9 @@ func TestLeaseLifecycle(t *testing.T) {
 	rel := makePacket(plain, dhcpv4.MessageTypeRelease, mustMAC("02:00:00:00:00:01"), dhcpv4.WithClientIP(yi(o).AsSlice()))
 	if r := h.Handle(ctx, Request{Msg: rel, Port: 67}); r == nil || r.Msg != nil || len(r.Save) != 1 || r.Save[0].State != StateReleased {
 		t.Fatalf("release: %+v", r)
+	}
+	if ip, ok := h.LeaseOf("02:00:00:00:00:01"); ok {
+		t.Fatalf("LeaseOf a released client = %v", ip)
 	}
 	if got := yi(h.Handle(ctx, discoverReq(plain, "02:00:00:00:00:01"))); got != yi(o) {
 		t.Fatalf("after release got %v, want %v", got, yi(o))

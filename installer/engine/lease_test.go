@@ -1,0 +1,96 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"airlock.dev/airlock/installer/agent"
+	"airlock.dev/airlock/installer/lab/netns"
+	"airlock.dev/airlock/services/agentapi"
+)
+
+// An agent must report from the address airlock's DHCP server leased to
+// its boot MAC: a real udhcpc takes a lease, and a registration with that
+// MAC's token from another address on the link is refused; from the
+// leased address it is taken.
+func TestRegistrationMustComeFromTheLease(t *testing.T) {
+	busybox := netns.RequireTool(t, "busybox", "busybox-static")
+	e, peer := testEngineNS(t, t.TempDir(), `machines:
+  - {name: cp, match: {macs: ["52:54:00:00:0c:01"]}, role: control-plane, hostname: cp-1}
+`, nil)
+	const mac = "52:54:00:00:0c:01"
+	peer.MustIP(t, "link", "set", "eth0", "address", mac)
+	select {
+	case <-e.Ready():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the engine did not serve within 30 s")
+	}
+	leaseFile := filepath.Join(t.TempDir(), "lease")
+	script := filepath.Join(t.TempDir(), "script")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\n[ \"$1\" = bound ] && echo \"$ip\" > "+leaseFile+"\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if out, err := peer.Command(ctx, busybox, "udhcpc", "-f", "-q", "-n", "-i", "eth0", "-t", "8", "-T", "1", "-s", script).CombinedOutput(); err != nil {
+		t.Fatalf("udhcpc: %v\n%s", err, out)
+	}
+	raw, err := os.ReadFile(leaseFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leased := strings.TrimSpace(string(raw))
+	peer.MustAddr(t, "eth0", leased+"/24")
+	peer.MustAddr(t, "eth0", "10.78.0.250/24")
+
+	var reg agentapi.Registration
+	fixture, err := os.ReadFile("../../services/agentapi/testdata/registration.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(fixture, &reg); err != nil {
+		t.Fatal(err)
+	}
+	reg.BootMAC, reg.Inventory.System.Serial, reg.Inventory.System.UUID = mac, "SN-C1", ""
+	reg.Inventory.NICs = []agentapi.NIC{{Name: "eth0", MAC: mac, Link: true}}
+	tok, err := e.Inventory().IssueBoot(mac)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, _ := url.Parse("http://10.78.0.1:18080")
+	from := func(src string) error {
+		// The connection is made inside the namespace (Do holds its
+		// thread there); the HTTP client, whose dials run on other
+		// threads, is handed that one connection.
+		var conn net.Conn
+		err := peer.Do(func() (err error) {
+			d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 10 * time.Second}
+			conn, err = d.DialContext(ctx, "tcp", base.Host)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		tr := &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) { return conn, nil }}
+		defer tr.CloseIdleConnections()
+		c := agent.NewClient(base, tok, &http.Client{Transport: tr, Timeout: 10 * time.Second})
+		_, err = c.Register(ctx, &reg)
+		return err
+	}
+	var se *agent.StatusError
+	if err := from("10.78.0.250"); !errors.As(err, &se) || se.Code != http.StatusForbidden {
+		t.Fatalf("registration from an address not leased to %s: %v, want 403", mac, err)
+	}
+	if err := from(leased); err != nil {
+		t.Fatalf("registration from the leased address %s: %v", leased, err)
+	}
+}
