@@ -84,11 +84,11 @@ and forming the cluster are being built as further phases.`,
 			failed := len(res.Failed())
 			reached := 0
 			for _, m := range machines {
-				if m.State == engine.Target {
+				if m.State == e.Target() {
 					reached++
 				}
 			}
-			fmt.Fprintf(g.streams.Err, "airlock: install: %d machines %s, %d failed; `airlock status --state %s` shows each\n", reached, engine.Target, failed, g.stateDir)
+			fmt.Fprintf(g.streams.Err, "airlock: install: %d machines %s, %d failed; `airlock status --state %s` shows each\n", reached, e.Target(), failed, g.stateDir)
 			if failed > 0 {
 				return &exitError{code: 1}
 			}

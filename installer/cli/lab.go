@@ -231,7 +231,7 @@ func runLabAirlock(ctx context.Context, g *globals, install *engine.InstallOptio
 			if err := res.Err(); err != nil {
 				g.log.Error("lab install: steps failed; airlock status shows each machine", "err", err)
 			} else {
-				g.log.Info("lab install: every admitted machine reached its target", "target", engine.Target)
+				g.log.Info("lab install: every admitted machine reached its target", "target", e.Target())
 			}
 			return nil
 		})

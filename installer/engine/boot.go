@@ -29,12 +29,18 @@ type DiscoveryImage struct {
 type BootDecider struct {
 	Inventory *inventory.Store
 	Image     DiscoveryImage
+	// Local, when set, says whether the machine with a boot MAC boots its
+	// own disk (it is installed).
+	Local func(mac string) bool
 }
 
 var _ httpboot.Backend = (*BootDecider)(nil)
 
 // BootSpec implements httpboot.Backend.
 func (b *BootDecider) BootSpec(_ context.Context, mac net.HardwareAddr) (httpboot.BootSpec, error) {
+	if b.Local != nil && b.Local(mac.String()) {
+		return httpboot.BootSpec{State: httpboot.StateLocal}, nil
+	}
 	if b.Image.Kernel == "" || b.Image.Initrd == "" {
 		return httpboot.BootSpec{}, fmt.Errorf("no discovery image: the bundle has no kernel and boot image")
 	}

@@ -26,10 +26,15 @@ type InstallOptions struct {
 	DiscoverTimeout time.Duration
 }
 
-// Target is the state every admitted machine reaches in an install today:
-// the pipeline's later phases (provision, boot, the cluster) become steps
-// of it as they are built.
-const Target = inventory.StateAssigned
+// Target is the state every admitted machine reaches in an install: booted
+// from its own disk when the engine has an OS image to write, else
+// assigned. The cluster's phases extend it as they are built.
+func (e *Engine) Target() string {
+	if e.osImage != nil {
+		return inventory.StateBooted
+	}
+	return inventory.StateAssigned
+}
 
 // ErrNothingExpected means the install does not know which machines to
 // wait for.
@@ -38,7 +43,10 @@ var ErrNothingExpected = errors.New("the install does not know how many machines
 // Install runs the install pipeline over the engine's answers: it waits for
 // the services, discovers the expected machines, admits them by the
 // admission policy (asking the Decider where the policy leaves it to a
-// person) and records each admitted machine's assignment. Every step is
+// person), records each admitted machine's assignment and, given an OS
+// image, has each machine's agent write it to the pinned disk with the
+// machine's seed and reboot into it, until the installed system phones
+// home. Every step is
 // journaled; run again, it skips what is done and takes up what failed or
 // was interrupted. Run must be serving (or about to) for the services step
 // to finish. Step failures are in the Result; the error is about the run
@@ -103,7 +111,14 @@ func (e *Engine) Install(ctx context.Context, o InstallOptions) (pipeline.Result
 		if !admitted(m.State) {
 			continue
 		}
+		assignID := pipeline.PhaseAssign + "/" + m.ID
 		steps = append(steps, e.machineStep(pipeline.PhaseAssign, m.ID, nil, e.assign))
+		if e.osImage != nil {
+			provisionID := pipeline.PhaseProvision + "/" + m.ID
+			steps = append(steps,
+				e.machineStep(pipeline.PhaseProvision, m.ID, []string{assignID}, e.provision),
+				e.machineStep(pipeline.PhaseBoot, m.ID, []string{provisionID}, e.boot))
+		}
 	}
 	res, err = run.Run(ctx, steps)
 	merge(res)

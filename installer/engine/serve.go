@@ -58,6 +58,10 @@ type Options struct {
 	// Decider answers what the engine leaves to a person (nil: every
 	// question waits for `airlock approve|deny`).
 	Decider events.Decider
+	// OSImage, when set, is what the install writes to the machines'
+	// disks: the pipeline then provisions and boots them. Without it the
+	// install ends once machines are assigned.
+	OSImage *OSImage
 	Log     *slog.Logger
 }
 
@@ -93,6 +97,10 @@ type Engine struct {
 	reg      registry.Backend
 	base     string
 	ready    chan struct{}
+	// stateDir holds the seeds; osImage is the image installs write.
+	stateDir    string
+	osImage     *OSImage
+	bootTimeout time.Duration
 	// owned is closed by Close; sockets too, unless Run ran (its servers
 	// close their own sockets when they stop).
 	owned, sockets []io.Closer
@@ -132,7 +140,13 @@ func New(o Options) (_ *Engine, err error) {
 	} else if missing := ipxe.Missing(o.IPXE); len(missing) > 0 {
 		log.Warn("some iPXE binaries are missing", "missing", strings.Join(missing, ", "))
 	}
-	e := &Engine{answers: a, bus: &events.Bus{}, decider: o.Decider, log: log, base: base, reg: o.Registry, ready: make(chan struct{})}
+	e := &Engine{answers: a, bus: &events.Bus{}, decider: o.Decider, log: log, base: base, reg: o.Registry, ready: make(chan struct{}),
+		stateDir: o.StateDir, osImage: o.OSImage, bootTimeout: 30 * time.Minute}
+	if o.OSImage != nil {
+		if err := checkOSImage(o.OSImage); err != nil {
+			return nil, err
+		}
+	}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, e.Close())
@@ -193,7 +207,7 @@ func New(o Options) (_ *Engine, err error) {
 	if files == nil {
 		files = emptyFS{}
 	}
-	if e.hb, err = httpboot.New(hcfg, httpLn, &BootDecider{Inventory: e.inv, Image: o.Image}, o.IPXE, files, log.With("part", "httpboot")); err != nil {
+	if e.hb, err = httpboot.New(hcfg, httpLn, &BootDecider{Inventory: e.inv, Image: o.Image, Local: e.localBoot}, o.IPXE, files, log.With("part", "httpboot")); err != nil {
 		return nil, err
 	}
 	e.hb.Mount(agentapi.Prefix, agentapi.NewHandler(e.inv, log.With("part", "agentapi")))
@@ -211,6 +225,9 @@ func New(o Options) (_ *Engine, err error) {
 		}
 		return h.LeaseOf(mac)
 	})
+	if e.osImage != nil {
+		e.serveProvisioning()
+	}
 	if tftpConn != nil {
 		if e.tsrv, err = tftp.New(o.IPXE, tftpConn, tftp.Defaults(), log.With("part", "tftp")); err != nil {
 			return nil, err
