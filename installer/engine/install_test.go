@@ -32,6 +32,12 @@ func testEngine(t *testing.T, dir, answers string, decider events.Decider) *Engi
 // end of the provisioning link (eth0), where machines would be.
 func testEngineNS(t *testing.T, dir, answers string, decider events.Decider) (*Engine, *netns.NS) {
 	t.Helper()
+	return testEngineWith(t, dir, answers, func(o *Options) { o.Decider = decider })
+}
+
+// testEngineWith is testEngineNS with the engine's options set by opt.
+func testEngineWith(t *testing.T, dir, answers string, opt func(*Options)) (*Engine, *netns.NS) {
+	t.Helper()
 	netns.RequireTool(t, "ip", "iproute2")
 	ns := netns.NewTest(t, "alin")
 	peer := netns.NewTest(t, "alip")
@@ -45,7 +51,7 @@ func testEngineNS(t *testing.T, dir, answers string, decider events.Decider) (*E
 	}
 	a, src, problems := config.Parse("answers.yaml", []byte(`apiVersion: airlock.dev/v1alpha1
 kind: Install
-site: {name: t}
+site: {name: t, lab: true}
 network: {interface: prov0, mode: full, subnet: 10.78.0.0/24, address: 10.78.0.1, dynamicRange: {start: 10.78.0.100, end: 10.78.0.120}}
 cluster: {name: t}
 `+answers))
@@ -54,7 +60,9 @@ cluster: {name: t}
 	}
 	var e *Engine
 	err := ns.Do(func() (err error) {
-		e, err = New(Options{Answers: a, StateDir: dir, Decider: decider, HTTPPort: 18080, Log: slog.New(slog.DiscardHandler)})
+		o := Options{Answers: a, StateDir: dir, HTTPPort: 18080, Log: slog.New(slog.DiscardHandler)}
+		opt(&o)
+		e, err = New(o)
 		return err
 	})
 	if err != nil {

@@ -205,6 +205,10 @@ type LeaseLookup func(mac string) (addr netip.Addr, ok bool)
 // machine's address. Call it before the agent API serves.
 func (s *Store) CheckLeases(lookup LeaseLookup) { s.leaseOf = lookup }
 
+// SetHeartbeat sets how often agents are asked to report, in seconds
+// (default 10; the lab and tests ask for less).
+func (s *Store) SetHeartbeat(seconds int) { s.heartbeat = max(seconds, 1) }
+
 // Changed returns a channel that is closed at the next change.
 func (s *Store) Changed() <-chan struct{} {
 	s.mu.Lock()
@@ -601,6 +605,7 @@ func (s *Store) UpdateInventory(ctx context.Context, bootID string, inv *agentap
 // waiting for its machine.
 func (s *Store) Heartbeat(_ context.Context, bootID string, hb *agentapi.Heartbeat) (agentapi.HeartbeatReply, error) {
 	var orders []agentapi.Order
+	answered := false // an order result came: whoever waits for it is told
 	err := s.updateBootMachine(bootID, func(_ state.Tx, rec *bootRecord, m *Machine) error {
 		if hb.Seq <= rec.LastSeq {
 			return agentapi.ErrReplay
@@ -620,6 +625,7 @@ func (s *Store) Heartbeat(_ context.Context, bootID string, hb *agentapi.Heartbe
 				continue // not this machine's, or answered already
 			}
 			recordResult(m, r)
+			answered = true
 			if r.Final() {
 				m.Orders = slices.Delete(m.Orders, i, i+1)
 			}
@@ -639,6 +645,9 @@ func (s *Store) Heartbeat(_ context.Context, bootID string, hb *agentapi.Heartbe
 	}
 	for _, o := range orders {
 		s.log.Info("order sent", "boot", bootID, "order", o.Kind)
+	}
+	if answered {
+		s.changed()
 	}
 	return agentapi.HeartbeatReply{Orders: orders, HeartbeatSeconds: s.heartbeat}, nil
 }

@@ -1,0 +1,287 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+
+	"airlock.dev/airlock/installer/agent"
+	"airlock.dev/airlock/installer/agent/provision"
+	"airlock.dev/airlock/installer/inventory"
+	"airlock.dev/airlock/installer/lab/netns"
+	"airlock.dev/airlock/services/agentapi"
+)
+
+func run(t *testing.T, stdin, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// copyTree copies the agent's captured host (sys and proc) to dir.
+func copyTree(t *testing.T, from, to string) {
+	t.Helper()
+	err := filepath.WalkDir(from, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(from, p)
+		dst := filepath.Join(to, rel)
+		if d.IsDir() {
+			return os.MkdirAll(dst, 0o755)
+		}
+		if d.Type()&os.ModeSymlink != 0 {
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			return os.Symlink(target, dst)
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(dst, data, 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The provision and boot phases with the real agent library carrying out
+// the engine's orders over HTTP from the machines' namespace, writing to a
+// real loop device: the machine goes assigned -> installing -> installed,
+// its disk holds the image and the seed, it is told to reboot and then
+// to boot its local disk, and the phone-home with the seed's token (as
+// cloud-init posts it) makes it booted; the token works once.
+func TestProvisionAndBootWithTheRealAgent(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("this test attaches a loop device: run it as root")
+	}
+	netns.RequireTool(t, "sfdisk", "fdisk")
+	netns.RequireTool(t, "losetup", "mount")
+	dir := t.TempDir()
+	// The OS image: a 16 MiB GPT disk, zstd-compressed.
+	imgRaw := filepath.Join(dir, "image.raw")
+	if err := os.WriteFile(imgRaw, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(imgRaw, 16<<20); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "label: gpt\nstart=2048, size=20480, type=linux, name=root\n", "sfdisk", "--quiet", imgRaw)
+	raw, err := os.ReadFile(imgRaw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(raw[4<<20:], "airlock image marker")
+	var z bytes.Buffer
+	zw, _ := zstd.NewWriter(&z)
+	zw.Write(raw)
+	zw.Close()
+	imgPath := filepath.Join(dir, "node.img.zst")
+	if err := os.WriteFile(imgPath, z.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(raw)
+	// The machine's disk: a 64 MiB loop device. The agent's host (the
+	// captured one) reports it as vda, with the loop device's backing file
+	// as its serial, as provision.Host{Loop: true} names loop devices.
+	backing := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(backing, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(backing, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	loop := strings.TrimSpace(run(t, "", "losetup", "--find", "--show", backing))
+	t.Cleanup(func() { exec.Command("losetup", "-d", loop).Run() })
+	root := filepath.Join(dir, "host")
+	copyTree(t, "../agent/testdata/host", root)
+	for name, value := range map[string]string{"serial": backing, "size": strconv.Itoa(64 << 20 / 512)} {
+		if err := os.WriteFile(filepath.Join(root, "sys/block/vda", name), []byte(value+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	stateDir := t.TempDir()
+	var logs syncBuf
+	defer func() {
+		if t.Failed() {
+			t.Logf("engine and agent log:\n%s", logs.String())
+		}
+	}()
+	e, peer := testEngineWith(t, stateDir, `machines:
+  - {name: cp, role: control-plane, hostname: "cp-{index}", installDisk: {policy: serial, serial: "`+backing+`"}}
+admission: {policy: any}
+`, func(o *Options) {
+		o.Log = slog.New(slog.NewTextHandler(&logs, nil))
+		o.OSImage = &OSImage{Path: imgPath, RawSize: int64(len(raw)), RawSHA256: hex.EncodeToString(sum[:])}
+	})
+	e.Inventory().SetHeartbeat(1)
+	peer.MustAddr(t, "eth0", "10.78.0.2/24")
+	// The agent's HTTP goes out from the machines' namespace.
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := peer.Do(func() (err error) {
+			c, err = (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+	hc := &http.Client{Transport: &http.Transport{DialContext: dial}}
+	base, _ := url.Parse("http://10.78.0.1:18080")
+	inv, err := agent.Collect(os.DirFS(root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := agent.Registration(inv, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := e.Inventory().IssueBoot(reg.BootMAC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentLog := slog.New(slog.NewTextHandler(&logs, nil)).With("part", "agent")
+	installer := agent.Installer{Host: provision.Host{SysRoot: "/sys", DevRoot: "/dev", Loop: true}, Base: base, HTTP: hc, Log: agentLog}
+	rebooted := make(chan struct{})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	go agent.Run(ctx, agent.Options{Root: os.DirFS(root), Client: agent.NewClient(base, tok, hc), Log: agentLog,
+		OnOrder: func(ctx context.Context, o agentapi.Order, progress func(uint64, uint64)) error {
+			switch o.Kind {
+			case agentapi.OrderInstall:
+				return installer.Run(ctx, o, progress)
+			case agentapi.OrderReboot:
+				close(rebooted)
+				<-ctx.Done() // a machine that reboots says nothing more
+				return ctx.Err()
+			}
+			return nil
+		}})
+
+	done := make(chan error, 1)
+	go func() {
+		res, err := e.Install(ctx, InstallOptions{Expect: 1})
+		if err == nil {
+			err = res.Err()
+		}
+		done <- err
+	}()
+	select {
+	case <-rebooted:
+	case err := <-done:
+		t.Fatalf("install ended before the reboot: %v", err)
+	}
+	ms, err := e.Inventory().List()
+	if err != nil || len(ms) != 1 {
+		t.Fatalf("machines: %v %v", ms, err)
+	}
+	m := ms[0]
+	if m.State != inventory.StateInstalled {
+		t.Fatalf("at the reboot the machine is %s", m.State)
+	}
+	// The disk holds the image and the seed's partition.
+	disk, err := os.ReadFile(backing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(disk[4<<20:4<<20+20], raw[4<<20:4<<20+20]) {
+		t.Error("the image is not on the disk")
+	}
+	if dump := run(t, "", "sfdisk", "--dump", backing); !strings.Contains(dump, `name="cidata"`) {
+		t.Errorf("no seed partition:\n%s", dump)
+	}
+	// Its next PXE visit boots the local disk.
+	script := get(t, hc, "http://10.78.0.1:18080/ipxe/boot.ipxe?mac="+m.BootMAC)
+	if !strings.Contains(script, "local boot") {
+		t.Errorf("the installed machine's boot script:\n%s", script)
+	}
+	// The installed system phones home, as cloud-init does from the seed.
+	seedImg, err := os.ReadFile(filepath.Join(stateDir, "seeds", m.ID+".img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := regexp.MustCompile(`(http://[0-9.:]+/api/v1/phone-home/m-[0-9a-f]+)\?token=([A-Za-z0-9_-]+)`).FindSubmatch(seedImg)
+	if found == nil {
+		t.Fatal("no phone-home URL in the seed")
+	}
+	phone := string(found[1]) + "?token=" + string(found[2])
+	if code := post(t, hc, string(found[1])+"?token=wrong"); code != http.StatusForbidden {
+		t.Errorf("phone-home with a wrong token: %d", code)
+	}
+	if code := post(t, hc, phone); code != http.StatusOK {
+		t.Fatalf("phone-home: %d", code)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("install: %v", err)
+	}
+	if m, _ := e.Inventory().Get(m.ID); m.State != inventory.StateBooted {
+		t.Errorf("after the phone-home: %s", m.State)
+	}
+	if code := post(t, hc, phone); code != http.StatusForbidden {
+		t.Errorf("the token worked twice (%d)", code)
+	}
+}
+
+func get(t *testing.T, hc *http.Client, u string) string {
+	t.Helper()
+	resp, err := hc.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func post(t *testing.T, hc *http.Client, u string) int {
+	t.Helper()
+	resp, err := hc.Post(u, "application/x-www-form-urlencoded", strings.NewReader("instance_id=x&hostname=cp-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// syncBuf is a buffer the engine's and the agent's goroutines log into.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
