@@ -26,6 +26,7 @@ func newInstallCommand(g *globals) *cobra.Command {
 		in         engineInputs
 		bootFiles  string
 		bundlePath string
+		osImage    string
 	)
 	cmd := &cobra.Command{
 		Use:   "install -f FILE",
@@ -38,8 +39,10 @@ again, install resumes where it stopped. One line per event (-o json: one
 JSON object per line). Exit status 0 when every admitted machine reached
 its target state, 1 when any failed, 2 on bad usage or input.
 
-Today the pipeline ends at "assigned": writing the OS to disk, booting it
-and forming the cluster are being built as further phases.`,
+With --os-image, each machine's agent then wipes the pinned disk, writes
+the image and the machine's cloud-init seed, and reboots into it; the
+install ends when every installed system has phoned home (booted). Without
+it the pipeline ends at "assigned". Forming the cluster comes next.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if output != "text" && output != "json" {
@@ -57,6 +60,9 @@ and forming the cluster are being built as further phases.`,
 			}
 			if bundlePath != "" {
 				a.Bundle.Path = bundlePath
+			}
+			if in.osImage, err = osImageFrom(osImage); err != nil {
+				return &usageError{err}
 			}
 			e, closeAll, err := buildEngine(g, a, in)
 			if err != nil {
@@ -103,6 +109,7 @@ and forming the cluster are being built as further phases.`,
 	f.StringVar(&bootFiles, "boot-files", "", "directory with the discovery kernel (vmlinuz) and boot image (initramfs.img), instead of the bundle's")
 	f.StringVar(&bundlePath, "bundle", "", "bundle to serve (overrides bundle.path)")
 	f.IntVar(&in.httpPort, "http-port", 8080, "HTTP boot port")
+	f.StringVar(&osImage, "os-image", "", "directory with the OS image to install (disk.raw.zst, disk.raw.size, disk.raw.sha256, as e2e/osimage/build.sh makes it); without it the install ends once machines are assigned")
 	return cmd
 }
 

@@ -36,6 +36,7 @@ switch per rack that speaks LLDP. Nothing touches the host's interfaces.`,
 func newLabUpCommand(g *globals) *cobra.Command {
 	o := engine.LabOptions{Nodes: 4, Racks: 2, Firmware: lab.Mixed, Accel: "auto"}
 	var install bool
+	var osImage string
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Bring up the virtual rack and its airlock; returns while it runs",
@@ -58,6 +59,18 @@ func newLabUpCommand(g *globals) *cobra.Command {
 			o.Args = []string{"--log-format", g.logFormat, "--log-level", g.logLevel}
 			if install {
 				o.RunArgs = []string{"--install", "--expect", strconv.Itoa(o.Nodes)}
+				if osImage != "" {
+					abs, err := filepath.Abs(osImage)
+					if err != nil {
+						return err
+					}
+					if _, err := osImageFrom(abs); err != nil {
+						return err
+					}
+					o.RunArgs = append(o.RunArgs, "--os-image", abs)
+				}
+			} else if osImage != "" {
+				return &usageError{errors.New("--os-image goes with --install")}
 			}
 			s, err := engine.LabUp(cmd.Context(), o)
 			if err != nil {
@@ -86,6 +99,7 @@ func newLabUpCommand(g *globals) *cobra.Command {
 	f.BoolVar(&o.BundleTrustOnFirstUse, "bundle-trust-on-first-use", false, "instead of --bundle-key: trust the key of the first bundle opened in this state directory, and refuse any other later")
 	f.StringVar(&o.Agent, "agent", "", "airlock-agent binary (default: next to this airlock)")
 	f.BoolVar(&install, "install", false, "the lab's airlock runs the install pipeline (airlock install) on the machines, not only the services")
+	f.StringVar(&osImage, "os-image", "", "with --install: the OS image directory to install (as e2e/osimage/build.sh makes it)")
 	_ = cmd.RegisterFlagCompletionFunc("firmware", fixedCompletion(lab.BIOS, lab.UEFI, lab.Mixed))
 	return cmd
 }
@@ -171,6 +185,7 @@ func newLabDownCommand(g *globals) *cobra.Command {
 
 func newLabRunCommand(g *globals) *cobra.Command {
 	var install bool
+	var osImage string
 	var opts engine.InstallOptions
 	cmd := &cobra.Command{
 		Use:    "run",
@@ -182,11 +197,16 @@ func newLabRunCommand(g *globals) *cobra.Command {
 			if install {
 				o = &opts
 			}
-			return runLabAirlock(cmd.Context(), g, o)
+			img, err := osImageFrom(osImage)
+			if err != nil {
+				return err
+			}
+			return runLabAirlock(cmd.Context(), g, o, img)
 		},
 	}
 	cmd.Flags().BoolVar(&install, "install", false, "run the install pipeline too")
 	cmd.Flags().IntVar(&opts.Expect, "expect", 0, "machines to wait for")
+	cmd.Flags().StringVar(&osImage, "os-image", "", "the OS image directory to install")
 	return cmd
 }
 
@@ -195,7 +215,7 @@ func newLabRunCommand(g *globals) *cobra.Command {
 // and plays the racks' switches until ctx is cancelled. With install set it
 // also runs the install pipeline, its events in the log, and goes on
 // serving when the pipeline ends.
-func runLabAirlock(ctx context.Context, g *globals, install *engine.InstallOptions) error {
+func runLabAirlock(ctx context.Context, g *globals, install *engine.InstallOptions, osImage *engine.OSImage) error {
 	f, err := engine.LabInputs(g.stateDir)
 	if err != nil {
 		return err
@@ -204,7 +224,7 @@ func runLabAirlock(ctx context.Context, g *globals, install *engine.InstallOptio
 	if err != nil {
 		return err
 	}
-	e, closeAll, err := buildEngine(g, a, engineInputs{files: os.DirFS(f.BootDir), image: engine.LabDiscoveryImage()})
+	e, closeAll, err := buildEngine(g, a, engineInputs{files: os.DirFS(f.BootDir), image: engine.LabDiscoveryImage(), osImage: osImage})
 	if err != nil {
 		return err
 	}
@@ -219,6 +239,7 @@ func runLabAirlock(ctx context.Context, g *globals, install *engine.InstallOptio
 	})
 	gr.Go(func() error { return f.State.RunSwitches(gctx, g.log.With("part", "switches"), time.Second) })
 	if install != nil {
+		e.Inventory().SetHeartbeat(2) // a rack on one computer: answer orders quickly
 		e.Events().Add(newEventPrinter(g.streams.Err, "text"))
 		gr.Go(func() error {
 			res, err := e.Install(gctx, *install)
