@@ -29,6 +29,14 @@ build: ## build bin/airlock (with Debian's iPXE embedded) and bin/airlock-agent
 	cp bin/airlock-agent installer/agentbin/bin/airlock-agent
 	CGO_ENABLED=0 $(GO) build -trimpath -tags 'ipxe_embed agent_embed' -ldflags '$(LDFLAGS)' -o bin/airlock .
 
+# The node OS image the end-to-end tests install (Debian packages through
+# debootstrap), cached outside the work tree so that a fresh clone reuses it.
+OSIMAGE_CACHE ?= /var/cache/airlock
+
+.PHONY: osimage
+osimage: deps ## build (or find cached) the virtual rack's node OS image; prints its directory
+	@AIRLOCK_CACHE=$(OSIMAGE_CACHE) bash e2e/osimage/build.sh
+
 .PHONY: test
 test: deps build ## go vet, formatting, and every unit, integration and end-to-end test (unit tests with the race detector)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
@@ -37,11 +45,13 @@ test: deps build ## go vet, formatting, and every unit, integration and end-to-e
 	CGO_ENABLED=1 $(GO) test $(TEST_FLAGS) -race ./...
 # the embedded iPXE first stages (build ran fetch.sh) are Debian's, byte for byte:
 	$(GO) test $(TEST_FLAGS) -tags ipxe_embed ./services/ipxe/
-	AIRLOCK_BIN=$(CURDIR)/bin/airlock $(GO) test $(TEST_FLAGS) -tags e2e ./e2e/
+	img=$$(AIRLOCK_CACHE=$(OSIMAGE_CACHE) bash e2e/osimage/build.sh) && \
+	AIRLOCK_OS_IMAGE=$$img AIRLOCK_BIN=$(CURDIR)/bin/airlock $(GO) test $(TEST_FLAGS) -tags e2e ./e2e/
 
 .PHONY: e2e
-e2e: deps build ## end-to-end tests against the built binary (network namespaces, QEMU)
-	AIRLOCK_BIN=$(CURDIR)/bin/airlock $(GO) test $(TEST_FLAGS) -v -tags e2e ./e2e/
+e2e: deps build ## end-to-end tests against the built binary (network namespaces, QEMU; builds the node OS image once)
+	img=$$(AIRLOCK_CACHE=$(OSIMAGE_CACHE) bash e2e/osimage/build.sh) && \
+	AIRLOCK_OS_IMAGE=$$img AIRLOCK_BIN=$(CURDIR)/bin/airlock $(GO) test $(TEST_FLAGS) -v -tags e2e ./e2e/
 
 .PHONY: bench
 bench: build ## every benchmark beside its peer (installs the peers); figures go to bench/RESULTS.md
