@@ -12,23 +12,14 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/klauspost/compress/zstd"
-
 	"airlock.dev/airlock/installer/agent/provision"
+	"airlock.dev/airlock/installer/lab/testkit"
 	"airlock.dev/airlock/installer/seed"
 	"airlock.dev/airlock/services/agentapi"
 )
-
-func need(t *testing.T, tool, pkg string) {
-	t.Helper()
-	if _, err := exec.LookPath(tool); err != nil {
-		t.Fatalf("%s is needed: apt-get install %s", tool, pkg)
-	}
-}
 
 func sh(t *testing.T, stdin string, name string, args ...string) string {
 	t.Helper()
@@ -52,27 +43,7 @@ func digest(b []byte) string {
 // at the disk's end that sfdisk accepts, and a seed whose digest does not
 // match its order fails before the disk is touched.
 func TestInstallOrderOnALoopDevice(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("this test attaches loop devices: run it as root")
-	}
-	need(t, "sfdisk", "fdisk")
-	need(t, "losetup", "mount")
-	dir := t.TempDir()
-	// The image: 16 MiB, GPT with one partition, a marker inside it.
-	imgPath := filepath.Join(dir, "image.raw")
-	if err := os.Truncate(mustCreate(t, imgPath), 16<<20); err != nil {
-		t.Fatal(err)
-	}
-	sh(t, "label: gpt\nstart=2048, size=20480, type=linux, name=root\n", "sfdisk", "--quiet", imgPath)
-	raw, err := os.ReadFile(imgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	copy(raw[4<<20:], "airlock image marker")
-	var zimg bytes.Buffer
-	zw, _ := zstd.NewWriter(&zimg)
-	zw.Write(raw)
-	zw.Close()
+	raw, zimg := testkit.DiskImage(t, 16<<20)
 	files, err := seed.Render(seed.Config{InstanceID: "m-test-1", Hostname: "cp-1"})
 	if err != nil {
 		t.Fatal(err)
@@ -82,19 +53,14 @@ func TestInstallOrderOnALoopDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/files/os.img.zst", func(w http.ResponseWriter, _ *http.Request) { w.Write(zimg.Bytes()) })
+	mux.HandleFunc("/files/os.img.zst", func(w http.ResponseWriter, _ *http.Request) { w.Write(zimg) })
 	mux.HandleFunc("/seeds/m-test-1", func(w http.ResponseWriter, _ *http.Request) { w.Write(seedImg) })
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
 	base, _ := url.Parse(srv.URL)
 
-	// The disk: 64 MiB, on a loop device, holding old data.
-	backing := filepath.Join(dir, "disk.img")
-	if err := os.Truncate(mustCreate(t, backing), 64<<20); err != nil {
-		t.Fatal(err)
-	}
-	dev := strings.TrimSpace(sh(t, "", "losetup", "--find", "--show", backing))
-	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
+	// The disk: 64 MiB, on a loop device.
+	_, backing := testkit.LoopDevice(t, 64<<20)
 	in := Installer{Host: provision.Host{SysRoot: "/sys", DevRoot: "/dev", Loop: true}, Base: base, HTTP: srv.Client(), Log: slog.New(slog.DiscardHandler)}
 	order := agentapi.Order{ID: "o-7", Kind: agentapi.OrderInstall, Install: &agentapi.InstallOrder{
 		Disk:  agentapi.DiskPin{Serial: backing, SizeBytes: 64 << 20},
@@ -148,14 +114,6 @@ func TestInstallOrderOnALoopDevice(t *testing.T) {
 	if start == 0 || !bytes.Equal(disk[start*512:start*512+int64(len(seedImg))], seedImg) {
 		t.Fatalf("the seed is not in its partition (start sector %d)", start)
 	}
-}
-
-func mustCreate(t *testing.T, path string) string {
-	t.Helper()
-	if err := os.WriteFile(path, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }
 
 func parseInt(t *testing.T, s string) int64 {

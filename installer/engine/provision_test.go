@@ -20,12 +20,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
-
 	"airlock.dev/airlock/installer/agent"
 	"airlock.dev/airlock/installer/agent/provision"
 	"airlock.dev/airlock/installer/inventory"
-	"airlock.dev/airlock/installer/lab/netns"
+	"airlock.dev/airlock/installer/lab/testkit"
 	"airlock.dev/airlock/services/agentapi"
 )
 
@@ -77,47 +75,18 @@ func copyTree(t *testing.T, from, to string) {
 // to boot its local disk, and the phone-home with the seed's token (as
 // cloud-init posts it) makes it booted; the token works once.
 func TestProvisionAndBootWithTheRealAgent(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("this test attaches a loop device: run it as root")
-	}
-	netns.RequireTool(t, "sfdisk", "fdisk")
-	netns.RequireTool(t, "losetup", "mount")
 	dir := t.TempDir()
 	// The OS image: a 16 MiB GPT disk, zstd-compressed.
-	imgRaw := filepath.Join(dir, "image.raw")
-	if err := os.WriteFile(imgRaw, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(imgRaw, 16<<20); err != nil {
-		t.Fatal(err)
-	}
-	run(t, "label: gpt\nstart=2048, size=20480, type=linux, name=root\n", "sfdisk", "--quiet", imgRaw)
-	raw, err := os.ReadFile(imgRaw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	copy(raw[4<<20:], "airlock image marker")
-	var z bytes.Buffer
-	zw, _ := zstd.NewWriter(&z)
-	zw.Write(raw)
-	zw.Close()
+	raw, compressed := testkit.DiskImage(t, 16<<20)
 	imgPath := filepath.Join(dir, "node.img.zst")
-	if err := os.WriteFile(imgPath, z.Bytes(), 0o600); err != nil {
+	if err := os.WriteFile(imgPath, compressed, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	sum := sha256.Sum256(raw)
 	// The machine's disk: a 64 MiB loop device. The agent's host (the
 	// captured one) reports it as vda, with the loop device's backing file
 	// as its serial, as provision.Host{Loop: true} names loop devices.
-	backing := filepath.Join(dir, "disk.img")
-	if err := os.WriteFile(backing, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(backing, 64<<20); err != nil {
-		t.Fatal(err)
-	}
-	loop := strings.TrimSpace(run(t, "", "losetup", "--find", "--show", backing))
-	t.Cleanup(func() { exec.Command("losetup", "-d", loop).Run() })
+	_, backing := testkit.LoopDevice(t, 64<<20)
 	root := filepath.Join(dir, "host")
 	copyTree(t, "../agent/testdata/host", root)
 	for name, value := range map[string]string{"serial": backing, "size": strconv.Itoa(64 << 20 / 512)} {
