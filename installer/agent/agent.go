@@ -283,6 +283,12 @@ func (b *orderBook) set(r agentapi.OrderResult) {
 // sends it again). An order that ends the agent runs at once.
 func (b *orderBook) take(ctx context.Context, o agentapi.Order, opts Options) {
 	if err := o.Validate(); err != nil {
+		if !agentapi.ReOrderID.MatchString(o.ID) {
+			// Without an ID of airlock's form there is nothing to answer
+			// (a result naming it would make every heartbeat invalid).
+			opts.Log.Warn("order refused, and cannot be answered", "id", o.ID, "err", err)
+			return
+		}
 		b.mu.Lock()
 		_, known := b.results[o.ID]
 		b.mu.Unlock()

@@ -36,6 +36,12 @@ func TestOrderBookRefusesAndRunsOnce(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	b.take(ctx, agentapi.Order{ID: "o-3", Kind: agentapi.OrderWait}, opts) // re-sent
+	// An order without an ID of airlock's form cannot be answered: its
+	// result would make every later heartbeat invalid.
+	b.take(ctx, agentapi.Order{Kind: agentapi.OrderReboot}, opts)
+	if got := b.answers([]agentapi.Order{{ID: ""}}); len(got) != 0 {
+		t.Fatalf("answered an order without an ID: %+v", got)
+	}
 	got := b.answers([]agentapi.Order{{ID: "o-1"}, {ID: "o-2"}, {ID: "o-3"}})
 	if len(got) != 3 || got[0].Status != agentapi.ResultFailed || got[1].Status != agentapi.ResultFailed || got[2].Status != agentapi.ResultDone {
 		t.Fatalf("answers %+v", got)

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -121,6 +122,7 @@ type MemBackend struct {
 	interval int
 	notify   chan struct{}
 	orders   map[string][]Order // by machine ID
+	seq      int                // the last order number given
 }
 
 // NewMemBackend returns an empty MemBackend telling agents to heartbeat
@@ -184,6 +186,10 @@ func (m *MemBackend) changed() {
 func (m *MemBackend) Order(machineID string, o Order) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if o.ID == "" {
+		m.seq++
+		o.ID = fmt.Sprintf("o-%d", m.seq) // as the inventory numbers them
+	}
 	m.orders[machineID] = append(m.orders[machineID], o)
 }
 
