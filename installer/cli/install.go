@@ -121,11 +121,10 @@ func (e *usageError) Unwrap() error { return e.err }
 
 // eventPrinter is the command line's event sink: one line per event.
 type eventPrinter struct {
-	mu     sync.Mutex
-	w      io.Writer
-	json   bool
-	last   map[string]time.Time // step -> last progress line printed
-	failed map[string]bool
+	mu   sync.Mutex
+	w    io.Writer
+	json bool
+	last map[string]time.Time // step -> last progress line printed
 }
 
 func newEventPrinter(w io.Writer, format string) *eventPrinter {

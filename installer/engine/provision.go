@@ -235,10 +235,11 @@ func (e *Engine) boot(ctx context.Context, id string, _ pipeline.Reporter) error
 	if err != nil {
 		return err
 	}
-	if m.State != inventory.StateInstalled {
-		if admitted(m.State) && m.State != inventory.StateInstalling && m.State != inventory.StateAssigned && m.State != inventory.StateFailed {
-			return nil // booted, or further on
-		}
+	switch m.State {
+	case inventory.StateInstalled:
+	case inventory.StateBooted, inventory.StateJoined, inventory.StateReady:
+		return nil // booted by an earlier run
+	default:
 		return fmt.Errorf("machine %s is %s, not installed", id, m.State)
 	}
 	rec, _, err := getProvision(e.store, id)
@@ -305,6 +306,16 @@ func (e *Engine) serveProvisioning() {
 	e.hb.Mount(phoneHomePath, http.HandlerFunc(e.phoneHome))
 }
 
+// leaseOf is the address airlock's DHCP server leased to mac, if any
+// (none before the server runs, nor in proxy mode).
+func (e *Engine) leaseOf(mac string) (netip.Addr, bool) {
+	h := e.dsrv.Handler()
+	if h == nil {
+		return netip.Addr{}, false
+	}
+	return h.LeaseOf(mac)
+}
+
 // fromMachine reports whether r comes from the address airlock leased to
 // machine id's boot MAC, or airlock leased that MAC nothing (proxy mode).
 func (e *Engine) fromMachine(r *http.Request, id string) bool {
@@ -312,11 +323,7 @@ func (e *Engine) fromMachine(r *http.Request, id string) bool {
 	if err != nil {
 		return false
 	}
-	h := e.dsrv.Handler()
-	if h == nil {
-		return true
-	}
-	leased, ok := h.LeaseOf(m.BootMAC)
+	leased, ok := e.leaseOf(m.BootMAC)
 	if !ok {
 		return true
 	}

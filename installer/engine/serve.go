@@ -218,13 +218,7 @@ func New(o Options) (_ *Engine, err error) {
 	e.dsrv.Admitter = e.admitter
 	// An agent must report from the address airlock leased to its boot
 	// MAC (when airlock leased it one: not in proxy mode).
-	e.inv.CheckLeases(func(mac string) (netip.Addr, bool) {
-		h := e.dsrv.Handler()
-		if h == nil {
-			return netip.Addr{}, false
-		}
-		return h.LeaseOf(mac)
-	})
+	e.inv.CheckLeases(e.leaseOf)
 	if e.osImage != nil {
 		e.serveProvisioning()
 	}

@@ -669,7 +669,7 @@ func (s *Store) Rediscover(id string) error {
 			return fmt.Errorf("%w: %q", ErrNoMachine, id)
 		}
 		if !slices.ContainsFunc(m.Orders, func(o agentapi.Order) bool { return o.Kind == agentapi.OrderReboot }) {
-			o, err := newOrder(tx, id, agentapi.OrderReboot)
+			o, err := numbered(tx, agentapi.Order{Kind: agentapi.OrderReboot})
 			if err != nil {
 				return err
 			}

@@ -16,11 +16,6 @@ const maxResults = 32
 // maxOrders bounds the orders waiting for one machine.
 const maxOrders = 16
 
-// newOrder makes an order of the given kind with an ID no other order has.
-func newOrder(tx state.Tx, machineID, kind string) (agentapi.Order, error) {
-	return numbered(tx, agentapi.Order{Kind: kind})
-}
-
 // numbered gives o an ID no other order has.
 func numbered(tx state.Tx, o agentapi.Order) (agentapi.Order, error) {
 	seq, err := tx.NextSequence(ordersBucket)
