@@ -29,9 +29,10 @@ type openFiles struct {
 	valid time.Duration
 	max   int // entries kept at once; more are served uncached
 
-	mu     sync.Mutex
-	m      map[string]*openFile
-	closed bool
+	mu      sync.Mutex
+	m       map[string]*openFile
+	opening map[string]chan struct{} // names being opened; closed when done
+	closed  bool
 }
 
 type openFile struct {
@@ -43,7 +44,7 @@ type openFile struct {
 }
 
 func newOpenFiles(valid time.Duration, max int) *openFiles {
-	return &openFiles{valid: valid, max: max, m: make(map[string]*openFile)}
+	return &openFiles{valid: valid, max: max, m: make(map[string]*openFile), opening: make(map[string]chan struct{})}
 }
 
 // open returns name's content, its FileInfo and the function to call when
@@ -54,13 +55,32 @@ func newOpenFiles(valid time.Duration, max int) *openFiles {
 func (o *openFiles) open(fsys fs.FS, name string) (io.ReadSeeker, fs.FileInfo, func(), error) {
 	now := time.Now()
 	o.mu.Lock()
-	e := o.m[name]
-	if e != nil && now.Before(e.until) {
-		e.users++
+	for {
+		e := o.m[name]
+		if e != nil && now.Before(e.until) {
+			e.users++
+			o.mu.Unlock()
+			return o.use(e)
+		}
+		wait, busy := o.opening[name]
+		if !busy {
+			break
+		}
+		// Another request is opening name: the many machines that ask for
+		// the same kernel at once share its one open.
 		o.mu.Unlock()
-		return o.use(e)
+		<-wait
+		o.mu.Lock()
 	}
+	done := make(chan struct{})
+	o.opening[name] = done
 	o.mu.Unlock()
+	defer func() {
+		o.mu.Lock()
+		delete(o.opening, name)
+		o.mu.Unlock()
+		close(done)
+	}()
 
 	ff, err := fsys.Open(name)
 	if errors.Is(err, syscall.ENOTDIR) {
@@ -89,13 +109,13 @@ func (o *openFiles) open(fsys fs.FS, name string) (io.ReadSeeker, fs.FileInfo, f
 
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if e = o.m[name]; e != nil && sameFile(e.st, st) {
+	if e := o.m[name]; e != nil && sameFile(e.st, st) {
 		f.Close() // unchanged: keep the one open already
 		e.until = now.Add(o.valid)
 		e.users++
 		return o.use(e)
 	}
-	if e != nil {
+	if e := o.m[name]; e != nil {
 		o.drop(name, e)
 	}
 	n := &openFile{f: f, st: st, until: now.Add(o.valid), users: 1}
