@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/BurntSushi/toml"
@@ -170,12 +171,30 @@ func toWriteFile(f File) writeFile {
 	if w.Owner == "" {
 		w.Owner = "root:root"
 	}
-	if utf8.Valid(f.Content) && !bytes.ContainsAny(f.Content, "\x00\r\ufeff") {
+	if plainText(f.Content) {
 		w.Content = string(f.Content)
 	} else {
 		w.Content, w.Encoding = base64.StdEncoding.EncodeToString(f.Content), "b64"
 	}
 	return w
+}
+
+// plainText reports whether content can go into user-data as it is:
+// UTF-8 of printable characters, spaces and newlines only. Anything else
+// (a tab, a carriage return, a byte-order mark, other control characters)
+// is written base64-encoded: the YAML encoder puts multi-line strings in
+// literal blocks, where a line starting with a tab does not read back
+// (found by FuzzRender).
+func plainText(content []byte) bool {
+	if !utf8.Valid(content) {
+		return false
+	}
+	for _, r := range string(content) {
+		if r != '\n' && r != ' ' && !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
 }
 
 // hostsFile is containerd's hosts.toml for one upstream.
