@@ -38,6 +38,17 @@ type installImage struct {
 	open func() (io.ReadSeeker, time.Time, func(), error)
 }
 
+// check opens the image as it is served: for a bundle's image that checks
+// its blob's digest (once; the outcome is remembered).
+func (im installImage) check() error {
+	_, _, done, err := im.open()
+	if err != nil {
+		return err
+	}
+	done()
+	return nil
+}
+
 // urlPath is where the image is served.
 func (im installImage) urlPath() string { return osImagesPrefix + im.name }
 

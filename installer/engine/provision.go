@@ -131,6 +131,11 @@ func (e *Engine) provision(ctx context.Context, id string, r pipeline.Reporter) 
 		if err != nil {
 			return err
 		}
+		// A bundle image whose blob does not match its signed digest is
+		// refused here, naming both digests, rather than sent to fail.
+		if err := img.check(); err != nil {
+			return fmt.Errorf("OS image %q: %w", img.name, err)
+		}
 		if rec, err = e.newSeed(m); err != nil {
 			return err
 		}
