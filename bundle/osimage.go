@@ -51,6 +51,10 @@ const (
 	FormatQcow2 = "qcow2"
 )
 
+// MaxRawSize bounds an OS image's raw size (16 TiB, as the agent's
+// orders do).
+const MaxRawSize = 16 << 40
+
 // OSImagePathPrefix is where OS images lie in the archive.
 const OSImagePathPrefix = "osimages/"
 
@@ -85,8 +89,10 @@ func DetectFormat(head []byte) string {
 // RawDigest decompresses r (compressed as compression says) and returns
 // the raw content's size and SHA-256 (hex). It fails on a stream that
 // does not decompress whole, or has bytes after the compressed data.
-// progress, when set, counts the bytes read from r.
-func RawDigest(r io.Reader, compression string, progress *atomic.Int64) (int64, string, error) {
+// progress, when set, counts the bytes read from r. With limit > 0 it
+// stops once the raw content passes limit bytes (a stream that inflates
+// past what is recorded is not read to its end).
+func RawDigest(r io.Reader, compression string, limit int64, progress *atomic.Int64) (int64, string, error) {
 	if progress != nil {
 		r = &countingReader{r: r, n: progress}
 	}
@@ -118,10 +124,16 @@ func RawDigest(r io.Reader, compression string, progress *atomic.Int64) (int64, 
 	default:
 		return 0, "", fmt.Errorf("compression %q: not one of none, gzip, xz, zstd", compression)
 	}
+	if limit > 0 {
+		raw = io.LimitReader(raw, limit+1)
+	}
 	h := sha256.New()
 	n, err := io.Copy(h, raw)
 	if err != nil {
 		return 0, "", fmt.Errorf("decompress %s: %w", compression, err)
+	}
+	if limit > 0 && n > limit {
+		return n, "", fmt.Errorf("decompress %s: more than %d raw bytes", compression, limit)
 	}
 	if compression != CompressionNone {
 		// The decompressor stopped at the end of its data: nothing may follow.
@@ -177,7 +189,7 @@ func (b *Bundle) checkOSImages() error {
 			return bad("path %q, want %s%s", im.Path, OSImagePathPrefix, im.Name)
 		case im.Compression != CompressionNone && im.Compression != CompressionGzip && im.Compression != CompressionXZ && im.Compression != CompressionZstd:
 			return bad("compression %q is not none, gzip, xz or zstd", im.Compression)
-		case im.RawSize <= 0 || !sha256HexRE.MatchString(im.RawSHA256):
+		case im.RawSize <= 0 || im.RawSize > MaxRawSize || !sha256HexRE.MatchString(im.RawSHA256):
 			return bad("no raw size (%d) and SHA-256 (%q)", im.RawSize, im.RawSHA256)
 		}
 		seen[im.Name] = true
@@ -231,7 +243,7 @@ func (b *Bundle) OSImageContent(name string) (r io.ReaderAt, off, size int64, er
 // with the signed ones.
 func (b *Bundle) checkRaw(im OSImage, progress *atomic.Int64) error {
 	e := b.byPath[im.Path]
-	n, sum, err := RawDigest(io.NewSectionReader(b.ra, e.Offset, e.Size), im.Compression, progress)
+	n, sum, err := RawDigest(io.NewSectionReader(b.ra, e.Offset, e.Size), im.Compression, im.RawSize, progress)
 	if err != nil {
 		return fmt.Errorf("%w: OS image %s (%s): %v", ErrCorrupt, strconv.Quote(im.Name), im.Path, err)
 	}

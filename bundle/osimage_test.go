@@ -229,11 +229,30 @@ func TestOpenRefusesInconsistentOSImages(t *testing.T) {
 func TestRawDigestRefuses(t *testing.T) {
 	raw := rawDisk(256 << 10)
 	trailing := append(compressWith(t, CompressionGzip, raw), "junk"...)
-	if _, _, err := RawDigest(bytes.NewReader(trailing), CompressionGzip, nil); err == nil {
+	if _, _, err := RawDigest(bytes.NewReader(trailing), CompressionGzip, 0, nil); err == nil {
 		t.Error("gzip with trailing bytes accepted")
 	}
-	n, sum, err := RawDigest(bytes.NewReader(compressWith(t, CompressionXZ, raw)), CompressionXZ, nil)
+	n, sum, err := RawDigest(bytes.NewReader(compressWith(t, CompressionXZ, raw)), CompressionXZ, 0, nil)
 	if err != nil || n != int64(len(raw)) || sum != hexSHA256(raw) {
 		t.Fatalf("xz: %d %s %v", n, sum, err)
+	}
+}
+
+// A raw size recorded smaller than the content: Verify stops reading past
+// it (an image that inflates without end is not read to its end).
+func TestVerifyStopsPastTheRawSize(t *testing.T) {
+	raw := rawDisk(1 << 20)
+	path, pub := writeOSImageBundle(t, t.TempDir(), compressWith(t, CompressionZstd, raw), raw, func(im *OSImage) { im.RawSize = 4096 })
+	b, err := Open(path, Trust{PublicKey: pub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, err := b.Verify(context.Background(), VerifyOptions{}); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "more than 4096 raw bytes") {
+		t.Fatalf("Verify: %v", err)
+	}
+	n, _, err := RawDigest(bytes.NewReader(compressWith(t, CompressionGzip, raw)), CompressionGzip, 8192, nil)
+	if err == nil || n != 8193 {
+		t.Fatalf("RawDigest with a limit read %d bytes: %v", n, err)
 	}
 }

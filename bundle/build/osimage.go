@@ -46,7 +46,7 @@ func InspectOSImage(ctx context.Context, path string) (OSImageInfo, error) {
 	if info.Format == bundle.FormatQcow2 {
 		info.RawSize, info.RawSHA256, err = convertQcow2(ctx, f, st.Size(), io.Discard, maxQcow2Size)
 	} else {
-		info.RawSize, info.RawSHA256, err = bundle.RawDigest(ctxReader{ctx, io.NewSectionReader(f, 0, st.Size())}, info.Format, nil)
+		info.RawSize, info.RawSHA256, err = bundle.RawDigest(ctxReader{ctx, io.NewSectionReader(f, 0, st.Size())}, info.Format, 0, nil)
 	}
 	if err != nil {
 		return info, fmt.Errorf("OS image %s (%s): %w", path, info.Format, err)
@@ -176,7 +176,7 @@ func (b *builder) makeOSImage(ctx context.Context, src, name, blobPath, recPath 
 			return rec, fmt.Errorf("copy %s: %w", src, err)
 		}
 		// The raw digest is measured on the copy: what goes in the bundle.
-		rec.RawSize, rec.RawSHA256, err = bundle.RawDigest(ctxReader{ctx, io.NewSectionReader(tmp, 0, out.n)}, rec.Compression, nil)
+		rec.RawSize, rec.RawSHA256, err = bundle.RawDigest(ctxReader{ctx, io.NewSectionReader(tmp, 0, out.n)}, rec.Compression, 0, nil)
 		if err != nil {
 			return rec, fmt.Errorf("OS image %s (%s): %w", src, rec.Compression, err)
 		}
