@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -331,6 +332,29 @@ func TestBundleImagesOneFailsOthersInstall(t *testing.T) {
 	}
 	if !bytes.Equal(disk, make([]byte, len(disk))) {
 		t.Error("damaged's disk was written")
+	}
+
+	// The images are served by name, ranges too; a damaged one is not.
+	req, _ := http.NewRequest(http.MethodGet, "http://10.78.0.1:18080/os/images/good", nil)
+	req.Header.Set("Range", "bytes=100-199")
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	part, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(part, goodBlob[100:200]) {
+		t.Errorf("range of good: %d, %d bytes", resp.StatusCode, len(part))
+	}
+	for path, want := range map[string]int{"/os/images/damaged": http.StatusInternalServerError, "/os/images/nope": http.StatusNotFound, "/os/images/": http.StatusNotFound} {
+		resp, err := hc.Get("http://10.78.0.1:18080" + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET %s: %d, want %d", path, resp.StatusCode, want)
+		}
 	}
 }
 
