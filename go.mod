@@ -8,6 +8,7 @@ require (
 	github.com/insomniacslk/dhcp v0.0.0-20260901064844-234b97448fae
 	github.com/jsimonetti/rtnetlink v1.3.5
 	github.com/klauspost/compress v1.19.2
+	github.com/lima-vm/go-qcow2reader v0.7.1
 	github.com/pin/tftp/v3 v3.2.0
 	github.com/rivo/tview v0.42.0
 	github.com/santhosh-tekuri/jsonschema/v6 v6.0.3

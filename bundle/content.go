@@ -190,7 +190,8 @@ type VerifyOptions struct {
 	Progress func(done, total int64)
 }
 
-// Verify checks the digest of every entry, and of the executable a
+// Verify checks the digest of every entry, the raw size and digest of
+// every OS image (decompressing it), and the digest of the executable a
 // self-contained bundle is appended to (the signature, structure and
 // signing key were checked by Open). It returns every failure, joined.
 func (b *Bundle) Verify(ctx context.Context, opts VerifyOptions) (VerifyResult, error) {
@@ -211,6 +212,12 @@ func (b *Bundle) Verify(ctx context.Context, opts VerifyOptions) (VerifyResult, 
 		total += e.Size
 	}
 	nEntries := len(entries)
+	// Each OS image is decompressed too, and its raw size and digest
+	// compared with the signed ones.
+	for _, im := range b.meta.OSImages {
+		entries = append(entries, job{im.Size, func(p *atomic.Int64) error { return b.checkRaw(im, p) }})
+		total += im.Size
+	}
 	if b.meta.Executable != nil {
 		entries = append(entries, job{b.base, b.checkExecutable})
 		total += b.base

@@ -20,6 +20,7 @@ func FuzzInspectText(f *testing.F) {
 			Charts:     []Chart{{Name: chart, Version: image, Images: []string{image, repo}}},
 			Files:      []File{{Name: file, Digest: file}},
 			Components: []string{component, name},
+			OSImages:   []OSImage{{Name: file, Compression: chart, RawSHA256: image}},
 		}
 		var buf bytes.Buffer
 		if err := in.WriteText(&buf); err != nil {
@@ -29,8 +30,8 @@ func FuzzInspectText(f *testing.F) {
 		if i := termtext.FindUnsafe(out); i >= 0 {
 			t.Fatalf("raw rune at %d: %q", i, out)
 		}
-		if n := strings.Count(out, "\n"); n != 16 {
-			t.Fatalf("%d lines, want 16 (a name added or removed one):\n%s", n, out)
+		if n := strings.Count(out, "\n"); n != 19 {
+			t.Fatalf("%d lines, want 19 (a name added or removed one):\n%s", n, out)
 		}
 	})
 }

@@ -105,6 +105,8 @@ type Metadata struct {
 	Images  []Image `json:"images,omitempty"`
 	Charts  []Chart `json:"charts,omitempty"`
 	Files   []File  `json:"files,omitempty"`
+	// OSImages are the operating system images installs write to disks.
+	OSImages []OSImage `json:"osImages,omitempty"`
 	// Components are the platform catalog components the bundle serves.
 	Components []string `json:"components,omitempty"`
 	// PartSize is the size of each part of a split bundle (the trailer

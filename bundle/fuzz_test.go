@@ -32,6 +32,14 @@ func FuzzOpen(f *testing.F) {
 	for _, bad := range hostileBundles(f, small) {
 		f.Add(bad)
 	}
+	// A bundle with an OS image (zstd).
+	osRaw := rawDisk(8 << 10)
+	osPath, _ := writeOSImageBundle(f, f.TempDir(), compressWith(f, CompressionZstd, osRaw), osRaw, nil)
+	osBundle, err := os.ReadFile(osPath)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(osBundle)
 	dir := f.TempDir()
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p := filepath.Join(dir, "fuzz.bundle")
@@ -52,6 +60,9 @@ func FuzzOpen(f *testing.F) {
 					b.Content(d)
 				}
 			}
+		}
+		for _, im := range b.OSImages() {
+			b.OSImageContent(im.Name)
 		}
 		b.Inspect()
 	})

@@ -26,6 +26,9 @@ type Inspection struct {
 	Images       []Image `json:"images"`
 	Charts       []Chart `json:"charts"`
 	Files        []File  `json:"files"`
+	// OSImages are the disk images installs write, with their raw size
+	// and SHA-256.
+	OSImages []OSImage `json:"osImages"`
 	// Components are the platform catalog components the bundle serves.
 	Components []string `json:"components"`
 }
@@ -36,7 +39,10 @@ func (b *Bundle) Inspect() Inspection {
 		Name: b.meta.Name, Path: b.name, Embedded: b.Embedded(), Size: b.size,
 		Created: b.meta.Created, KeyID: b.meta.KeyID, Trusted: b.Trusted(), Authenticity: b.auth.String(),
 		Entries: len(b.meta.Entries), Images: b.meta.Images, Charts: b.meta.Charts, Files: b.meta.Files,
-		Components: b.meta.Components,
+		Components: b.meta.Components, OSImages: b.meta.OSImages,
+	}
+	if in.OSImages == nil {
+		in.OSImages = []OSImage{}
 	}
 	if in.Components == nil {
 		in.Components = []string{}
@@ -120,6 +126,10 @@ func (in Inspection) WriteText(w io.Writer) error {
 	fmt.Fprintf(tw, "\nFILES (%d)\tSIZE\tDIGEST\n", len(in.Files))
 	for _, f := range in.Files {
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", e(f.Name), HumanSize(f.Size), e(shortDigest(f.Digest)))
+	}
+	fmt.Fprintf(tw, "\nOS IMAGES (%d)\tSIZE\tCOMPRESSION\tRAW SIZE\tRAW SHA256\n", len(in.OSImages))
+	for _, im := range in.OSImages {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s (%d bytes)\t%s\n", e(im.Name), HumanSize(im.Size), e(im.Compression), HumanSize(im.RawSize), im.RawSize, e(im.RawSHA256))
 	}
 	return tw.Flush()
 }

@@ -34,8 +34,11 @@ type Bundle struct {
 	byPath   map[string]*Entry
 	byDigest map[string]*Entry
 	checks   map[string]*check
-	repos    []string
-	tags     map[string]map[string]string // repository -> tag -> digest
+	// pathChecks remember the digest checks of entries served by path
+	// (OS images).
+	pathChecks map[string]*check
+	repos      []string
+	tags       map[string]map[string]string // repository -> tag -> digest
 }
 
 type part struct {
@@ -208,6 +211,9 @@ func openFiles(name string, files []*os.File, trust Trust) (*Bundle, error) {
 		return nil, fmt.Errorf("open bundle %s: %w", name, err)
 	}
 	b.index()
+	if err := b.checkOSImages(); err != nil {
+		return nil, fmt.Errorf("open bundle %s: %w", name, err)
+	}
 	return b, nil
 }
 
@@ -452,9 +458,13 @@ func (b *Bundle) index() {
 	b.byPath = map[string]*Entry{}
 	b.byDigest = map[string]*Entry{}
 	b.checks = map[string]*check{}
+	b.pathChecks = map[string]*check{}
 	for i := range b.meta.Entries {
 		e := &b.meta.Entries[i]
 		b.byPath[e.Path] = e
+		if strings.HasPrefix(e.Path, OSImagePathPrefix) {
+			b.pathChecks[e.Path] = &check{}
+		}
 		if strings.HasPrefix(e.Path, "blobs/") {
 			if _, ok := b.byDigest[e.Digest]; !ok {
 				b.byDigest[e.Digest] = e

@@ -65,6 +65,7 @@ type Result struct {
 	Images   int
 	Charts   int
 	Files    int
+	OSImages int
 	Blobs    int
 	Fetched  int64 // blob bytes downloaded
 	Reused   int64 // blob bytes reused from an interrupted build or the bundle replaced
@@ -87,7 +88,8 @@ type builder struct {
 	charts    []bundle.Chart
 	chartFile map[string]string // chart path in bundle -> cache path
 	files     []bundle.File
-	fileCache map[string]string // file path in bundle -> cache path
+	fileCache map[string]string // file and OS image path in bundle -> cache path
+	osImages  []bundle.OSImage
 	// transports are authenticated per repository.
 	transports map[string]http.RoundTripper
 }
@@ -192,16 +194,21 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 			return nil, fmt.Errorf("build bundle: files[%d] %s: %w", i, f.Name, err)
 		}
 	}
+	for i, im := range spec.OSImages {
+		if err := b.osImage(ctx, im); err != nil {
+			return nil, fmt.Errorf("build bundle: osImages[%d] %s: %w", i, im.Name, err)
+		}
+	}
 	res := &Result{
-		Images: len(b.images), Charts: len(b.charts), Files: len(b.files), Blobs: len(b.blobs),
+		Images: len(b.images), Charts: len(b.charts), Files: len(b.files), OSImages: len(b.osImages), Blobs: len(b.blobs),
 		KeyID: bundle.KeyID(opts.Key.Public().(ed25519.PublicKey)),
 	}
 	if err := b.write(ctx, res); err != nil {
 		return nil, fmt.Errorf("build bundle: %w", err)
 	}
 	res.Duration = time.Since(start)
-	b.prog.linef("wrote %s: %s, %d images, %d charts, %d files, %d blobs (%s downloaded, %s reused) in %s, key %s",
-		strings.Join(res.Paths, ", "), bundle.HumanSize(res.Size), res.Images, res.Charts, res.Files, res.Blobs,
+	b.prog.linef("wrote %s: %s, %d images, %d charts, %d files, %d OS images, %d blobs (%s downloaded, %s reused) in %s, key %s",
+		strings.Join(res.Paths, ", "), bundle.HumanSize(res.Size), res.Images, res.Charts, res.Files, res.OSImages, res.Blobs,
 		bundle.HumanSize(res.Fetched), bundle.HumanSize(res.Reused), res.Duration.Round(time.Millisecond), res.KeyID)
 	return res, nil
 }
@@ -265,6 +272,11 @@ func (b *builder) write(ctx context.Context, res *Result) error {
 			return err
 		}
 	}
+	for _, im := range b.osImages {
+		if err := addCached(w, im.Path, b.fileCache[im.Path], im.Size, im.Digest, ""); err != nil {
+			return err
+		}
+	}
 	index, err := b.layoutIndex()
 	if err != nil {
 		return err
@@ -302,7 +314,7 @@ func (b *builder) write(ctx context.Context, res *Result) error {
 		return fmt.Errorf("%w (the partial bundle is kept: run the build again to resume)", err)
 	}
 
-	meta := bundle.Metadata{Name: b.opts.Spec.Metadata.Name, Charts: b.charts, Files: b.files, Components: b.opts.Spec.Components}
+	meta := bundle.Metadata{Name: b.opts.Spec.Metadata.Name, Charts: b.charts, Files: b.files, OSImages: b.osImages, Components: b.opts.Spec.Components}
 	for _, im := range b.images {
 		meta.Images = append(meta.Images, *im)
 	}

@@ -2,9 +2,10 @@
 // the connected side: container images (go-containerregistry, multi-arch
 // indexes kept, blobs de-duplicated), Helm charts (chart repositories, OCI
 // chart references and local directories, through the Helm SDK, with every
-// image the rendered chart references) and files checked against their
-// SHA-256. Downloads go into a cache directory so that a second run reuses
-// what the first fetched.
+// image the rendered chart references), files checked against their
+// SHA-256, and OS images (raw, gzip, xz, zstd, or qcow2 converted to raw
+// zstd), recorded with their raw size and SHA-256. Downloads go into a
+// cache directory so that a second run reuses what the first fetched.
 package build
 
 import (
@@ -38,6 +39,8 @@ type Spec struct {
 	Images     []ImageSpec `yaml:"images" json:"images,omitempty"`
 	Charts     []ChartSpec `yaml:"charts" json:"charts,omitempty"`
 	Files      []FileSpec  `yaml:"files" json:"files,omitempty"`
+	// OSImages are the operating system images installs write to disks.
+	OSImages []OSImageSpec `yaml:"osImages" json:"osImages,omitempty"`
 }
 
 // Metadata names the bundle.
@@ -85,6 +88,21 @@ type FileSpec struct {
 	URL string `yaml:"url" json:"url"`
 	// SHA256 is the file's required digest (64 hex digits).
 	SHA256 string `yaml:"sha256" json:"sha256"`
+}
+
+// OSImageSpec is one operating system image to carry: a local raw disk
+// image, compressed (gzip, xz, zstd) or not, or a qcow2 image, which the
+// build converts to a raw image compressed with zstd. The format is found
+// from the file's first bytes, never from its name.
+type OSImageSpec struct {
+	// Name is what the answer file's machine rules name (osImage:), e.g.
+	// debian-12.
+	Name string `yaml:"name" json:"name"`
+	// Path is the image file, relative to bundle.yaml.
+	Path string `yaml:"path" json:"path"`
+	// RawSHA256, if given, is the SHA-256 the raw disk image must have
+	// (64 hex digits); the build and bundle check compare it.
+	RawSHA256 string `yaml:"rawSHA256" json:"rawSHA256,omitempty"`
 }
 
 // ParseSpec strictly decodes bundle.yaml and validates it. Problems are
@@ -242,8 +260,31 @@ func (s *Spec) validate(file string, pos config.Positions, failed map[string]boo
 			add(path+".sha256", "required: the file's SHA-256 as 64 lower-case hex digits (sha256sum prints it)")
 		}
 	}
-	if len(s.Images)+len(s.Charts)+len(s.Files) == 0 {
-		add("", "the bundle is empty: list images, charts or files")
+	seenOS := map[string]int{}
+	for i, im := range s.OSImages {
+		path := fmt.Sprintf("osImages[%d]", i)
+		switch {
+		case im.Name == "":
+			add(path+".name", "required: the name machine rules give as osImage, like debian-12")
+		case !bundle.ValidOSImageName(im.Name):
+			add(path+".name", "%q is not an OS image name (1 to 63 lower-case letters, digits, '.', '_', '-', starting and ending with a letter or digit)", im.Name)
+		default:
+			if j, dup := seenOS[im.Name]; dup {
+				add(path+".name", "%q is listed twice (also osImages[%d])", im.Name, j)
+			}
+			seenOS[im.Name] = i
+		}
+		if im.Path == "" {
+			add(path+".path", "required: the image file (raw, gzip, xz, zstd or qcow2), relative to bundle.yaml")
+		} else if u, err := url.Parse(im.Path); err == nil && u.Scheme != "" && len(u.Scheme) > 1 {
+			add(path+".path", "%q is a URL: give a local file (download it first, and check it against its publisher's checksum)", im.Path)
+		}
+		if im.RawSHA256 != "" && !sha256RE.MatchString(im.RawSHA256) {
+			add(path+".rawSHA256", "%q is not a SHA-256: 64 lower-case hex digits", im.RawSHA256)
+		}
+	}
+	if len(s.Images)+len(s.Charts)+len(s.Files)+len(s.OSImages) == 0 {
+		add("", "the bundle is empty: list images, charts, files or OS images")
 	}
 	return ps
 }

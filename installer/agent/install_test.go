@@ -134,3 +134,102 @@ func TestSeedPartitionTypeIsTheRenderers(t *testing.T) {
 		t.Fatalf("agent %s, seed %s", SeedPartitionType, seed.PartitionType)
 	}
 }
+
+// installOrder is an install order for the disk pinned by serial, with
+// the image and seed the test serves.
+func installOrder(id, serial string, size uint64, raw, seedImg []byte, allowWipe bool) agentapi.Order {
+	return agentapi.Order{ID: id, Kind: agentapi.OrderInstall, Install: &agentapi.InstallOrder{
+		Disk:      agentapi.DiskPin{Serial: serial, SizeBytes: size},
+		AllowWipe: allowWipe,
+		Image:     agentapi.Artifact{Path: "/files/os.img.zst", Size: int64(len(raw)), SHA256: digest(raw)},
+		Seed:      agentapi.Artifact{Path: "/seeds/m-test-1", Size: int64(len(seedImg)), SHA256: digest(seedImg)},
+	}}
+}
+
+// orderServer serves the image and a seed as airlock does.
+func orderServer(t *testing.T, zimg []byte) (Installer, []byte) {
+	t.Helper()
+	files, err := seed.Render(seed.Config{InstanceID: "m-test-1", Hostname: "cp-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seedImg, err := files.Image()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/files/os.img.zst", func(w http.ResponseWriter, _ *http.Request) { w.Write(zimg) })
+	mux.HandleFunc("/seeds/m-test-1", func(w http.ResponseWriter, _ *http.Request) { w.Write(seedImg) })
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	base, _ := url.Parse(srv.URL)
+	return Installer{Host: provision.Host{SysRoot: "/sys", DevRoot: "/dev", Loop: true}, Base: base, HTTP: srv.Client(), Log: slog.New(slog.DiscardHandler)}, seedImg
+}
+
+// blkidType is the filesystem type blkid finds on dev, or "".
+func blkidType(t *testing.T, dev string) string {
+	t.Helper()
+	out, _ := exec.Command("blkid", "-p", "-o", "value", "-s", "TYPE", dev).Output()
+	return strings.TrimSpace(string(out))
+}
+
+// A disk holding an ext4 filesystem (made by mkfs.ext4 on a loop device)
+// is refused by an install order that does not allow wiping, and left as
+// it was; the same order with allowWipe installs over it.
+func TestInstallOrderRefusesAFilledDiskUnlessAllowed(t *testing.T) {
+	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+		t.Fatal("mkfs.ext4 is needed: apt-get install e2fsprogs")
+	}
+	raw, zimg := testkit.DiskImage(t, 16<<20)
+	in, seedImg := orderServer(t, zimg)
+	dev, backing := testkit.LoopDevice(t, 64<<20)
+	sh(t, "", "mkfs.ext4", "-q", "-F", dev)
+	if got := blkidType(t, dev); got != "ext4" {
+		t.Fatalf("blkid finds %q on the disk, want ext4", got)
+	}
+	err := in.Run(context.Background(), installOrder("o-1", backing, 64<<20, raw, seedImg, false), nil)
+	if !errors.Is(err, provision.ErrNotEmpty) || !strings.Contains(err.Error(), "ext4") {
+		t.Fatalf("install over ext4 without allowWipe: %v, want ErrNotEmpty naming ext4", err)
+	}
+	if got := blkidType(t, dev); got != "ext4" {
+		t.Fatalf("the refused disk was changed: blkid finds %q", got)
+	}
+	if err := in.Run(context.Background(), installOrder("o-2", backing, 64<<20, raw, seedImg, true), nil); err != nil {
+		t.Fatalf("install with allowWipe: %v", err)
+	}
+	disk, err := os.ReadFile(backing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(disk[1<<20:8<<20], raw[1<<20:8<<20]) {
+		t.Fatal("the image is not on the wiped disk")
+	}
+	sh(t, "", "sfdisk", "--verify", backing)
+}
+
+// An order whose pinned disk is no longer there (the disk under the same
+// kernel name was swapped for another, whose serial differs) is refused,
+// and neither disk is touched.
+func TestInstallOrderRefusesASwappedDisk(t *testing.T) {
+	raw, zimg := testkit.DiskImage(t, 16<<20)
+	in, seedImg := orderServer(t, zimg)
+	dev, oldBacking := testkit.LoopDevice(t, 64<<20)
+	if out, err := exec.Command("losetup", "-d", dev).CombinedOutput(); err != nil {
+		t.Fatalf("losetup -d: %v %s", err, out)
+	}
+	newDev, newBacking := testkit.LoopDevice(t, 64<<20)
+	t.Logf("pinned %s on %s; now %s holds %s", oldBacking, dev, newDev, newBacking)
+	err := in.Run(context.Background(), installOrder("o-3", oldBacking, 64<<20, raw, seedImg, true), nil)
+	if !errors.Is(err, provision.ErrNoMatch) {
+		t.Fatalf("install on a swapped disk: %v, want ErrNoMatch", err)
+	}
+	for _, f := range []string{oldBacking, newBacking} {
+		disk, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(disk, make([]byte, len(disk))) {
+			t.Fatalf("%s was written although the order was refused", f)
+		}
+	}
+}

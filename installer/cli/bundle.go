@@ -143,7 +143,34 @@ func newBundleCheckCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.streams.Out, "%s: valid: %d images, %d charts, %d files\n", termtext.Escape(file), len(spec.Images), len(spec.Charts), len(spec.Files))
+			// OS images are local files: each is read whole, its format
+			// found, and its raw disk image hashed, as build does.
+			bad := 0
+			for i, im := range spec.OSImages {
+				p := im.Path
+				if !filepath.IsAbs(p) {
+					p = filepath.Join(filepath.Dir(file), p)
+				}
+				info, err := build.InspectOSImage(cmd.Context(), p)
+				if err != nil {
+					fmt.Fprintf(g.streams.Out, "%s: osImages[%d] %s: %s\n", termtext.Escape(file), i, termtext.Escape(im.Name), termtext.Escape(err.Error()))
+					bad++
+					continue
+				}
+				if im.RawSHA256 != "" && im.RawSHA256 != info.RawSHA256 {
+					fmt.Fprintf(g.streams.Out, "%s: osImages[%d] %s: %s holds a raw disk image with sha256 %s, bundle.yaml says rawSHA256 %s\n",
+						termtext.Escape(file), i, termtext.Escape(im.Name), termtext.Escape(p), info.RawSHA256, termtext.Escape(im.RawSHA256))
+					bad++
+					continue
+				}
+				fmt.Fprintf(g.streams.Out, "%s: osImages[%d] %s: %s, %s, raw %s (%d bytes), raw sha256 %s\n", termtext.Escape(file), i, termtext.Escape(im.Name),
+					termtext.Escape(im.Path), info.Format, bundle.HumanSize(info.RawSize), info.RawSize, info.RawSHA256)
+			}
+			if bad > 0 {
+				fmt.Fprintf(g.streams.Out, "%s: %d of %d OS images failed their check\n", termtext.Escape(file), bad, len(spec.OSImages))
+				return &exitError{code: 1}
+			}
+			fmt.Fprintf(g.streams.Out, "%s: valid: %d images, %d charts, %d files, %d OS images\n", termtext.Escape(file), len(spec.Images), len(spec.Charts), len(spec.Files), len(spec.OSImages))
 			return nil
 		},
 	}
@@ -168,8 +195,12 @@ func newBundleBuildCommand(g *globals) *cobra.Command {
 		Short: "Gather images, charts and files into a signed bundle (run on the connected side)",
 		Long: `Build pulls every image (multi-arch indexes kept, blobs de-duplicated), every
 chart (and every image the chart references when rendered with the values in
-bundle.yaml) and every file (checked against its sha256), and writes a signed
-bundle. Image blobs are written straight into the bundle as they arrive: until
+bundle.yaml), every file (checked against its sha256) and every OS image, and
+writes a signed bundle. An OS image (osImages:) is a local raw disk image,
+compressed with gzip, xz or zstd or not, or a qcow2 image, converted here to
+raw compressed with zstd; the format is found from the file's first bytes. The
+signed metadata records each one's raw size and SHA-256, which the agent checks
+as it writes. Image blobs are written straight into the bundle as they arrive: until
 it is signed, the output is OUT.partial with a journal, OUT.resume, so running
 build again after an interruption fetches only what is missing (blobs already
 written are hashed again, not trusted). A rebuild after editing bundle.yaml

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
+
 	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/installer/config"
 )
@@ -266,5 +268,53 @@ func TestBundleRefusesDevZero(t *testing.T) {
 		if d := time.Since(start); d > 5*time.Second {
 			t.Errorf("bundle %s took %s", strings.Join(args, " "), d)
 		}
+	}
+}
+
+// bundle check, build, inspect and verify with an OS image: check reads
+// the image and prints its format and raw digest, and names the entry and
+// both digests when bundle.yaml's rawSHA256 is not the image's; build
+// records it, inspect shows it, verify checks its raw digest.
+func TestBundleOSImageCommands(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "site")
+	if _, _, err := runBundle(t, "keygen", "--out", key); err != nil {
+		t.Fatal(err)
+	}
+	raw := bytes.Repeat([]byte("a disk image "), 100000)
+	var z bytes.Buffer
+	zw, _ := zstd.NewWriter(&z)
+	zw.Write(raw)
+	zw.Close()
+	os.WriteFile(filepath.Join(dir, "node.img"), z.Bytes(), 0o644)
+	sum := sha256.Sum256(raw)
+	rawSum := hex.EncodeToString(sum[:])
+	wrong := strings.Repeat("1", 64)
+	badSpec := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(badSpec, []byte("apiVersion: airlock.dev/v1alpha1\nkind: Bundle\nosImages:\n  - {name: node, path: node.img, rawSHA256: "+wrong+"}\n"), 0o644)
+	out, _, err := runBundle(t, "check", "-f", badSpec)
+	if ExitCode(err) != 1 || !strings.Contains(out, "osImages[0] node") || !strings.Contains(out, wrong) || !strings.Contains(out, rawSum) {
+		t.Fatalf("check with a wrong rawSHA256: %v\n%s", err, out)
+	}
+	spec := filepath.Join(dir, "bundle.yaml")
+	os.WriteFile(spec, []byte("apiVersion: airlock.dev/v1alpha1\nkind: Bundle\nosImages:\n  - {name: node, path: node.img, rawSHA256: "+rawSum+"}\n"), 0o644)
+	out, _, err = runBundle(t, "check", "-f", spec)
+	if err != nil || !strings.Contains(out, "zstd") || !strings.Contains(out, rawSum) || !strings.Contains(out, "1 OS images") {
+		t.Fatalf("check: %v\n%s", err, out)
+	}
+	bpath := filepath.Join(dir, "site.bundle")
+	if _, errOut, err := runBundle(t, "build", "-f", spec, "-o", bpath, "--key", key+".key"); err != nil {
+		t.Fatalf("build: %v\n%s", err, errOut)
+	}
+	out, _, err = runBundle(t, "inspect", "--key", key+".pub", bpath)
+	if err != nil || !strings.Contains(out, "OS IMAGES (1)") || !strings.Contains(out, rawSum) {
+		t.Fatalf("inspect: %v\n%s", err, out)
+	}
+	out, _, err = runBundle(t, "inspect", "--key", key+".pub", "-o", "json", bpath)
+	if err != nil || !strings.Contains(out, `"rawSHA256": "`+rawSum) && !strings.Contains(out, `"rawSHA256":"`+rawSum) {
+		t.Fatalf("inspect -o json: %v\n%s", err, out)
+	}
+	if out, _, err := runBundle(t, "verify", "--key", key+".pub", bpath); err != nil {
+		t.Fatalf("verify: %v\n%s", err, out)
 	}
 }

@@ -38,9 +38,10 @@ func buildEngine(g *globals, a *config.Answers, in engineInputs) (e *engine.Engi
 		return nil, nil, err
 	}
 	var reg registry.Backend
+	var osImages engine.BundleOSImages
 	closeBundle := func() error { return nil }
 	if b != nil {
-		reg = b
+		reg, osImages = b, b
 		closeBundle = b.Close
 		g.log.Info("serving the bundle's registry", "bundle", b.Name())
 		if in.files == nil {
@@ -65,6 +66,7 @@ func buildEngine(g *globals, a *config.Answers, in engineInputs) (e *engine.Engi
 		HTTPPort:         in.httpPort,
 		Registry:         reg,
 		AllowForeignDHCP: in.allowForeign,
+		OSImages:         osImages,
 		OSImage:          in.osImage,
 		Log:              g.log,
 	})

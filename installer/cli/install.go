@@ -39,10 +39,14 @@ again, install resumes where it stopped. One line per event (-o json: one
 JSON object per line). Exit status 0 when every admitted machine reached
 its target state, 1 when any failed, 2 on bad usage or input.
 
-With --os-image, each machine's agent then wipes the pinned disk, writes
-the image and the machine's cloud-init seed, and reboots into it; the
-install ends when every installed system has phoned home (booted). Without
-it the pipeline ends at "assigned". Forming the cluster comes next.`,
+When the bundle has OS images (bundle.yaml osImages:), each machine's agent
+then wipes the pinned disk, writes its rule's osImage (or the bundle's only
+one) and the machine's cloud-init seed, and reboots into it; the install
+ends when every installed system has phoned home (booted). A disk that holds
+partitions or filesystems is refused unless the rule's installDisk.allowWipe
+says otherwise. --os-image DIR installs an image from a directory instead of
+the bundle's. Without any OS image the pipeline ends at "assigned". Forming
+the cluster comes next.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if output != "text" && output != "json" {
@@ -109,7 +113,7 @@ it the pipeline ends at "assigned". Forming the cluster comes next.`,
 	f.StringVar(&bootFiles, "boot-files", "", "directory with the discovery kernel (vmlinuz) and boot image (initramfs.img), instead of the bundle's")
 	f.StringVar(&bundlePath, "bundle", "", "bundle to serve (overrides bundle.path)")
 	f.IntVar(&in.httpPort, "http-port", 8080, "HTTP boot port")
-	f.StringVar(&osImage, "os-image", "", "directory with the OS image to install (disk.raw.zst, disk.raw.size, disk.raw.sha256, as e2e/osimage/build.sh makes it); without it the install ends once machines are assigned")
+	f.StringVar(&osImage, "os-image", "", "directory with the OS image to install instead of the bundle's (disk.raw.zst, disk.raw.size, disk.raw.sha256, as e2e/osimage/build.sh makes it); without it and without OS images in the bundle the install ends once machines are assigned")
 	return cmd
 }
 

@@ -139,6 +139,7 @@ type Rule struct {
 	Bonds       []Bond       `yaml:"bonds,omitempty" json:"bonds,omitempty" doc:"Bonded interfaces to configure on the installed OS."`
 	VLANs       []VLAN       `yaml:"vlans,omitempty" json:"vlans,omitempty" doc:"VLAN interfaces to configure on the installed OS."`
 	InstallDisk InstallDisk  `yaml:"installDisk,omitempty" json:"installDisk,omitempty" doc:"Which disk the OS goes on."`
+	OSImage     string       `yaml:"osImage,omitempty" json:"osImage,omitempty" doc:"The OS image the matched machines get, by its name in the bundle (bundle inspect lists them under OS IMAGES). Default: the bundle's only OS image, when it has exactly one." pattern:"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"`
 }
 
 // Match holds the conditions of a rule.
@@ -213,6 +214,7 @@ type InstallDisk struct {
 	Serial     string   `yaml:"serial,omitempty" json:"serial,omitempty" doc:"Disk serial (policy serial)."`
 	MinSize    Quantity `yaml:"minSize,omitempty" json:"minSize,omitempty" doc:"Ignore disks smaller than this, e.g. 100G." format:"quantity"`
 	Rotational *bool    `yaml:"rotational,omitempty" json:"rotational,omitempty" doc:"Only spinning (true) or only solid-state (false) disks."`
+	AllowWipe  bool     `yaml:"allowWipe,omitempty" json:"allowWipe,omitempty" doc:"Install on the chosen disk even when it holds a partition table, filesystem, LVM or RAID signature: what is on it is lost. Without it such a disk is refused and the machine fails."`
 }
 
 // Admission policies.

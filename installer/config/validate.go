@@ -601,6 +601,9 @@ func (v *validator) machines(a *Answers) {
 		}
 		v.bondsAndVLANs(path, r)
 		v.installDisk(path+".installDisk", r.InstallDisk)
+		if r.OSImage != "" && !OSImageNameRE.MatchString(r.OSImage) {
+			v.errorf(path+".osImage", "%q is not an OS image name (1 to 63 lower-case letters, digits, '.', '_', '-', starting and ending with a letter or digit, as in the bundle's osImages)", r.OSImage)
+		}
 		if m.IsEmpty() && catchAll == "" {
 			catchAll = fmt.Sprintf("rule %q (%s)", r.Name, path)
 		}
@@ -856,6 +859,11 @@ func (v *validator) admission(a *Answers) {
 		v.warnf("admission.policy", "allowlist admits only machines named by MAC or serial, and no rule names any: nothing will be installed")
 	}
 }
+
+// OSImageNameRE is the form of an OS image's name (the bundle's own
+// check, bundle.ValidOSImageName, is the same: a test holds them equal).
+// Whether the bundle has the image is checked when the engine opens it.
+var OSImageNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$`)
 
 var versionRE = regexp.MustCompile(`^v[0-9]+\.[0-9]+\.[0-9]+$`)
 

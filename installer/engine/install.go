@@ -30,7 +30,7 @@ type InstallOptions struct {
 // from its own disk when the engine has an OS image to write, else
 // assigned. The cluster's phases extend it as they are built.
 func (e *Engine) Target() string {
-	if e.osImage != nil {
+	if len(e.images) > 0 {
 		return inventory.StateBooted
 	}
 	return inventory.StateAssigned
@@ -113,7 +113,7 @@ func (e *Engine) Install(ctx context.Context, o InstallOptions) (pipeline.Result
 		}
 		assignID := pipeline.PhaseAssign + "/" + m.ID
 		steps = append(steps, e.machineStep(pipeline.PhaseAssign, m.ID, nil, e.assign))
-		if e.osImage != nil {
+		if len(e.images) > 0 {
 			provisionID := pipeline.PhaseProvision + "/" + m.ID
 			steps = append(steps,
 				e.machineStep(pipeline.PhaseProvision, m.ID, []string{assignID}, e.provision),

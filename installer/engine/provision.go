@@ -29,9 +29,10 @@ import (
 	"airlock.dev/airlock/services/agentapi"
 )
 
-// OSImage is the operating system image the install writes to every
-// machine's disk: a raw disk image, compressed (gzip, xz, zstd) or not,
-// with the size and SHA-256 of its raw content.
+// OSImage is an operating system image given as a file rather than in
+// the bundle (install --os-image DIR, the lab's path): a raw disk image,
+// compressed (gzip, xz, zstd) or not, with the size and SHA-256 of its raw
+// content. It goes by the name DirOSImageName.
 type OSImage struct {
 	Path      string
 	RawSize   int64
@@ -40,7 +41,6 @@ type OSImage struct {
 
 // Paths airlock serves for provisioning.
 const (
-	osImagePath   = "/os/image"
 	seedsPrefix   = "/seeds/"
 	phoneHomePath = "/api/v1/phone-home/"
 )
@@ -123,14 +123,28 @@ func (e *Engine) provision(ctx context.Context, id string, r pipeline.Reporter) 
 		}
 	}
 	if !found || rec.Order == "" {
+		rule, err := e.ruleOf(m)
+		if err != nil {
+			return err
+		}
+		img, err := e.imageFor(rule)
+		if err != nil {
+			return err
+		}
+		// A bundle image whose blob does not match its signed digest is
+		// refused here, naming both digests, rather than sent to fail.
+		if err := img.check(); err != nil {
+			return fmt.Errorf("OS image %q: %w", img.name, err)
+		}
 		if rec, err = e.newSeed(m); err != nil {
 			return err
 		}
 		d := m.Assignment.Disk
 		o, err := e.inv.Order(id, agentapi.Order{Kind: agentapi.OrderInstall, Install: &agentapi.InstallOrder{
-			Disk:  agentapi.DiskPin{WWN: d.WWN, Serial: d.Serial, SizeBytes: d.SizeBytes},
-			Image: agentapi.Artifact{Path: osImagePath, Size: e.osImage.RawSize, SHA256: e.osImage.RawSHA256},
-			Seed:  agentapi.Artifact{Path: seedsPrefix + id, Size: rec.SeedSize, SHA256: rec.SeedSHA256},
+			Disk:      agentapi.DiskPin{WWN: d.WWN, Serial: d.Serial, SizeBytes: d.SizeBytes},
+			AllowWipe: rule.InstallDisk.AllowWipe,
+			Image:     agentapi.Artifact{Path: img.urlPath(), Size: img.rawSize, SHA256: img.rawSHA256},
+			Seed:      agentapi.Artifact{Path: seedsPrefix + id, Size: rec.SeedSize, SHA256: rec.SeedSHA256},
 		}})
 		if err != nil {
 			return err
@@ -277,24 +291,11 @@ func (e *Engine) boot(ctx context.Context, id string, _ pipeline.Reporter) error
 	}
 }
 
-// serveProvisioning mounts what installs fetch: the OS image, each
-// machine's seed (only to the address leased to that machine, when airlock
-// leased it one) and the installed systems' phone-home.
+// serveProvisioning mounts what installs fetch besides the OS images
+// (serveOSImages): each machine's seed (only to the address leased to that
+// machine, when airlock leased it one) and the installed systems'
+// phone-home.
 func (e *Engine) serveProvisioning() {
-	e.hb.Mount(osImagePath, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		f, err := os.Open(e.osImage.Path)
-		if err != nil {
-			http.Error(w, "no OS image", http.StatusNotFound)
-			return
-		}
-		defer f.Close()
-		st, err := f.Stat()
-		if err != nil {
-			http.Error(w, "no OS image", http.StatusNotFound)
-			return
-		}
-		http.ServeContent(w, r, "image", st.ModTime(), f)
-	}))
 	e.hb.Mount(seedsPrefix, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := strings.TrimPrefix(r.URL.Path, seedsPrefix)
 		if !machineIDRE.MatchString(id) || !e.fromMachine(r, id) {

@@ -58,9 +58,13 @@ type Options struct {
 	// Decider answers what the engine leaves to a person (nil: every
 	// question waits for `airlock approve|deny`).
 	Decider events.Decider
-	// OSImage, when set, is what the install writes to the machines'
-	// disks: the pipeline then provisions and boots them. Without it the
-	// install ends once machines are assigned.
+	// OSImages are the bundle's OS images: each machine rule's osImage
+	// (or the only one) is what the install writes to its machines'
+	// disks, and the pipeline then provisions and boots them. Without any
+	// the install ends once machines are assigned.
+	OSImages BundleOSImages
+	// OSImage, when set, is installed instead of the bundle's images,
+	// under the name DirOSImageName (the lab's and developers' path).
 	OSImage *OSImage
 	Log     *slog.Logger
 }
@@ -97,9 +101,9 @@ type Engine struct {
 	reg      registry.Backend
 	base     string
 	ready    chan struct{}
-	// stateDir holds the seeds; osImage is the image installs write.
+	// stateDir holds the seeds; images are the OS images installs write.
 	stateDir    string
-	osImage     *OSImage
+	images      osImages
 	bootTimeout time.Duration
 	// owned is closed by Close; sockets too, unless Run ran (its servers
 	// close their own sockets when they stop).
@@ -141,11 +145,12 @@ func New(o Options) (_ *Engine, err error) {
 		log.Warn("some iPXE binaries are missing", "missing", strings.Join(missing, ", "))
 	}
 	e := &Engine{answers: a, bus: &events.Bus{}, decider: o.Decider, log: log, base: base, reg: o.Registry, ready: make(chan struct{}),
-		stateDir: o.StateDir, osImage: o.OSImage, bootTimeout: 30 * time.Minute}
-	if o.OSImage != nil {
-		if err := checkOSImage(o.OSImage); err != nil {
-			return nil, err
-		}
+		stateDir: o.StateDir, bootTimeout: 30 * time.Minute}
+	if e.images, err = imagesFrom(o.OSImage, o.OSImages); err != nil {
+		return nil, err
+	}
+	if err := CheckRuleImages(a, e.images.names()); err != nil {
+		return nil, err
 	}
 	defer func() {
 		if err != nil {
@@ -219,7 +224,8 @@ func New(o Options) (_ *Engine, err error) {
 	// An agent must report from the address airlock leased to its boot
 	// MAC (when airlock leased it one: not in proxy mode).
 	e.inv.CheckLeases(e.leaseOf)
-	if e.osImage != nil {
+	if len(e.images) > 0 {
+		e.serveOSImages()
 		e.serveProvisioning()
 	}
 	if tftpConn != nil {
