@@ -3,8 +3,10 @@ package seed
 import (
 	"bytes"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net/url"
+	"reflect"
 	"slices"
 	"strings"
 	"unicode"
@@ -355,6 +357,16 @@ func marshalYAML(header string, v any) ([]byte, error) {
 	}
 	if err := enc.Close(); err != nil {
 		return nil, fmt.Errorf("marshal seed document: %w", err)
+	}
+	// The encoder can write a string it cannot read back (a line of a
+	// literal block starting with a tab: found by FuzzRender), so every
+	// document is read back and compared before it is used.
+	back := reflect.New(reflect.TypeOf(v))
+	if err := yaml.Unmarshal(b.Bytes()[len(header):], back.Interface()); err != nil {
+		return nil, fmt.Errorf("marshal seed document: it does not read back (%v): a value holds characters YAML cannot carry", err)
+	}
+	if !reflect.DeepEqual(back.Elem().Interface(), v) {
+		return nil, errors.New("marshal seed document: it reads back differently: a value holds characters YAML cannot carry")
 	}
 	return b.Bytes(), nil
 }

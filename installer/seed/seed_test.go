@@ -337,3 +337,22 @@ for p in sorted(glob.glob(sys.argv[1] + "/*-user-data")):
 		t.Errorf("PyYAML read:\n%s\nwant the strings %q", out, want)
 	}
 }
+
+// A value the YAML encoder would write so that it reads back differently
+// (a literal block line starting with a tab) is refused with an error, not
+// put in a seed; file content of that kind goes base64-encoded.
+func TestRenderRefusesWhatDoesNotReadBack(t *testing.T) {
+	c := Config{InstanceID: "i-1", Hostname: "node-1", RunCmd: [][]string{{"sh", "-c", "\t\t\n\n0 000"}}}
+	if _, err := Render(c); err == nil || !strings.Contains(err.Error(), "cannot carry") {
+		t.Fatalf("Render with a tab-led multi-line argument: %v, want a does-not-read-back error", err)
+	}
+	c.RunCmd = nil
+	c.WriteFiles = []File{{Path: "/etc/x", Content: []byte("\tk\n")}}
+	files, err := Render(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(files.UserData), "encoding: b64") {
+		t.Fatalf("content with a tab not base64-encoded:\n%s", files.UserData)
+	}
+}
