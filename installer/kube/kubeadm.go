@@ -96,6 +96,10 @@ type Secrets struct {
 	// configuration creates it with TokenExpires.
 	Token        string
 	TokenExpires time.Time
+	// KubeVIP is this control plane's kube-vip client certificate (from
+	// IssueClient, user KubeVIPUserPrefix+hostname in KubeVIPGroup); nil:
+	// NodeSeed issues one valid for KubeVIPCertTTL.
+	KubeVIP *CertKey
 }
 
 var (
