@@ -44,7 +44,7 @@ const (
 	// DefaultPauseImage is the sandbox image kubeadm v1.34 expects.
 	DefaultPauseImage = "registry.k8s.io/pause:3.10.1"
 	// DefaultKubeVIPImage is the kube-vip holding the control-plane VIP.
-	DefaultKubeVIPImage = "ghcr.io/kube-vip/kube-vip:v0.9.2"
+	DefaultKubeVIPImage = "ghcr.io/kube-vip/kube-vip:v1.2.3"
 )
 
 // ClusterSpec is what every node's configuration says about its cluster:
