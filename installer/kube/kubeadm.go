@@ -110,6 +110,7 @@ var (
 	ifnameRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$`)
 	argRE     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 	dirRE     = regexp.MustCompile(`^(/[A-Za-z0-9_.-]+)+$`)
+	tagRE     = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
 )
 
 // withDefaults returns c with every empty optional field set.
@@ -162,7 +163,7 @@ func (c ClusterSpec) Validate() error {
 		bad("image repository %q: want a registry host and path", c.ImageRepository)
 	}
 	for name, tag := range map[string]string{"etcd": c.EtcdImageTag, "CoreDNS": c.CoreDNSImageTag} {
-		if tag != "" && !regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`).MatchString(tag) {
+		if tag != "" && !tagRE.MatchString(tag) {
 			bad("%s image tag %q: want an image tag", name, tag)
 		}
 	}

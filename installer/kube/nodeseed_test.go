@@ -360,3 +360,16 @@ func TestKubeadmUsesSeedCAs(t *testing.T) {
 		}
 	}
 }
+
+// A node name of the full 63 characters still gets its kube-vip identity.
+func TestNodeSeedLongHostname(t *testing.T) {
+	kc := kubeadmCases()["join-control-plane"]
+	kc.n.Hostname = strings.Repeat("c", 63)
+	ns, err := Kubeadm{}.NodeSeed(kc.c, kc.n, Secrets{PKI: fixturePKI(t), Token: testToken}, netip.Addr{}, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := fileOf(ns, KubeVIPKubeconfig); f == nil || !bytes.Contains(f.Content, []byte(KubeVIPUserPrefix+kc.n.Hostname)) {
+		t.Error("no kube-vip credential for a 63-character node name")
+	}
+}
