@@ -20,8 +20,9 @@ const module = "airlock.dev/airlock"
 // services know nothing of the engine; bundle, manifests and the config
 // schema are leaves; the TUI sees the engine only through config and events; the node
 // agent stays small; the Kubernetes driver (installer/kube) renders from
-// plain values and knows only the state store, the seed and the config; the virtual rack (installer/lab) knows nothing of the
-// engine (its switches speak through services/*); no product package
+// plain values and knows only the state store, the seed and the config;
+// the virtual rack (installer/lab) knows nothing of the engine (its
+// switches speak through services/*); no product package
 // imports e2e/ or the test kit. installer/termtext (escaping for the
 // terminal) is a leaf every package may import.
 func layerRule(pkg, imp string) error {
