@@ -52,7 +52,7 @@ func fixtureKubeVIP(t testing.TB, p *PKI) *CertKey {
 func nodeSeedOf(t testing.TB, kc kubeadmCase) NodeSeed {
 	t.Helper()
 	p := fixturePKI(t)
-	s := Secrets{PKI: p, Token: testToken, TokenExpires: t0.Add(24 * time.Hour), KubeVIP: fixtureKubeVIP(t, p)}
+	s := Secrets{PKI: p, Token: testToken, TokenTTL: 2 * time.Hour, KubeVIP: fixtureKubeVIP(t, p)}
 	ns, err := Kubeadm{}.NodeSeed(kc.c, kc.n, s, kc.firstCP, t0)
 	if err != nil {
 		t.Fatal(err)
