@@ -27,7 +27,7 @@ func newKubeconfigCommand(g *globals) *cobra.Command {
 		Short: "Write a short-lived admin kubeconfig minted from the cluster's CA",
 		Long: `Mint fresh admin credentials for the cluster from the CA in airlock's state
 store (user airlock-admin in group kubeadm:cluster-admins, valid for --ttl)
-and write a kubeconfig with them: to stdout, or to -o FILE (mode 0600).
+and write a kubeconfig with them: to stdout, or to --file PATH (mode 0600).
 Nothing is copied off a node. Asks the running airlock, or reads the state
 store when none runs.`,
 		Args: cobra.NoArgs,
@@ -52,7 +52,7 @@ store when none runs.`,
 	}
 	f := cmd.Flags()
 	f.DurationVar(&ttl, "ttl", time.Hour, "how long the credentials are valid")
-	f.StringVarP(&out, "output", "o", "", "file to write (mode 0600); stdout when empty or -")
+	f.StringVar(&out, "file", "", "file to write (mode 0600); stdout when empty or - (-o is the output format elsewhere, so not here)")
 	f.StringVar(&server, "server", "", "API server URL, https://HOST:PORT (default: the one airlock recorded)")
 	return cmd
 }

@@ -89,7 +89,7 @@ func TestKubeconfigFromStore(t *testing.T) {
 	if err := os.WriteFile(file, []byte("old"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, errOut, code = run(t, "--state", dir, "kubeconfig", "-o", file)
+	_, errOut, code = run(t, "--state", dir, "kubeconfig", "--file", file)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
