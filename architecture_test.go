@@ -58,6 +58,8 @@ func layerRule(pkg, imp string) error {
 		}
 	case under(pkg, "installer/seed"):
 		return fmt.Errorf("the cloud-init seed renderer is a leaf")
+	case under(pkg, "installer/pki"):
+		return fmt.Errorf("airlock's CA (installer/pki) is a leaf")
 	case under(pkg, "installer/events"):
 		return fmt.Errorf("the event and Decider types are a leaf (the wizard imports them)")
 	case under(pkg, "installer/state"):
