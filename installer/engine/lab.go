@@ -217,8 +217,14 @@ func buildLabBoot(dir, bundleBoot string, o LabOptions) error {
 	if err != nil {
 		return fmt.Errorf("read agent: %w", err)
 	}
+	// The lab's airlock serves from the same state directory, so the CA
+	// made (or found) here is the one its agent API presents.
+	ca, err := LoadCA(o.StateDir)
+	if err != nil {
+		return err
+	}
 	var img bytes.Buffer
-	rep, err := bootimage.Build(&img, bootimage.Options{Agent: agent, ModulesDir: o.ModulesDir, Compression: bootimage.Gzip, Log: o.Log})
+	rep, err := bootimage.Build(&img, bootimage.Options{Agent: agent, CACert: ca.CertPEM, ModulesDir: o.ModulesDir, Compression: bootimage.Gzip, Log: o.Log})
 	if err != nil {
 		return fmt.Errorf("build the discovery boot image: %w", err)
 	}
