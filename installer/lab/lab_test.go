@@ -132,7 +132,7 @@ func startBootServer(t *testing.T, ctx context.Context, s *State, kernel, initrd
 		b.scripts[mac.String()] = time.Now()
 		b.mu.Unlock()
 		bootif := "01-" + strings.ReplaceAll(mac.String(), ":", "-")
-		fmt.Fprintf(w, "#!ipxe\nkernel %s/vmlinuz initrd=initrd console=ttyS0 quiet panic=-1 airlock.url=%s airlock.api=https://%s airlock.token=%s airlock.lldp=2s BOOTIF=%s\ninitrd --name initrd %s/initrd\nboot\n",
+		fmt.Fprintf(w, "#!ipxe\nkernel %s/vmlinuz initrd=initrd console=ttyS0 quiet panic=-1 no_timer_check airlock.url=%s airlock.api=https://%s airlock.token=%s airlock.lldp=2s BOOTIF=%s\ninitrd --name initrd %s/initrd\nboot\n",
 			b.url, b.url, apiLn.Addr(), tok, bootif, b.url)
 		log.Info("iPXE script served", "mac", mac)
 	})
