@@ -194,7 +194,7 @@ func New(o Options) (_ *Engine, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("airlock's TLS certificate for %s: %w", addr, err)
 	}
-	log.Info("airlock's CA", "fingerprint", e.ca.Fingerprint(), "file", filepath.Join(o.StateDir, pki.CACertFile), "serving certificate", map[bool]string{true: "new", false: "kept"}[renewed], "address", addr)
+	log.Info("airlock's CA", "fingerprint", e.ca.Fingerprint(), "file", filepath.Join(o.StateDir, pki.CACertFile), "new serving certificate", renewed, "address", addr)
 
 	httpLn, err := net.Listen("tcp", net.JoinHostPort(addr.String(), strconv.Itoa(o.HTTPPort)))
 	if err != nil {
@@ -269,13 +269,7 @@ func New(o Options) (_ *Engine, err error) {
 
 // LoadCA returns airlock's CA kept in stateDir, making it on the first
 // call (see package pki).
-func LoadCA(stateDir string) (*pki.CA, error) {
-	ca, err := pki.LoadOrCreate(stateDir, time.Now())
-	if err != nil {
-		return nil, err
-	}
-	return ca, nil
-}
+func LoadCA(stateDir string) (*pki.CA, error) { return pki.LoadOrCreate(stateDir, time.Now()) }
 
 // CA is airlock's certificate authority.
 func (e *Engine) CA() *pki.CA { return e.ca }
