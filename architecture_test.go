@@ -64,6 +64,8 @@ func layerRule(pkg, imp string) error {
 		if !under(imp, "installer/kube") && imp != "installer/state" && imp != "installer/seed" && imp != "installer/config" {
 			return fmt.Errorf("the Kubernetes driver renders data from plain values: it may import only installer/state, installer/seed and installer/config")
 		}
+	case under(pkg, "installer/pki"):
+		return fmt.Errorf("airlock's CA (installer/pki) is a leaf")
 	case under(pkg, "installer/events"):
 		return fmt.Errorf("the event and Decider types are a leaf (the wizard imports them)")
 	case under(pkg, "installer/state"):

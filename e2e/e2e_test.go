@@ -194,7 +194,9 @@ func (p *process) stop(t *testing.T) error {
 // airlock runs a short airlock command and returns stdout.
 func airlock(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	// Three minutes: `lab up` alone may wait 90 s for its airlock to
+	// serve, after building the boot image, on a loaded machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	var out, errOut bytes.Buffer
 	cmd := exec.CommandContext(ctx, airlockBin(t), args...)

@@ -54,7 +54,7 @@ func inventoryOf(t *testing.T, stateDir string) map[string]machine {
 // report is refused and logged.
 func TestLabDiscoversAVirtualRack(t *testing.T) {
 	bin := airlockBin(t)
-	busybox := netns.RequireTool(t, "busybox", "busybox-static")
+	curl := netns.RequireTool(t, "curl", "curl")
 	kernel, modules := testkit.CloudKernel(t)
 	stateDir := t.TempDir()
 	if os.Getenv("AIRLOCK_E2E_KEEP") == "1" {
@@ -130,11 +130,11 @@ func TestLabDiscoversAVirtualRack(t *testing.T) {
 		t.Fatal(err)
 	}
 	forged := "0123456789abcdef." + strings.Repeat("A", 43)
-	err = ns.Command(context.Background(), busybox, "wget", "-q", "-O", "-", "--header", "Authorization: Bearer "+forged,
-		"--header", "Content-Type: application/json", "--post-data", `{"bootMAC":"52:54:00:66:66:66","arch":"amd64","inventory":{}}`,
-		"http://10.77.0.1:8080/api/v1/agent/register").Run()
-	if err == nil {
-		t.Error("a report with a forged token was accepted")
+	forgedOut, err := ns.Command(context.Background(), curl, "-sS", "--fail", "--max-time", "20", "--cacert", filepath.Join(stateDir, "ca.pem"), "--capath", "/nonexistent",
+		"-H", "Authorization: Bearer "+forged, "-H", "Content-Type: application/json", "--data-binary", `{"bootMAC":"52:54:00:66:66:66","arch":"amd64","inventory":{}}`,
+		"https://10.77.0.1:8443/api/v1/agent/register").CombinedOutput()
+	if err == nil || !strings.Contains(string(forgedOut), "401") {
+		t.Errorf("a report with a forged token: %v %s, want 401 from airlock over TLS", err, forgedOut)
 	}
 	if log := labLogTail(stateDir); !strings.Contains(readLabLog(t, stateDir), `reason="unknown or revoked agent token"`) {
 		t.Errorf("the forged report was not logged; log ends:\n%s", log)

@@ -4,10 +4,17 @@ package e2e
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -53,11 +60,15 @@ func TestServeRefusesWithoutInterface(t *testing.T) {
 var tokenRE = regexp.MustCompile(`airlock\.token=(\S+)`)
 
 // A real DHCP client gets a lease from airlock serve, the machine's iPXE
-// script carries a per-boot token, an agent report with that token lands
-// in the inventory (read through the control socket while serve runs, and
-// from the store after it stops), and the lease survives a restart.
+// script carries a per-boot token and the agent API's https URL, an agent
+// report with that token sent over TLS (curl trusting only airlock's CA
+// from the state directory) lands in the inventory (read through the
+// control socket while serve runs, and from the store after it stops), the
+// same report in clear is refused on both ports, and the lease and the CA
+// survive a restart.
 func TestServeDiscoveryOverRealDHCP(t *testing.T) {
 	busybox := netns.RequireTool(t, "busybox", "busybox-static")
+	curl := netns.RequireTool(t, "curl", "curl")
 	dir := t.TempDir()
 	stateDir := filepath.Join(dir, "state")
 	srv := newNS(t, "alsv")
@@ -101,8 +112,13 @@ func TestServeDiscoveryOverRealDHCP(t *testing.T) {
 	// The machine's iPXE script, as iPXE would fetch it.
 	scriptText := run(t, cli.Command(context.Background(), busybox, "wget", "-q", "-O", "-", "http://10.77.0.1:8080/ipxe/boot.ipxe?mac="+mac))
 	m := tokenRE.FindStringSubmatch(scriptText)
-	if m == nil || !strings.Contains(scriptText, "kernel http://10.77.0.1:8080/files/vmlinuz") {
+	if m == nil || !strings.Contains(scriptText, "kernel http://10.77.0.1:8080/files/vmlinuz") || !strings.Contains(scriptText, " airlock.api=https://10.77.0.1:8443 ") {
 		t.Fatalf("iPXE script:\n%s", scriptText)
+	}
+	caFile := filepath.Join(stateDir, "ca.pem")
+	caBefore, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatalf("airlock's CA: %v", err)
 	}
 	token := m[1]
 
@@ -118,16 +134,31 @@ func TestServeDiscoveryOverRealDHCP(t *testing.T) {
 	inv["system"].(map[string]any)["serial"] = "E2E-0001"
 	inv["nics"] = []map[string]any{{"name": "eth0", "mac": mac, "link": true}}
 	body, _ := json.Marshal(reg)
-	post := func(tok string) error {
-		return cli.Command(context.Background(), busybox, "wget", "-q", "-O", "-",
-			"--header", "Authorization: Bearer "+tok, "--header", "Content-Type: application/json",
-			"--post-data", string(body), "http://10.77.0.1:8080/api/v1/agent/register").Run()
+	bodyFile := writeFile(t, dir, "registration.json", string(body))
+	// post sends the registration with curl, which trusts only ca (no
+	// system roots) and fails on any status but 2xx.
+	post := func(url, tok, ca string) (string, error) {
+		out, err := cli.Command(context.Background(), curl, "-sS", "--fail", "--max-time", "20", "--cacert", ca, "--capath", "/nonexistent",
+			"-H", "Authorization: Bearer "+tok, "-H", "Content-Type: application/json", "--data-binary", "@"+bodyFile, url).CombinedOutput()
+		return string(out), err
 	}
-	if err := post(token); err != nil {
-		t.Fatalf("register: %v\n%s", err, serve.log())
+	const api = "https://10.77.0.1:8443/api/v1/agent/register"
+	// In clear, on the boot port (no agent API there) or the TLS port: refused.
+	for _, url := range []string{"http://10.77.0.1:8080/api/v1/agent/register", "http://10.77.0.1:8443/api/v1/agent/register"} {
+		if out, err := post(url, token, caFile); err == nil {
+			t.Fatalf("a registration in clear to %s was taken: %s", url, out)
+		}
+	}
+	// To a client that trusts another CA, airlock is an impostor.
+	otherCA := writeFile(t, dir, "other-ca.pem", otherCAPEM(t))
+	if out, err := post(api, token, otherCA); err == nil || !strings.Contains(out, "certificate") {
+		t.Fatalf("a client trusting another CA: %v %s", err, out)
+	}
+	if out, err := post(api, token, caFile); err != nil {
+		t.Fatalf("register over TLS: %v %s\n%s", err, out, serve.log())
 	}
 	forged := token[:strings.Index(token, ".")+1] + strings.Repeat("x", 43)
-	if err := post(forged); err == nil {
+	if _, err := post(api, forged, caFile); err == nil {
 		t.Fatal("a forged token was accepted")
 	}
 
@@ -165,6 +196,9 @@ func TestServeDiscoveryOverRealDHCP(t *testing.T) {
 	serve.waitFor(t, "airlock: serving on prov0", 30*time.Second)
 	if again := lease(); again != ip {
 		t.Errorf("after a restart the client got %s, before %s", again, ip)
+	}
+	if caAfter, err := os.ReadFile(caFile); err != nil || string(caAfter) != string(caBefore) {
+		t.Errorf("after a restart airlock's CA changed (%v)", err)
 	}
 }
 
@@ -238,4 +272,21 @@ func TestServeWithBundle(t *testing.T) {
 		t.Fatalf("serve with a flipped byte in the bundle's metadata: %v\n%s", err, out2)
 	}
 	t.Logf("refused: %s", strings.TrimSpace(string(out2)))
+}
+
+// otherCAPEM is a CA certificate that is not airlock's.
+func otherCAPEM(t *testing.T) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "not airlock"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 }

@@ -2,7 +2,20 @@ package agent
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
 	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -54,4 +67,63 @@ func TestOrderBookRefusesAndRunsOnce(t *testing.T) {
 			t.Errorf("refusal of %s says nothing", r.ID)
 		}
 	}
+}
+
+// The agent's TLS client trusts only the CA it is given: a server whose
+// certificate another CA signed is refused, so is plain HTTP, and so is a
+// redirect from https to http.
+func TestTLSClientTrustsOnlyAirlocksCA(t *testing.T) {
+	ok := func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) }
+	ours := httptest.NewTLSServer(http.HandlerFunc(ok))
+	defer ours.Close()
+	other := httptest.NewUnstartedServer(http.HandlerFunc(ok))
+	// A certificate of its own, of another CA than ours.
+	other.TLS = &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}
+	other.StartTLS()
+	defer other.Close()
+	plain := httptest.NewServer(http.HandlerFunc(ok))
+	defer plain.Close()
+	redirect := httptest.NewTLSServer(http.RedirectHandler(plain.URL, http.StatusFound))
+	defer redirect.Close()
+
+	hc, err := TLSClient(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ours.Certificate().Raw}), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := hc.Get(ours.URL)
+	if err != nil {
+		t.Fatalf("our server: %v", err)
+	}
+	resp.Body.Close()
+	var unknown x509.UnknownAuthorityError
+	if _, err := hc.Get(other.URL); !errors.As(err, &unknown) {
+		t.Errorf("a server of another CA: %v, want an unknown-authority error", err)
+	}
+	if _, err := hc.Get(plain.URL); err == nil || !strings.Contains(err.Error(), "TLS only") {
+		t.Errorf("plain HTTP: %v", err)
+	}
+	// The redirect server shares httptest's certificate with ours.
+	if _, err := hc.Get(redirect.URL); err == nil || !strings.Contains(err.Error(), "TLS only") {
+		t.Errorf("a redirect to plain HTTP: %v", err)
+	}
+	if _, err := TLSClient([]byte("not a certificate"), 0); err == nil {
+		t.Error("a CA file without a certificate was accepted")
+	}
+}
+
+func selfSigned(t *testing.T) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "not airlock"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }

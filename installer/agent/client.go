@@ -3,6 +3,8 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +13,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"os"
 	"time"
 
 	"airlock.dev/airlock/services/agentapi"
@@ -23,13 +26,61 @@ type Client struct {
 	hc    *http.Client
 }
 
-// NewClient returns a client for the agent API under base (airlock's URL;
-// the API prefix is added).
+// NewClient returns a client for the agent API under base (airlock.api;
+// the API prefix is added). hc should be TLSClient's, which trusts only
+// airlock's CA.
 func NewClient(base *url.URL, token agentapi.Token, hc *http.Client) *Client {
 	if hc == nil {
 		hc = &http.Client{Timeout: 15 * time.Second}
 	}
 	return &Client{base: base, token: token, hc: hc}
+}
+
+// ReadCA reads airlock's CA certificate (PEM, at most 64 KiB) from path,
+// normally agentapi.CACertPath in the discovery image.
+func ReadCA(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read airlock's CA certificate: %w (the boot image airlock assembles holds it at %s)", err, agentapi.CACertPath)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, 64<<10+1))
+	if err != nil {
+		return nil, fmt.Errorf("read airlock's CA certificate %s: %w", path, err)
+	}
+	if len(data) > 64<<10 {
+		return nil, fmt.Errorf("read airlock's CA certificate %s: more than 64 KiB", path)
+	}
+	return data, nil
+}
+
+// TLSClient returns an HTTP client that speaks only TLS to servers whose
+// certificate one of the CA certificates in caPEM (airlock's) signed: no
+// system roots, no proxy from the environment, no plain HTTP. timeout 0
+// means none (an image takes as long as it takes).
+func TLSClient(caPEM []byte, timeout time.Duration) (*http.Client, error) {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, errors.New("airlock's CA: no PEM certificate in it")
+	}
+	tr := &http.Transport{
+		TLSClientConfig:     &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout: 10 * time.Second,
+		ForceAttemptHTTP2:   true,
+	}
+	return &http.Client{Timeout: timeout, Transport: HTTPSOnly{tr}}, nil
+}
+
+// HTTPSOnly is TLSClient's transport: it refuses requests that are not
+// https (a redirect to http included).
+type HTTPSOnly struct{ *http.Transport }
+
+// RoundTrip implements http.RoundTripper.
+func (h HTTPSOnly) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Scheme != "https" {
+		return nil, fmt.Errorf("refusing %s: the agent talks to airlock's API over TLS only", r.URL.Redacted())
+	}
+	return h.Transport.RoundTrip(r)
 }
 
 // StatusError is a non-200 answer from airlock.

@@ -15,8 +15,14 @@ import (
 type Config struct {
 	// Token is the per-boot token (airlock.token=).
 	Token agentapi.Token
-	// URL is airlock's base URL (airlock.url=), e.g. http://10.0.0.1:8080.
+	// URL is airlock's boot server (airlock.url=), e.g.
+	// http://10.0.0.1:8080: plain HTTP, for what is checked against a
+	// digest its order gives (the OS image).
 	URL *url.URL
+	// API is airlock's agent API (airlock.api=), e.g.
+	// https://10.0.0.1:8443: orders, reports and seeds, over TLS with
+	// airlock's CA only.
+	API *url.URL
 	// BootMAC is the MAC of the NIC the machine booted from: airlock.mac=
 	// (what airlock's iPXE script passes) or pxelinux's
 	// BOOTIF=01-aa-bb-cc-dd-ee-ff.
@@ -33,7 +39,7 @@ type Config struct {
 func ParseCmdline(cmdline string) (Config, error) {
 	c := Config{LLDPWait: 2 * time.Second, LLDPLate: 35 * time.Second}
 	var errs []error
-	var haveToken, haveURL bool
+	var haveToken, haveURL, haveAPI bool
 	for _, f := range strings.Fields(cmdline) {
 		k, v, _ := strings.Cut(f, "=")
 		switch k {
@@ -51,6 +57,13 @@ func ParseCmdline(cmdline string) (Config, error) {
 				continue
 			}
 			c.URL, haveURL = u, true
+		case agentapi.CmdlineAPI:
+			u, err := url.Parse(v)
+			if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil {
+				errs = append(errs, fmt.Errorf("%s: %q is not an https URL (the agent API is served over TLS only)", k, v))
+				continue
+			}
+			c.API, haveAPI = u, true
 		case "BOOTIF":
 			// pxelinux/iPXE form: 01-aa-bb-cc-dd-ee-ff (01 = Ethernet).
 			hw, err := net.ParseMAC(strings.ReplaceAll(strings.TrimPrefix(v, "01-"), "-", ":"))
@@ -84,6 +97,9 @@ func ParseCmdline(cmdline string) (Config, error) {
 	}
 	if !haveURL {
 		errs = append(errs, fmt.Errorf("no %s= on the kernel command line", agentapi.CmdlineURL))
+	}
+	if !haveAPI {
+		errs = append(errs, fmt.Errorf("no %s= on the kernel command line (an airlock from before the agent API moved to TLS?)", agentapi.CmdlineAPI))
 	}
 	return c, errors.Join(errs...)
 }

@@ -33,11 +33,19 @@ const maxSeedBytes = 64 << 20
 // in a partition of its own at the disk's end.
 type Installer struct {
 	Host provision.Host
-	// Base is airlock's URL (airlock.url); artifacts are fetched from it
-	// only.
+	// Base is airlock's boot server (airlock.url, plain HTTP) and HTTP
+	// its client: the image comes from it, checked against the digest in
+	// the order (which came over TLS).
 	Base *url.URL
 	HTTP *http.Client
-	Log  *slog.Logger
+	// API is airlock's agent API (airlock.api, https) and APIHTTP its
+	// client (TLSClient's, trusting only airlock's CA): the seed, which
+	// carries the phone-home token and later the cluster's keys, comes from
+	// it, asked for with the boot's Token.
+	API     *url.URL
+	APIHTTP *http.Client
+	Token   agentapi.Token
+	Log     *slog.Logger
 }
 
 // ErrSeed means the seed could not be fetched or did not match its order.
@@ -61,7 +69,7 @@ func (in Installer) Run(ctx context.Context, o agentapi.Order, progress func(don
 	if err != nil {
 		return err
 	}
-	src, err := provision.Fetch(ctx, in.HTTP, in.url(io.Image.Path))
+	src, err := provision.Fetch(ctx, in.HTTP, artifactURL(in.Base, io.Image.Path))
 	if err != nil {
 		return err
 	}
@@ -109,11 +117,24 @@ func (in Installer) placeSeed(d provision.Disk, seed []byte) error {
 // fetchWhole reads a small artifact into memory, bounded by its size, and
 // checks its length and digest.
 func (in Installer) fetchWhole(ctx context.Context, a agentapi.Artifact) ([]byte, error) {
-	body, err := provision.Fetch(ctx, in.HTTP, in.url(a.Path))
+	if in.API == nil || in.API.Scheme != "https" || in.APIHTTP == nil {
+		return nil, fmt.Errorf("%w: no https API to fetch %s from", ErrSeed, a.Path)
+	}
+	u := artifactURL(in.API, a.Path)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrSeed, err)
 	}
-	defer body.Close()
+	req.Header.Set("Authorization", "Bearer "+in.Token.String())
+	resp, err := in.APIHTTP.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%w: fetch %s: %w", ErrSeed, u, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%w: fetch %s: HTTP status %q", ErrSeed, u, resp.Status)
+	}
+	body := resp.Body
 	var buf bytes.Buffer
 	if _, err := io.Copy(&buf, io.LimitReader(body, a.Size+1)); err != nil {
 		return nil, fmt.Errorf("%w: read %s: %w", ErrSeed, a.Path, err)
@@ -128,8 +149,8 @@ func (in Installer) fetchWhole(ctx context.Context, a agentapi.Artifact) ([]byte
 	return buf.Bytes(), nil
 }
 
-func (in Installer) url(path string) string {
-	u := *in.Base
+func artifactURL(base *url.URL, path string) string {
+	u := *base
 	u.Path = path
 	u.RawQuery = ""
 	return u.String()

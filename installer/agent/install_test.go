@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -39,9 +40,10 @@ func digest(b []byte) string {
 
 // An install order, carried out by the agent's Installer on a real loop
 // device: the image (a GPT disk made with sfdisk, zstd-compressed, served
-// over HTTP) lands on the pinned disk, the seed in a partition of its own
-// at the disk's end that sfdisk accepts, and a seed whose digest does not
-// match its order fails before the disk is touched.
+// over plain HTTP) lands on the pinned disk, the seed (over TLS, asked for
+// with the boot's token) in a partition of its own at the disk's end that
+// sfdisk accepts, and a seed whose digest does not match its order fails
+// before the disk is touched.
 func TestInstallOrderOnALoopDevice(t *testing.T) {
 	raw, zimg := testkit.DiskImage(t, 16<<20)
 	files, err := seed.Render(seed.Config{InstanceID: "m-test-1", Hostname: "cp-1"})
@@ -52,16 +54,36 @@ func TestInstallOrderOnALoopDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/files/os.img.zst", func(w http.ResponseWriter, _ *http.Request) { w.Write(zimg) })
-	mux.HandleFunc("/seeds/m-test-1", func(w http.ResponseWriter, _ *http.Request) { w.Write(seedImg) })
-	srv := httptest.NewServer(mux)
+	tok, _ := agentapi.NewToken(nil)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/files/os.img.zst" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Write(zimg)
+	}))
 	defer srv.Close()
 	base, _ := url.Parse(srv.URL)
+	seeds := 0
+	api := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/seeds/m-test-1" || r.Header.Get("Authorization") != "Bearer "+tok.String() {
+			http.NotFound(w, r)
+			return
+		}
+		seeds++
+		w.Write(seedImg)
+	}))
+	defer api.Close()
+	apiURL, _ := url.Parse(api.URL)
+	apiHTTP, err := TLSClient(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: api.Certificate().Raw}), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	// The disk: 64 MiB, on a loop device.
 	_, backing := testkit.LoopDevice(t, 64<<20)
-	in := Installer{Host: provision.Host{SysRoot: "/sys", DevRoot: "/dev", Loop: true}, Base: base, HTTP: srv.Client(), Log: slog.New(slog.DiscardHandler)}
+	in := Installer{Host: provision.Host{SysRoot: "/sys", DevRoot: "/dev", Loop: true}, Base: base, HTTP: srv.Client(),
+		API: apiURL, APIHTTP: apiHTTP, Token: tok, Log: slog.New(slog.DiscardHandler)}
 	order := agentapi.Order{ID: "o-7", Kind: agentapi.OrderInstall, Install: &agentapi.InstallOrder{
 		Disk:  agentapi.DiskPin{Serial: backing, SizeBytes: 64 << 20},
 		Image: agentapi.Artifact{Path: "/files/os.img.zst", Size: int64(len(raw)), SHA256: digest(raw)},
@@ -80,9 +102,19 @@ func TestInstallOrderOnALoopDevice(t *testing.T) {
 		t.Fatal("the disk was written although the seed was refused")
 	}
 
+	// The seed from a plain-HTTP API is refused before anything is asked.
+	plain := in
+	plain.API = base
+	if err := plain.Run(context.Background(), order, nil); !errors.Is(err, ErrSeed) {
+		t.Fatalf("seed over plain HTTP: %v, want ErrSeed", err)
+	}
+
 	var last uint64
 	if err := in.Run(context.Background(), order, func(done, total uint64) { last = done }); err != nil {
 		t.Fatal(err)
+	}
+	if seeds != 2 {
+		t.Errorf("the seed was served %d times, want 2 (the refused order and this one)", seeds)
 	}
 	if last != uint64(len(raw)) {
 		t.Errorf("last progress %d bytes, want %d", last, len(raw))
@@ -146,7 +178,8 @@ func installOrder(id, serial string, size uint64, raw, seedImg []byte, allowWipe
 	}}
 }
 
-// orderServer serves the image and a seed as airlock does.
+// orderServer serves the image (plain HTTP) and a seed (over TLS, to the
+// boot's token) as airlock does.
 func orderServer(t *testing.T, zimg []byte) (Installer, []byte) {
 	t.Helper()
 	files, err := seed.Render(seed.Config{InstanceID: "m-test-1", Hostname: "cp-1"})
@@ -157,13 +190,31 @@ func orderServer(t *testing.T, zimg []byte) (Installer, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/files/os.img.zst", func(w http.ResponseWriter, _ *http.Request) { w.Write(zimg) })
-	mux.HandleFunc("/seeds/m-test-1", func(w http.ResponseWriter, _ *http.Request) { w.Write(seedImg) })
-	srv := httptest.NewServer(mux)
+	tok, _ := agentapi.NewToken(nil)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/files/os.img.zst" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Write(zimg)
+	}))
 	t.Cleanup(srv.Close)
+	api := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/seeds/m-test-1" || r.Header.Get("Authorization") != "Bearer "+tok.String() {
+			http.NotFound(w, r)
+			return
+		}
+		w.Write(seedImg)
+	}))
+	t.Cleanup(api.Close)
 	base, _ := url.Parse(srv.URL)
-	return Installer{Host: provision.Host{SysRoot: "/sys", DevRoot: "/dev", Loop: true}, Base: base, HTTP: srv.Client(), Log: slog.New(slog.DiscardHandler)}, seedImg
+	apiURL, _ := url.Parse(api.URL)
+	apiHTTP, err := TLSClient(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: api.Certificate().Raw}), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Installer{Host: provision.Host{SysRoot: "/sys", DevRoot: "/dev", Loop: true}, Base: base, HTTP: srv.Client(),
+		API: apiURL, APIHTTP: apiHTTP, Token: tok, Log: slog.New(slog.DiscardHandler)}, seedImg
 }
 
 // blkidType is the filesystem type blkid finds on dev, or "".

@@ -146,25 +146,30 @@ func TestCleanDropsControlCharacters(t *testing.T) {
 
 func TestParseCmdline(t *testing.T) {
 	tok, _ := agentapi.NewToken(nil)
-	c, err := ParseCmdline("console=ttyS0 BOOTIF=01-52-54-00-12-34-56 airlock.url=http://10.0.0.1:8080 airlock.token=" + tok.String() + " airlock.lldp=2s quiet")
+	c, err := ParseCmdline("console=ttyS0 BOOTIF=01-52-54-00-12-34-56 airlock.url=http://10.0.0.1:8080 airlock.api=https://10.0.0.1:8443 airlock.token=" + tok.String() + " airlock.lldp=2s quiet")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Token != tok || c.URL.String() != "http://10.0.0.1:8080" || c.BootMAC.String() != "52:54:00:12:34:56" || c.LLDPWait.Seconds() != 2 {
+	if c.Token != tok || c.URL.String() != "http://10.0.0.1:8080" || c.API.String() != "https://10.0.0.1:8443" || c.BootMAC.String() != "52:54:00:12:34:56" || c.LLDPWait.Seconds() != 2 {
 		t.Fatalf("config = %+v", c)
 	}
 	// The line airlock's httpboot script passes (services/httpboot golden discover.ipxe).
-	c, err = ParseCmdline("initrd=initramfs.cpio.zst airlock.url=http://10.70.0.1:8080 airlock.mac=52:54:00:00:00:01 airlock.state=discover console=ttyS0 quiet airlock.token=" + tok.String())
-	if err != nil || c.BootMAC.String() != "52:54:00:00:00:01" || c.URL.Host != "10.70.0.1:8080" {
+	c, err = ParseCmdline("initrd=initramfs.cpio.zst airlock.url=http://10.70.0.1:8080 airlock.mac=52:54:00:00:00:01 airlock.state=discover airlock.token=" + tok.String() + " airlock.api=https://10.70.0.1:8443 console=ttyS0 quiet")
+	if err != nil || c.BootMAC.String() != "52:54:00:00:00:01" || c.URL.Host != "10.70.0.1:8080" || c.API.Host != "10.70.0.1:8443" {
 		t.Fatalf("httpboot line: %+v %v", c, err)
 	}
+	api := " airlock.api=https://x:8443"
 	for _, bad := range []string{
 		"",
-		"airlock.url=http://x airlock.mac=zz airlock.token=" + tok.String(),
-		"airlock.url=http://x airlock.token=bad",
-		"airlock.url=file:///etc/passwd airlock.token=" + tok.String(),
-		"airlock.url=http://u:p@x airlock.token=" + tok.String(),
-		"airlock.url=http://x airlock.token=" + tok.String() + " BOOTIF=zz",
+		"airlock.url=http://x airlock.mac=zz airlock.token=" + tok.String() + api,
+		"airlock.url=http://x airlock.token=bad" + api,
+		"airlock.url=file:///etc/passwd airlock.token=" + tok.String() + api,
+		"airlock.url=http://u:p@x airlock.token=" + tok.String() + api,
+		"airlock.url=http://x airlock.token=" + tok.String() + " BOOTIF=zz" + api,
+		// The API is https, always, and must be given.
+		"airlock.url=http://x airlock.token=" + tok.String(),
+		"airlock.url=http://x airlock.api=http://x:8443 airlock.token=" + tok.String(),
+		"airlock.url=http://x airlock.api=https://u:p@x:8443 airlock.token=" + tok.String(),
 	} {
 		if _, err := ParseCmdline(bad); err == nil {
 			t.Errorf("ParseCmdline(%q) accepted", bad)

@@ -1,13 +1,15 @@
 // Package bootimage assembles the discovery initramfs: a cpio "newc"
 // archive (gzip, zstd or uncompressed) holding the node agent as /init, the
 // kernel modules it needs for common NICs and disks with their
-// dependencies, a trimmed modules.dep for them, and the few directories and
-// device nodes the kernel expects. Nothing else goes in.
+// dependencies, a trimmed modules.dep for them, airlock's CA certificate
+// (the only one the agent trusts for airlock's API), and the few
+// directories and device nodes the kernel expects. Nothing else goes in.
 package bootimage
 
 import (
 	"bytes"
 	"compress/gzip"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +24,7 @@ import (
 	"github.com/ulikunitz/xz"
 
 	"airlock.dev/airlock/installer/agent/kmod"
+	"airlock.dev/airlock/services/agentapi"
 )
 
 // DefaultModules are the drivers the discovery image carries when the
@@ -52,6 +55,10 @@ type Options struct {
 	// ModulesDir is the kernel's module tree, e.g. /lib/modules/6.1.0-56-cloud-amd64
 	// (with modules.dep). Empty for a kernel without modules.
 	ModulesDir string
+	// CACert is airlock's CA certificate (PEM), put at
+	// agentapi.CACertPath; required: the agent refuses to talk to airlock
+	// without it.
+	CACert []byte
 	// Modules to include; DefaultModules when nil.
 	Modules []string
 	// Compression is Gzip (the default), Zstd or None. The kernel must
@@ -80,6 +87,9 @@ func Build(w io.Writer, opts Options) (Report, error) {
 	if len(opts.Agent) < 4 || !bytes.Equal(opts.Agent[:4], []byte("\x7fELF")) {
 		return rep, errors.New("build boot image: the agent is not an ELF executable")
 	}
+	if b, _ := pem.Decode(opts.CACert); b == nil || b.Type != "CERTIFICATE" {
+		return rep, errors.New("build boot image: no CA certificate (PEM) for the agent to trust")
+	}
 	if opts.Modules == nil {
 		opts.Modules = DefaultModules
 	}
@@ -104,7 +114,8 @@ func Build(w io.Writer, opts Options) (Report, error) {
 		return rep, fmt.Errorf("build boot image: unknown compression %q (gzip, zstd or none)", opts.Compression)
 	}
 	c := &cpioWriter{w: out}
-	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "etc", "lib", "lib/modules"} {
+	caPath := strings.TrimPrefix(agentapi.CACertPath, "/")
+	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "etc", path.Dir(caPath), "lib", "lib/modules"} {
 		if err := c.entry(d, modeDir|0o755, nil, 0, 0); err != nil {
 			return rep, fmt.Errorf("build boot image: %w", err)
 		}
@@ -115,6 +126,9 @@ func Build(w io.Writer, opts Options) (Report, error) {
 		return rep, fmt.Errorf("build boot image: %w", err)
 	}
 	if err := c.entry("init", modeFile|0o755, opts.Agent, 0, 0); err != nil {
+		return rep, fmt.Errorf("build boot image: %w", err)
+	}
+	if err := c.entry(caPath, modeFile|0o644, opts.CACert, 0, 0); err != nil {
 		return rep, fmt.Errorf("build boot image: %w", err)
 	}
 	if opts.ModulesDir != "" {

@@ -8,14 +8,28 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
 
 	"airlock.dev/airlock/installer/lab/netns"
+	"airlock.dev/airlock/installer/pki"
+	"airlock.dev/airlock/services/agentapi"
 )
 
 var fakeELF = []byte("\x7fELF fake module")
+
+// testCA is a real airlock CA's certificate (PEM), made in a temporary
+// state directory.
+func testCA(t *testing.T) []byte {
+	t.Helper()
+	ca, err := pki.LoadOrCreate(t.TempDir(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca.CertPEM
+}
 
 // fakeTree makes a module tree with a plain, an xz- and a zstd-compressed
 // module.
@@ -52,11 +66,12 @@ func fakeTree(t *testing.T) string {
 func TestBuildListsWithCpio(t *testing.T) {
 	cpio := netns.RequireTool(t, "cpio", "cpio")
 	tree := fakeTree(t)
+	ca := testCA(t)
 	agentBin := append([]byte("\x7fELF"), bytes.Repeat([]byte{1}, 1000)...)
 	for _, comp := range []string{Gzip, Zstd, None} {
 		t.Run(comp, func(t *testing.T) {
 			var buf bytes.Buffer
-			rep, err := Build(&buf, Options{Agent: agentBin, ModulesDir: tree, Modules: []string{"virtio_net", "nvme", "e1000"}, Compression: comp})
+			rep, err := Build(&buf, Options{Agent: agentBin, CACert: ca, ModulesDir: tree, Modules: []string{"virtio_net", "nvme", "e1000"}, Compression: comp})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -101,6 +116,13 @@ func TestBuildListsWithCpio(t *testing.T) {
 					t.Fatalf("%s not decompressed", f)
 				}
 			}
+			// airlock's CA, where the agent reads it, byte for byte.
+			if got, err := os.ReadFile(filepath.Join(dir, agentapi.CACertPath)); err != nil || !bytes.Equal(got, ca) {
+				t.Fatalf("CA certificate in the image: %v\n%s", err, got)
+			}
+			if fi, err := os.Stat(filepath.Join(dir, agentapi.CACertPath)); err != nil || fi.Mode().Perm() != 0o644 {
+				t.Fatalf("CA certificate mode: %v %v", fi, err)
+			}
 			if fi, err := os.Stat(filepath.Join(dir, "init")); err != nil || fi.Mode().Perm() != 0o755 {
 				t.Fatalf("init mode: %v %v", fi, err)
 			}
@@ -119,7 +141,18 @@ func TestBuildListsWithCpio(t *testing.T) {
 }
 
 func TestBuildRejectsNonELFAgent(t *testing.T) {
-	if _, err := Build(&bytes.Buffer{}, Options{Agent: []byte("#!/bin/sh\n")}); err == nil {
+	if _, err := Build(&bytes.Buffer{}, Options{Agent: []byte("#!/bin/sh\n"), CACert: testCA(t)}); err == nil {
 		t.Fatal("accepted a shell script as the agent")
+	}
+}
+
+// An image without airlock's CA would leave the agent unable to trust
+// anyone: it is not built.
+func TestBuildRequiresTheCA(t *testing.T) {
+	agentBin := append([]byte("\x7fELF"), bytes.Repeat([]byte{1}, 100)...)
+	for _, ca := range [][]byte{nil, []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")} {
+		if _, err := Build(&bytes.Buffer{}, Options{Agent: agentBin, CACert: ca}); err == nil || !strings.Contains(err.Error(), "CA certificate") {
+			t.Errorf("CA %q: %v", ca, err)
+		}
 	}
 }

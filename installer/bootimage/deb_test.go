@@ -65,7 +65,7 @@ func TestExtractKernelDebFromTheCloudKernel(t *testing.T) {
 		t.Error("unpacked kernel differs from the packaged one")
 	}
 	var img bytes.Buffer
-	rep, err := Build(&img, Options{Agent: readAgent(t), ModulesDir: k.ModulesDir, Compression: Gzip})
+	rep, err := Build(&img, Options{Agent: readAgent(t), CACert: testCA(t), ModulesDir: k.ModulesDir, Compression: Gzip})
 	if err != nil {
 		t.Fatalf("boot image from the unpacked modules: %v", err)
 	}

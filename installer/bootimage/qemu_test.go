@@ -3,12 +3,14 @@ package bootimage
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
@@ -16,6 +18,7 @@ import (
 
 	"airlock.dev/airlock/installer/lab/netns"
 	"airlock.dev/airlock/installer/lab/testkit"
+	"airlock.dev/airlock/installer/pki"
 	"airlock.dev/airlock/services/agentapi"
 	"airlock.dev/airlock/services/agentapi/lldp"
 )
@@ -25,17 +28,26 @@ var captureRegistration = flag.String("capture-registration", "", "write the reg
 // TestBootInQEMU builds the image from Debian's cloud kernel modules and
 // boots it in QEMU (TCG, -kernel/-initrd) on a tap inside a test
 // namespace, with busybox udhcpd, an LLDP sender and the agent API over
-// HTTP, and waits for the agent to register its inventory.
+// TLS with a certificate of airlock's CA (the one the image carries), and
+// waits for the agent to register its inventory.
 func TestBootInQEMU(t *testing.T) {
 	qemu := netns.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
 	busybox := netns.RequireTool(t, "busybox", "busybox-static")
 	kernel, modules := testkit.CloudKernel(t)
 	dir := t.TempDir()
+	ca, err := pki.LoadOrCreate(dir, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _, err := ca.Serving(dir, []netip.Addr{netip.MustParseAddr("10.98.0.1")}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	for _, comp := range []string{Gzip, Zstd} {
 		t.Run(comp, func(t *testing.T) {
 			var img bytes.Buffer
-			rep, err := Build(&img, Options{Agent: readAgent(t), ModulesDir: modules, Compression: comp})
+			rep, err := Build(&img, Options{Agent: readAgent(t), CACert: ca.CertPEM, ModulesDir: modules, Compression: comp})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -44,12 +56,12 @@ func TestBootInQEMU(t *testing.T) {
 			if err := os.WriteFile(initrd, img.Bytes(), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			bootOnce(t, qemu, busybox, kernel, initrd)
+			bootOnce(t, qemu, busybox, kernel, initrd, cert)
 		})
 	}
 }
 
-func bootOnce(t *testing.T, qemu, busybox, kernel, initrd string) {
+func bootOnce(t *testing.T, qemu, busybox, kernel, initrd string, cert tls.Certificate) {
 	dir := t.TempDir()
 	ns := netns.NewTest(t, "al")
 	if err := ns.AddBridge("br0"); err != nil {
@@ -83,7 +95,7 @@ func bootOnce(t *testing.T, qemu, busybox, kernel, initrd string) {
 	mux := http.NewServeMux()
 	mux.Handle(agentapi.Prefix, agentapi.NewHandler(backend, slog.New(slog.NewTextHandler(logs, nil))))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(ln)
+	go srv.Serve(tls.NewListener(ln, pki.ServerConfig(cert)))
 	t.Cleanup(func() { srv.Close() })
 
 	frame, _ := lldp.Encode(lldp.Frame{Source: net.HardwareAddr{2, 0, 0, 0, 0xa, 1}, ChassisID: "02:00:00:00:0a:01",
@@ -103,7 +115,7 @@ func bootOnce(t *testing.T, qemu, busybox, kernel, initrd string) {
 		t.Fatal(err)
 	}
 	serial := filepath.Join(dir, "serial.log")
-	appendLine := fmt.Sprintf("console=ttyS0 quiet panic=-1 airlock.url=http://%s airlock.token=%s airlock.lldp=2s", ln.Addr(), tok)
+	appendLine := fmt.Sprintf("console=ttyS0 quiet panic=-1 no_timer_check airlock.url=http://%s airlock.api=https://%s airlock.token=%s airlock.lldp=2s", ln.Addr(), ln.Addr(), tok)
 	args := []string{
 		"-accel", "tcg", "-machine", "pc", "-m", "512", "-smp", "1", "-nodefaults", "-no-user-config",
 		"-display", "none", "-serial", "file:" + serial, "-no-reboot",

@@ -23,6 +23,7 @@ type engineInputs struct {
 	files        fs.FS
 	image        engine.DiscoveryImage
 	httpPort     int
+	apiPort      int
 	allowForeign bool
 	// osImage, when set, is written to the machines' disks by install.
 	osImage *engine.OSImage
@@ -64,6 +65,7 @@ func buildEngine(g *globals, a *config.Answers, in engineInputs) (e *engine.Engi
 		Files:            in.files,
 		Image:            in.image,
 		HTTPPort:         in.httpPort,
+		APIPort:          in.apiPort,
 		Registry:         reg,
 		AllowForeignDHCP: in.allowForeign,
 		OSImages:         osImages,

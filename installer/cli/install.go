@@ -113,6 +113,7 @@ the cluster comes next.`,
 	f.StringVar(&bootFiles, "boot-files", "", "directory with the discovery kernel (vmlinuz) and boot image (initramfs.img), instead of the bundle's")
 	f.StringVar(&bundlePath, "bundle", "", "bundle to serve (overrides bundle.path)")
 	f.IntVar(&in.httpPort, "http-port", 8080, "HTTP boot port")
+	f.IntVar(&in.apiPort, "api-port", 8443, "agent API port (TLS, with airlock's CA from the state directory)")
 	f.StringVar(&osImage, "os-image", "", "directory with the OS image to install instead of the bundle's (disk.raw.zst, disk.raw.size, disk.raw.sha256, as e2e/osimage/build.sh makes it); without it and without OS images in the bundle the install ends once machines are assigned")
 	return cmd
 }

@@ -13,6 +13,7 @@ import (
 	"airlock.dev/airlock/installer/agentbin"
 	"airlock.dev/airlock/installer/config"
 	"airlock.dev/airlock/installer/engine"
+	"airlock.dev/airlock/installer/pki"
 )
 
 func newServeCommand(g *globals) *cobra.Command {
@@ -22,6 +23,7 @@ func newServeCommand(g *globals) *cobra.Command {
 		bootFiles    string
 		image        engine.DiscoveryImage
 		httpPort     int
+		apiPort      int
 		allowForeign bool
 		bundlePath   string
 		bundleKey    string
@@ -33,8 +35,10 @@ func newServeCommand(g *globals) *cobra.Command {
 		Long: `Run the boot services on the answer file's provisioning network until
 interrupted: DHCP (full, proxy or auto), TFTP for the iPXE first stage, HTTP
 for iPXE scripts, the discovery kernel and boot image, and the agent API that
-records discovered machines in the inventory. airlock serve refuses to start
-until network.interface names the NIC to serve on.`,
+records discovered machines in the inventory (over TLS on --api-port, with a
+certificate of airlock's own CA, kept as STATE/ca.pem and carried by the
+discovery image airlock assembles). airlock serve refuses to start until
+network.interface names the NIC to serve on.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			a, err := loadAnswers(g.streams.Err, *file)
@@ -59,14 +63,15 @@ until network.interface names the NIC to serve on.`,
 			} else if bundleTOFU {
 				a.Bundle.TrustOnFirstUse = true
 			}
-			in.httpPort, in.allowForeign = httpPort, allowForeign
+			in.httpPort, in.apiPort, in.allowForeign = httpPort, apiPort, allowForeign
 			e, closeAll, err := buildEngine(g, a, in)
 			if err != nil {
 				return err
 			}
 			defer closeAll()
 			return e.Run(cmd.Context(), func(s engine.Serving) {
-				fmt.Fprintf(g.streams.Err, "airlock: serving on %s (DHCP %s, HTTP %s, TFTP %v, registry %s); Ctrl-C stops\n", s.Interface, s.Mode, s.HTTP, s.TFTP, dash(s.Registry))
+				fmt.Fprintf(g.streams.Err, "airlock: serving on %s (DHCP %s, HTTP %s, agent API %s, TFTP %v, registry %s); airlock's CA %s has SHA-256 fingerprint %s; Ctrl-C stops\n",
+					s.Interface, s.Mode, s.HTTP, s.API, s.TFTP, dash(s.Registry), filepath.Join(g.stateDir, pki.CACertFile), s.CA)
 			})
 		},
 	}
@@ -78,6 +83,7 @@ until network.interface names the NIC to serve on.`,
 	f.StringVar(&image.Initrd, "initrd", "initramfs.img", "discovery boot image, relative to --boot-files")
 	f.StringVar(&image.Cmdline, "kernel-args", "console=ttyS0", "extra kernel arguments for the discovery image")
 	f.IntVar(&httpPort, "http-port", 8080, "HTTP boot port")
+	f.IntVar(&apiPort, "api-port", 8443, "agent API port (TLS, with airlock's CA from the state directory)")
 	f.StringVar(&bundlePath, "bundle", "", "bundle to serve (overrides bundle.path; default: the one appended to this executable)")
 	f.StringVar(&bundleKey, "bundle-key", "", "public key the bundle must be signed with (overrides bundle.publicKey)")
 	f.BoolVar(&bundleTOFU, "bundle-trust-on-first-use", false, "trust the key of the first bundle opened in this state directory and refuse any other later (as bundle.trustOnFirstUse)")

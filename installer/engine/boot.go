@@ -29,6 +29,8 @@ type DiscoveryImage struct {
 type BootDecider struct {
 	Inventory *inventory.Store
 	Image     DiscoveryImage
+	// API is the agent API's https base URL (airlock.api).
+	API string
 	// Local, when set, says whether the machine with a boot MAC boots its
 	// own disk (it is installed).
 	Local func(mac string) bool
@@ -50,6 +52,9 @@ func (b *BootDecider) BootSpec(_ context.Context, mac net.HardwareAddr) (httpboo
 	}
 	// httpboot adds airlock.url (its own base URL) and airlock.mac.
 	args := []string{agentapi.CmdlineToken + "=" + tok.String()}
+	if b.API != "" {
+		args = append(args, agentapi.CmdlineAPI+"="+b.API)
+	}
 	if b.Image.Cmdline != "" {
 		args = append(args, b.Image.Cmdline)
 	}

@@ -2,6 +2,8 @@ package engine
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -60,9 +62,11 @@ func discoveryDirFromBundle(b *bundle.Bundle, stateDir string, agent func() ([]b
 }
 
 // DiscoveryFromKernelPackage unpacks the kernel package (whose bundle
-// digest is digest), assembles the discovery initramfs from its modules and
-// the agent, and returns them as files for httpboot. The result is kept
-// under stateDir/boot/DIGEST, so a restart reuses it.
+// digest is digest), assembles the discovery initramfs from its modules,
+// the agent and airlock's CA (stateDir's, made if need be), and returns
+// them as files for httpboot. The result is kept under
+// stateDir/boot/DIGEST-CA, so a restart reuses it and a new CA gets a new
+// image.
 func DiscoveryFromKernelPackage(pkg io.Reader, digest, stateDir string, agent []byte, log *slog.Logger) (fs.FS, DiscoveryImage, error) {
 	dir, err := assembleDiscovery(pkg, digest, stateDir, agent, log)
 	if err != nil {
@@ -77,7 +81,12 @@ func assembleDiscovery(pkg io.Reader, digest, stateDir string, agent []byte, log
 	if !digestRE.MatchString(digest) {
 		return "", fmt.Errorf("kernel package digest %q is not sha256:HEX", digest)
 	}
-	dir := filepath.Join(stateDir, "boot", digest[len("sha256:"):])
+	ca, err := LoadCA(stateDir)
+	if err != nil {
+		return "", err
+	}
+	caSum := sha256.Sum256(ca.Cert.Raw)
+	dir := filepath.Join(stateDir, "boot", digest[len("sha256:"):]+"-"+hex.EncodeToString(caSum[:8]))
 	if _, err := os.Stat(filepath.Join(dir, "ready")); err == nil {
 		return dir, nil
 	}
@@ -93,7 +102,7 @@ func assembleDiscovery(pkg io.Reader, digest, stateDir string, agent []byte, log
 		return "", err
 	}
 	var img bytes.Buffer
-	rep, err := bootimage.Build(&img, bootimage.Options{Agent: agent, ModulesDir: k.ModulesDir, Compression: bootimage.Gzip, Log: log})
+	rep, err := bootimage.Build(&img, bootimage.Options{Agent: agent, CACert: ca.CertPEM, ModulesDir: k.ModulesDir, Compression: bootimage.Gzip, Log: log})
 	if err != nil {
 		return "", fmt.Errorf("assemble the discovery image from %s: %w", KernelPackage, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"strings"
 	"testing"
 	"testing/fstest"
 	"time"
@@ -82,7 +83,7 @@ func TestDiscoveryConversation(t *testing.T) {
 	cfg := httpboot.Defaults()
 	cfg.BaseURL = base
 	files := fstest.MapFS{"agent/vmlinuz": {Data: []byte("kernel")}, "agent/initramfs.cpio.zst": {Data: []byte("initrd")}}
-	decider := &BootDecider{Inventory: inv, Image: DiscoveryImage{Kernel: "agent/vmlinuz", Initrd: "agent/initramfs.cpio.zst", Cmdline: "console=ttyS0"}}
+	decider := &BootDecider{Inventory: inv, Image: DiscoveryImage{Kernel: "agent/vmlinuz", Initrd: "agent/initramfs.cpio.zst", Cmdline: "console=ttyS0"}, API: "https://10.0.0.1:8443"}
 	srv, err := httpboot.New(cfg, ln, decider, nil, files, log)
 	if err != nil {
 		t.Fatal(err)
@@ -106,8 +107,8 @@ func TestDiscoveryConversation(t *testing.T) {
 		defer resp.Body.Close()
 		script, _ := io.ReadAll(resp.Body)
 		m := tokenRE.FindSubmatch(script)
-		if m == nil {
-			t.Fatalf("script has no token:\n%s", script)
+		if m == nil || !strings.Contains(string(script), " airlock.api=https://10.0.0.1:8443 ") {
+			t.Fatalf("script has no token or no airlock.api:\n%s", script)
 		}
 		return string(m[1])
 	}

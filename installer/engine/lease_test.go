@@ -66,7 +66,7 @@ func TestRegistrationMustComeFromTheLease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	base, _ := url.Parse("http://10.78.0.1:18080")
+	base, _ := url.Parse("https://10.78.0.1:8443")
 	from := func(src string) error {
 		// The connection is made inside the namespace (Do holds its
 		// thread there); the HTTP client, whose dials run on other
@@ -80,9 +80,14 @@ func TestRegistrationMustComeFromTheLease(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		tr := &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) { return conn, nil }}
+		hc, err := agent.TLSClient(e.CA().CertPEM, 10*time.Second)
+		if err != nil {
+			return err
+		}
+		tr := hc.Transport.(agent.HTTPSOnly).Transport
+		tr.DialContext = func(context.Context, string, string) (net.Conn, error) { return conn, nil }
 		defer tr.CloseIdleConnections()
-		c := agent.NewClient(base, tok, &http.Client{Transport: tr, Timeout: 10 * time.Second})
+		c := agent.NewClient(base, tok, hc)
 		_, err = c.Register(ctx, &reg)
 		return err
 	}

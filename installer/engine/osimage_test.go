@@ -171,7 +171,8 @@ func TestBundleImagesOneFailsOthersInstall(t *testing.T) {
 			t.Logf("engine and agent log:\n%s", logs.String())
 		}
 	}()
-	e, peer := testEngineWith(t, t.TempDir(), "machines:\n"+rules.String()+"admission: {policy: allowlist}\n", func(o *Options) {
+	stateDir := t.TempDir()
+	e, peer := testEngineWith(t, stateDir, "machines:\n"+rules.String()+"admission: {policy: allowlist}\n", func(o *Options) {
 		o.Log = slog.New(slog.NewTextHandler(&logs, nil))
 		o.OSImages = b
 	})
@@ -187,6 +188,17 @@ func TestBundleImagesOneFailsOthersInstall(t *testing.T) {
 	}
 	hc := &http.Client{Transport: &http.Transport{DialContext: dial}}
 	base, _ := url.Parse("http://10.78.0.1:18080")
+	// The agents' API client, with the CA as the discovery image carries it.
+	caPEM, err := os.ReadFile(filepath.Join(stateDir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	apiHC, err := agent.TLSClient(caPEM, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	apiHC.Transport.(agent.HTTPSOnly).DialContext = dial
+	api, _ := url.Parse("https://10.78.0.1:8443")
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	for _, m := range machines {
@@ -206,8 +218,9 @@ func TestBundleImagesOneFailsOthersInstall(t *testing.T) {
 			t.Fatal(err)
 		}
 		agentLog := slog.New(slog.NewTextHandler(&logs, nil)).With("part", "agent "+m.name)
-		installer := agent.Installer{Host: provision.Host{SysRoot: "/sys", DevRoot: "/dev", Loop: true}, Base: base, HTTP: hc, Log: agentLog}
-		go agent.Run(ctx, agent.Options{Root: os.DirFS(m.root), Client: agent.NewClient(base, tok, hc), Log: agentLog,
+		installer := agent.Installer{Host: provision.Host{SysRoot: "/sys", DevRoot: "/dev", Loop: true}, Base: base, HTTP: hc,
+			API: api, APIHTTP: apiHC, Token: tok, Log: agentLog}
+		go agent.Run(ctx, agent.Options{Root: os.DirFS(m.root), Client: agent.NewClient(api, tok, apiHC), Log: agentLog,
 			OnOrder: func(ctx context.Context, o agentapi.Order, progress func(uint64, uint64)) error {
 				switch o.Kind {
 				case agentapi.OrderInstall:
@@ -255,11 +268,11 @@ func TestBundleImagesOneFailsOthersInstall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	found := regexp.MustCompile(`(http://[0-9.:]+/api/v1/phone-home/m-[0-9a-f]+\?token=[A-Za-z0-9_-]+)`).FindSubmatch(seedImg)
+	found := regexp.MustCompile(`(https://10\.78\.0\.1:8443/api/v1/phone-home/m-[0-9a-f]+\?token=[A-Za-z0-9_-]+)`).FindSubmatch(seedImg)
 	if found == nil {
-		t.Fatal("no phone-home URL in good's seed")
+		t.Fatal("no https phone-home URL in good's seed")
 	}
-	if code := post(t, hc, string(found[1])); code != http.StatusOK {
+	if code := post(t, apiHC, string(found[1])); code != http.StatusOK {
 		t.Fatalf("phone-home: %d", code)
 	}
 	var o outcome

@@ -26,6 +26,7 @@ import (
 	"airlock.dev/airlock/installer/pipeline"
 	"airlock.dev/airlock/installer/seed"
 	"airlock.dev/airlock/installer/state"
+	"airlock.dev/airlock/installer/termtext"
 	"airlock.dev/airlock/services/agentapi"
 )
 
@@ -48,6 +49,11 @@ const (
 // provisionBucket: machine ID -> provisionRecord.
 const provisionBucket = "provision"
 
+// DefaultSeedTokenTTL is how long a seed's phone-home token is accepted
+// after the seed was made: the install, the reboot and the first boot of
+// the installed system must fit in it. A token is used once at most.
+const DefaultSeedTokenTTL = 24 * time.Hour
+
 // provisionRecord is what the provision and boot steps of one machine
 // keep, so that a rerun after a crash takes up the same order and seed.
 type provisionRecord struct {
@@ -60,6 +66,9 @@ type provisionRecord struct {
 	// installed system phoned home with it.
 	TokenHash string `json:"tokenHash"`
 	Used      bool   `json:"used,omitempty"`
+	// Issued is when the token was made; it is refused after
+	// seedTokenTTL (and when Issued is not recorded).
+	Issued time.Time `json:"issued,omitzero"`
 	// Reboot is the reboot order's ID.
 	Reboot string `json:"reboot,omitempty"`
 }
@@ -193,7 +202,10 @@ func (e *Engine) newSeed(m inventory.Machine) (provisionRecord, error) {
 		InstanceID: m.ID + "-" + token[:8],
 		Hostname:   as.Hostname,
 		NTPServers: []string{e.answers.Network.Address.String()},
-		PhoneHome:  &seed.PhoneHome{URL: e.base + phoneHomePath + m.ID, Token: token},
+		// airlock's CA joins the installed system's trust store, and the
+		// phone-home goes to the agent API's TLS port, checked against it.
+		CACertificates: []string{string(e.ca.CertPEM)},
+		PhoneHome:      &seed.PhoneHome{URL: e.apiBase + phoneHomePath + m.ID, Token: token},
 	}
 	if d := e.answers.Site.Domain; d != "" {
 		cfg.FQDN = as.Hostname + "." + d
@@ -238,7 +250,7 @@ func (e *Engine) newSeed(m inventory.Machine) (provisionRecord, error) {
 		return provisionRecord{}, err
 	}
 	sum, tok := sha256.Sum256(img), sha256.Sum256([]byte(token))
-	return provisionRecord{SeedSHA256: hex.EncodeToString(sum[:]), SeedSize: int64(len(img)), TokenHash: hex.EncodeToString(tok[:])}, nil
+	return provisionRecord{SeedSHA256: hex.EncodeToString(sum[:]), SeedSize: int64(len(img)), TokenHash: hex.EncodeToString(tok[:]), Issued: e.now().UTC()}, nil
 }
 
 // boot has an installed machine reboot into its own disk (the boot
@@ -286,25 +298,60 @@ func (e *Engine) boot(ctx context.Context, id string, _ pipeline.Reporter) error
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-deadline.C:
+			if e.tokenExpired(rec) {
+				return fmt.Errorf("machine %s did not phone home within %v of its reboot order, and the phone-home token in its seed expired at %s: install it again", id, e.bootTimeout, rec.Issued.Add(e.seedTokenTTL).Format(time.RFC3339))
+			}
 			return fmt.Errorf("machine %s did not phone home within %v of its reboot order: look at its console", id, e.bootTimeout)
 		}
 	}
 }
 
 // serveProvisioning mounts what installs fetch besides the OS images
-// (serveOSImages): each machine's seed (only to the address leased to that
-// machine, when airlock leased it one) and the installed systems'
-// phone-home.
+// (serveOSImages, on the plain-HTTP boot server: the agent checks each
+// against the digest in its order): on the agent API's TLS port each
+// machine's seed (only to its current agent, by its boot token, and from
+// the address leased to that machine when airlock leased it one) and the
+// installed systems' phone-home.
 func (e *Engine) serveProvisioning() {
-	e.hb.Mount(seedsPrefix, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	e.api.Mount(seedsPrefix, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := strings.TrimPrefix(r.URL.Path, seedsPrefix)
-		if !machineIDRE.MatchString(id) || !e.fromMachine(r, id) {
+		if !machineIDRE.MatchString(id) || !e.fromMachine(r, id) || !e.fromAgent(r, id) {
+			e.log.Warn("seed refused", "machine", termtext.Escape(id), "remote", r.RemoteAddr)
 			http.NotFound(w, r)
 			return
 		}
 		http.ServeFile(w, r, e.seedFile(id))
 	}))
-	e.hb.Mount(phoneHomePath, http.HandlerFunc(e.phoneHome))
+	e.api.Mount(phoneHomePath, http.HandlerFunc(e.phoneHome))
+}
+
+// fromAgent reports whether r carries the boot token of machine id's
+// current agent (Authorization: Bearer BOOTID.SECRET).
+func (e *Engine) fromAgent(r *http.Request, id string) bool {
+	raw, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return false
+	}
+	tok, err := agentapi.ParseToken(raw)
+	if err != nil {
+		return false
+	}
+	m, err := e.inv.Get(id)
+	if err != nil || m.BootID == "" {
+		return false
+	}
+	boot, err := e.inv.Boot(r.Context(), tok.BootID)
+	if err != nil {
+		tok.Matches([32]byte{}) // the same time as a wrong secret
+		return false
+	}
+	return tok.Matches(boot.SecretHash) && subtle.ConstantTimeCompare([]byte(tok.BootID), []byte(m.BootID)) == 1
+}
+
+// tokenExpired reports whether rec's phone-home token is past its time
+// (or has none recorded).
+func (e *Engine) tokenExpired(rec provisionRecord) bool {
+	return rec.Issued.IsZero() || e.now().Sub(rec.Issued) > e.seedTokenTTL
 }
 
 // leaseOf is the address airlock's DHCP server leased to mac, if any
@@ -353,7 +400,7 @@ func (e *Engine) phoneHome(w http.ResponseWriter, r *http.Request) {
 	token := r.URL.Query().Get("token")
 	err := e.acceptPhoneHome(id, token)
 	if err != nil {
-		e.log.Warn("phone-home refused", "machine", id, "remote", r.RemoteAddr, "err", err)
+		e.log.Warn("phone-home refused", "machine", termtext.Escape(id), "remote", r.RemoteAddr, "err", err)
 		http.Error(w, ErrPhoneHome.Error(), http.StatusForbidden)
 		return
 	}
@@ -379,6 +426,9 @@ func (e *Engine) acceptPhoneHome(id, token string) error {
 		}
 		if rec.Used || subtle.ConstantTimeCompare([]byte(got), []byte(rec.TokenHash)) != 1 {
 			return ErrPhoneHome
+		}
+		if e.tokenExpired(rec) {
+			return fmt.Errorf("%w: the token expired", ErrPhoneHome)
 		}
 		rec.Used = true
 		accepted = true

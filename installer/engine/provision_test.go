@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -24,6 +26,7 @@ import (
 	"airlock.dev/airlock/installer/agent/provision"
 	"airlock.dev/airlock/installer/inventory"
 	"airlock.dev/airlock/installer/lab/testkit"
+	"airlock.dev/airlock/installer/pki"
 	"airlock.dev/airlock/services/agentapi"
 )
 
@@ -69,11 +72,16 @@ func copyTree(t *testing.T, from, to string) {
 }
 
 // The provision and boot phases with the real agent library carrying out
-// the engine's orders over HTTP from the machines' namespace, writing to a
-// real loop device: the machine goes assigned -> installing -> installed,
-// its disk holds the image and the seed, it is told to reboot and then
-// to boot its local disk, and the phone-home with the seed's token (as
-// cloud-init posts it) makes it booted; the token works once.
+// the engine's orders from the machines' namespace, writing to a real loop
+// device: the agent API and the seed over TLS (the agent's own client,
+// trusting only airlock's CA from the state directory), the OS image over
+// plain HTTP. The machine goes assigned -> installing -> installed, its
+// disk holds the image and the seed (which carries airlock's CA and an
+// https phone-home), it is told to reboot and then to boot its local disk,
+// and the phone-home with the seed's token (as cloud-init posts it) makes
+// it booted; the token works once. A client trusting another CA is
+// refused, plain HTTP to the TLS port is refused, and nothing that carries
+// a token is served on the plain-HTTP port.
 func TestProvisionAndBootWithTheRealAgent(t *testing.T) {
 	dir := t.TempDir()
 	// The OS image: a 16 MiB GPT disk, zstd-compressed.
@@ -122,6 +130,17 @@ admission: {policy: any}
 	}
 	hc := &http.Client{Transport: &http.Transport{DialContext: dial}}
 	base, _ := url.Parse("http://10.78.0.1:18080")
+	// The agent's client, with the CA as the discovery image carries it.
+	caPEM, err := os.ReadFile(filepath.Join(stateDir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	apiHC, err := agent.TLSClient(caPEM, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	apiHC.Transport.(agent.HTTPSOnly).DialContext = dial
+	api, _ := url.Parse("https://10.78.0.1:8443")
 	inv, err := agent.Collect(os.DirFS(root))
 	if err != nil {
 		t.Fatal(err)
@@ -135,11 +154,12 @@ admission: {policy: any}
 		t.Fatal(err)
 	}
 	agentLog := slog.New(slog.NewTextHandler(&logs, nil)).With("part", "agent")
-	installer := agent.Installer{Host: provision.Host{SysRoot: "/sys", DevRoot: "/dev", Loop: true}, Base: base, HTTP: hc, Log: agentLog}
+	installer := agent.Installer{Host: provision.Host{SysRoot: "/sys", DevRoot: "/dev", Loop: true}, Base: base, HTTP: hc,
+		API: api, APIHTTP: apiHC, Token: tok, Log: agentLog}
 	rebooted := make(chan struct{})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	go agent.Run(ctx, agent.Options{Root: os.DirFS(root), Client: agent.NewClient(base, tok, hc), Log: agentLog,
+	go agent.Run(ctx, agent.Options{Root: os.DirFS(root), Client: agent.NewClient(api, tok, apiHC), Log: agentLog,
 		OnOrder: func(ctx context.Context, o agentapi.Order, progress func(uint64, uint64)) error {
 			switch o.Kind {
 			case agentapi.OrderInstall:
@@ -194,15 +214,65 @@ admission: {policy: any}
 	if err != nil {
 		t.Fatal(err)
 	}
-	found := regexp.MustCompile(`(http://[0-9.:]+/api/v1/phone-home/m-[0-9a-f]+)\?token=([A-Za-z0-9_-]+)`).FindSubmatch(seedImg)
+	found := regexp.MustCompile(`(https://10\.78\.0\.1:8443/api/v1/phone-home/m-[0-9a-f]+)\?token=([A-Za-z0-9_-]+)`).FindSubmatch(seedImg)
 	if found == nil {
-		t.Fatal("no phone-home URL in the seed")
+		t.Fatal("no https phone-home URL in the seed")
+	}
+	// The seed puts airlock's CA into the installed system's trust store.
+	caBody := strings.Split(strings.TrimSpace(string(caPEM)), "\n")[1]
+	if !bytes.Contains(seedImg, []byte(caBody)) {
+		t.Error("airlock's CA is not in the seed")
 	}
 	phone := string(found[1]) + "?token=" + string(found[2])
-	if code := post(t, hc, string(found[1])+"?token=wrong"); code != http.StatusForbidden {
+	if code := post(t, apiHC, string(found[1])+"?token=wrong"); code != http.StatusForbidden {
 		t.Errorf("phone-home with a wrong token: %d", code)
 	}
-	if code := post(t, hc, phone); code != http.StatusOK {
+	// Nothing that carries a token is served in clear: not the agent API,
+	// not the seed, not the phone-home.
+	plainHTTP := strings.Replace(phone, "https://10.78.0.1:8443", "http://10.78.0.1:18080", 1)
+	if code := post(t, hc, plainHTTP); code != http.StatusNotFound {
+		t.Errorf("phone-home on the plain-HTTP port: %d, want 404", code)
+	}
+	for _, path := range []string{"/seeds/" + m.ID, agentapi.Prefix + agentapi.PathHeartbeat} {
+		req, _ := http.NewRequest(http.MethodGet, "http://10.78.0.1:18080"+path, nil)
+		req.Header.Set("Authorization", "Bearer "+tok.String())
+		if code := do(t, hc, req); code != http.StatusNotFound {
+			t.Errorf("%s on the plain-HTTP port: %d, want 404", path, code)
+		}
+	}
+	// Plain HTTP to the TLS port: refused before any handler runs (Go's
+	// TLS server answers 400 to a request in clear), the token unspent.
+	plainTLS := strings.Replace(phone, "https://", "http://", 1)
+	if code := post(t, hc, plainTLS); code != http.StatusBadRequest {
+		t.Errorf("plain HTTP to the TLS port: %d, want 400", code)
+	}
+	// The seed over TLS, but without the agent's token or with another
+	// boot's: refused.
+	for name, auth := range map[string]string{"no token": "", "a forged token": "Bearer " + tok.BootID + "." + strings.Repeat("x", 43)} {
+		req, _ := http.NewRequest(http.MethodGet, "https://10.78.0.1:8443/seeds/"+m.ID, nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		if code := do(t, apiHC, req); code != http.StatusNotFound {
+			t.Errorf("the seed with %s: %d, want 404", name, code)
+		}
+	}
+	// A client that trusts another CA (a server it cannot tell from an
+	// impostor) refuses airlock's certificate: the handshake fails.
+	otherCA, err := pki.LoadOrCreate(t.TempDir(), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherHC, err := agent.TLSClient(otherCA.CertPEM, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherHC.Transport.(agent.HTTPSOnly).DialContext = dial
+	var unknown x509.UnknownAuthorityError
+	if _, err := otherHC.Post(phone, "text/plain", nil); !errors.As(err, &unknown) {
+		t.Errorf("a client trusting another CA: %v, want an unknown-authority error", err)
+	}
+	if code := post(t, apiHC, phone); code != http.StatusOK {
 		t.Fatalf("phone-home: %d", code)
 	}
 	if err := <-done; err != nil {
@@ -211,7 +281,7 @@ admission: {policy: any}
 	if m, _ := e.Inventory().Get(m.ID); m.State != inventory.StateBooted {
 		t.Errorf("after the phone-home: %s", m.State)
 	}
-	if code := post(t, hc, phone); code != http.StatusForbidden {
+	if code := post(t, apiHC, phone); code != http.StatusForbidden {
 		t.Errorf("the token worked twice (%d)", code)
 	}
 }
@@ -225,6 +295,16 @@ func get(t *testing.T, hc *http.Client, u string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+func do(t *testing.T, hc *http.Client, req *http.Request) int {
+	t.Helper()
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 func post(t *testing.T, hc *http.Client, u string) int {

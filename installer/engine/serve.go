@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"airlock.dev/airlock/installer/control"
 	"airlock.dev/airlock/installer/events"
 	"airlock.dev/airlock/installer/inventory"
+	"airlock.dev/airlock/installer/pki"
 	"airlock.dev/airlock/installer/state"
 	"airlock.dev/airlock/services/agentapi"
 	"airlock.dev/airlock/services/dhcp"
@@ -47,8 +49,13 @@ type Options struct {
 	// discovery kernel and initramfs in it.
 	Files fs.FS
 	Image DiscoveryImage
-	// HTTPPort is httpboot's port (default 8080).
+	// HTTPPort is httpboot's port (default 8080): iPXE scripts, kernels,
+	// boot images and the OS image, in clear.
 	HTTPPort int
+	// APIPort is the agent API's TLS port (default 8443): agent reports
+	// and orders, seeds and phone-home, with a certificate of airlock's CA
+	// (kept in StateDir).
+	APIPort int
 	// Registry, when set, is served as a read-only OCI registry on
 	// RegistryPort (default 5000): the bundle's images, for the nodes.
 	Registry     registry.Backend
@@ -74,8 +81,11 @@ type Serving struct {
 	Interface string    `json:"interface"`
 	Mode      dhcp.Mode `json:"mode"`
 	HTTP      string    `json:"http"` // base URL
-	TFTP      bool      `json:"tftp"`
-	Registry  string    `json:"registry,omitempty"` // host:port, empty when no bundle is served
+	API       string    `json:"api"`  // the agent API's https base URL
+	// CA is the SHA-256 fingerprint of airlock's CA (STATE/ca.pem).
+	CA       string `json:"ca"`
+	TFTP     bool   `json:"tftp"`
+	Registry string `json:"registry,omitempty"` // host:port, empty when no bundle is served
 }
 
 // Engine is one airlock at work: the state store with its inventory and
@@ -94,6 +104,9 @@ type Engine struct {
 	dsrv     *dhcp.Server
 	admitter *machineAdmitter
 	hb       *httpboot.Server
+	api      *apiServer
+	ca       *pki.CA
+	apiBase  string
 	tsrv     *tftp.Server
 	adv      *ra.Advertiser
 	ctlLn    net.Listener
@@ -105,6 +118,9 @@ type Engine struct {
 	stateDir    string
 	images      osImages
 	bootTimeout time.Duration
+	// seedTokenTTL bounds a phone-home token's life; now is the clock.
+	seedTokenTTL time.Duration
+	now          func() time.Time
 	// owned is closed by Close; sockets too, unless Run ran (its servers
 	// close their own sockets when they stop).
 	owned, sockets []io.Closer
@@ -126,6 +142,9 @@ func New(o Options) (_ *Engine, err error) {
 	if o.RegistryPort == 0 {
 		o.RegistryPort = 5000
 	}
+	if o.APIPort == 0 {
+		o.APIPort = 8443
+	}
 	if o.Decider == nil {
 		o.Decider = events.DeferAll{}
 	}
@@ -134,6 +153,7 @@ func New(o Options) (_ *Engine, err error) {
 		return nil, err
 	}
 	base := "http://" + net.JoinHostPort(addr.String(), strconv.Itoa(o.HTTPPort))
+	apiBase := "https://" + net.JoinHostPort(addr.String(), strconv.Itoa(o.APIPort))
 	dcfg := DHCPConfig(a, base, o.IPXE != nil)
 	dcfg.AllowForeignServer = o.AllowForeignDHCP
 	if err := dcfg.Validate(); err != nil {
@@ -144,8 +164,8 @@ func New(o Options) (_ *Engine, err error) {
 	} else if missing := ipxe.Missing(o.IPXE); len(missing) > 0 {
 		log.Warn("some iPXE binaries are missing", "missing", strings.Join(missing, ", "))
 	}
-	e := &Engine{answers: a, bus: &events.Bus{}, decider: o.Decider, log: log, base: base, reg: o.Registry, ready: make(chan struct{}),
-		stateDir: o.StateDir, bootTimeout: 30 * time.Minute}
+	e := &Engine{answers: a, bus: &events.Bus{}, decider: o.Decider, log: log, base: base, apiBase: apiBase, reg: o.Registry, ready: make(chan struct{}),
+		stateDir: o.StateDir, bootTimeout: 30 * time.Minute, seedTokenTTL: DefaultSeedTokenTTL, now: time.Now}
 	if e.images, err = imagesFrom(o.OSImage, o.OSImages); err != nil {
 		return nil, err
 	}
@@ -170,11 +190,27 @@ func New(o Options) (_ *Engine, err error) {
 	e.inv.SetEvents(e.bus)
 	e.journal = state.NewJournal(e.store)
 
+	// airlock's CA (made on the first start, kept in the state directory)
+	// and its certificate for this address, which the agent API presents.
+	if e.ca, err = LoadCA(o.StateDir); err != nil {
+		return nil, err
+	}
+	cert, renewed, err := e.ca.Serving(o.StateDir, []netip.Addr{addr}, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("airlock's TLS certificate for %s: %w", addr, err)
+	}
+	log.Info("airlock's CA", "fingerprint", e.ca.Fingerprint(), "file", filepath.Join(o.StateDir, pki.CACertFile), "new serving certificate", renewed, "address", addr)
+
 	httpLn, err := net.Listen("tcp", net.JoinHostPort(addr.String(), strconv.Itoa(o.HTTPPort)))
 	if err != nil {
 		return nil, fmt.Errorf("listen for HTTP boot: %w", err)
 	}
 	e.sockets = append(e.sockets, httpLn)
+	apiLn, err := net.Listen("tcp", net.JoinHostPort(addr.String(), strconv.Itoa(o.APIPort)))
+	if err != nil {
+		return nil, fmt.Errorf("listen for the agent API (TLS): %w", err)
+	}
+	e.sockets = append(e.sockets, apiLn)
 	var tftpConn net.PacketConn
 	if o.IPXE != nil {
 		if tftpConn, err = net.ListenPacket("udp4", net.JoinHostPort(addr.String(), "69")); err != nil {
@@ -212,10 +248,11 @@ func New(o Options) (_ *Engine, err error) {
 	if files == nil {
 		files = emptyFS{}
 	}
-	if e.hb, err = httpboot.New(hcfg, httpLn, &BootDecider{Inventory: e.inv, Image: o.Image, Local: e.localBoot}, o.IPXE, files, log.With("part", "httpboot")); err != nil {
+	if e.hb, err = httpboot.New(hcfg, httpLn, &BootDecider{Inventory: e.inv, Image: o.Image, API: apiBase, Local: e.localBoot}, o.IPXE, files, log.With("part", "httpboot")); err != nil {
 		return nil, err
 	}
-	e.hb.Mount(agentapi.Prefix, agentapi.NewHandler(e.inv, log.With("part", "agentapi")))
+	e.api = newAPIServer(apiLn, cert, log.With("part", "agentapi"))
+	e.api.Mount(agentapi.Prefix, agentapi.NewHandler(e.inv, log.With("part", "agentapi")))
 	if e.dsrv, err = dhcp.New(dcfg, socks, Leases{e.store}, log.With("part", "dhcp")); err != nil {
 		return nil, err
 	}
@@ -235,6 +272,13 @@ func New(o Options) (_ *Engine, err error) {
 	}
 	return e, nil
 }
+
+// LoadCA returns airlock's CA kept in stateDir, making it on the first
+// call (see package pki).
+func LoadCA(stateDir string) (*pki.CA, error) { return pki.LoadOrCreate(stateDir, time.Now()) }
+
+// CA is airlock's certificate authority.
+func (e *Engine) CA() *pki.CA { return e.ca }
 
 // Events is the engine's event bus: add a sink to follow what happens.
 func (e *Engine) Events() *events.Bus { return e.bus }
@@ -276,6 +320,7 @@ func (e *Engine) Run(ctx context.Context, ready func(Serving)) error {
 	g.Go(func() error { return e.admitter.follow(gctx, e.inv) })
 	g.Go(func() error { return e.dsrv.Run(gctx) })
 	g.Go(func() error { return e.hb.Run(gctx) })
+	g.Go(func() error { return e.api.Run(gctx) })
 	g.Go(func() error {
 		return control.Serve(gctx, e.ctlLn, control.Handler(control.EngineSource{Inventory: e.inv, Store: e.store}, log.With("part", "control")))
 	})
@@ -295,12 +340,12 @@ func (e *Engine) Run(ctx context.Context, ready func(Serving)) error {
 		if e.adv != nil && e.dsrv.Mode() == dhcp.ModeFull {
 			g.Go(func() error { return e.adv.Run(gctx, time.Second) })
 		}
-		s := Serving{Interface: a.Network.Interface, Mode: e.dsrv.Mode(), HTTP: e.base, TFTP: e.tsrv != nil}
+		s := Serving{Interface: a.Network.Interface, Mode: e.dsrv.Mode(), HTTP: e.base, API: e.apiBase, CA: e.ca.Fingerprint(), TFTP: e.tsrv != nil}
 		if e.regLn != nil {
 			s.Registry = e.regLn.Addr().String()
 		}
-		log.Info("serving", "interface", s.Interface, "dhcp", s.Mode, "http", s.HTTP, "tftp", s.TFTP, "registry", s.Registry)
-		e.bus.Emit(events.Event{Kind: events.ServiceReady, Phase: "serve", Message: fmt.Sprintf("DHCP %s on %s, HTTP %s, TFTP %v, registry %s", s.Mode, s.Interface, s.HTTP, s.TFTP, orDash(s.Registry))})
+		log.Info("serving", "interface", s.Interface, "dhcp", s.Mode, "http", s.HTTP, "api", s.API, "tftp", s.TFTP, "registry", s.Registry)
+		e.bus.Emit(events.Event{Kind: events.ServiceReady, Phase: "serve", Message: fmt.Sprintf("DHCP %s on %s, HTTP %s, agent API %s, TFTP %v, registry %s", s.Mode, s.Interface, s.HTTP, s.API, s.TFTP, orDash(s.Registry))})
 		close(e.ready)
 		if ready != nil {
 			ready(s)

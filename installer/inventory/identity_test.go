@@ -422,3 +422,42 @@ func TestMACOnlyMachineAndExpiredToken(t *testing.T) {
 		t.Fatalf("an expired token: %v", err)
 	}
 }
+
+// Boot tokens expire (a clock the test moves, a real bbolt store): one
+// never used an hour after its script fetch, even to look it up; a bound
+// one an hour after its agent last reported, while one whose agent keeps
+// reporting lives on.
+func TestBootTokensExpire(t *testing.T) {
+	s, _ := newStore(t, nil)
+	clock := time.Date(2026, 12, 6, 22, 0, 0, 0, time.UTC)
+	s.now = func() time.Time { return clock }
+	ctx := context.Background()
+	unused, err := s.IssueBoot("52:54:00:71:00:01")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock = clock.Add(unboundTTL - time.Second)
+	if _, err := s.Boot(ctx, unused.BootID); err != nil {
+		t.Fatalf("an unused token within its hour: %v", err)
+	}
+	clock = clock.Add(2 * time.Second)
+	if _, err := s.Boot(ctx, unused.BootID); !errors.Is(err, agentapi.ErrUnknownBoot) {
+		t.Fatalf("an unused token past its hour: %v", err)
+	}
+
+	reg := registration(t, "SN-71", "", "52:54:00:71:00:02")
+	tok, _ := register(t, s, reg)
+	for i := range 3 { // an agent that keeps reporting, for three hours
+		clock = clock.Add(silentTTL - time.Minute)
+		if _, err := s.Boot(ctx, tok.BootID); err != nil {
+			t.Fatalf("heartbeat %d: token of a reporting agent: %v", i, err)
+		}
+		if _, err := s.Heartbeat(ctx, tok.BootID, &agentapi.Heartbeat{Seq: uint64(i + 1)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clock = clock.Add(silentTTL + time.Second)
+	if _, err := s.Boot(ctx, tok.BootID); !errors.Is(err, agentapi.ErrUnknownBoot) {
+		t.Fatalf("the token of an agent silent past silentTTL: %v", err)
+	}
+}

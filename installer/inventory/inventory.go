@@ -169,6 +169,13 @@ const (
 // still unused after this is from a boot that never got that far.
 const unboundTTL = time.Hour
 
+// silentTTL is how long a bound boot token outlives its agent's last
+// report: an agent reports every few seconds, so one silent this long has
+// gone (the machine booted its disk, or was switched off) and its token
+// is refused from then on. A machine whose agent really was cut off that
+// long registers again after a reboot.
+const silentTTL = time.Hour
+
 // Store is the inventory over a state store.
 type Store struct {
 	store state.Store
@@ -407,9 +414,13 @@ func pendingCount(tx state.Tx) (uint64, error) {
 // Boot implements agentapi.Backend.
 func (s *Store) Boot(_ context.Context, bootID string) (agentapi.Boot, error) {
 	var rec bootRecord
-	var found bool
+	var m Machine
+	var found, bound bool
 	err := s.store.View(func(tx state.Tx) (err error) {
-		found, err = getJSON(tx, bootsBucket, bootID, &rec)
+		if found, err = getJSON(tx, bootsBucket, bootID, &rec); err != nil || !found || rec.MachineID == "" {
+			return err
+		}
+		bound, err = getJSON(tx, machinesBucket, rec.MachineID, &m)
 		return err
 	})
 	if err != nil {
@@ -417,6 +428,18 @@ func (s *Store) Boot(_ context.Context, bootID string) (agentapi.Boot, error) {
 	}
 	if !found {
 		return agentapi.Boot{}, agentapi.ErrUnknownBoot
+	}
+	// Tokens expire: unused ones an hour after the script fetch, bound
+	// ones an hour after their agent last reported, and a boot that is no
+	// longer its machine's at once.
+	now := s.now().UTC()
+	switch {
+	case rec.MachineID == "" && now.Sub(rec.Issued) > unboundTTL:
+		return agentapi.Boot{}, fmt.Errorf("%w: the token expired unused", agentapi.ErrUnknownBoot)
+	case rec.MachineID != "" && (!bound || m.BootID != bootID):
+		return agentapi.Boot{}, fmt.Errorf("%w: the boot is no longer its machine's", agentapi.ErrUnknownBoot)
+	case rec.MachineID != "" && now.Sub(m.LastSeen) > silentTTL:
+		return agentapi.Boot{}, fmt.Errorf("%w: the token expired, its agent silent since %s", agentapi.ErrUnknownBoot, m.LastSeen.Format(time.RFC3339))
 	}
 	var b agentapi.Boot
 	raw, err := hex.DecodeString(rec.SecretHash)

@@ -2,8 +2,16 @@ package lab
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -20,24 +28,61 @@ import (
 	"airlock.dev/airlock/services/agentapi"
 )
 
-// bootFiles builds the agent and the discovery image with the airlock
-// commands (the lab imports no other installer package: it boots what they
-// build) and returns Debian's cloud kernel and the image.
-func bootFiles(t *testing.T) (kernel, initrd string) {
+// bootFiles builds the agent and the discovery image (carrying caPEM, the
+// one CA its agent trusts) with the airlock commands (the lab imports no
+// other installer package: it boots what they build) and returns Debian's
+// cloud kernel and the image.
+func bootFiles(t *testing.T, caPEM []byte) (kernel, initrd string) {
 	t.Helper()
 	kernel, modules := testkit.CloudKernel(t)
 	agent := testkit.BuildAgent(t)
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, caPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	initrd = filepath.Join(t.TempDir(), "initrd.img")
-	img := exec.Command("go", "run", "airlock.dev/airlock/installer/bootimage/cmd/airlock-bootimage", "-agent", agent, "-modules", modules, "-o", initrd)
+	img := exec.Command("go", "run", "airlock.dev/airlock/installer/bootimage/cmd/airlock-bootimage", "-agent", agent, "-ca", caFile, "-modules", modules, "-o", initrd)
 	if out, err := img.CombinedOutput(); err != nil {
 		t.Fatalf("build boot image: %v\n%s", err, out)
 	}
 	return kernel, initrd
 }
 
+// testCA is a CA of the test's own, standing for airlock's, and a function
+// that signs the agent API's certificate for an address.
+func testCA(t *testing.T) (caPEM []byte, issue func(ip string) tls.Certificate) {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "lab test CA"}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	issue = func(ip string) tls.Certificate {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "airlock"}, NotBefore: time.Now().Add(-time.Hour),
+			NotAfter: time.Now().Add(24 * time.Hour), KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+			IPAddresses: []net.IP{net.ParseIP(ip)}}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), issue
+}
+
 // bootServer is the smallest airlock the lab needs: busybox udhcpd handing
-// out an http:// boot file, and HTTP serving iPXE scripts (one fresh token
-// per boot), the kernel, the initrd and the agent API.
+// out an http:// boot file, HTTP serving iPXE scripts (one fresh token per
+// boot), the kernel and the initrd, and the agent API over TLS with cert.
 type bootServer struct {
 	backend *agentapi.MemBackend
 	logs    *testkit.Buffer
@@ -46,7 +91,7 @@ type bootServer struct {
 	scripts map[string]time.Time // MAC -> when its script was served
 }
 
-func startBootServer(t *testing.T, ctx context.Context, s *State, kernel, initrd string) *bootServer {
+func startBootServer(t *testing.T, ctx context.Context, s *State, kernel, initrd string, cert tls.Certificate) *bootServer {
 	t.Helper()
 	busybox := netns.RequireTool(t, "busybox", "busybox-static")
 	ns, err := netns.Open(s.Namespace)
@@ -54,14 +99,24 @@ func startBootServer(t *testing.T, ctx context.Context, s *State, kernel, initrd
 		t.Fatal(err)
 	}
 	ip, _, _ := strings.Cut(s.ServerAddr, "/")
-	var ln net.Listener
-	if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp", ip+":0"); return err }); err != nil {
+	var ln, apiLn net.Listener
+	if err := ns.Do(func() (err error) {
+		if ln, err = net.Listen("tcp", ip+":0"); err != nil {
+			return err
+		}
+		apiLn, err = net.Listen("tcp", ip+":0")
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
 	b := &bootServer{backend: agentapi.NewMemBackend(2), logs: &testkit.Buffer{}, url: "http://" + ln.Addr().String(), scripts: map[string]time.Time{}}
 	log := slog.New(slog.NewTextHandler(b.logs, nil))
+	apiMux := http.NewServeMux()
+	apiMux.Handle(agentapi.Prefix, agentapi.NewHandler(b.backend, log))
+	api := &http.Server{Handler: apiMux, ReadHeaderTimeout: 10 * time.Second}
+	go api.Serve(tls.NewListener(apiLn, &tls.Config{Certificates: []tls.Certificate{cert}}))
+	t.Cleanup(func() { api.Close() })
 	mux := http.NewServeMux()
-	mux.Handle(agentapi.Prefix, agentapi.NewHandler(b.backend, log))
 	mux.HandleFunc("GET /boot.ipxe", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "#!ipxe\nchain %s/node.ipxe?mac=${net0/mac}\n", b.url)
 	})
@@ -77,8 +132,8 @@ func startBootServer(t *testing.T, ctx context.Context, s *State, kernel, initrd
 		b.scripts[mac.String()] = time.Now()
 		b.mu.Unlock()
 		bootif := "01-" + strings.ReplaceAll(mac.String(), ":", "-")
-		fmt.Fprintf(w, "#!ipxe\nkernel %s/vmlinuz initrd=initrd console=ttyS0 quiet panic=-1 airlock.url=%s airlock.token=%s airlock.lldp=2s BOOTIF=%s\ninitrd --name initrd %s/initrd\nboot\n",
-			b.url, b.url, tok, bootif, b.url)
+		fmt.Fprintf(w, "#!ipxe\nkernel %s/vmlinuz initrd=initrd console=ttyS0 quiet panic=-1 no_timer_check airlock.url=%s airlock.api=https://%s airlock.token=%s airlock.lldp=2s BOOTIF=%s\ninitrd --name initrd %s/initrd\nboot\n",
+			b.url, b.url, apiLn.Addr(), tok, bootif, b.url)
 		log.Info("iPXE script served", "mac", mac)
 	})
 	mux.HandleFunc("GET /vmlinuz", func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, kernel) })
@@ -109,7 +164,8 @@ func TestLabNetworkBoot(t *testing.T) {
 	if _, err := os.Stat("/usr/lib/ipxe/qemu/efi-virtio.rom"); err != nil {
 		t.Fatalf("no iPXE ROM for virtio-net: apt-get install ipxe-qemu")
 	}
-	kernel, initrd := bootFiles(t)
+	caPEM, issue := testCA(t)
+	kernel, initrd := bootFiles(t, caPEM)
 	state := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 170*time.Second)
 	defer cancel()
@@ -128,7 +184,8 @@ func TestLabNetworkBoot(t *testing.T) {
 			t.Errorf("Down: %v", err)
 		}
 	})
-	b := startBootServer(t, ctx, s, kernel, initrd)
+	serverIP, _, _ := strings.Cut(s.ServerAddr, "/")
+	b := startBootServer(t, ctx, s, kernel, initrd, issue(serverIP))
 	// The switches get their own copy of the lab: Start records PIDs and
 	// start times in s while they run (in the product they run in
 	// another process, the lab's airlock).

@@ -20,11 +20,20 @@ const (
 // Prefix is where airlock serves the agent API.
 const Prefix = "/api/v1/agent/"
 
-// Kernel command-line parameters the agent reads.
+// Kernel command-line parameters the agent reads. airlock.url is the
+// plain-HTTP boot server (the OS image, checked against the digest in its
+// order, comes from it); airlock.api is the https URL of the agent API,
+// seeds and everything else that carries a token or a secret.
 const (
 	CmdlineToken = "airlock.token"
 	CmdlineURL   = "airlock.url"
+	CmdlineAPI   = "airlock.api"
 )
+
+// CACertPath is where the discovery image airlock assembles holds
+// airlock's CA certificate (PEM): the only certificate the agent trusts
+// for airlock.api.
+const CACertPath = "/etc/airlock/ca.pem"
 
 // Registration is the first report of a booted agent: who the machine is
 // and what it has.

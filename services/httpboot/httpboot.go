@@ -1,8 +1,10 @@
 // Package httpboot is airlock's HTTP boot service: per-machine iPXE scripts
 // (discover, install, or boot the local disk), the iPXE binaries for UEFI
 // HTTP boot, and kernels, initramfs and images served with Range support
-// (http.ServeContent, which uses sendfile for files on disk). Other handlers,
-// such as the agent API, are mounted beside them.
+// (http.ServeContent, which uses sendfile for files on disk), all in clear:
+// firmware and iPXE cannot check a certificate. Other handlers (the OS
+// image, checked against a digest by whoever fetches it) may be mounted
+// beside them; what carries a token or a secret does not belong here.
 package httpboot
 
 import (

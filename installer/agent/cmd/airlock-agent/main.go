@@ -57,7 +57,8 @@ func main() {
 // userMain runs the agent on an already booted machine (for trying it out).
 func userMain(ctx context.Context, log *slog.Logger) error {
 	fs := flag.NewFlagSet("airlock-agent", flag.ContinueOnError)
-	cmdlineFile := fs.String("cmdline", "/proc/cmdline", "file holding the kernel command line with airlock.token= and airlock.url=")
+	cmdlineFile := fs.String("cmdline", "/proc/cmdline", "file holding the kernel command line with airlock.token=, airlock.url= and airlock.api=")
+	caFile := fs.String("ca", agentapi.CACertPath, "airlock's CA certificate (PEM): the only one trusted for airlock.api (airlock keeps it as STATE/ca.pem)")
 	root := fs.String("root", "/", "root of the file system to read /sys and /proc from")
 	dhcp := fs.String("dhcp", "", "run DHCP on this interface first (normally the network is already up)")
 	once := fs.Bool("once", false, "register and exit instead of heartbeating")
@@ -79,17 +80,25 @@ func userMain(ctx context.Context, log *slog.Logger) error {
 		}
 		cfg.BootMAC = l.MAC
 	}
+	ca, err := agent.ReadCA(*caFile)
+	if err != nil {
+		return err
+	}
+	api, err := agent.TLSClient(ca, 15*time.Second)
+	if err != nil {
+		return err
+	}
 	if *once {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithCancel(ctx)
 		defer cancel()
-		return run(ctx, log, cfg, *root, nil, cancel)
+		return run(ctx, log, cfg, api, *root, nil, cancel)
 	}
-	return run(ctx, log, cfg, *root, nil, nil)
+	return run(ctx, log, cfg, api, *root, nil, nil)
 }
 
-func run(ctx context.Context, log *slog.Logger, cfg agent.Config, root string, onOrder func(context.Context, agentapi.Order, func(done, total uint64)) error, registered func()) error {
-	client := agent.NewClient(cfg.URL, cfg.Token, nil)
+func run(ctx context.Context, log *slog.Logger, cfg agent.Config, api *http.Client, root string, onOrder func(context.Context, agentapi.Order, func(done, total uint64)) error, registered func()) error {
+	client := agent.NewClient(cfg.API, cfg.Token, api)
 	opts := agent.Options{
 		Root:     os.DirFS(root),
 		Client:   client,
@@ -162,6 +171,20 @@ func initMain(log *slog.Logger) error {
 	if cfgErr != nil {
 		return cfgErr
 	}
+	// airlock's CA, from the boot image airlock assembled: the only
+	// certificate the agent trusts for the API and the seed.
+	ca, err := agent.ReadCA(agentapi.CACertPath)
+	if err != nil {
+		return err
+	}
+	api, err := agent.TLSClient(ca, 15*time.Second)
+	if err != nil {
+		return err
+	}
+	seeds, err := agent.TLSClient(ca, 5*time.Minute)
+	if err != nil {
+		return err
+	}
 	try := up
 	if cfg.BootMAC != nil {
 		for _, n := range nics {
@@ -183,10 +206,13 @@ func initMain(log *slog.Logger) error {
 	}
 	log.Info("network up", "after", time.Since(start).Round(time.Millisecond))
 	installer := agent.Installer{
-		Host: provision.Host{SysRoot: "/sys", DevRoot: "/dev"},
-		Base: cfg.URL,
-		HTTP: &http.Client{Timeout: 0}, // an image takes as long as it takes; ctx ends it
-		Log:  log,
+		Host:    provision.Host{SysRoot: "/sys", DevRoot: "/dev"},
+		Base:    cfg.URL,
+		HTTP:    &http.Client{Timeout: 0}, // an image takes as long as it takes; ctx ends it
+		API:     cfg.API,
+		APIHTTP: seeds,
+		Token:   cfg.Token,
+		Log:     log,
 	}
 	onOrder := func(ctx context.Context, o agentapi.Order, progress func(done, total uint64)) error {
 		switch o.Kind {
@@ -202,7 +228,7 @@ func initMain(log *slog.Logger) error {
 		return fmt.Errorf("unknown order kind %q", o.Kind)
 	}
 	for {
-		err := run(ctx, log, cfg, "/", onOrder, nil)
+		err := run(ctx, log, cfg, api, "/", onOrder, nil)
 		log.Error("agent run ended; restarting in 10s", "err", err)
 		time.Sleep(10 * time.Second)
 	}
