@@ -1,4 +1,3 @@
-// Package kube is airlock's Kubernetes driver (bootstrap tokens here; the PKI comes from branch h-kpki).
 package kube
 
 import (
@@ -47,7 +46,7 @@ const (
 // ErrBadToken means a string is not a bootstrap token.
 var ErrBadToken = errors.New("not a bootstrap token: want [a-z0-9]{6}.[a-z0-9]{16}")
 
-var tokenRE = regexp.MustCompile(`^([a-z0-9]{6})\.([a-z0-9]{16})$`)
+var tokenPartsRE = regexp.MustCompile(`^([a-z0-9]{6})\.([a-z0-9]{16})$`)
 
 // Token is a bootstrap token "ID.Secret". Expires is zero for a token read
 // back with ParseToken (the expiry lives in its Secret, not in the string).
@@ -106,7 +105,7 @@ func ParseToken(s string) (Token, error) {
 	if len(s) != 23 {
 		return Token{}, fmt.Errorf("parse bootstrap token (%d characters): %w", len(s), ErrBadToken)
 	}
-	m := tokenRE.FindStringSubmatch(s)
+	m := tokenPartsRE.FindStringSubmatch(s)
 	if m == nil {
 		return Token{}, fmt.Errorf("parse bootstrap token: %w", ErrBadToken)
 	}

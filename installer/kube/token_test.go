@@ -29,7 +29,7 @@ func TestNewTokenFormatAndRandomness(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !tokenRE.MatchString(tok.Value()) {
+		if !tokenPartsRE.MatchString(tok.Value()) {
 			t.Fatalf("token %q does not match [a-z0-9]{6}.[a-z0-9]{16}", tok.Value())
 		}
 		if seen[tok.ID] {
