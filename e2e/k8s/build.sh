@@ -64,7 +64,8 @@ echo "k8s/build.sh: building Kubernetes $k8s_version and etcd $etcd_version into
 
 got=$("$tmp/kube-apiserver" --version)
 [ "$got" = "Kubernetes $k8s_version" ] || { echo "k8s/build.sh: kube-apiserver --version says '$got'" >&2; exit 1; }
-got=$("$tmp/etcd" --version | head -1)
+got=$("$tmp/etcd" --version) # all of it: `| head -1` would SIGPIPE etcd under pipefail
+got=${got%%$'\n'*}
 [ "$got" = "etcd Version: ${etcd_version#v}" ] || { echo "k8s/build.sh: etcd --version says '$got'" >&2; exit 1; }
 complete "$tmp" || { echo "k8s/build.sh: a binary is missing in $tmp" >&2; exit 1; }
 chmod 755 "$tmp"
