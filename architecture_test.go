@@ -19,8 +19,10 @@ const module = "airlock.dev/airlock"
 // following DESIGN.md: main -> installer/cli (the only composition root);
 // services know nothing of the engine; bundle, manifests and the config
 // schema are leaves; the TUI sees the engine only through config and events; the node
-// agent stays small; the virtual rack (installer/lab) knows nothing of the
-// engine (its switches speak through services/*); no product package
+// agent stays small; the Kubernetes driver (installer/kube) renders from
+// plain values and knows only the state store, the seed and the config;
+// the virtual rack (installer/lab) knows nothing of the engine (its
+// switches speak through services/*); no product package
 // imports e2e/ or the test kit. installer/termtext (escaping for the
 // terminal) is a leaf every package may import.
 func layerRule(pkg, imp string) error {
@@ -58,6 +60,10 @@ func layerRule(pkg, imp string) error {
 		}
 	case under(pkg, "installer/seed"):
 		return fmt.Errorf("the cloud-init seed renderer is a leaf")
+	case under(pkg, "installer/kube"):
+		if !under(imp, "installer/kube") && imp != "installer/state" && imp != "installer/seed" && imp != "installer/config" {
+			return fmt.Errorf("the Kubernetes driver renders data from plain values: it may import only installer/state, installer/seed and installer/config")
+		}
 	case under(pkg, "installer/events"):
 		return fmt.Errorf("the event and Decider types are a leaf (the wizard imports them)")
 	case under(pkg, "installer/state"):
@@ -206,6 +212,7 @@ func TestLayeringCatchesForbiddenImports(t *testing.T) {
 		{"installer/lab/lab.go", "installer/engine", "installer/lab imports installer/engine: the virtual rack knows nothing of the engine"},
 		{"installer/lab/netns/n.go", "installer/lab", "installer/lab/netns imports installer/lab: the namespace helpers and the test kit are leaves"},
 		{"installer/termtext/t.go", "installer/config", "installer/termtext imports installer/config: termtext is a leaf"},
+		{"installer/kube/k.go", "installer/engine", "installer/kube imports installer/engine: the Kubernetes driver renders data from plain values"},
 	} {
 		files := map[string]string{}
 		for k, v := range ok {

@@ -122,6 +122,7 @@ the cluster and lays down the platform from one signed bundle.`,
 		newDecideCommand(g, false),
 		newLabCommand(g),
 		newBundleCommand(g),
+		newKubeconfigCommand(g),
 	)
 	return root
 }

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"airlock.dev/airlock/installer/inventory"
+	"airlock.dev/airlock/installer/kube"
 	"airlock.dev/airlock/installer/state"
 )
 
@@ -56,6 +57,17 @@ func (s EngineSource) Rediscover(id string) error { return s.Inventory.Rediscove
 
 // Decide implements Source.
 func (s EngineSource) Decide(id string, approve bool) error { return Decide(s.Inventory, id, approve) }
+
+// Kubeconfig implements KubeconfigSource.
+func (s EngineSource) Kubeconfig(server string, ttl time.Duration) ([]byte, error) {
+	return kube.MintAdminKubeconfig(s.Store, server, ttl, time.Now())
+}
+
+// KubeconfigSource is a Source that mints short-lived admin kubeconfigs
+// from the cluster's PKI (`airlock kubeconfig` while an airlock runs).
+type KubeconfigSource interface {
+	Kubeconfig(server string, ttl time.Duration) ([]byte, error)
+}
 
 // Decide records an operator's decision about a machine in the inventory:
 // approved machines become admitted, denied ones denied.
@@ -140,6 +152,19 @@ func Handler(src Source, log *slog.Logger) http.Handler {
 			}
 			reply(w, map[string]string{"machine": r.PathValue("id")}, err)
 		}
+	}
+	if ks, ok := src.(KubeconfigSource); ok {
+		mux.HandleFunc("POST /v1/kubeconfig", func(w http.ResponseWriter, r *http.Request) {
+			ttl, err := time.ParseDuration(r.URL.Query().Get("ttl"))
+			if err != nil {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusBadRequest)
+				json.NewEncoder(w).Encode(map[string]string{"error": "ttl: want a duration such as 1h"})
+				return
+			}
+			kc, err := ks.Kubeconfig(r.URL.Query().Get("server"), ttl)
+			reply(w, map[string][]byte{"kubeconfig": kc}, err)
+		})
 	}
 	mux.HandleFunc("POST /v1/machines/{id}/approve", decide(true))
 	mux.HandleFunc("POST /v1/machines/{id}/deny", decide(false))
@@ -228,6 +253,20 @@ func (c *Client) Decide(ctx context.Context, machineID string, approve bool) err
 	}
 	var out map[string]string
 	return c.do(ctx, http.MethodPost, "/v1/machines/"+url.PathEscape(machineID)+"/"+verb, &out)
+}
+
+// Kubeconfig asks the running airlock for an admin kubeconfig valid for
+// ttl, pointing at server (empty: the recorded API server).
+func (c *Client) Kubeconfig(ctx context.Context, server string, ttl time.Duration) ([]byte, error) {
+	q := url.Values{"ttl": {ttl.String()}}
+	if server != "" {
+		q.Set("server", server)
+	}
+	var out struct{ Kubeconfig []byte }
+	if err := c.do(ctx, http.MethodPost, "/v1/kubeconfig?"+q.Encode(), &out); err != nil {
+		return nil, err
+	}
+	return out.Kubeconfig, nil
 }
 
 // Rediscover asks the running airlock to reboot a machine into discovery.

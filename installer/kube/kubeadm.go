@@ -44,7 +44,7 @@ const (
 	// DefaultPauseImage is the sandbox image kubeadm v1.34 expects.
 	DefaultPauseImage = "registry.k8s.io/pause:3.10.1"
 	// DefaultKubeVIPImage is the kube-vip holding the control-plane VIP.
-	DefaultKubeVIPImage = "ghcr.io/kube-vip/kube-vip:v0.9.2"
+	DefaultKubeVIPImage = "ghcr.io/kube-vip/kube-vip:v1.2.3"
 )
 
 // ClusterSpec is what every node's configuration says about its cluster:
@@ -92,10 +92,16 @@ type NodeSpec struct {
 // Secrets are the cluster credentials a node's configuration carries.
 type Secrets struct {
 	PKI *PKI
-	// Token is the bootstrap token (id.secret) nodes join with; the init
-	// configuration creates it with TokenExpires.
-	Token        string
-	TokenExpires time.Time
+	// Token is the bootstrap token (id.secret) nodes join with; kubeadm
+	// init creates it, valid for TokenTTL (default 24h) from then. (kubeadm
+	// defaults a token's ttl, and then refuses an expires beside it: a
+	// lifetime is all its configuration can say.)
+	Token    string
+	TokenTTL time.Duration
+	// KubeVIP is this control plane's kube-vip client certificate (from
+	// IssueClient, user KubeVIPUserPrefix+hostname in KubeVIPGroup); nil:
+	// NodeSeed issues one valid for KubeVIPCertTTL.
+	KubeVIP *CertKey
 }
 
 var (
@@ -106,6 +112,7 @@ var (
 	ifnameRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$`)
 	argRE     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 	dirRE     = regexp.MustCompile(`^(/[A-Za-z0-9_.-]+)+$`)
+	tagRE     = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
 )
 
 // withDefaults returns c with every empty optional field set.
@@ -158,7 +165,7 @@ func (c ClusterSpec) Validate() error {
 		bad("image repository %q: want a registry host and path", c.ImageRepository)
 	}
 	for name, tag := range map[string]string{"etcd": c.EtcdImageTag, "CoreDNS": c.CoreDNSImageTag} {
-		if tag != "" && !regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`).MatchString(tag) {
+		if tag != "" && !tagRE.MatchString(tag) {
 			bad("%s image tag %q: want an image tag", name, tag)
 		}
 	}
@@ -334,12 +341,11 @@ type kNodeRegistration struct {
 }
 
 type kBootstrapToken struct {
-	Token       string       `json:"token"`
-	Description string       `json:"description,omitempty"`
-	TTL         string       `json:"ttl,omitempty"`
-	Expires     *metav1.Time `json:"expires,omitempty"`
-	Usages      []string     `json:"usages,omitempty"`
-	Groups      []string     `json:"groups,omitempty"`
+	Token       string   `json:"token"`
+	Description string   `json:"description,omitempty"`
+	TTL         string   `json:"ttl"`
+	Usages      []string `json:"usages,omitempty"`
+	Groups      []string `json:"groups,omitempty"`
 }
 
 type kInitConfiguration struct {
@@ -467,6 +473,9 @@ func (c ClusterSpec) certSANs() []string {
 
 func checkSpecs(c ClusterSpec, n NodeSpec, s Secrets) error {
 	errs := []error{c.Validate(), n.Validate()}
+	if s.TokenTTL < 0 || s.TokenTTL > 7*24*time.Hour {
+		errs = append(errs, fmt.Errorf("bootstrap token lifetime %v: want at most 168h", s.TokenTTL))
+	}
 	if !tokenRE.MatchString(s.Token) {
 		errs = append(errs, fmt.Errorf("bootstrap token: want [a-z0-9]{6}.[a-z0-9]{16}"))
 	}
@@ -499,11 +508,9 @@ func InitConfig(c ClusterSpec, n NodeSpec, s Secrets) ([]byte, error) {
 		Usages:      []string{"signing", "authentication"},
 		Groups:      []string{bootstrapGroup},
 	}
-	if s.TokenExpires.IsZero() {
-		tok.TTL = defaultTokenTTL.String()
-	} else {
-		t := metav1.NewTime(s.TokenExpires.UTC())
-		tok.Expires = &t
+	tok.TTL = defaultTokenTTL.String()
+	if s.TokenTTL != 0 {
+		tok.TTL = s.TokenTTL.String()
 	}
 	initCfg := kInitConfiguration{
 		TypeMeta:         typeMeta(kubeadmAPIVersion, "InitConfiguration"),

@@ -95,7 +95,7 @@ func kubeadmCases() map[string]kubeadmCase {
 
 func renderCase(t testing.TB, kc kubeadmCase) []byte {
 	t.Helper()
-	s := Secrets{PKI: fixturePKI(t), Token: testToken, TokenExpires: t0.Add(24 * time.Hour)}
+	s := Secrets{PKI: fixturePKI(t), Token: testToken, TokenTTL: 2 * time.Hour}
 	var out []byte
 	var err error
 	if kc.n.Init {

@@ -24,6 +24,7 @@ import (
 	"math/big"
 	"regexp"
 	"time"
+	"unicode/utf8"
 
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -262,12 +263,14 @@ func (p *PKI) CAHash() (string, error) {
 // with the cluster CA: cn becomes the Kubernetes user, orgs its groups. It
 // is valid from now-Backdate to now+ttl, and never past the CA.
 func (p *PKI) IssueClient(cn string, orgs []string, ttl time.Duration, now time.Time) (CertKey, error) {
-	if cn == "" || len(cn) > 64 {
-		return CertKey{}, fmt.Errorf("issue client certificate: common name %q: want 1-64 characters", cn)
+	// Kubernetes names (users, nodes) run to 253 characters, beyond
+	// X.509's suggested 64 for a common name; Go and the API server take them.
+	if cn == "" || len(cn) > 300 || !utf8.ValidString(cn) {
+		return CertKey{}, fmt.Errorf("issue client certificate: common name %q: want 1-300 bytes of UTF-8", cn)
 	}
 	for _, o := range orgs {
-		if o == "" || len(o) > 64 {
-			return CertKey{}, fmt.Errorf("issue client certificate %q: organisation %q: want 1-64 characters", cn, o)
+		if o == "" || len(o) > 300 || !utf8.ValidString(o) {
+			return CertKey{}, fmt.Errorf("issue client certificate %q: organisation %q: want 1-300 bytes of UTF-8", cn, o)
 		}
 	}
 	if ttl <= 0 || ttl > MaxClientTTL {

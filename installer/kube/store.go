@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"time"
 
 	"airlock.dev/airlock/installer/state"
@@ -97,4 +98,72 @@ func LoadOrCreatePKI(store state.Store, clusterName string, now time.Time) (*PKI
 		return LoadOrCreatePKI(store, clusterName, now)
 	}
 	return fresh, nil
+}
+
+// apiServerKey holds the URL of the cluster's API server for airlock's own
+// credentials (the VIP endpoint, or the first control plane's address).
+const apiServerKey = "api-server"
+
+// SaveAPIServer records the URL (https://HOST:PORT) airlock's admin
+// kubeconfigs point at.
+func SaveAPIServer(store state.Store, server string) error {
+	if err := checkServer(server); err != nil {
+		return fmt.Errorf("save API server: %w", err)
+	}
+	if err := store.Update(func(tx state.Tx) error { return tx.Put(pkiBucket, apiServerKey, []byte(server)) }); err != nil {
+		return fmt.Errorf("save API server: %w", err)
+	}
+	return nil
+}
+
+// LoadAPIServer returns the recorded API server URL, or "" if none is.
+func LoadAPIServer(store state.Store) (string, error) {
+	var server string
+	err := store.View(func(tx state.Tx) error {
+		server = string(tx.Get(pkiBucket, apiServerKey))
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("load API server: %w", err)
+	}
+	return server, nil
+}
+
+func checkServer(server string) error {
+	u, err := url.Parse(server)
+	if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return fmt.Errorf("API server %q: want https://HOST:PORT", server)
+	}
+	return nil
+}
+
+// ErrNoPKI means the state store holds no cluster PKI yet.
+var ErrNoPKI = errors.New("no cluster PKI in the state store yet (airlock install makes it)")
+
+// ErrNoServer means no API server URL is known.
+var ErrNoServer = errors.New("no API server known yet")
+
+// MintAdminKubeconfig makes a kubeconfig with fresh admin credentials (see
+// AdminKubeconfig) valid for ttl, from the PKI in store. server defaults
+// to the one SaveAPIServer recorded.
+func MintAdminKubeconfig(store state.Store, server string, ttl time.Duration, now time.Time) ([]byte, error) {
+	p, cluster, err := LoadPKI(store)
+	if err != nil {
+		return nil, err
+	}
+	if p == nil {
+		return nil, ErrNoPKI
+	}
+	if server == "" {
+		if server, err = LoadAPIServer(store); err != nil {
+			return nil, err
+		}
+		if server == "" {
+			return nil, fmt.Errorf("%w: name it with --server https://HOST:6443", ErrNoServer)
+		}
+	}
+	if err := checkServer(server); err != nil {
+		return nil, err
+	}
+	return AdminKubeconfig(p, server, cluster, ttl, now)
 }
