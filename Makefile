@@ -37,12 +37,21 @@ OSIMAGE_CACHE ?= /var/cache/airlock
 osimage: deps ## build (or find cached) the virtual rack's node OS image; prints its directory
 	@AIRLOCK_CACHE=$(OSIMAGE_CACHE) bash e2e/osimage/build.sh
 
+# Kubernetes v1.34.2 and etcd v3.6.4 built from Go modules (e2e/k8s), for the
+# tests that run a real API server and kubelet; cached like the OS image.
+K8S_CACHE ?= /var/cache/airlock
+
+.PHONY: k8s-bins
+k8s-bins: ## build (or find cached) kube-apiserver, kubelet, etcd and the rest from Go modules; prints their directory
+	@AIRLOCK_K8S_CACHE=$(K8S_CACHE) bash e2e/k8s/build.sh
+
 .PHONY: test
-test: deps build ## go vet, formatting, and every unit, integration and end-to-end test (unit tests with the race detector)
+test: deps build k8s-bins ## go vet, formatting, and every unit, integration and end-to-end test (unit tests with the race detector)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./e2e/...
-	CGO_ENABLED=1 $(GO) test $(TEST_FLAGS) -race ./...
+	k8s=$$(AIRLOCK_K8S_CACHE=$(K8S_CACHE) bash e2e/k8s/build.sh) && \
+	AIRLOCK_K8S_BIN=$$k8s CGO_ENABLED=1 $(GO) test $(TEST_FLAGS) -race ./...
 # the embedded iPXE first stages (build ran fetch.sh) are Debian's, byte for byte:
 	$(GO) test $(TEST_FLAGS) -tags ipxe_embed ./services/ipxe/
 	img=$$(AIRLOCK_CACHE=$(OSIMAGE_CACHE) bash e2e/osimage/build.sh) && \
