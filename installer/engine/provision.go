@@ -208,6 +208,11 @@ func (e *Engine) newSeed(m inventory.Machine) (provisionRecord, error) {
 		}
 		cfg.Network.Ethernets = []seed.Ethernet{eth}
 	}
+	if e.answers.Site.Lab {
+		// On a virtual rack the installed system says on its console what
+		// the seed made of it, for the person rehearsing and the e2e test.
+		cfg.RunCmd = append(cfg.RunCmd, []string{"sh", "-c", labCheckScript})
+	}
 	files, err := seed.Render(cfg)
 	if err != nil {
 		return provisionRecord{}, fmt.Errorf("machine %s: seed: %w", m.ID, err)
@@ -226,6 +231,17 @@ func (e *Engine) newSeed(m inventory.Machine) (provisionRecord, error) {
 	sum, tok := sha256.Sum256(img), sha256.Sum256([]byte(token))
 	return provisionRecord{SeedSHA256: hex.EncodeToString(sum[:]), SeedSize: int64(len(img)), TokenHash: hex.EncodeToString(tok[:])}, nil
 }
+
+// labCheckMarker starts the line a lab machine's installed system prints
+// on its console at the end of its first boot; labCheckScript prints it
+// (a fixed script: nothing from any input is in it).
+const (
+	labCheckMarker = "airlock-lab-check"
+	labCheckScript = `c=` + seed.CertsDir + `; echo "` + labCheckMarker + ` hostname=$(hostname)` +
+		` addresses=$(ip -4 -o addr show scope global | awk '{print $4}' | paste -sd, -)` +
+		` mirrors=$(ls $c 2>/dev/null | paste -sd, -)` +
+		` docker.io=$(grep -o 'host\."[^"]*"' $c/docker.io/hosts.toml 2>/dev/null | head -n 1) end" >/dev/console`
+)
 
 // boot has an installed machine reboot into its own disk (the boot
 // decider answers its next script fetch with a local boot) and waits until
