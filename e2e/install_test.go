@@ -3,7 +3,9 @@
 package e2e
 
 import (
+	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -46,11 +48,7 @@ func TestLabInstallsToDisk(t *testing.T) {
 	if os.Getenv("AIRLOCK_E2E_KEEP") == "1" {
 		stateDir, _ = os.MkdirTemp("", "airlock-e2e-install-")
 	}
-	if _, err := airlock(t, "lab", "up", "--state", stateDir, "--nodes", "2", "--racks", "1", "--firmware", "mixed",
-		"--install", "--os-image", image, "--bundle", bundleFile, "--bundle-key", filepath.Join(dir, "site.pub"),
-		"--agent", filepath.Join(filepath.Dir(bin), "airlock-agent")); err != nil {
-		t.Fatal(err)
-	}
+	// Taken down even when lab up fails half-way (its airlock outlives it).
 	t.Cleanup(func() {
 		if keep(t) {
 			t.Logf("the lab is still up: airlock status --state %s; serial consoles in %s/lab; airlock lab down --state %s", stateDir, stateDir, stateDir)
@@ -60,6 +58,18 @@ func TestLabInstallsToDisk(t *testing.T) {
 			t.Error(err)
 		}
 	})
+	// lab up opens the bundle and assembles the discovery image from its
+	// kernel package before the rack starts: minutes on a loaded machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	up := exec.CommandContext(ctx, bin, "lab", "up", "--state", stateDir, "--nodes", "2", "--racks", "1", "--firmware", "mixed",
+		"--install", "--os-image", image, "--bundle", bundleFile, "--bundle-key", filepath.Join(dir, "site.pub"),
+		"--agent", filepath.Join(filepath.Dir(bin), "airlock-agent"))
+	began := time.Now()
+	if out, err := up.CombinedOutput(); err != nil {
+		t.Fatalf("airlock lab up: %v\n%s", err, out)
+	}
+	t.Logf("lab up took %.0f s", time.Since(began).Seconds())
 	var lab struct {
 		VMs      []labVM
 		Registry string

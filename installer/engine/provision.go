@@ -283,6 +283,9 @@ func (e *Engine) boot(ctx context.Context, id string, _ pipeline.Reporter) error
 		if m.State == inventory.StateBooted {
 			return nil
 		}
+		if f := inventory.BootLoop(m.LocalBoots); f != "" {
+			return fmt.Errorf("machine %s: %s", id, f)
+		}
 		select {
 		case <-changed:
 		case <-ctx.Done():
@@ -406,26 +409,45 @@ func (e *Engine) acceptPhoneHome(id, token string) error {
 	if err != nil || !accepted {
 		return errors.Join(ErrPhoneHome, err)
 	}
+	if err := e.inv.PhonedHome(id); err != nil {
+		return err
+	}
 	_, err = e.inv.Transition(id, inventory.StateBooted, "the installed system phoned home")
 	return err
 }
 
 // localBoot reports whether the machine with this boot MAC is installed,
-// so that it boots its own disk.
+// so that it boots its own disk, and counts the answer: BootLoopAfter of
+// them without a phone-home in between flag a boot loop (and fail the
+// machine's boot step while it waits).
 func (e *Engine) localBoot(mac string) bool {
+	id, ok := e.installedMachine(mac)
+	if !ok {
+		return false
+	}
+	if n, err := e.inv.LocalBoot(id); err != nil {
+		e.log.Warn("count a local boot", "machine", id, "err", err)
+	} else {
+		e.log.Info("local boot", "machine", id, "since phone-home", n)
+	}
+	return true
+}
+
+// installedMachine finds the installed (or later) machine with this boot MAC.
+func (e *Engine) installedMachine(mac string) (string, bool) {
 	ms, err := e.inv.List()
 	if err != nil {
-		return false
+		return "", false
 	}
 	i := slices.IndexFunc(ms, func(m inventory.Machine) bool { return strings.EqualFold(m.BootMAC, mac) })
 	if i < 0 {
-		return false
+		return "", false
 	}
 	switch ms[i].State {
 	case inventory.StateInstalled, inventory.StateBooted, inventory.StateJoined, inventory.StateReady:
-		return true
+		return ms[i].ID, true
 	}
-	return false
+	return "", false
 }
 
 var sha256HexRE = regexp.MustCompile(`^[0-9a-f]{64}$`)

@@ -66,6 +66,9 @@ type Machine struct {
 	History    []Transition `json:"history,omitempty"`
 	Assignment *Assignment  `json:"assignment,omitempty"`
 	Failure    string       `json:"failure,omitempty"`
+	// LocalBoots counts local-boot answers since the installed system
+	// last phoned home (BootLoopAfter of them flag a boot loop).
+	LocalBoots int `json:"localBoots,omitempty"`
 	// BootID is the boot whose agent speaks for the machine; the
 	// registration of a later boot retires its token.
 	BootID string `json:"bootID,omitempty"`
