@@ -315,6 +315,7 @@ func TestStatusShowsABootLoop(t *testing.T) {
 		t.Fatal(err)
 	}
 	inv := inventory.New(s, nil, slog.New(slog.DiscardHandler))
+	inv.SetSameBootWindow(0)
 	raw, err := os.ReadFile("../../services/agentapi/testdata/registration.json")
 	if err != nil {
 		t.Fatal(err)

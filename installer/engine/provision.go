@@ -21,6 +21,7 @@ import (
 	"strings"
 	"time"
 
+	"airlock.dev/airlock/installer/config"
 	"airlock.dev/airlock/installer/events"
 	"airlock.dev/airlock/installer/inventory"
 	"airlock.dev/airlock/installer/pipeline"
@@ -193,21 +194,18 @@ func (e *Engine) newSeed(m inventory.Machine) (provisionRecord, error) {
 	if e.regLn != nil {
 		cfg.Mirror = &seed.Mirror{Endpoint: "http://" + e.regLn.Addr().String()}
 	}
-	if hw, err := net.ParseMAC(m.BootMAC); err == nil {
-		eth := seed.Ethernet{Name: "eth0", MAC: hw}
-		if as.Address != "" {
-			p, err := netip.ParsePrefix(as.Address)
-			if err != nil {
-				return provisionRecord{}, fmt.Errorf("machine %s: address %q: %w", m.ID, as.Address, err)
-			}
-			eth.Addresses = []netip.Prefix{p}
-			eth.Gateway = e.answers.Network.Gateway
-			eth.Nameservers = e.answers.Network.DNS
-		} else {
-			eth.DHCP4 = true
+	if _, err := net.ParseMAC(m.BootMAC); err == nil {
+		var rule *config.Rule
+		if i := slices.IndexFunc(e.answers.Machines, func(r config.Rule) bool { return r.Name == as.Rule }); i >= 0 {
+			rule = &e.answers.Machines[i]
 		}
-		cfg.Network.Ethernets = []seed.Ethernet{eth}
+		n, err := seedNetwork(m, rule, bootIP{Address: as.Address, Gateway: e.answers.Network.Gateway, Nameservers: e.answers.Network.DNS})
+		if err != nil {
+			return provisionRecord{}, fmt.Errorf("machine %s: network: %w", m.ID, err)
+		}
+		cfg.Network = n
 	}
+	cfg.SSHAuthorizedKeys = e.answers.Site.SSHAuthorizedKeys
 	if e.answers.Site.Lab {
 		// On a virtual rack the installed system says on its console what
 		// the seed made of it, for the person rehearsing and the e2e test.

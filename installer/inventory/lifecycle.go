@@ -97,12 +97,22 @@ type lifecycle struct {
 	// LocalBoots counts the local-boot answers the installed machine got
 	// since its installed system last phoned home.
 	LocalBoots int `json:"localBoots,omitempty"`
+	// LastLocalBoot is when the last counted one was answered.
+	LastLocalBoot time.Time `json:"lastLocalBoot,omitzero"`
 }
 
 // BootLoopAfter is how many local-boot answers without a phone-home in
 // between make a boot loop: the machine keeps coming back to the network
 // instead of coming up from its disk.
 const BootLoopAfter = 3
+
+// DefaultSameBootWindow: local-boot answers within this time of the last
+// counted one are the same firmware pass, not another boot. UEFI firmware
+// tries every network entry of its boot list before the disk's (OVMF:
+// iPXE, PXE over IPv4 and IPv6, HTTP boot), and each one that reaches
+// airlock fetches a script again; under emulation they came 2.5 minutes
+// apart. A machine that really loops is still counted once per window.
+const DefaultSameBootWindow = 5 * time.Minute
 
 // BootLoop says what a machine's boot-loop flag says, or "" when it is in
 // none.
@@ -113,10 +123,12 @@ func BootLoop(localBoots int) string {
 	return fmt.Sprintf("boot loop: sent to its local disk %d times without the installed system phoning home in between: it does not come up from its disk (look at its console)", localBoots)
 }
 
-// LocalBoot counts a local-boot answer to machine id and returns the count
+// LocalBoot counts a local-boot answer to machine id (unless it falls in
+// the same firmware pass as the last counted one) and returns the count
 // since its installed system last phoned home.
 func (s *Store) LocalBoot(id string) (int, error) {
 	var n int
+	now := s.now().UTC()
 	err := s.store.Update(func(tx state.Tx) error {
 		if tx.Get(machinesBucket, id) == nil {
 			return fmt.Errorf("%w: %q", ErrNoMachine, id)
@@ -125,7 +137,12 @@ func (s *Store) LocalBoot(id string) (int, error) {
 		if err != nil {
 			return err
 		}
+		n = lc.LocalBoots
+		if lc.LocalBoots > 0 && now.Sub(lc.LastLocalBoot) < s.sameBoot {
+			return nil
+		}
 		lc.LocalBoots++
+		lc.LastLocalBoot = now
 		n = lc.LocalBoots
 		return putJSON(tx, lifecycleBucket, id, lc)
 	})
@@ -147,7 +164,7 @@ func (s *Store) PhonedHome(id string) error {
 		if err != nil || lc.LocalBoots == 0 {
 			return err
 		}
-		lc.LocalBoots = 0
+		lc.LocalBoots, lc.LastLocalBoot = 0, time.Time{}
 		return putJSON(tx, lifecycleBucket, id, lc)
 	})
 	if err == nil {
