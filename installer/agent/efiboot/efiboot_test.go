@@ -352,3 +352,31 @@ func FuzzParseLoadOption(f *testing.F) {
 		}
 	})
 }
+
+// Reading a partition of arbitrary bytes as FAT never panics nor runs
+// away (directory chains are bounded).
+func FuzzFindLoader(f *testing.F) {
+	need := func(tool string) bool { _, err := exec.LookPath(tool); return err == nil }
+	if !need("mkfs.vfat") || !need("mcopy") {
+		f.Fatal("mkfs.vfat and mcopy are needed: apt-get install dosfstools mtools")
+	}
+	dir := f.TempDir()
+	img, src := filepath.Join(dir, "fat.img"), filepath.Join(dir, "BOOTX64.EFI")
+	os.WriteFile(src, []byte("MZ"), 0o644)
+	for _, c := range [][]string{{"mkfs.vfat", "-C", img, "256"}, {"mmd", "-i", img, "::/EFI", "::/EFI/BOOT"}, {"mcopy", "-i", img, src, "::/EFI/BOOT/BOOTX64.EFI"}} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			f.Fatalf("%v: %v\n%s", c, err, out)
+		}
+	}
+	b, err := os.ReadFile(img)
+	if err != nil {
+		f.Fatal(err)
+	}
+	if p, err := FindLoader(bytes.NewReader(b), 0, int64(len(b))); err != nil || p != FallbackLoader {
+		f.Fatalf("seed image: %q %v", p, err)
+	}
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		FindLoader(bytes.NewReader(b), 0, int64(len(b)))
+	})
+}
