@@ -139,14 +139,23 @@ func TestLabInstallsToDisk(t *testing.T) {
 		if want := "admitted assigned installing installed booted"; strings.Join(states, " ") != want {
 			t.Errorf("VM %s went through %v, want %s", vm.Name, states, want)
 		}
-		console, err := os.ReadFile(filepath.Join(stateDir, "lab", vm.Name+".serial.log"))
-		if err != nil {
-			t.Fatal(err)
-		}
 		// cloud-init on the installed system: the seed found on the disk
 		// (its own partition after the image's three) and the hostname
-		// from the assignment in the host keys it prints.
-		if !strings.Contains(string(console), "root@"+m.Hostname) || !strings.Contains(string(console), "seed=/dev/vda4") {
+		// from the assignment in the host keys it prints. Its final
+		// message, naming the seed, comes after the phone-home: wait for it.
+		seen := func(console []byte) bool {
+			return strings.Contains(string(console), "root@"+m.Hostname) && strings.Contains(string(console), "seed=/dev/vda4")
+		}
+		var console []byte
+		for wait := time.Now().Add(5 * time.Minute); ; time.Sleep(2 * time.Second) {
+			if console, err = os.ReadFile(filepath.Join(stateDir, "lab", vm.Name+".serial.log")); err != nil {
+				t.Fatal(err)
+			}
+			if seen(console) || time.Now().After(wait) {
+				break
+			}
+		}
+		if !seen(console) {
 			t.Errorf("VM %s: the console shows no cloud-init run from the seed on /dev/vda4 with hostname %s", vm.Name, m.Hostname)
 		}
 		// What the installed system says of itself at the end of its
