@@ -98,3 +98,45 @@ func TestSeedNetworkBootNIC(t *testing.T) {
 		t.Fatalf("unknown MAC: %v", err)
 	}
 }
+
+// newSeed takes the machine's rule from the answer file (by the rule name
+// recorded in its assignment) and the site's SSH keys.
+func TestNewSeedTakesTheRuleAndKeys(t *testing.T) {
+	e := testEngine(t, t.TempDir(), `machines:
+  - name: cp
+    match: {serials: [SN-1]}
+    role: control-plane
+    hostname: cp-1
+    address: 10.78.0.50/24
+    bonds: [{name: bond0, mode: active-backup, interfaces: [ens3]}]
+    vlans: [{id: 42, link: bond0, address: 192.168.42.5/24}]
+admission: {policy: any}
+`, nil)
+	key := "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO74MOQ9I2Jk+04KEebSswJFbl8jstuD8OR+04kqAc1Z admin@laptop"
+	e.answers.Site.SSHAuthorizedKeys = []string{key}
+	inv := e.Inventory()
+	id := report(t, inv, "SN-1", "52:54:00:00:0f:01", testDisks...)
+	if _, err := inv.Transition(id, inventory.StateAdmitted, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := inv.Assign(id, inventory.Assignment{Rule: "cp", Role: "control-plane", Hostname: "cp-1", Index: 1, Address: "10.78.0.50/24"}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := inv.Get(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.newSeed(m); err != nil {
+		t.Fatal(err)
+	}
+	img, err := os.ReadFile(e.seedFile(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The seed's small files lie whole in the FAT image.
+	for _, want := range []string{key, "bond0:", "mode: active-backup", "bond0.42:", "192.168.42.5/24", "10.78.0.50/24", "airlock-lab-check"} {
+		if !strings.Contains(string(img), want) {
+			t.Errorf("the seed has no %q", want)
+		}
+	}
+}
