@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -157,6 +158,11 @@ func TestLabInstallsToDisk(t *testing.T) {
 		}
 		if !seen(console) {
 			t.Errorf("VM %s: the console shows no cloud-init run from the seed on /dev/vda4 with hostname %s", vm.Name, m.Hostname)
+		}
+		// A UEFI machine came up through the boot entry its agent wrote
+		// (OVMF names the entry it starts on the console).
+		if vm.Firmware == "uefi" && !regexp.MustCompile(`BdsDxe: starting Boot[0-9A-F]{4} "airlock installed system" from HD\(2,GPT,`).Match(console) {
+			t.Errorf("VM %s: OVMF did not start the \"airlock installed system\" entry on the ESP", vm.Name)
 		}
 		// What the installed system says of itself at the end of its
 		// first boot (the lab's seeds print it).
