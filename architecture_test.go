@@ -7,6 +7,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -256,6 +257,16 @@ func e2eViolations(root string) ([]string, error) {
 		}
 		if d.IsDir() {
 			if p != dir && (strings.HasPrefix(d.Name(), ".") || d.Name() == "testdata") {
+				return filepath.SkipDir
+			}
+			// A module of its own (e2e/k8s/tools: the Kubernetes binaries
+			// the tests run, built from Go modules) is test tooling that
+			// cannot see airlock's packages, as long as it does not require
+			// airlock's module.
+			if gomod, err := os.ReadFile(filepath.Join(p, "go.mod")); err == nil && p != dir {
+				if regexp.MustCompile(`(?m)^\s*(require\s+)?` + regexp.QuoteMeta(module) + `\s+(v|=>)`).Match(gomod) {
+					out = append(out, fmt.Sprintf("%s/go.mod names %s: a tools module under e2e/ must not use airlock's packages", p, module))
+				}
 				return filepath.SkipDir
 			}
 			return nil

@@ -3,13 +3,15 @@
 package e2e
 
 import (
+	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
-
-	"airlock.dev/airlock/installer/lab/testkit"
 )
 
 // osImageDir is the node OS image e2e/osimage/build.sh made (make test
@@ -28,28 +30,26 @@ func osImageDir(t *testing.T) string {
 	return dir
 }
 
-// Provisioning on the virtual rack: two BIOS machines go from power-on
-// through discovery, admission and assignment to their own disks (the OS
-// image and their seeds written by the agent), reboot into them, and the
-// installed systems take the hostname from the seed and phone home.
-// Minutes from power-on to booted are logged per machine. UEFI machines
-// are not in it yet: after iPXE's local-boot exit, OVMF's boot list holds
-// only its network entries (the installed disk has no boot entry of its
-// own), so it stops in its boot manager; the agent must write a boot entry
-// for the installed disk behind the network ones (next step).
+// Provisioning on the virtual rack: a BIOS and a UEFI machine go from
+// power-on through discovery, admission and assignment to their own disks
+// (the OS image and their seeds written by the agent; on UEFI a boot entry
+// for the disk behind the network ones), reboot into them (iPXE's local
+// answer: sanboot on BIOS, exit 1 on UEFI so that the firmware moves on to
+// that entry), and the installed systems phone home. From their serial
+// consoles: the hostname and static address from the lab's answer file
+// and containerd's mirrors of the five upstreams pointing at airlock's
+// registry (the lab serves a bundle, so there is a registry). Minutes from
+// power-on to booted are logged per machine.
 func TestLabInstallsToDisk(t *testing.T) {
 	bin := airlockBin(t)
 	image := osImageDir(t)
-	kernel, modules := testkit.CloudKernel(t)
-	stateDir := t.TempDir()
+	dir := t.TempDir()
+	bundleFile := kernelBundle(t, dir)
+	stateDir := filepath.Join(dir, "state")
 	if os.Getenv("AIRLOCK_E2E_KEEP") == "1" {
 		stateDir, _ = os.MkdirTemp("", "airlock-e2e-install-")
 	}
-	if _, err := airlock(t, "lab", "up", "--state", stateDir, "--nodes", "2", "--racks", "1", "--firmware", "bios",
-		"--install", "--os-image", image, "--kernel", kernel, "--modules", modules,
-		"--agent", filepath.Join(filepath.Dir(bin), "airlock-agent")); err != nil {
-		t.Fatal(err)
-	}
+	// Taken down even when lab up fails half-way (its airlock outlives it).
 	t.Cleanup(func() {
 		if keep(t) {
 			t.Logf("the lab is still up: airlock status --state %s; serial consoles in %s/lab; airlock lab down --state %s", stateDir, stateDir, stateDir)
@@ -59,15 +59,34 @@ func TestLabInstallsToDisk(t *testing.T) {
 			t.Error(err)
 		}
 	})
-	var lab struct{ VMs []labVM }
+	// lab up opens the bundle and assembles the discovery image from its
+	// kernel package before the rack starts: minutes on a loaded machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	up := exec.CommandContext(ctx, bin, "lab", "up", "--state", stateDir, "--nodes", "2", "--racks", "1", "--firmware", "mixed",
+		"--install", "--os-image", image, "--bundle", bundleFile, "--bundle-key", filepath.Join(dir, "site.pub"),
+		"--agent", filepath.Join(filepath.Dir(bin), "airlock-agent"))
+	began := time.Now()
+	if out, err := up.CombinedOutput(); err != nil {
+		t.Fatalf("airlock lab up: %v\n%s", err, out)
+	}
+	t.Logf("lab up took %.0f s", time.Since(began).Seconds())
+	var lab struct {
+		VMs      []labVM
+		Registry string
+	}
 	out, err := airlock(t, "lab", "status", "-o", "json", "--state", stateDir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	readJSON(t, out, &lab)
+	if lab.Registry == "" {
+		t.Fatalf("the lab serves no registry although it has a bundle: %s", out)
+	}
 	type status struct {
 		Machines []struct {
 			ID, State, Hostname, Serial, Failure string
+			Assignment                           struct{ Address string }
 			History                              []struct {
 				To   string
 				Time time.Time
@@ -75,7 +94,7 @@ func TestLabInstallsToDisk(t *testing.T) {
 		}
 	}
 	var st status
-	deadline := time.Now().Add(20 * time.Minute)
+	deadline := time.Now().Add(30 * time.Minute)
 	for {
 		out, err := airlock(t, "status", "-o", "json", "--state", stateDir)
 		if err != nil {
@@ -96,7 +115,7 @@ func TestLabInstallsToDisk(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("not every machine booted from its disk within 20 minutes: %s\nthe lab's log ends:\n%s", out, labLogTail(stateDir))
+			t.Fatalf("not every machine booted from its disk within 30 minutes: %s\nthe lab's log ends:\n%s", out, labLogTail(stateDir))
 		}
 		time.Sleep(2 * time.Second)
 	}
@@ -121,16 +140,73 @@ func TestLabInstallsToDisk(t *testing.T) {
 		if want := "admitted assigned installing installed booted"; strings.Join(states, " ") != want {
 			t.Errorf("VM %s went through %v, want %s", vm.Name, states, want)
 		}
-		console, err := os.ReadFile(filepath.Join(stateDir, "lab", vm.Name+".serial.log"))
-		if err != nil {
-			t.Fatal(err)
-		}
 		// cloud-init on the installed system: the seed found on the disk
 		// (its own partition after the image's three) and the hostname
-		// from the assignment in the host keys it prints.
-		if !strings.Contains(string(console), "root@"+m.Hostname) || !strings.Contains(string(console), "seed=/dev/vda4") {
+		// from the assignment in the host keys it prints. Its final
+		// message, naming the seed, comes after the phone-home: wait for it.
+		seen := func(console []byte) bool {
+			return strings.Contains(string(console), "root@"+m.Hostname) && strings.Contains(string(console), "seed=/dev/vda4")
+		}
+		var console []byte
+		for wait := time.Now().Add(5 * time.Minute); ; time.Sleep(2 * time.Second) {
+			if console, err = os.ReadFile(filepath.Join(stateDir, "lab", vm.Name+".serial.log")); err != nil {
+				t.Fatal(err)
+			}
+			if seen(console) || time.Now().After(wait) {
+				break
+			}
+		}
+		if !seen(console) {
 			t.Errorf("VM %s: the console shows no cloud-init run from the seed on /dev/vda4 with hostname %s", vm.Name, m.Hostname)
+		}
+		// A UEFI machine came up through the boot entry its agent wrote
+		// (OVMF names the entry it starts on the console).
+		if vm.Firmware == "uefi" && !regexp.MustCompile(`BdsDxe: starting Boot[0-9A-F]{4} "airlock installed system" from HD\(2,GPT,`).Match(console) {
+			t.Errorf("VM %s: OVMF did not start the \"airlock installed system\" entry on the ESP", vm.Name)
+		}
+		// What the installed system says of itself at the end of its
+		// first boot (the lab's seeds print it).
+		check := labCheck(string(console))
+		if check == nil {
+			t.Errorf("VM %s: no airlock-lab-check line on its console %s", vm.Name, filepath.Join(stateDir, "lab", vm.Name+".serial.log"))
+		} else {
+			t.Logf("%s: %v", vm.Name, check)
+			if check["hostname"] != m.Hostname {
+				t.Errorf("VM %s: the installed system's hostname is %q, want %q", vm.Name, check["hostname"], m.Hostname)
+			}
+			if m.Assignment.Address == "" || !slices.Contains(strings.Split(check["addresses"], ","), m.Assignment.Address) {
+				t.Errorf("VM %s: the installed system's addresses are %q, want the static %q from the answer file", vm.Name, check["addresses"], m.Assignment.Address)
+			}
+			for _, up := range []string{"docker.io", "ghcr.io", "nvcr.io", "quay.io", "registry.k8s.io"} {
+				if !slices.Contains(strings.Split(check["mirrors"], ","), up) {
+					t.Errorf("VM %s: no containerd mirror for %s among %q", vm.Name, up, check["mirrors"])
+				}
+			}
+			if got := check["docker.io"]; !strings.Contains(got, lab.Registry) {
+				t.Errorf("VM %s: docker.io's hosts.toml names %q, not airlock's registry %s", vm.Name, got, lab.Registry)
+			}
 		}
 		t.Logf("%s (%s) %s: booted from its own disk %.1f minutes after power-on", vm.Name, vm.Firmware, m.Hostname, at.Sub(vm.Started).Minutes())
 	}
+}
+
+// labCheck parses the last "airlock-lab-check key=value ... end" line of a
+// console log.
+func labCheck(console string) map[string]string {
+	i := strings.LastIndex(console, "airlock-lab-check ")
+	if i < 0 {
+		return nil
+	}
+	line, _, _ := strings.Cut(console[i:], "\n")
+	line, _, ok := strings.Cut(line, " end")
+	if !ok {
+		return nil
+	}
+	out := map[string]string{}
+	for _, f := range strings.Fields(line)[1:] {
+		if k, v, ok := strings.Cut(f, "="); ok {
+			out[k] = strings.TrimSpace(v)
+		}
+	}
+	return out
 }

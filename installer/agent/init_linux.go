@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"airlock.dev/airlock/installer/agent/efiboot"
 	"airlock.dev/airlock/installer/agent/kmod"
 )
 
@@ -41,6 +42,24 @@ func boolToFlag(b bool) uintptr {
 		return 1
 	}
 	return 0
+}
+
+// MountEFIVars mounts efivarfs on a machine booted by UEFI (one with
+// /sys/firmware/efi) unless it is mounted, and returns its directory (also
+// when mounting failed, so that the install fails on it rather than
+// leaving a disk the firmware cannot boot); on a BIOS machine it returns
+// "". The efivarfs module must be loaded first when the kernel has it as a
+// module.
+func MountEFIVars() (string, error) {
+	if _, err := os.Stat("/sys/firmware/efi"); err != nil {
+		return "", nil
+	}
+	dir := efiboot.EFIVarsDir
+	err := unix.Mount("efivarfs", dir, "efivarfs", unix.MS_NOSUID|unix.MS_NOEXEC|unix.MS_NODEV, "")
+	if err != nil && !errors.Is(err, unix.EBUSY) {
+		return dir, fmt.Errorf("mount efivarfs on %s: %w", dir, err)
+	}
+	return dir, nil
 }
 
 // KernelRelease returns uname -r.

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 
+	"airlock.dev/airlock/installer/agent/efiboot"
 	"airlock.dev/airlock/installer/agent/gpt"
 	"airlock.dev/airlock/installer/agent/provision"
 	"airlock.dev/airlock/services/agentapi"
@@ -46,7 +47,14 @@ type Installer struct {
 	APIHTTP *http.Client
 	Token   agentapi.Token
 	Log     *slog.Logger
+	// EFIVars is the efivarfs directory of a machine booted by UEFI
+	// (efiboot.EFIVarsDir), empty on BIOS machines. There the installed
+	// disk gets a boot entry behind the firmware's network entries.
+	EFIVars string
 }
+
+// BootEntryDescription names the boot entry of the installed disk.
+const BootEntryDescription = "airlock installed system"
 
 // ErrSeed means the seed could not be fetched or did not match its order.
 var ErrSeed = errors.New("seed")
@@ -85,7 +93,36 @@ func (in Installer) Run(ctx context.Context, o agentapi.Order, progress func(don
 		return fmt.Errorf("install on %s: %w", pin, err)
 	}
 	in.Log.Info("image written", "disk", rep.Disk.Dev, "format", rep.Write.Format, "bytes", rep.Write.RawSize, "took", rep.Write.Elapsed, "found before", rep.Wipe.Before.String())
-	return in.placeSeed(rep.Disk, seed)
+	if err := in.placeSeed(rep.Disk, seed); err != nil {
+		return err
+	}
+	if in.EFIVars != "" {
+		return in.addBootEntry(rep.Disk)
+	}
+	return nil
+}
+
+// addBootEntry gives the installed disk a UEFI boot entry: the loader on
+// the image's EFI system partition (read from the disk, not guessed), put
+// behind the network entries so that airlock still decides every boot.
+// Without it, firmware that built its boot list while the disk was blank
+// has nothing to boot when the network boot exits.
+func (in Installer) addBootEntry(d provision.Disk) error {
+	f, err := os.Open(d.Dev)
+	if err != nil {
+		return fmt.Errorf("open %s for its boot entry: %w", d.Dev, err)
+	}
+	defer f.Close()
+	path, err := efiboot.LoaderOnDisk(f)
+	if err != nil {
+		return fmt.Errorf("UEFI boot entry for %s: %w", d.Dev, err)
+	}
+	e, err := efiboot.Vars{Dir: in.EFIVars}.AddBootEntry(BootEntryDescription, path)
+	if err != nil {
+		return fmt.Errorf("UEFI boot entry for %s: %w", d.Dev, err)
+	}
+	in.Log.Info("UEFI boot entry written", "entry", efiboot.BootName(e.Number), "path", path.String(), "replaced", e.Reused, "bootOrder", efiboot.FormatOrder(e.Order))
+	return nil
 }
 
 // placeSeed appends the seed's partition in the disk's last MiBs (moving

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"testing"
 
+	"airlock.dev/airlock/installer/agent/efiboot"
 	"airlock.dev/airlock/installer/agent/provision"
 	"airlock.dev/airlock/installer/lab/testkit"
 	"airlock.dev/airlock/installer/seed"
@@ -282,5 +283,146 @@ func TestInstallOrderRefusesASwappedDisk(t *testing.T) {
 		if !bytes.Equal(disk, make([]byte, len(disk))) {
 			t.Fatalf("%s was written although the order was refused", f)
 		}
+	}
+}
+
+// espImage is a GPT disk image of size bytes as the node image is laid
+// out (bios_grub, an ESP with \EFI\BOOT\BOOTX64.EFI on FAT, root), raw and
+// zstd-compressed.
+func espImage(t *testing.T, size int64) (raw, compressed []byte) {
+	t.Helper()
+	for tool, pkg := range map[string]string{"sfdisk": "fdisk", "mkfs.vfat": "dosfstools", "mcopy": "mtools"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is needed: apt-get install %s", tool, pkg)
+		}
+	}
+	dir := t.TempDir()
+	img, esp, loader := dir+"/disk.raw", dir+"/esp.img", dir+"/BOOTX64.EFI"
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, size); err != nil {
+		t.Fatal(err)
+	}
+	sh(t, "start=2048, size=2048, type=21686148-6449-6E6F-744E-656564454649, name=bios\n"+
+		"start=4096, size=8192, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid=6D2B7E0A-1C3F-4B5A-9E8D-112233445566, name=esp\n"+
+		"start=12288, size=8192, type=linux, name=root\n", "sfdisk", "--quiet", "--label", "gpt", img)
+	sh(t, "", "mkfs.vfat", "-C", "-n", "ESP", esp, "4096")
+	if err := os.WriteFile(loader, []byte("MZ not really a loader"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sh(t, "", "mmd", "-i", esp, "::/EFI", "::/EFI/BOOT")
+	sh(t, "", "mcopy", "-i", esp, loader, "::/EFI/BOOT/BOOTX64.EFI")
+	sh(t, "", "dd", "if="+esp, "of="+img, "bs=512", "seek=4096", "conv=notrunc", "status=none")
+	raw, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zimg := sh(t, "", "zstd", "-q", "-c", img)
+	return raw, []byte(zimg)
+}
+
+// On a machine booted by UEFI, the install ends with a boot entry for the
+// installed disk: Boot#### names the image's ESP (number, GUID, start,
+// size) and its loader, and BootOrder has it right behind the firmware's
+// network entry, so airlock still answers first. A BIOS machine (no
+// efivarfs) gets none; an image without an ESP fails a UEFI install.
+func TestInstallWritesUEFIBootEntry(t *testing.T) {
+	if _, err := exec.LookPath("zstd"); err != nil {
+		t.Fatal("zstd is needed: apt-get install zstd")
+	}
+	raw, zimg := espImage(t, 16<<20)
+	plain, zplain := testkit.DiskImage(t, 16<<20)
+	files, err := seed.Render(seed.Config{InstanceID: "m-test-2", Hostname: "w-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seedImg, err := files.Image()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/files/esp.img.zst", func(w http.ResponseWriter, _ *http.Request) { w.Write(zimg) })
+	mux.HandleFunc("/files/plain.img.zst", func(w http.ResponseWriter, _ *http.Request) { w.Write(zplain) })
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	base, _ := url.Parse(srv.URL)
+	tok, _ := agentapi.NewToken(nil)
+	api := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/seeds/m-test-2" || r.Header.Get("Authorization") != "Bearer "+tok.String() {
+			http.NotFound(w, r)
+			return
+		}
+		w.Write(seedImg)
+	}))
+	defer api.Close()
+	apiURL, _ := url.Parse(api.URL)
+	apiHTTP, err := TLSClient(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: api.Certificate().Raw}), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The firmware's variables before: its setup menu and PXE entry.
+	vars := t.TempDir()
+	pxe := "02010c00d041030a00000000" + "010106000002" + "030b2500525400123456" + strings.Repeat("00", 26) + "01" + "7fff0400"
+	writeOption := func(name string, attrs byte, desc, pathHex string) {
+		p, err := hex.DecodeString(pathHex)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o, err := efiboot.LoadOption{Attributes: uint32(attrs), Description: desc, Path: p}.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(vars+"/"+name+"-"+efiboot.GlobalGUID, append([]byte{7, 0, 0, 0}, o...), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeOption("Boot0000", 0x09, "UiApp", "0407140000000000000000000000000000000000"+"7fff0400")
+	writeOption("Boot0001", 0x01, "UEFI PXEv4 (MAC:525400123456)", pxe)
+	if err := os.WriteFile(vars+"/BootOrder-"+efiboot.GlobalGUID, []byte{7, 0, 0, 0, 1, 0, 0, 0}, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	_, backing := testkit.LoopDevice(t, 64<<20)
+	in := Installer{Host: provision.Host{SysRoot: "/sys", DevRoot: "/dev", Loop: true}, Base: base, HTTP: srv.Client(),
+		API: apiURL, APIHTTP: apiHTTP, Token: tok, Log: slog.New(slog.DiscardHandler), EFIVars: vars}
+	order := func(id, image string, raw []byte) agentapi.Order {
+		return agentapi.Order{ID: id, Kind: agentapi.OrderInstall, Install: &agentapi.InstallOrder{
+			Disk:      agentapi.DiskPin{Serial: backing, SizeBytes: 64 << 20},
+			AllowWipe: true,
+			Image:     agentapi.Artifact{Path: image, Size: int64(len(raw)), SHA256: digest(raw)},
+			Seed:      agentapi.Artifact{Path: "/seeds/m-test-2", Size: int64(len(seedImg)), SHA256: digest(seedImg)},
+		}}
+	}
+	if err := in.Run(context.Background(), order("o-1", "/files/esp.img.zst", raw), nil); err != nil {
+		t.Fatal(err)
+	}
+	v := efiboot.Vars{Dir: vars}
+	o, err := v.BootOption(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `* airlock installed system	HD(2,GPT,6d2b7e0a-1c3f-4b5a-9e8d-112233445566,0x1000,0x2000)/File(\EFI\BOOT\BOOTX64.EFI)`; o.String() != want {
+		t.Fatalf("Boot0002 is %q, want %q", o.String(), want)
+	}
+	if bo, err := v.BootOrder(); err != nil || efiboot.FormatOrder(bo) != "0001,0002,0000" {
+		t.Fatalf("BootOrder %s (%v), want 0001,0002,0000", efiboot.FormatOrder(bo), err)
+	}
+
+	// An image without an ESP cannot boot by UEFI: the order fails.
+	err = in.Run(context.Background(), order("o-2", "/files/plain.img.zst", plain), nil)
+	if !errors.Is(err, efiboot.ErrNoESP) {
+		t.Fatalf("UEFI install of an image without an ESP: %v, want ErrNoESP", err)
+	}
+	// On a BIOS machine the same image installs and no variable is touched.
+	bios := in
+	bios.EFIVars = ""
+	before, _ := os.ReadDir(vars)
+	if err := bios.Run(context.Background(), order("o-3", "/files/plain.img.zst", plain), nil); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := os.ReadDir(vars); len(after) != len(before) {
+		t.Fatalf("a BIOS install changed the UEFI variables: %d files, were %d", len(after), len(before))
 	}
 }

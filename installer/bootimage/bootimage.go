@@ -38,6 +38,8 @@ var DefaultModules = []string{
 	// A hardware RNG: Go's crypto/rand (DHCP transaction IDs) blocks until
 	// the kernel's pool is ready, which takes minutes in an emulated VM.
 	"virtio_rng",
+	// UEFI variables: the install writes the installed disk's boot entry.
+	"efivarfs",
 }
 
 // Compression of the archive.

@@ -305,3 +305,62 @@ func TestApproveDenyAndStatus(t *testing.T) {
 		t.Errorf("status --history:\n%s", text)
 	}
 }
+
+// A machine sent to its local disk again and again without phoning home
+// shows as a boot loop in status, in text and in JSON.
+func TestStatusShowsABootLoop(t *testing.T) {
+	stateDir := t.TempDir()
+	s, err := state.Open(stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv := inventory.New(s, nil, slog.New(slog.DiscardHandler))
+	inv.SetSameBootWindow(0)
+	raw, err := os.ReadFile("../../services/agentapi/testdata/registration.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reg agentapi.Registration
+	if err := json.Unmarshal(raw, &reg); err != nil {
+		t.Fatal(err)
+	}
+	mac := "52:54:00:00:00:21"
+	reg.BootMAC, reg.Inventory.System.Serial, reg.Inventory.System.UUID = mac, "", ""
+	reg.Inventory.NICs = []agentapi.NIC{{Name: "eth0", MAC: mac, Link: true}}
+	tok, err := inv.IssueBoot(mac)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := inv.Register(context.Background(), tok.BootID, agentapi.Identity(&reg), &reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := out.MachineID
+	if _, err := inv.Transition(id, inventory.StateAdmitted, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := inv.Assign(id, inventory.Assignment{Rule: "cp", Role: "control-plane", Hostname: "cp-1", Index: 1}); err != nil {
+		t.Fatal(err)
+	}
+	for _, to := range []string{inventory.StateInstalling, inventory.StateInstalled} {
+		if _, err := inv.Transition(id, to, "test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < inventory.BootLoopAfter; i++ {
+		if _, err := inv.LocalBoot(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	text, _, code := run(t, "status", "--state", stateDir)
+	if code != 0 || !strings.Contains(text, id+" flagged: boot loop: sent to its local disk 3 times") {
+		t.Fatalf("status (exit %d):\n%s", code, text)
+	}
+	js, _, code := run(t, "status", "-o", "json", "--state", stateDir)
+	var st struct{ Machines []struct{ Flags []string } }
+	if err := json.Unmarshal([]byte(js), &st); err != nil || code != 0 || len(st.Machines) != 1 || len(st.Machines[0].Flags) != 1 ||
+		!strings.HasPrefix(st.Machines[0].Flags[0], "boot loop") {
+		t.Fatalf("status -o json: %v %s", err, js)
+	}
+}

@@ -31,15 +31,18 @@ type PhaseStatus struct {
 
 // MachineStatus is one machine's place in the install.
 type MachineStatus struct {
-	ID         string                 `json:"id"`
-	State      string                 `json:"state"`
-	Hostname   string                 `json:"hostname,omitempty"`
-	Role       string                 `json:"role,omitempty"`
-	Serial     string                 `json:"serial,omitempty"`
-	Rack       string                 `json:"rack,omitempty"`
-	Step       string                 `json:"step,omitempty"`       // the machine's latest step
-	StepStatus string                 `json:"stepStatus,omitempty"` // and how it stands
-	Failure    string                 `json:"failure,omitempty"`
+	ID         string `json:"id"`
+	State      string `json:"state"`
+	Hostname   string `json:"hostname,omitempty"`
+	Role       string `json:"role,omitempty"`
+	Serial     string `json:"serial,omitempty"`
+	Rack       string `json:"rack,omitempty"`
+	Step       string `json:"step,omitempty"`       // the machine's latest step
+	StepStatus string `json:"stepStatus,omitempty"` // and how it stands
+	Failure    string `json:"failure,omitempty"`
+	// Flags are what the operator should look at (a boot loop, cabling
+	// against the rack plan, refused identity claims).
+	Flags      []string               `json:"flags,omitempty"`
 	Assignment *inventory.Assignment  `json:"assignment,omitempty"`
 	History    []inventory.Transition `json:"history,omitempty"`
 }
@@ -57,7 +60,7 @@ func makeStatus(machines []inventory.Machine, journal []state.Entry) Status {
 		}
 	}
 	for _, m := range machines {
-		ms := MachineStatus{ID: m.ID, State: m.State, Serial: m.Serial, Rack: m.Rack, Failure: m.Failure, Assignment: m.Assignment, History: m.History}
+		ms := MachineStatus{ID: m.ID, State: m.State, Serial: m.Serial, Rack: m.Rack, Failure: m.Failure, Flags: m.Flags, Assignment: m.Assignment, History: m.History}
 		if m.Assignment != nil {
 			ms.Hostname, ms.Role = m.Assignment.Hostname, m.Assignment.Role
 		}
@@ -120,6 +123,9 @@ func printStatus(out io.Writer, st Status, history bool) error {
 	for _, m := range st.Machines {
 		if m.Failure != "" {
 			fmt.Fprintf(out, "%s failed: %s\n", m.ID, termtext.Escape(m.Failure))
+		}
+		for _, f := range m.Flags {
+			fmt.Fprintf(out, "%s flagged: %s\n", m.ID, termtext.Escape(f))
 		}
 		if history {
 			for _, h := range m.History {

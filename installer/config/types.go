@@ -41,6 +41,8 @@ type Site struct {
 	// Lab marks a rehearsal on a virtual rack, the only place where
 	// admission policy any is allowed.
 	Lab bool `yaml:"lab,omitempty" json:"lab,omitempty" doc:"This is a rehearsal on a virtual rack (airlock lab): only then may admission.policy be any."`
+	// SSHAuthorizedKeys go into every installed node's seed.
+	SSHAuthorizedKeys []string `yaml:"sshAuthorizedKeys,omitempty" json:"sshAuthorizedKeys,omitempty" doc:"Public keys allowed to log in to every installed node (its default user), one authorized_keys line each, e.g. ssh-ed25519 AAAA... admin@laptop."`
 }
 
 // Network modes.

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/crypto/ssh"
+
 	"airlock.dev/airlock/manifests"
 )
 
@@ -148,6 +150,47 @@ func (v *validator) site(s Site) {
 	if s.Domain != "" && (len(s.Domain) > 253 || !dnsNameRE.MatchString(s.Domain)) {
 		v.errorf("site.domain", "%q is not a DNS domain name", s.Domain)
 	}
+	seen := map[string]int{}
+	for i, k := range s.SSHAuthorizedKeys {
+		path := fmt.Sprintf("site.sshAuthorizedKeys[%d]", i)
+		key, problem := authorizedKey(k)
+		if problem != "" {
+			v.errorf(path, "%s", problem)
+			continue
+		}
+		if j, dup := seen[key]; dup {
+			v.warnf(path, "the same key as site.sshAuthorizedKeys[%d]", j)
+		}
+		seen[key] = i
+	}
+}
+
+// maxAuthorizedKeyLen bounds one authorized_keys line (an RSA 16384-bit
+// key with options fits).
+const maxAuthorizedKeyLen = 16 << 10
+
+// authorizedKey checks that s is one authorized_keys line (options, a key
+// type, the key, an optional comment) and returns the key's wire form, or
+// says what is wrong.
+func authorizedKey(s string) (string, string) {
+	switch {
+	case strings.Contains(s, "PRIVATE KEY"):
+		return "", "this is a private key: give the public one (the .pub file, e.g. ~/.ssh/id_ed25519.pub) and keep this one secret"
+	case len(s) > maxAuthorizedKeyLen:
+		return "", fmt.Sprintf("%d bytes, more than the %d an authorized_keys line may have here", len(s), maxAuthorizedKeyLen)
+	case strings.ContainsAny(s, "\r\n"):
+		return "", "holds a line break: give one key per list item"
+	case strings.TrimSpace(s) == "":
+		return "", "an empty key"
+	}
+	pub, _, _, rest, err := ssh.ParseAuthorizedKey([]byte(s))
+	if err != nil {
+		return "", fmt.Sprintf("not an authorized_keys line (want e.g. ssh-ed25519 AAAA... user@host): %v", err)
+	}
+	if len(rest) != 0 {
+		return "", "more than one key in one item: give one key per list item"
+	}
+	return string(pub.Marshal()), ""
 }
 
 var interfaceNameRE = regexp.MustCompile(`^[A-Za-z0-9_.@-]{1,15}$`)

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -54,5 +55,36 @@ func TestLabAnswerFileCarriesBundleTrust(t *testing.T) {
 		if err := problems.Err(); err != nil || a.Bundle != want {
 			t.Fatalf("%+v: got %+v (%v):\n%s", want, a.Bundle, err, out)
 		}
+	}
+}
+
+// Every machine of the lab gets its own rule: the first the control
+// plane, the others workers numbered within their rack, each with a static
+// address from .10 on (the e2e test finds them in the installed systems).
+func TestLabAnswerFileGivesEveryMachineAnAddress(t *testing.T) {
+	s := &lab.State{Bridge: "albr0", ServerAddr: "10.77.0.1/24", Subnet: "10.77.0.0/24",
+		VMs: []lab.VM{{Name: "node-a-01", Rack: "rack-a", Slot: 1, Serial: "SN-1"}, {Name: "node-b-01", Rack: "rack-b", Slot: 1, Serial: "SN-2"},
+			{Name: "node-a-02", Rack: "rack-a", Slot: 2, Serial: "SN-3"}},
+		Switches: []lab.Switch{{Rack: "rack-a", SystemName: "rack-a-tor"}, {Rack: "rack-b", SystemName: "rack-b-tor"}}}
+	out, err := labAnswerFile(s, config.Bundle{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _, problems := config.Parse("lab.yaml", out)
+	if err := problems.Err(); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range a.Machines {
+		got = append(got, fmt.Sprintf("%s %v %s %s %s", r.Name, r.Match.Serials, r.Role, r.Hostname, r.Address))
+	}
+	want := []string{
+		"cp [SN-1] control-plane cp-1 10.77.0.10/24",
+		"node-b-01 [SN-2] worker worker-rack-b-1 10.77.0.11/24",
+		"node-a-02 [SN-3] worker worker-rack-a-1 10.77.0.12/24",
+		"workers [] worker worker-{rack}-{index} invalid Prefix",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("rules:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

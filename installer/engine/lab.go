@@ -253,10 +253,13 @@ racks:
 {{- end}}
 {{- end}}
 machines:
-  - name: control-plane
-    match: {serials: [{{.First}}]}
-    role: control-plane
-    hostname: cp-1
+{{- range .Nodes}}
+  - name: {{.Rule}}
+    match: {serials: [{{.Serial}}]}
+    role: {{.Role}}
+    hostname: {{.Hostname}}
+    address: {{.Address}}
+{{- end}}
   - name: workers
     role: worker
     hostname: worker-{rack}-{index}
@@ -303,10 +306,27 @@ func labAnswerFile(s *lab.State, bun config.Bundle) ([]byte, error) {
 	}
 	base := subnet.Masked().Addr().As4()
 	at := func(host byte) netip.Addr { b := base; b[3] += host; return netip.AddrFrom4(b) }
+	// Every machine of the rack by its serial: the first the control
+	// plane, the others workers numbered within their rack, each with a
+	// static address (.10 on) that its installed system takes from the
+	// seed. The catch-all rule takes machines added later.
+	type node struct{ Rule, Serial, Role, Hostname, Address string }
+	var nodes []node
+	perRack := map[string]int{}
+	for i, vm := range s.VMs {
+		n := node{Rule: "cp", Serial: vm.Serial, Role: config.RoleControlPlane, Hostname: "cp-1",
+			Address: netip.PrefixFrom(at(byte(10+i)), subnet.Bits()).String()}
+		if i > 0 {
+			perRack[vm.Rack]++
+			n.Rule, n.Role = strings.ToLower(vm.Name), config.RoleWorker
+			n.Hostname = fmt.Sprintf("worker-%s-%d", vm.Rack, perRack[vm.Rack])
+		}
+		nodes = append(nodes, n)
+	}
 	var out bytes.Buffer
 	err = labAnswersTmpl.Execute(&out, map[string]any{
 		"Bridge": s.Bridge, "Subnet": subnet.Masked(), "Address": server.Addr(),
-		"Start": at(100), "End": at(200), "Racks": racks, "First": s.VMs[0].Serial, "Bundle": bun,
+		"Start": at(100), "End": at(200), "Racks": racks, "Nodes": nodes, "Bundle": bun,
 	})
 	if err != nil {
 		return nil, err

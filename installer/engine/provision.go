@@ -21,6 +21,7 @@ import (
 	"strings"
 	"time"
 
+	"airlock.dev/airlock/installer/config"
 	"airlock.dev/airlock/installer/events"
 	"airlock.dev/airlock/installer/inventory"
 	"airlock.dev/airlock/installer/pipeline"
@@ -219,20 +220,22 @@ func (e *Engine) newSeed(m inventory.Machine) (provisionRecord, error) {
 	if e.regLn != nil {
 		cfg.Mirror = &seed.Mirror{Endpoint: "http://" + e.regLn.Addr().String()}
 	}
-	if hw, err := net.ParseMAC(m.BootMAC); err == nil {
-		eth := seed.Ethernet{Name: "eth0", MAC: hw}
-		if as.Address != "" {
-			p, err := netip.ParsePrefix(as.Address)
-			if err != nil {
-				return provisionRecord{}, fmt.Errorf("machine %s: address %q: %w", m.ID, as.Address, err)
-			}
-			eth.Addresses = []netip.Prefix{p}
-			eth.Gateway = e.answers.Network.Gateway
-			eth.Nameservers = e.answers.Network.DNS
-		} else {
-			eth.DHCP4 = true
+	if _, err := net.ParseMAC(m.BootMAC); err == nil {
+		var rule *config.Rule
+		if i := slices.IndexFunc(e.answers.Machines, func(r config.Rule) bool { return r.Name == as.Rule }); i >= 0 {
+			rule = &e.answers.Machines[i]
 		}
-		cfg.Network.Ethernets = []seed.Ethernet{eth}
+		n, err := seedNetwork(m, rule, bootIP{Address: as.Address, Gateway: e.answers.Network.Gateway, Nameservers: e.answers.Network.DNS})
+		if err != nil {
+			return provisionRecord{}, fmt.Errorf("machine %s: network: %w", m.ID, err)
+		}
+		cfg.Network = n
+	}
+	cfg.SSHAuthorizedKeys = e.answers.Site.SSHAuthorizedKeys
+	if e.answers.Site.Lab {
+		// On a virtual rack the installed system says on its console what
+		// the seed made of it, for the person rehearsing and the e2e test.
+		cfg.RunCmd = append(cfg.RunCmd, []string{"sh", "-c", labCheckScript})
 	}
 	files, err := seed.Render(cfg)
 	if err != nil {
@@ -252,6 +255,17 @@ func (e *Engine) newSeed(m inventory.Machine) (provisionRecord, error) {
 	sum, tok := sha256.Sum256(img), sha256.Sum256([]byte(token))
 	return provisionRecord{SeedSHA256: hex.EncodeToString(sum[:]), SeedSize: int64(len(img)), TokenHash: hex.EncodeToString(tok[:]), Issued: e.now().UTC()}, nil
 }
+
+// labCheckMarker starts the line a lab machine's installed system prints
+// on its console at the end of its first boot; labCheckScript prints it
+// (a fixed script: nothing from any input is in it).
+const (
+	labCheckMarker = "airlock-lab-check"
+	labCheckScript = `c=` + seed.CertsDir + `; echo "` + labCheckMarker + ` hostname=$(hostname)` +
+		` addresses=$(ip -4 -o addr show scope global | awk '{print $4}' | paste -sd, -)` +
+		` mirrors=$(ls $c 2>/dev/null | paste -sd, -)` +
+		` docker.io=$(grep -o 'host\."[^"]*"' $c/docker.io/hosts.toml 2>/dev/null | head -n 1) end" >/dev/console`
+)
 
 // boot has an installed machine reboot into its own disk (the boot
 // decider answers its next script fetch with a local boot) and waits until
@@ -292,6 +306,9 @@ func (e *Engine) boot(ctx context.Context, id string, _ pipeline.Reporter) error
 		}
 		if m.State == inventory.StateBooted {
 			return nil
+		}
+		if f := inventory.BootLoop(m.LocalBoots); f != "" {
+			return fmt.Errorf("machine %s: %s", id, f)
 		}
 		select {
 		case <-changed:
@@ -441,26 +458,45 @@ func (e *Engine) acceptPhoneHome(id, token string) error {
 	if err != nil || !accepted {
 		return errors.Join(ErrPhoneHome, err)
 	}
+	if err := e.inv.PhonedHome(id); err != nil {
+		return err
+	}
 	_, err = e.inv.Transition(id, inventory.StateBooted, "the installed system phoned home")
 	return err
 }
 
 // localBoot reports whether the machine with this boot MAC is installed,
-// so that it boots its own disk.
+// so that it boots its own disk, and counts the answer: BootLoopAfter of
+// them without a phone-home in between flag a boot loop (and fail the
+// machine's boot step while it waits).
 func (e *Engine) localBoot(mac string) bool {
+	id, ok := e.installedMachine(mac)
+	if !ok {
+		return false
+	}
+	if n, err := e.inv.LocalBoot(id); err != nil {
+		e.log.Warn("count a local boot", "machine", id, "err", err)
+	} else {
+		e.log.Info("local boot", "machine", id, "since phone-home", n)
+	}
+	return true
+}
+
+// installedMachine finds the installed (or later) machine with this boot MAC.
+func (e *Engine) installedMachine(mac string) (string, bool) {
 	ms, err := e.inv.List()
 	if err != nil {
-		return false
+		return "", false
 	}
 	i := slices.IndexFunc(ms, func(m inventory.Machine) bool { return strings.EqualFold(m.BootMAC, mac) })
 	if i < 0 {
-		return false
+		return "", false
 	}
 	switch ms[i].State {
 	case inventory.StateInstalled, inventory.StateBooted, inventory.StateJoined, inventory.StateReady:
-		return true
+		return ms[i].ID, true
 	}
-	return false
+	return "", false
 }
 
 var sha256HexRE = regexp.MustCompile(`^[0-9a-f]{64}$`)

@@ -204,10 +204,13 @@ admission: {policy: any}
 	if dump := run(t, "", "sfdisk", "--dump", backing); !strings.Contains(dump, `name="cidata"`) {
 		t.Errorf("no seed partition:\n%s", dump)
 	}
-	// Its next PXE visit boots the local disk.
+	// Its next PXE visit boots the local disk, and is counted.
 	script := get(t, hc, "http://10.78.0.1:18080/ipxe/boot.ipxe?mac="+m.BootMAC)
 	if !strings.Contains(script, "local boot") {
 		t.Errorf("the installed machine's boot script:\n%s", script)
+	}
+	if m, _ := e.Inventory().Get(m.ID); m.LocalBoots != 1 {
+		t.Errorf("%d local boots counted, want 1", m.LocalBoots)
 	}
 	// The installed system phones home, as cloud-init does from the seed.
 	seedImg, err := os.ReadFile(filepath.Join(stateDir, "seeds", m.ID+".img"))
@@ -278,8 +281,8 @@ admission: {policy: any}
 	if err := <-done; err != nil {
 		t.Fatalf("install: %v", err)
 	}
-	if m, _ := e.Inventory().Get(m.ID); m.State != inventory.StateBooted {
-		t.Errorf("after the phone-home: %s", m.State)
+	if m, _ := e.Inventory().Get(m.ID); m.State != inventory.StateBooted || m.LocalBoots != 0 {
+		t.Errorf("after the phone-home: %s, %d local boots counted", m.State, m.LocalBoots)
 	}
 	if code := post(t, apiHC, phone); code != http.StatusForbidden {
 		t.Errorf("the token worked twice (%d)", code)

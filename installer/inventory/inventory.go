@@ -66,6 +66,9 @@ type Machine struct {
 	History    []Transition `json:"history,omitempty"`
 	Assignment *Assignment  `json:"assignment,omitempty"`
 	Failure    string       `json:"failure,omitempty"`
+	// LocalBoots counts local-boot answers since the installed system
+	// last phoned home (BootLoopAfter of them flag a boot loop).
+	LocalBoots int `json:"localBoots,omitempty"`
 	// BootID is the boot whose agent speaks for the machine; the
 	// registration of a later boot retires its token.
 	BootID string `json:"bootID,omitempty"`
@@ -184,6 +187,9 @@ type Store struct {
 	now   func() time.Time
 	// heartbeat is how often agents are asked to report.
 	heartbeat int
+	// sameBoot is how close local-boot answers count as one firmware
+	// pass (see SetSameBootWindow).
+	sameBoot time.Duration
 	// maxMachines bounds the machine records (maxMachines; tests lower it).
 	maxMachines uint64
 	// leaseOf, when set, names the address airlock's DHCP server leased
@@ -198,7 +204,7 @@ type Store struct {
 // New returns the inventory kept in s; racks is the answer file's rack
 // plan (may be empty).
 func New(s state.Store, racks []config.Rack, log *slog.Logger) *Store {
-	return &Store{store: s, racks: racks, log: log, now: time.Now, heartbeat: 10, maxMachines: maxMachines, notify: make(chan struct{})}
+	return &Store{store: s, racks: racks, log: log, now: time.Now, heartbeat: 10, sameBoot: DefaultSameBootWindow, maxMachines: maxMachines, notify: make(chan struct{})}
 }
 
 // LeaseLookup returns the address airlock's DHCP server has leased to a
@@ -211,6 +217,11 @@ type LeaseLookup func(mac string) (addr netip.Addr, ok bool)
 // that fetched a token with another machine's MAC must also hold that
 // machine's address. Call it before the agent API serves.
 func (s *Store) CheckLeases(lookup LeaseLookup) { s.leaseOf = lookup }
+
+// SetSameBootWindow sets how long after a counted local-boot answer
+// further ones count as the same firmware pass (default
+// DefaultSameBootWindow; 0 counts every answer).
+func (s *Store) SetSameBootWindow(d time.Duration) { s.sameBoot = max(d, 0) }
 
 // SetHeartbeat sets how often agents are asked to report, in seconds
 // (default 10; the lab and tests ask for less).

@@ -94,6 +94,83 @@ type lifecycle struct {
 	Assignment *Assignment  `json:"assignment,omitempty"`
 	// Failure is the last failure: the step and its error.
 	Failure string `json:"failure,omitempty"`
+	// LocalBoots counts the local-boot answers the installed machine got
+	// since its installed system last phoned home.
+	LocalBoots int `json:"localBoots,omitempty"`
+	// LastLocalBoot is when the last counted one was answered.
+	LastLocalBoot time.Time `json:"lastLocalBoot,omitzero"`
+}
+
+// BootLoopAfter is how many local-boot answers without a phone-home in
+// between make a boot loop: the machine keeps coming back to the network
+// instead of coming up from its disk.
+const BootLoopAfter = 3
+
+// DefaultSameBootWindow: local-boot answers within this time of the last
+// counted one are the same firmware pass, not another boot. UEFI firmware
+// tries every network entry of its boot list before the disk's (OVMF:
+// iPXE, PXE over IPv4 and IPv6, HTTP boot), and each one that reaches
+// airlock fetches a script again; under emulation they came 2.5 minutes
+// apart. A machine that really loops is still counted once per window.
+const DefaultSameBootWindow = 5 * time.Minute
+
+// BootLoop says what a machine's boot-loop flag says, or "" when it is in
+// none.
+func BootLoop(localBoots int) string {
+	if localBoots < BootLoopAfter {
+		return ""
+	}
+	return fmt.Sprintf("boot loop: sent to its local disk %d times without the installed system phoning home in between: it does not come up from its disk (look at its console)", localBoots)
+}
+
+// LocalBoot counts a local-boot answer to machine id (unless it falls in
+// the same firmware pass as the last counted one) and returns the count
+// since its installed system last phoned home.
+func (s *Store) LocalBoot(id string) (int, error) {
+	var n int
+	now := s.now().UTC()
+	err := s.store.Update(func(tx state.Tx) error {
+		if tx.Get(machinesBucket, id) == nil {
+			return fmt.Errorf("%w: %q", ErrNoMachine, id)
+		}
+		lc, err := getLifecycle(tx, id)
+		if err != nil {
+			return err
+		}
+		n = lc.LocalBoots
+		if lc.LocalBoots > 0 && now.Sub(lc.LastLocalBoot) < s.sameBoot {
+			return nil
+		}
+		lc.LocalBoots++
+		lc.LastLocalBoot = now
+		n = lc.LocalBoots
+		return putJSON(tx, lifecycleBucket, id, lc)
+	})
+	if err != nil {
+		return 0, err
+	}
+	if n >= BootLoopAfter {
+		s.log.Warn("machine flagged", "machine", id, "flag", BootLoop(n))
+	}
+	s.changed()
+	return n, nil
+}
+
+// PhonedHome records that machine id's installed system came up: the
+// local boots are counted afresh.
+func (s *Store) PhonedHome(id string) error {
+	err := s.store.Update(func(tx state.Tx) error {
+		lc, err := getLifecycle(tx, id)
+		if err != nil || lc.LocalBoots == 0 {
+			return err
+		}
+		lc.LocalBoots, lc.LastLocalBoot = 0, time.Time{}
+		return putJSON(tx, lifecycleBucket, id, lc)
+	})
+	if err == nil {
+		s.changed()
+	}
+	return err
 }
 
 const lifecycleBucket = "lifecycle" // machine ID -> lifecycle
@@ -236,5 +313,9 @@ func withLifecycle(tx state.Tx, m *Machine) error {
 		return err
 	}
 	m.State, m.History, m.Assignment, m.Failure = lc.State, lc.History, lc.Assignment, lc.Failure
+	m.LocalBoots = lc.LocalBoots
+	if f := BootLoop(lc.LocalBoots); f != "" {
+		m.Flags = append(slices.Clip(m.Flags), f)
+	}
 	return nil
 }

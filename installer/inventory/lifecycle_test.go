@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"testing"
+	"time"
 
 	"airlock.dev/airlock/installer/events"
 	"airlock.dev/airlock/installer/state"
@@ -90,5 +91,57 @@ func TestLifecycle(t *testing.T) {
 	}
 	if !slices.Equal(evStates, want) {
 		t.Fatalf("events %v, want %v", evStates, want)
+	}
+}
+
+// Local-boot answers minutes apart are boots of their own; those within
+// the window of the last counted one are the same firmware pass (UEFI
+// tries every network entry before the disk's). The third boot flags a
+// boot loop; a phone-home starts the count afresh; the count survives a
+// restart of airlock (it is in the store).
+func TestLocalBootsOfOneFirmwarePass(t *testing.T) {
+	dir := t.TempDir()
+	st, err := state.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(st, nil, slog.New(slog.DiscardHandler))
+	clock := time.Date(2026, 12, 6, 22, 0, 0, 0, time.UTC)
+	s.now = func() time.Time { return clock }
+	_, id := register(t, s, registration(t, "SN-1", "", "52:54:00:00:00:01"))
+	count := func(after time.Duration, want int) {
+		t.Helper()
+		clock = clock.Add(after)
+		n, err := s.LocalBoot(id)
+		if err != nil || n != want {
+			t.Fatalf("after %v: count %d (%v), want %d", after, n, err, want)
+		}
+		m, err := s.Get(id)
+		if err != nil || m.LocalBoots != want || (BootLoop(want) != "") != slices.ContainsFunc(m.Flags, func(f string) bool { return f == BootLoop(want) }) {
+			t.Fatalf("after %v: machine %d local boots, flags %q (%v)", after, m.LocalBoots, m.Flags, err)
+		}
+	}
+	count(0, 1)
+	count(150*time.Second, 1) // HTTP boot after iPXE, same pass
+	count(2*time.Minute, 1)   // 4.5 minutes after the counted one
+	count(time.Minute, 2)     // 5.5 minutes: a boot of its own
+	if err := s.PhonedHome(id); err != nil {
+		t.Fatal(err)
+	}
+	count(time.Second, 1) // afresh, window or not
+	count(10*time.Minute, 2)
+	count(10*time.Minute, 3)
+	st.Close()
+
+	st, err = state.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	s = New(st, nil, slog.New(slog.DiscardHandler))
+	s.now = func() time.Time { return clock }
+	count(10*time.Minute, 4)
+	if _, err := s.LocalBoot("m-none"); !errors.Is(err, ErrNoMachine) {
+		t.Fatalf("unknown machine: %v", err)
 	}
 }

@@ -10,7 +10,11 @@ import (
 	"text/template"
 )
 
-// The scripts. Every value put into them is checked first (paths and
+// The scripts. The local boot exits with an error on UEFI: the firmware
+// then tries the next BootOrder entry (the installed disk's, which the
+// agent put behind the network entries), where a success would send it to
+// its boot manager menu. On BIOS iPXE boots the first disk itself.
+// Every value put into them is checked first (paths and
 // kernel arguments may not carry newlines or iPXE's ${} expansions from
 // outside).
 var scripts = template.Must(template.New("").Parse(`
@@ -32,7 +36,7 @@ chain --replace {{.Base}}/ipxe/boot.ipxe?mac={{.MAC}}
 #!ipxe
 # airlock: local boot for {{.MAC}}
 echo airlock: booting {{.MAC}} from its local disk
-iseq ${platform} efi && exit 0 ||
+iseq ${platform} efi && exit 1 ||
 sanboot --no-describe --drive 0x80 || exit 0
 {{end -}}
 {{- define "retry" -}}

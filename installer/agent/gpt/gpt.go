@@ -221,3 +221,75 @@ func parseGUID(s string) ([16]byte, error) {
 	g[6], g[7] = raw[7], raw[6]
 	return g, nil
 }
+
+// ESPType is the type GUID of an EFI system partition.
+const ESPType = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+
+// Entry is one used entry of the primary partition table.
+type Entry struct {
+	Number   int    // 1-based entry number (as in /dev/vdaN and UEFI's HD() node)
+	Type     string // type GUID, upper case
+	UniqueID [16]byte
+	FirstLBA uint64
+	LastLBA  uint64
+	Name     string
+}
+
+// GUID returns the entry's unique GUID in its textual form (lower case),
+// as efibootmgr and blkid print it.
+func (e Entry) GUID() string { return strings.ToLower(formatGUID(e.UniqueID)) }
+
+// Partitions reads the used entries of the primary table, checking the
+// header's and the entries' checksums.
+func Partitions(d io.ReaderAt) ([]Entry, error) {
+	h, err := readHeader(readerOnly{d})
+	if err != nil {
+		return nil, err
+	}
+	entries := make([]byte, int(h.numEntries)*int(h.entrySize))
+	if _, err := d.ReadAt(entries, int64(h.entriesLBA)*sector); err != nil {
+		return nil, fmt.Errorf("read GPT entries: %w", err)
+	}
+	if crc32.ChecksumIEEE(entries) != binary.LittleEndian.Uint32(h.raw[88:]) {
+		return nil, fmt.Errorf("%w: entries checksum", ErrNoTable)
+	}
+	var out []Entry
+	for i := 0; i < int(h.numEntries); i++ {
+		e := entries[i*int(h.entrySize):][:h.entrySize]
+		if isZero(e[:16]) {
+			continue
+		}
+		var tg [16]byte
+		copy(tg[:], e[:16])
+		en := Entry{Number: i + 1, Type: formatGUID(tg), FirstLBA: binary.LittleEndian.Uint64(e[32:]), LastLBA: binary.LittleEndian.Uint64(e[40:])}
+		copy(en.UniqueID[:], e[16:32])
+		if en.LastLBA < en.FirstLBA {
+			return nil, fmt.Errorf("%w: partition %d ends before it starts", ErrNoTable, en.Number)
+		}
+		var name []uint16
+		for j := 56; j+1 < len(e) && j < 56+72; j += 2 {
+			u := binary.LittleEndian.Uint16(e[j:])
+			if u == 0 {
+				break
+			}
+			name = append(name, u)
+		}
+		en.Name = string(utf16.Decode(name))
+		out = append(out, en)
+	}
+	return out, nil
+}
+
+// readerOnly lets readHeader take a disk opened for reading only.
+type readerOnly struct{ io.ReaderAt }
+
+func (readerOnly) WriteAt([]byte, int64) (int, error) {
+	return 0, errors.New("gpt: read-only disk")
+}
+
+// formatGUID is parseGUID's inverse: GPT's mixed-endian bytes as text
+// (upper case).
+func formatGUID(g [16]byte) string {
+	return fmt.Sprintf("%02X%02X%02X%02X-%02X%02X-%02X%02X-%02X%02X-%02X%02X%02X%02X%02X%02X",
+		g[3], g[2], g[1], g[0], g[5], g[4], g[7], g[6], g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15])
+}

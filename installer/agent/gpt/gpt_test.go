@@ -103,3 +103,38 @@ func TestAppendPartitionRefuses(t *testing.T) {
 		t.Errorf("blank disk: %v, want ErrNoTable", err)
 	}
 }
+
+// Partitions reads back what sfdisk wrote: numbers, types, unique GUIDs,
+// sectors and names (the ESP as a UEFI boot entry needs it).
+func TestPartitionsAsSfdiskWroteThem(t *testing.T) {
+	f, _ := image(t, "start=2048, size=2048, type=21686148-6449-6E6F-744E-656564454649, name=bios\n"+
+		"start=4096, size=8192, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid=6D2B7E0A-1C3F-4B5A-9E8D-112233445566, name=esp\n"+
+		"start=12288, size=20480, type=linux, name=root\n", 64)
+	parts, err := Partitions(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(parts) != 3 {
+		t.Fatalf("%d partitions: %+v", len(parts), parts)
+	}
+	esp := parts[1]
+	if esp.Number != 2 || esp.Type != ESPType || esp.FirstLBA != 4096 || esp.LastLBA != 4096+8192-1 || esp.Name != "esp" ||
+		esp.GUID() != "6d2b7e0a-1c3f-4b5a-9e8d-112233445566" {
+		t.Fatalf("ESP read as %+v (GUID %s)", esp, esp.GUID())
+	}
+	// On disk the first three fields are little-endian.
+	if esp.UniqueID[0] != 0x0A || esp.UniqueID[3] != 0x6D || esp.UniqueID[8] != 0x9E {
+		t.Fatalf("unique ID bytes % x", esp.UniqueID)
+	}
+	if parts[0].Number != 1 || parts[0].Name != "bios" || parts[2].Number != 3 || parts[2].Type != "0FC63DAF-8483-4772-8E79-3D69D8477DE4" {
+		t.Fatalf("partitions %+v", parts)
+	}
+	// A flipped byte in the entries is caught.
+	b := make([]byte, 1)
+	f.ReadAt(b, 2*512+130)
+	b[0] ^= 0xff
+	f.WriteAt(b, 2*512+130)
+	if _, err := Partitions(f); !errors.Is(err, ErrNoTable) {
+		t.Fatalf("corrupt entries: %v", err)
+	}
+}

@@ -142,6 +142,14 @@ func initMain(log *slog.Logger) error {
 	}
 	loaded, err := agent.LoadModules(filepath.Join("/lib/modules", release))
 	log.Info("kernel modules", "release", release, "loaded", len(loaded), "modules", loaded, "err", err)
+	// On UEFI machines the install adds a boot entry for the installed
+	// disk through efivarfs.
+	efiVars, err := agent.MountEFIVars()
+	if err != nil {
+		log.Error("UEFI variables", "err", err)
+	} else if efiVars != "" {
+		log.Info("booted by UEFI", "efivars", efiVars)
+	}
 
 	ctx := context.Background()
 	raw, err := agent.Cmdline()
@@ -213,6 +221,7 @@ func initMain(log *slog.Logger) error {
 		APIHTTP: seeds,
 		Token:   cfg.Token,
 		Log:     log,
+		EFIVars: efiVars,
 	}
 	onOrder := func(ctx context.Context, o agentapi.Order, progress func(done, total uint64)) error {
 		switch o.Kind {
