@@ -138,7 +138,7 @@ func checkServer(server string) error {
 }
 
 // ErrNoPKI means the state store holds no cluster PKI yet.
-var ErrNoPKI = errors.New("no cluster PKI in the state store yet (airlock install makes it)")
+var ErrNoPKI = errors.New("no cluster PKI in the state store yet (the Kubernetes phases of airlock install will make it; they are not built yet)")
 
 // ErrNoServer means no API server URL is known.
 var ErrNoServer = errors.New("no API server known yet")
