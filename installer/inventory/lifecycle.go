@@ -98,6 +98,14 @@ type lifecycle struct {
 
 const lifecycleBucket = "lifecycle" // machine ID -> lifecycle
 
+// LifecycleBucket and OrdersBucket are the buckets a state change and a
+// new order write, for tools that watch the store's writes
+// (state.WithCommitHook).
+const (
+	LifecycleBucket = lifecycleBucket
+	OrdersBucket    = ordersBucket
+)
+
 // SetEvents makes the inventory announce every state change to sink.
 func (s *Store) SetEvents(sink events.Sink) {
 	s.mu.Lock()
