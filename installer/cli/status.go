@@ -25,7 +25,7 @@ type Status struct {
 	// runs again when the install is resumed.
 	AirlockRunning bool            `json:"airlockRunning"`
 	Phases         []PhaseStatus   `json:"phases"`
-	Machines []MachineStatus `json:"machines"`
+	Machines       []MachineStatus `json:"machines"`
 }
 
 // PhaseStatus is one phase of the pipeline and how far it is.
