@@ -299,11 +299,13 @@ func runLabAirlock(ctx context.Context, g *globals, install *engine.InstallOptio
 	}
 	defer closeAll()
 	gr, gctx := errgroup.WithContext(ctx)
+	marked := make(chan struct{}) // lab up (or restart) may go on
 	gr.Go(func() error {
 		return e.Run(gctx, func(sv engine.Serving) {
 			if err := engine.LabMarkReady(f, sv); err != nil {
 				g.log.Error("lab: mark ready", "err", err)
 			}
+			close(marked)
 		})
 	})
 	gr.Go(func() error { return f.State.RunSwitches(gctx, g.log.With("part", "switches"), time.Second) })
@@ -311,6 +313,14 @@ func runLabAirlock(ctx context.Context, g *globals, install *engine.InstallOptio
 		e.Inventory().SetHeartbeat(2) // a rack on one computer: answer orders quickly
 		e.Events().Add(newEventPrinter(g.streams.Err, "text"))
 		gr.Go(func() error {
+			// The pipeline starts once the lab is marked ready, so that
+			// whatever becomes of this airlock then (a crash test kills it
+			// at its first transition), lab up has its machines running.
+			select {
+			case <-marked:
+			case <-gctx.Done():
+				return nil
+			}
 			res, err := e.Install(gctx, *install)
 			if err != nil {
 				if gctx.Err() != nil {
