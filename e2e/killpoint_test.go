@@ -39,6 +39,12 @@ const (
 	// killAtEnv is what the lab's airlock reads (airlock lab run): SIGKILL
 	// itself right after its Nth durable transition, 0 to log them only.
 	killAtEnv = "AIRLOCK_TEST_KILL_AT"
+	// cleanTransitions is how many durable transitions a clean one-machine
+	// install makes (journal records, lifecycle changes, orders and
+	// provisioning records): the drawn points come from it, so that make
+	// test runs one install, not a clean one first; the full sweep counts
+	// them again and fails when this is out of date.
+	cleanTransitions = 19
 )
 
 // Crash safety of an install: the lab's airlock is killed with SIGKILL
@@ -50,14 +56,62 @@ const (
 // given once and carried out once, the image was written once (unless the
 // kill fell inside the write), the seed's token was used once, and the
 // machine holds one lease. A clean run first counts the transitions and
-// passes the same checks; then all points (make e2e-full) or two drawn
-// ones, chained in one install (make test).
+// passes the same checks, then each point is killed in a lab of its own
+// (make e2e-full); make test draws two points of cleanTransitions and
+// kills both, chained, in one install.
 func TestLabResumesAfterKill(t *testing.T) {
 	airlockBin(t)
 	image := osImageDir(t)
 	kernel, modules := testkit.CloudKernel(t)
 	up := func(t *testing.T, killAt int) *killLab { return upKillLab(t, image, kernel, modules, killAt) }
+	if os.Getenv(killEnv) == "all" {
+		sweepAll(t, up)
+		return
+	}
+	var chain []int
+	switch v := os.Getenv(killEnv); v {
+	case "":
+		seed := uint64(time.Now().UnixNano())
+		if s := os.Getenv(killSeedEnv); s != "" {
+			var err error
+			if seed, err = strconv.ParseUint(s, 10, 64); err != nil {
+				t.Fatalf("%s=%q: %v", killSeedEnv, s, err)
+			}
+		}
+		rng := rand.New(rand.NewPCG(seed, 0))
+		n := cleanTransitions
+		chain = append(chain, 1+rng.IntN(n))
+		if rest := n - chain[0]; rest > 0 {
+			chain = append(chain, 1+rng.IntN(rest))
+		}
+		t.Logf("seed %d draws kill points %v of %d (the second counted from the restart); replay: %s=%d or %s=%s; every point: make e2e-full",
+			seed, chain, n, killSeedEnv, seed, killEnv, joinInts(chain))
+	default:
+		for _, f := range strings.Split(v, ",") {
+			k, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || k < 1 {
+				t.Fatalf("%s=%q: want all, or kill points from 1", killEnv, v)
+			}
+			chain = append(chain, k)
+		}
+	}
+	start := time.Now()
+	l := up(t, chain[0])
+	for i, k := range chain {
+		l.killedAt(t, k, i)
+		next := 0
+		if i+1 < len(chain) {
+			next = chain[i+1]
+		}
+		l.restart(t, next)
+	}
+	l.finish(t)
+	t.Logf("kill points %v: %.1f minutes", chain, time.Since(start).Minutes())
+}
 
+// sweepAll counts the transitions of a clean run, checks it like the
+// others, and kills a lab of its own at each transition in turn.
+func sweepAll(t *testing.T, up func(*testing.T, int) *killLab) {
 	start := time.Now()
 	clean := up(t, 0)
 	clean.waitBooted(t)
@@ -73,58 +127,20 @@ func TestLabResumesAfterKill(t *testing.T) {
 		names = append(names, fmt.Sprintf("%d:%s", i+1, p))
 	}
 	t.Logf("clean run: %d transitions in %.1f minutes: %s", n, time.Since(start).Minutes(), strings.Join(names, " "))
+	if n != cleanTransitions {
+		t.Errorf("a clean install now makes %d transitions, not %d: set cleanTransitions to %d (make test draws its points from it)", n, cleanTransitions, n)
+	}
 	clean.down(t)
-
-	var chain []int
-	switch v := os.Getenv(killEnv); v {
-	case "all":
-		for k := 1; k <= n; k++ {
-			t.Run(fmt.Sprintf("kill-at-%02d-of-%d", k, n), func(t *testing.T) {
-				start := time.Now()
-				l := up(t, k)
-				l.killedAt(t, k, 0)
-				l.restart(t, 0)
-				l.finish(t)
-				t.Logf("kill point %d (%s): %.1f minutes", k, points[0][k-1], time.Since(start).Minutes())
-			})
-		}
-		return
-	case "":
-		seed := uint64(time.Now().UnixNano())
-		if s := os.Getenv(killSeedEnv); s != "" {
-			var err error
-			if seed, err = strconv.ParseUint(s, 10, 64); err != nil {
-				t.Fatalf("%s=%q: %v", killSeedEnv, s, err)
-			}
-		}
-		rng := rand.New(rand.NewPCG(seed, 0))
-		chain = append(chain, 1+rng.IntN(n))
-		if rest := n - chain[0]; rest > 0 {
-			chain = append(chain, 1+rng.IntN(rest))
-		}
-		t.Logf("seed %d draws kill points %v (the second counted from the restart); replay: %s=%d or %s=%s",
-			seed, chain, killSeedEnv, seed, killEnv, joinInts(chain))
-	default:
-		for _, f := range strings.Split(v, ",") {
-			k, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || k < 1 {
-				t.Fatalf("%s=%q: want all, or kill points from 1", killEnv, v)
-			}
-			chain = append(chain, k)
-		}
+	for k := 1; k <= n; k++ {
+		t.Run(fmt.Sprintf("kill-at-%02d-of-%d", k, n), func(t *testing.T) {
+			start := time.Now()
+			l := up(t, k)
+			l.killedAt(t, k, 0)
+			l.restart(t, 0)
+			l.finish(t)
+			t.Logf("kill point %d (%s): %.1f minutes", k, points[0][k-1], time.Since(start).Minutes())
+		})
 	}
-	start = time.Now()
-	l := up(t, chain[0])
-	for i, k := range chain {
-		l.killedAt(t, k, i)
-		next := 0
-		if i+1 < len(chain) {
-			next = chain[i+1]
-		}
-		l.restart(t, next)
-	}
-	l.finish(t)
-	t.Logf("kill points %v: %.1f minutes", chain, time.Since(start).Minutes())
 }
 
 func joinInts(v []int) string {

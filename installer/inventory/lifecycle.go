@@ -133,11 +133,26 @@ func getLifecycle(tx state.Tx, id string) (lifecycle, error) {
 // returns the state the machine was in; moving to the state it is in
 // already is no change and no error.
 func (s *Store) Transition(id, to, reason string) (from string, err error) {
+	return s.TransitionWith(id, to, reason, nil)
+}
+
+// TransitionWith is Transition with also run first in the same
+// transaction: the change is made only if also succeeds, and what also
+// writes is kept only with the change (or with the machine already in
+// state to). A caller whose own record causes the change (a phone-home's
+// token spent) writes it in also, so that no crash keeps one without the
+// other.
+func (s *Store) TransitionWith(id, to, reason string, also func(tx state.Tx) error) (from string, err error) {
 	now := s.now().UTC()
 	var changed bool
 	err = s.store.Update(func(tx state.Tx) error {
 		if tx.Get(machinesBucket, id) == nil {
 			return fmt.Errorf("%w: %q", ErrNoMachine, id)
+		}
+		if also != nil {
+			if err := also(tx); err != nil {
+				return err
+			}
 		}
 		lc, err := getLifecycle(tx, id)
 		if err != nil {
