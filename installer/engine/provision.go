@@ -130,10 +130,6 @@ func (e *Engine) provision(ctx context.Context, id string, r pipeline.Reporter) 
 	if err != nil {
 		return err
 	}
-	// resumed: the order was given by an earlier run of this step, which
-	// airlock's crash or stop may have cut short while the agent fetched
-	// the image from it.
-	resumed := found && rec.Order != ""
 	if found && rec.Order != "" {
 		res, pending, err := e.inv.Result(id, rec.Order)
 		if err != nil {
@@ -143,6 +139,10 @@ func (e *Engine) provision(ctx context.Context, id string, r pipeline.Reporter) 
 			rec.Order = "" // failed, or given to an agent that is gone: order again
 		}
 	}
+	// resumed: an earlier run of this step gave the order and did not see
+	// it end; airlock's crash or stop may have cut it short while the
+	// agent fetched the image from it.
+	resumed := found && rec.Order != ""
 	for {
 		if !found || rec.Order == "" {
 			if rec, err = e.newSeed(m); err != nil {
