@@ -188,9 +188,9 @@ type machineAgent struct {
 	cancel context.CancelFunc
 }
 
-// runAgent starts the machine's agent. With cutFirst, its first install
-// order fails as a fetch cut short by airlock's death does.
-func (r *resumeRig) runAgent(t *testing.T, tok agentapi.Token, cutFirst bool) *machineAgent {
+// runAgent starts the machine's agent. Its first cut install orders fail
+// as a fetch cut short by airlock's death does.
+func (r *resumeRig) runAgent(t *testing.T, tok agentapi.Token, cut int) *machineAgent {
 	t.Helper()
 	base, _ := url.Parse("http://10.78.0.1:18080")
 	log := slog.New(slog.NewTextHandler(r.logs, nil)).With("part", "agent")
@@ -211,10 +211,10 @@ func (r *resumeRig) runAgent(t *testing.T, tok agentapi.Token, cutFirst bool) *m
 				switch o.Kind {
 				case agentapi.OrderInstall:
 					m.mu.Lock()
-					cut := cutFirst && len(m.failed) == 0
+					fail := len(m.failed) < cut
 					m.mu.Unlock()
 					err := errors.New("fetch /os/image: read tcp 10.78.0.2:40000->10.78.0.1:18080: connection reset by peer")
-					if !cut {
+					if !fail {
 						err = installer.Run(ctx, o, progress)
 					}
 					if err != nil {
@@ -287,7 +287,11 @@ func installWithCrash(t *testing.T, killAt int, cutFirst bool) []string {
 		t.Fatal(err)
 	}
 	first := r.start(t, hooked, "first")
-	m := r.runAgent(t, tok, cutFirst)
+	cut := 0
+	if cutFirst {
+		cut = 1
+	}
+	m := r.runAgent(t, tok, cut)
 	deadline := time.Now().Add(2 * time.Minute)
 	type answer struct {
 		code int
@@ -442,6 +446,39 @@ func TestInstallResumesAfterACrashAtEveryTransition(t *testing.T) {
 func TestResumedInstallOrdersAgainAfterACutFetch(t *testing.T) {
 	orderAt := slices.Index(installTransitions, "orders,provision") + 1
 	installWithCrash(t, orderAt, true)
+}
+
+// An install order that failed before airlock stopped is ordered again
+// once by the next run, as any failed step is taken up again, and a
+// failure of that one fails the machine: never a third order.
+func TestAFailedInstallIsOrderedAgainOnce(t *testing.T) {
+	r := newResumeRig(t)
+	tok, err := inventory.New(r.store, nil, slog.New(slog.DiscardHandler)).IssueBoot(agentMAC(t, r))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := r.runAgent(t, tok, 100)
+	for i, name := range []string{"first", "second"} {
+		re := r.start(t, r.store, name)
+		select {
+		case <-re.install:
+		case <-time.After(2 * time.Minute):
+			t.Fatalf("the %s install did not end within 2 minutes", name)
+		}
+		if re.err == nil || !strings.Contains(re.err.Error(), "connection reset") {
+			t.Errorf("the %s install: %v, want the agent's failure", name, re.err)
+		}
+		re.stop(t)
+		m.mu.Lock()
+		if len(m.failed) != i+1 {
+			t.Errorf("after the %s install, %d install orders failed, want %d: %v", name, len(m.failed), i+1, m.failed)
+		}
+		m.mu.Unlock()
+	}
+	ms, err := inventory.List(r.store)
+	if err != nil || len(ms) != 1 || ms[0].State != inventory.StateFailed {
+		t.Fatalf("machines %+v %v", ms, err)
+	}
 }
 
 // installTransitions are a clean install's transitions, in order (the
