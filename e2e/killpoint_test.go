@@ -659,7 +659,8 @@ func (l *killLab) inspect(t *testing.T, insideWrite bool) {
 		}
 	}
 	for _, r := range m.Results {
-		if !slices.Contains(given, r.ID) {
+		// A write cut by the kill fails its order, which is given again.
+		if !slices.Contains(given, r.ID) && !(insideWrite && r.Status == "failed") {
 			t.Errorf("the agent answered order %s (%s), but the install gave %v", r.ID, r.Status, given)
 		}
 	}
