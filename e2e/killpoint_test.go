@@ -700,7 +700,9 @@ func (l *killLab) inspect(t *testing.T, insideWrite bool) {
 			t.Logf("the kill fell inside the write: %d install orders, the image written %d times", installs, written)
 		}
 	}
-	// The phone-home: accepted once.
+	// The phone-home: accepted at most once by the logs (a kill right
+	// after its transaction comes before its log line; the token spent
+	// and the single booted transition above are what it left).
 	phoned := 0
 	for _, run := range l.runs(t) {
 		for _, r := range run {
@@ -709,7 +711,7 @@ func (l *killLab) inspect(t *testing.T, insideWrite bool) {
 			}
 		}
 	}
-	if phoned != 1 {
+	if phoned > 1 {
 		t.Errorf("the installed system's phone-home was accepted %d times, want once", phoned)
 	}
 }
