@@ -62,6 +62,14 @@ e2e: deps build ## end-to-end tests against the built binary (network namespaces
 	img=$$(AIRLOCK_CACHE=$(OSIMAGE_CACHE) bash e2e/osimage/build.sh) && \
 	AIRLOCK_OS_IMAGE=$$img AIRLOCK_BIN=$(CURDIR)/bin/airlock $(GO) test $(TEST_FLAGS) -v -tags e2e ./e2e/
 
+# The crash sweep kills the lab's airlock at every transition of an install,
+# one install per point (about 20 of them: hours under emulation); make test
+# and make e2e kill two points drawn at random (the seed is printed).
+.PHONY: e2e-full
+e2e-full: deps build ## make e2e with every kill point of the crash sweep (one install per point: hours)
+	img=$$(AIRLOCK_CACHE=$(OSIMAGE_CACHE) bash e2e/osimage/build.sh) && \
+	AIRLOCK_E2E_KILL=all AIRLOCK_OS_IMAGE=$$img AIRLOCK_BIN=$(CURDIR)/bin/airlock $(GO) test -count=1 -timeout 12h -v -tags e2e ./e2e/
+
 .PHONY: bench
 bench: build ## every benchmark beside its peer (installs the peers); figures go to bench/RESULTS.md
 	@bash .ci/deps bench

@@ -364,3 +364,64 @@ func TestStatusShowsABootLoop(t *testing.T) {
 		t.Fatalf("status -o json: %v %s", err, js)
 	}
 }
+
+// After a crash, status reads the store and tells that a step that
+// started and never ended was interrupted, not running: no airlock runs it.
+func TestStatusAfterACrashSaysInterrupted(t *testing.T) {
+	stateDir := t.TempDir()
+	s, err := state.Open(stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv := inventory.New(s, nil, slog.New(slog.DiscardHandler))
+	raw, err := os.ReadFile("../../services/agentapi/testdata/registration.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reg agentapi.Registration
+	if err := json.Unmarshal(raw, &reg); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := inv.IssueBoot(reg.BootMAC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := inv.Register(context.Background(), tok.BootID, agentapi.Identity(&reg), &reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := out.MachineID
+	j := state.NewJournal(s)
+	for _, r := range []struct{ step, status string }{
+		{"serve", state.StatusStarted}, {"serve", state.StatusDone},
+		{"admit/" + id, state.StatusStarted}, {"admit/" + id, state.StatusDone},
+		{"assign/" + id, state.StatusStarted}, // the crash came here
+	} {
+		if _, err := j.Record(r.step, r.status, id, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := inv.Transition(id, inventory.StateAdmitted, "test"); err != nil {
+		t.Fatal(err)
+	}
+	s.Close() // as a killed airlock leaves it: no control socket answers
+	text, errOut, code := run(t, "status", "-o", "json", "--state", stateDir)
+	var st Status
+	if err := json.Unmarshal([]byte(text), &st); err != nil || code != 0 {
+		t.Fatalf("status: exit %d %v %q %s", code, err, text, errOut)
+	}
+	phases := map[string]string{}
+	for _, p := range st.Phases {
+		phases[p.Name] = p.Status
+	}
+	if st.AirlockRunning || phases["assign"] != StatusInterrupted || phases["admit"] != "done" || phases["provision"] != "pending" {
+		t.Errorf("airlock running %v, phases %v", st.AirlockRunning, phases)
+	}
+	if len(st.Machines) != 1 || st.Machines[0].Step != "assign/"+id || st.Machines[0].StepStatus != StatusInterrupted || st.Machines[0].State != inventory.StateAdmitted {
+		t.Errorf("machines %+v", st.Machines)
+	}
+	text, _, _ = run(t, "status", "--state", stateDir)
+	if !strings.Contains(text, "no airlock runs") || !strings.Contains(text, "assign/"+id+" interrupted") {
+		t.Errorf("status:\n%s", text)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/installer/config"
 	"airlock.dev/airlock/installer/engine"
+	"airlock.dev/airlock/installer/state"
 	"airlock.dev/airlock/services/ipxe"
 	"airlock.dev/airlock/services/registry"
 )
@@ -27,6 +28,9 @@ type engineInputs struct {
 	allowForeign bool
 	// osImage, when set, is written to the machines' disks by install.
 	osImage *engine.OSImage
+	// store, when set, is the state store (the caller closes it); else
+	// the engine opens the one in the state directory.
+	store state.Store
 }
 
 // buildEngine is the one place an engine is built: serve, install and the
@@ -70,6 +74,7 @@ func buildEngine(g *globals, a *config.Answers, in engineInputs) (e *engine.Engi
 		AllowForeignDHCP: in.allowForeign,
 		OSImages:         osImages,
 		OSImage:          in.osImage,
+		Store:            in.store,
 		Log:              g.log,
 	})
 	if err != nil {

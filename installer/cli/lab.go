@@ -8,16 +8,20 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
+	"airlock.dev/airlock/installer/config"
 	"airlock.dev/airlock/installer/control"
 	"airlock.dev/airlock/installer/engine"
 	"airlock.dev/airlock/installer/inventory"
 	"airlock.dev/airlock/installer/lab"
+	"airlock.dev/airlock/installer/state"
 )
 
 func newLabCommand(g *globals) *cobra.Command {
@@ -29,7 +33,7 @@ the provisioning network, QEMU machines (BIOS, UEFI or both) that network-boot
 from an airlock running inside the namespace, and a simulated top-of-rack
 switch per rack that speaks LLDP. Nothing touches the host's interfaces.`,
 	}
-	cmd.AddCommand(newLabUpCommand(g), newLabStatusCommand(g), newLabDownCommand(g), newLabRunCommand(g))
+	cmd.AddCommand(newLabUpCommand(g), newLabStatusCommand(g), newLabDownCommand(g), newLabRestartCommand(g), newLabRunCommand(g))
 	return cmd
 }
 
@@ -183,6 +187,29 @@ func newLabDownCommand(g *globals) *cobra.Command {
 	}
 }
 
+func newLabRestartCommand(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "restart",
+		Short: "Start the lab's airlock again after it stopped or crashed; the machines keep running",
+		Long: `Start the lab's background airlock again, as lab up started it (with
+--install it resumes the install from the journal), over the machines that
+are still running. Refused while the lab's airlock runs.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			self, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("find the airlock executable: %w", err)
+			}
+			s, err := engine.LabRestart(cmd.Context(), g.stateDir, self, g.log)
+			if err != nil {
+				return fmt.Errorf("lab restart: %w", err)
+			}
+			fmt.Fprintf(g.streams.Out, "lab restart: the lab's airlock serves %s again (log: %s)\n", s.Namespace, filepath.Join(s.Dir, "airlock.log"))
+			return nil
+		},
+	}
+}
+
 func newLabRunCommand(g *globals) *cobra.Command {
 	var install bool
 	var osImage string
@@ -210,6 +237,39 @@ func newLabRunCommand(g *globals) *cobra.Command {
 	return cmd
 }
 
+// testKillAtEnv, for the crash tests only, makes the lab's airlock kill
+// itself with SIGKILL right after its Nth durable install transition (a
+// journal record, a lifecycle change, an order, a provisioning record:
+// engine.TransitionBuckets), counted from its start. 0 only logs each
+// transition ("test kill point", n, buckets) and kills nothing. Only
+// `lab run` reads it, and only for an answer file of a lab site.
+const testKillAtEnv = "AIRLOCK_TEST_KILL_AT"
+
+// testKillStore opens the state store for the lab's airlock with the kill
+// point of testKillAtEnv.
+func testKillStore(g *globals, a *config.Answers, at string) (state.Store, error) {
+	n, err := strconv.Atoi(at)
+	if err != nil || n < 0 {
+		return nil, fmt.Errorf("%s=%q: want a number of transitions (0: count only)", testKillAtEnv, at)
+	}
+	if !a.Site.Lab {
+		return nil, fmt.Errorf("%s is for the lab's crash tests only, and this site is not a lab", testKillAtEnv)
+	}
+	st, err := state.Open(g.stateDir)
+	if err != nil {
+		return nil, err
+	}
+	g.log.Warn("test kill point armed", "env", testKillAtEnv, "at", n)
+	return state.WithCommitHook(st, engine.TransitionBuckets(), func(i int, buckets []string) {
+		g.log.Warn("test kill point", "n", i, "buckets", strings.Join(buckets, ","))
+		if i == n {
+			g.log.Warn("test kill: SIGKILL", "n", i)
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {} // nothing more runs
+		}
+	}), nil
+}
+
 // runLabAirlock is the lab's airlock: inside the lab's namespace it serves
 // the provisioning network on the bridge, built like every other engine,
 // and plays the racks' switches until ctx is cancelled. With install set it
@@ -224,17 +284,28 @@ func runLabAirlock(ctx context.Context, g *globals, install *engine.InstallOptio
 	if err != nil {
 		return err
 	}
-	e, closeAll, err := buildEngine(g, a, engineInputs{files: os.DirFS(f.BootDir), image: engine.LabDiscoveryImage(), osImage: osImage})
+	in := engineInputs{files: os.DirFS(f.BootDir), image: engine.LabDiscoveryImage(), osImage: osImage}
+	if at, ok := os.LookupEnv(testKillAtEnv); ok {
+		st, err := testKillStore(g, a, at)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		in.store = st
+	}
+	e, closeAll, err := buildEngine(g, a, in)
 	if err != nil {
 		return err
 	}
 	defer closeAll()
 	gr, gctx := errgroup.WithContext(ctx)
+	marked := make(chan struct{}) // lab up (or restart) may go on
 	gr.Go(func() error {
 		return e.Run(gctx, func(sv engine.Serving) {
 			if err := engine.LabMarkReady(f, sv); err != nil {
 				g.log.Error("lab: mark ready", "err", err)
 			}
+			close(marked)
 		})
 	})
 	gr.Go(func() error { return f.State.RunSwitches(gctx, g.log.With("part", "switches"), time.Second) })
@@ -242,6 +313,14 @@ func runLabAirlock(ctx context.Context, g *globals, install *engine.InstallOptio
 		e.Inventory().SetHeartbeat(2) // a rack on one computer: answer orders quickly
 		e.Events().Add(newEventPrinter(g.streams.Err, "text"))
 		gr.Go(func() error {
+			// The pipeline starts once the lab is marked ready, so that
+			// whatever becomes of this airlock then (a crash test kills it
+			// at its first transition), lab up has its machines running.
+			select {
+			case <-marked:
+			case <-gctx.Done():
+				return nil
+			}
 			res, err := e.Install(gctx, *install)
 			if err != nil {
 				if gctx.Err() != nil {

@@ -47,28 +47,35 @@ func newPlanCommand(g *globals) *cobra.Command {
 // readProgress gets the inventory and the journal from the running airlock,
 // or from the store when none runs; both are empty when nothing ran yet.
 func readProgress(ctx context.Context, stateDir string) ([]inventory.Machine, []state.Entry, error) {
+	machines, journal, _, err := readProgressLive(ctx, stateDir)
+	return machines, journal, err
+}
+
+// readProgressLive is readProgress that also tells whether an airlock
+// runs on the state directory (live) or the store was read.
+func readProgressLive(ctx context.Context, stateDir string) (_ []inventory.Machine, _ []state.Entry, live bool, _ error) {
 	c := control.NewClient(stateDir)
 	machines, err := c.Machines(ctx)
 	if err == nil {
 		journal, err := c.Journal(ctx)
-		return machines, journal, err
+		return machines, journal, true, err
 	}
 	if !errors.Is(err, control.ErrNotRunning) {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	st, err := state.OpenReadOnly(stateDir)
 	if errors.Is(err, state.ErrNoState) {
-		return nil, nil, nil
+		return nil, nil, false, nil
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	defer st.Close()
 	if machines, err = inventory.List(st); err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	journal, err := state.NewJournal(st).Entries()
-	return machines, journal, err
+	return machines, journal, false, err
 }
 
 // printPlan writes the plan as text. Names, hostnames, serials and reasons

@@ -19,8 +19,13 @@ import (
 
 // Status is what `airlock status` reports.
 type Status struct {
-	Phases   []PhaseStatus   `json:"phases"`
-	Machines []MachineStatus `json:"machines"`
+	// AirlockRunning says whether an airlock runs on the state directory.
+	// When none does, a step that started and has not ended was
+	// interrupted (airlock stopped or crashed in it), and shows so: it
+	// runs again when the install is resumed.
+	AirlockRunning bool            `json:"airlockRunning"`
+	Phases         []PhaseStatus   `json:"phases"`
+	Machines       []MachineStatus `json:"machines"`
 }
 
 // PhaseStatus is one phase of the pipeline and how far it is.
@@ -38,7 +43,7 @@ type MachineStatus struct {
 	Serial     string `json:"serial,omitempty"`
 	Rack       string `json:"rack,omitempty"`
 	Step       string `json:"step,omitempty"`       // the machine's latest step
-	StepStatus string `json:"stepStatus,omitempty"` // and how it stands
+	StepStatus string `json:"stepStatus,omitempty"` // and how it stands (interrupted: started, and no airlock runs)
 	Failure    string `json:"failure,omitempty"`
 	// Flags are what the operator should look at (a boot loop, cabling
 	// against the rack plan, refused identity claims).
@@ -47,11 +52,19 @@ type MachineStatus struct {
 	History    []inventory.Transition `json:"history,omitempty"`
 }
 
-func makeStatus(machines []inventory.Machine, journal []state.Entry) Status {
-	var st Status
+// StatusInterrupted is the status of a phase or step that started and
+// has not ended while no airlock runs.
+const StatusInterrupted = "interrupted"
+
+func makeStatus(machines []inventory.Machine, journal []state.Entry, live bool) Status {
+	st := Status{AirlockRunning: live}
 	phases := pipeline.PhaseStatus(journal)
 	for _, p := range pipeline.Phases() {
-		st.Phases = append(st.Phases, PhaseStatus{Name: p.Name, Status: phases[p.Name]})
+		s := phases[p.Name]
+		if !live && s == "running" {
+			s = StatusInterrupted
+		}
+		st.Phases = append(st.Phases, PhaseStatus{Name: p.Name, Status: s})
 	}
 	latest := map[string]state.Entry{} // machine -> its latest journal entry
 	for _, e := range journal {
@@ -66,6 +79,9 @@ func makeStatus(machines []inventory.Machine, journal []state.Entry) Status {
 		}
 		if e, ok := latest[m.ID]; ok {
 			ms.Step, ms.StepStatus = e.Step, e.Status
+			if !live && e.Status == state.StatusStarted {
+				ms.StepStatus = StatusInterrupted
+			}
 		}
 		st.Machines = append(st.Machines, ms)
 	}
@@ -90,11 +106,11 @@ running airlock, or reads the state store when none runs.`,
 			if err := checkOutput(*output); err != nil {
 				return err
 			}
-			machines, journal, err := readProgress(cmd.Context(), g.stateDir)
+			machines, journal, live, err := readProgressLive(cmd.Context(), g.stateDir)
 			if err != nil {
 				return err
 			}
-			st := makeStatus(machines, journal)
+			st := makeStatus(machines, journal, live)
 			return render(g.streams.Out, *output, st, func(w io.Writer) error { return printStatus(w, st, history) })
 		},
 	}
@@ -105,6 +121,9 @@ running airlock, or reads the state store when none runs.`,
 
 func printStatus(out io.Writer, st Status, history bool) error {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	if !st.AirlockRunning {
+		fmt.Fprintln(w, "no airlock runs on this state directory: read from the store; an interrupted step runs again when the install resumes")
+	}
 	fmt.Fprintln(w, "PHASES")
 	for _, p := range st.Phases {
 		fmt.Fprintf(w, "  %s\t%s\n", p.Name, p.Status)

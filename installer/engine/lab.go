@@ -30,6 +30,7 @@ const (
 	labLog       = "airlock.log"  // the background airlock's log
 	labReady     = "ready"        // written once the services serve
 	labOwnsStore = "owns-store"   // the lab created the state store, so down removes it
+	labRunArgs   = "run.json"     // how lab up started the lab's airlock, for lab restart
 )
 
 // Names of the discovery kernel and boot image in a boot files directory.
@@ -135,10 +136,60 @@ func LabUp(ctx context.Context, o LabOptions) (_ *lab.State, err error) {
 	if err := os.WriteFile(filepath.Join(s.Dir, labAnswers), answers, 0o600); err != nil {
 		return nil, err
 	}
+	run, err := json.Marshal(labRun{Args: o.Args, RunArgs: o.RunArgs})
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(s.Dir, labRunArgs), run, 0o600); err != nil {
+		return nil, err
+	}
 	if err := startLabAirlock(ctx, s, o); err != nil {
 		return nil, err
 	}
 	if err := lab.Start(ctx, lo, s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// labRun is how lab up started the lab's airlock (LabOptions.Args and
+// RunArgs), kept so that lab restart starts it the same way.
+type labRun struct {
+	Args    []string `json:"args"`
+	RunArgs []string `json:"runArgs"`
+}
+
+// ErrLabAirlockRuns means lab restart found the lab's airlock running.
+var ErrLabAirlockRuns = errors.New("the lab's airlock is running: nothing to restart (airlock lab down removes the lab)")
+
+// LabRestart starts the lab's airlock again, as lab up started it, over
+// the machines that still run: after it crashed or was killed, the new one
+// opens the same state store, serves the same namespace and resumes the
+// install from the journal. self is the airlock executable to run.
+func LabRestart(ctx context.Context, stateDir, self string, log *slog.Logger) (*lab.State, error) {
+	s, err := lab.Load(stateDir)
+	if err != nil {
+		return nil, fmt.Errorf("no lab in %s: %w", stateDir, err)
+	}
+	if _, err := control.NewClient(stateDir).Journal(ctx); err == nil {
+		return nil, ErrLabAirlockRuns
+	} else if !errors.Is(err, control.ErrNotRunning) {
+		return nil, fmt.Errorf("ask the lab's airlock: %w", err)
+	}
+	raw, err := os.ReadFile(filepath.Join(s.Dir, labRunArgs))
+	if err != nil {
+		return nil, fmt.Errorf("how the lab's airlock was started: %w", err)
+	}
+	var run labRun
+	if err := json.Unmarshal(raw, &run); err != nil {
+		return nil, fmt.Errorf("lab: %s: %w", labRunArgs, err)
+	}
+	// The dead airlock's mark would let the wait below end at once.
+	if err := os.Remove(filepath.Join(s.Dir, labReady)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	o := LabOptions{StateDir: stateDir, Self: self, Args: run.Args, RunArgs: run.RunArgs, Log: log}
+	if err := startLabAirlock(ctx, s, o); err != nil {
 		return nil, err
 	}
 	return s, nil

@@ -92,12 +92,29 @@ func getProvision(st state.Store, id string) (provisionRecord, bool, error) {
 	return rec, found, err
 }
 
-func putProvision(st state.Store, id string, rec provisionRecord) error {
+func putProvisionTx(tx state.Tx, id string, rec provisionRecord) error {
 	raw, err := json.Marshal(rec)
 	if err != nil {
 		return err
 	}
-	return st.Update(func(tx state.Tx) error { return tx.Put(provisionBucket, id, raw) })
+	return tx.Put(provisionBucket, id, raw)
+}
+
+// orderFor queues an order for machine id and records its ID in the
+// machine's provisioning record (set names the field) in the same
+// transaction: after a crash the record names every order given, so a
+// resumed step waits for it instead of giving it again.
+func (e *Engine) orderFor(id string, rec *provisionRecord, o agentapi.Order, set func(*provisionRecord, string)) error {
+	next := *rec
+	_, err := e.inv.OrderWith(id, o, func(tx state.Tx, o agentapi.Order) error {
+		set(&next, o.ID)
+		return putProvisionTx(tx, id, next)
+	})
+	if err != nil {
+		return err
+	}
+	*rec = next
+	return nil
 }
 
 // provision installs one assigned machine: it renders the machine's seed,
@@ -132,52 +149,72 @@ func (e *Engine) provision(ctx context.Context, id string, r pipeline.Reporter) 
 			rec.Order = "" // failed, or given to an agent that is gone: order again
 		}
 	}
-	if !found || rec.Order == "" {
-		rule, err := e.ruleOf(m)
-		if err != nil {
+	// resumed: an earlier run of this step gave the order and did not see
+	// it end; airlock's crash or stop may have cut it short while the
+	// agent fetched the image from it.
+	resumed := found && rec.Order != ""
+	for {
+		if !found || rec.Order == "" {
+			rule, err := e.ruleOf(m)
+			if err != nil {
+				return err
+			}
+			img, err := e.imageFor(rule)
+			if err != nil {
+				return err
+			}
+			// A bundle image whose blob does not match its signed digest is
+			// refused here, naming both digests, rather than sent to fail.
+			if err := img.check(); err != nil {
+				return fmt.Errorf("OS image %q: %w", img.name, err)
+			}
+			if rec, err = e.newSeed(m); err != nil {
+				return err
+			}
+			found = true
+			d := m.Assignment.Disk
+			err = e.orderFor(id, &rec, agentapi.Order{Kind: agentapi.OrderInstall, Install: &agentapi.InstallOrder{
+				Disk:      agentapi.DiskPin{WWN: d.WWN, Serial: d.Serial, SizeBytes: d.SizeBytes},
+				AllowWipe: rule.InstallDisk.AllowWipe,
+				Image:     agentapi.Artifact{Path: img.urlPath(), Size: img.rawSize, SHA256: img.rawSHA256},
+				Seed:      agentapi.Artifact{Path: seedsPrefix + id, Size: rec.SeedSize, SHA256: rec.SeedSHA256},
+			}}, func(r *provisionRecord, o string) { r.Order = o })
+			if err != nil {
+				return err
+			}
+		}
+		err := e.awaitInstall(ctx, id, rec.Order, r)
+		if !errors.Is(err, errOrderFailed) || !resumed {
 			return err
 		}
-		img, err := e.imageFor(rule)
-		if err != nil {
-			return err
-		}
-		// A bundle image whose blob does not match its signed digest is
-		// refused here, naming both digests, rather than sent to fail.
-		if err := img.check(); err != nil {
-			return fmt.Errorf("OS image %q: %w", img.name, err)
-		}
-		if rec, err = e.newSeed(m); err != nil {
-			return err
-		}
-		d := m.Assignment.Disk
-		o, err := e.inv.Order(id, agentapi.Order{Kind: agentapi.OrderInstall, Install: &agentapi.InstallOrder{
-			Disk:      agentapi.DiskPin{WWN: d.WWN, Serial: d.Serial, SizeBytes: d.SizeBytes},
-			AllowWipe: rule.InstallDisk.AllowWipe,
-			Image:     agentapi.Artifact{Path: img.urlPath(), Size: img.rawSize, SHA256: img.rawSHA256},
-			Seed:      agentapi.Artifact{Path: seedsPrefix + id, Size: rec.SeedSize, SHA256: rec.SeedSHA256},
-		}})
-		if err != nil {
-			return err
-		}
-		rec.Order = o.ID
-		if err := putProvision(e.store, id, rec); err != nil {
-			return err
-		}
+		// Once, after a restart: the order an earlier airlock gave failed,
+		// perhaps because that airlock died while the agent fetched the
+		// image or the seed from it. Order again.
+		e.log.Warn("an install order given before airlock restarted failed; ordering again", "machine", id, "err", err)
+		resumed, rec.Order = false, ""
 	}
+}
+
+// errOrderFailed means the agent answered that an order failed.
+var errOrderFailed = errors.New("the agent failed order")
+
+// awaitInstall waits for the agent's final answer to install order oid,
+// and marks the machine installed when it is done.
+func (e *Engine) awaitInstall(ctx context.Context, id, oid string, r pipeline.Reporter) error {
 	for {
 		changed := e.inv.Changed()
-		res, pending, err := e.inv.Result(id, rec.Order)
+		res, pending, err := e.inv.Result(id, oid)
 		if err != nil {
 			return err
 		}
 		switch {
 		case res.Status == agentapi.ResultDone:
-			_, err := e.inv.Transition(id, inventory.StateInstalled, fmt.Sprintf("image and seed written (order %s)", rec.Order))
+			_, err := e.inv.Transition(id, inventory.StateInstalled, fmt.Sprintf("image and seed written (order %s)", oid))
 			return err
 		case res.Status == agentapi.ResultFailed:
-			return fmt.Errorf("the agent failed order %s: %s", rec.Order, res.Error)
+			return fmt.Errorf("%w %s: %s", errOrderFailed, oid, res.Error)
 		case !pending && res.Status == "":
-			return fmt.Errorf("order %s is gone without an answer", rec.Order)
+			return fmt.Errorf("order %s is gone without an answer", oid)
 		case res.Status == agentapi.ResultRunning:
 			r.Progress(events.Progress{Done: int64(res.Done), Total: int64(res.Total), Unit: "bytes"})
 		}
@@ -287,12 +324,7 @@ func (e *Engine) boot(ctx context.Context, id string, _ pipeline.Reporter) error
 		return err
 	}
 	if rec.Reboot == "" {
-		o, err := e.inv.Order(id, agentapi.Order{Kind: agentapi.OrderReboot})
-		if err != nil {
-			return err
-		}
-		rec.Reboot = o.ID
-		if err := putProvision(e.store, id, rec); err != nil {
+		if err := e.orderFor(id, &rec, agentapi.Order{Kind: agentapi.OrderReboot}, func(r *provisionRecord, o string) { r.Reboot = o }); err != nil {
 			return err
 		}
 	}
@@ -431,8 +463,10 @@ func (e *Engine) acceptPhoneHome(id, token string) error {
 	}
 	sum := sha256.Sum256([]byte(token))
 	got := hex.EncodeToString(sum[:])
-	var accepted bool
-	err := e.store.Update(func(tx state.Tx) error {
+	// The token is spent and the machine booted in one transaction: a
+	// crash between the two would leave a spent token and a machine that
+	// never becomes booted (cloud-init phones home once).
+	_, err := e.inv.TransitionWith(id, inventory.StateBooted, "the installed system phoned home", func(tx state.Tx) error {
 		raw := tx.Get(provisionBucket, id)
 		if raw == nil {
 			return ErrPhoneHome
@@ -448,21 +482,12 @@ func (e *Engine) acceptPhoneHome(id, token string) error {
 			return fmt.Errorf("%w: the token expired", ErrPhoneHome)
 		}
 		rec.Used = true
-		accepted = true
-		raw, err := json.Marshal(rec)
-		if err != nil {
-			return err
-		}
-		return tx.Put(provisionBucket, id, raw)
+		return putProvisionTx(tx, id, rec)
 	})
-	if err != nil || !accepted {
+	if err != nil {
 		return errors.Join(ErrPhoneHome, err)
 	}
-	if err := e.inv.PhonedHome(id); err != nil {
-		return err
-	}
-	_, err = e.inv.Transition(id, inventory.StateBooted, "the installed system phoned home")
-	return err
+	return nil
 }
 
 // localBoot reports whether the machine with this boot MAC is installed,

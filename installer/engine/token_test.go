@@ -37,7 +37,9 @@ func TestPhoneHomeTokenExpiresAndWorksOnce(t *testing.T) {
 	}
 	seed := func(id, token string, issued time.Time) {
 		sum := sha256.Sum256([]byte(token))
-		if err := putProvision(st, id, provisionRecord{TokenHash: hex.EncodeToString(sum[:]), Issued: issued}); err != nil {
+		if err := st.Update(func(tx state.Tx) error {
+			return putProvisionTx(tx, id, provisionRecord{TokenHash: hex.EncodeToString(sum[:]), Issued: issued})
+		}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -175,6 +175,14 @@ func (s *Store) PhonedHome(id string) error {
 
 const lifecycleBucket = "lifecycle" // machine ID -> lifecycle
 
+// LifecycleBucket and OrdersBucket are the buckets a state change and a
+// new order write, for tools that watch the store's writes
+// (state.WithCommitHook).
+const (
+	LifecycleBucket = lifecycleBucket
+	OrdersBucket    = ordersBucket
+)
+
 // SetEvents makes the inventory announce every state change to sink.
 func (s *Store) SetEvents(sink events.Sink) {
 	s.mu.Lock()
@@ -202,11 +210,26 @@ func getLifecycle(tx state.Tx, id string) (lifecycle, error) {
 // returns the state the machine was in; moving to the state it is in
 // already is no change and no error.
 func (s *Store) Transition(id, to, reason string) (from string, err error) {
+	return s.TransitionWith(id, to, reason, nil)
+}
+
+// TransitionWith is Transition with also run first in the same
+// transaction: the change is made only if also succeeds, and what also
+// writes is kept only with the change (or with the machine already in
+// state to). A caller whose own record causes the change (a phone-home's
+// token spent) writes it in also, so that no crash keeps one without the
+// other.
+func (s *Store) TransitionWith(id, to, reason string, also func(tx state.Tx) error) (from string, err error) {
 	now := s.now().UTC()
 	var changed bool
 	err = s.store.Update(func(tx state.Tx) error {
 		if tx.Get(machinesBucket, id) == nil {
 			return fmt.Errorf("%w: %q", ErrNoMachine, id)
+		}
+		if also != nil {
+			if err := also(tx); err != nil {
+				return err
+			}
 		}
 		lc, err := getLifecycle(tx, id)
 		if err != nil {
@@ -223,6 +246,11 @@ func (s *Store) Transition(id, to, reason string) (from string, err error) {
 			return fmt.Errorf("%w: machine %s is denied", ErrTransition, id)
 		}
 		lc.State = to
+		if to == StateBooted {
+			// The installed system phoned home: its local boots are
+			// counted afresh (see LocalBoot), in the same transaction.
+			lc.LocalBoots, lc.LastLocalBoot = 0, time.Time{}
+		}
 		if to == StateFailed {
 			lc.Failure = reason
 		} else {

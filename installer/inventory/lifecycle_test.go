@@ -10,6 +10,7 @@ import (
 
 	"airlock.dev/airlock/installer/events"
 	"airlock.dev/airlock/installer/state"
+	"airlock.dev/airlock/services/agentapi"
 )
 
 func TestLifecycle(t *testing.T) {
@@ -143,5 +144,55 @@ func TestLocalBootsOfOneFirmwarePass(t *testing.T) {
 	count(10*time.Minute, 4)
 	if _, err := s.LocalBoot("m-none"); !errors.Is(err, ErrNoMachine) {
 		t.Fatalf("unknown machine: %v", err)
+	}
+}
+
+// OrderWith and TransitionWith keep the caller's own write and theirs in
+// one transaction: both are kept, or neither.
+func TestOrderAndTransitionWithTheCallersWrite(t *testing.T) {
+	st, err := state.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	s := New(st, nil, slog.New(slog.DiscardHandler))
+	_, id := register(t, s, registration(t, "SN-1", "", "52:54:00:00:00:01"))
+	boom := errors.New("boom")
+	reboot := agentapi.Order{Kind: agentapi.OrderReboot}
+	if _, err := s.OrderWith(id, reboot, func(state.Tx, agentapi.Order) error { return boom }); !errors.Is(err, boom) {
+		t.Fatalf("OrderWith whose write fails: %v", err)
+	}
+	if m, _ := s.Get(id); len(m.Orders) != 0 {
+		t.Fatalf("the order was queued without the caller's write: %+v", m.Orders)
+	}
+	o, err := s.OrderWith(id, reboot, func(tx state.Tx, o agentapi.Order) error { return tx.Put("caller", id, []byte(o.ID)) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept string
+	st.View(func(tx state.Tx) error { kept = string(tx.Get("caller", id)); return nil })
+	if m, _ := s.Get(id); len(m.Orders) != 1 || m.Orders[0].ID != o.ID || kept != o.ID {
+		t.Fatalf("queued %+v, the caller kept %q", m.Orders, kept)
+	}
+	if _, err := s.TransitionWith(id, StateAdmitted, "test", func(state.Tx) error { return boom }); !errors.Is(err, boom) {
+		t.Fatalf("TransitionWith whose write fails: %v", err)
+	}
+	if m, _ := s.Get(id); m.State != StateDiscovered {
+		t.Fatalf("the change was made without the caller's write: %s", m.State)
+	}
+	// A change the lifecycle refuses keeps nothing of the caller's.
+	if _, err := s.TransitionWith(id, StateBooted, "test", func(tx state.Tx) error { return tx.Put("caller", "spent", []byte("1")) }); !errors.Is(err, ErrTransition) {
+		t.Fatalf("discovered -> booted: %v", err)
+	}
+	st.View(func(tx state.Tx) error { kept = string(tx.Get("caller", "spent")); return nil })
+	if kept != "" {
+		t.Fatal("the caller's write was kept with a refused change")
+	}
+	if _, err := s.TransitionWith(id, StateAdmitted, "test", func(tx state.Tx) error { return tx.Put("caller", "spent", []byte("1")) }); err != nil {
+		t.Fatal(err)
+	}
+	st.View(func(tx state.Tx) error { kept = string(tx.Get("caller", "spent")); return nil })
+	if m, _ := s.Get(id); m.State != StateAdmitted || kept != "1" {
+		t.Fatalf("state %s, caller's write %q", m.State, kept)
 	}
 }

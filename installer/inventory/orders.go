@@ -41,6 +41,15 @@ func recordResult(m *Machine, r agentapi.OrderResult) {
 // after that until the agent answers it for good. The order must validate
 // (its ID aside).
 func (s *Store) Order(machineID string, o agentapi.Order) (agentapi.Order, error) {
+	return s.OrderWith(machineID, o, nil)
+}
+
+// OrderWith is Order with also run in the same transaction, given the
+// order with its ID: the order is queued only if also succeeds. A caller
+// that keeps the order's ID in a record of its own writes it in also, so
+// that a crash can never leave an order queued that the caller does not
+// know it gave (and would give again).
+func (s *Store) OrderWith(machineID string, o agentapi.Order, also func(tx state.Tx, o agentapi.Order) error) (agentapi.Order, error) {
 	check := o
 	check.ID = "o-1"
 	if err := check.Validate(); err != nil {
@@ -62,6 +71,11 @@ func (s *Store) Order(machineID string, o agentapi.Order) (agentapi.Order, error
 			return err
 		}
 		m.Orders = append(m.Orders, o)
+		if also != nil {
+			if err := also(tx, o); err != nil {
+				return err
+			}
+		}
 		return putJSON(tx, machinesBucket, machineID, m)
 	})
 	if err != nil {

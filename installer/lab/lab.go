@@ -431,6 +431,10 @@ func qemuArgs(o Options, s *State, vm *VM, sercon string) []string {
 		"-device", "virtio-rng-pci",
 		"-drive", "file=" + vm.Disk + ",if=none,id=d0,format=raw,cache=unsafe",
 		"-device", "virtio-blk-pci,drive=d0,bootindex=2,serial=" + vm.Serial + "-D0",
+		// A machine that boots nothing (its network boot found no airlock,
+		// say while the lab's airlock restarts) tries again in 10 s, as
+		// racks do, instead of stopping for good (SeaBIOS).
+		"-boot", "reboot-timeout=10000",
 		// Marks the process as this lab's: Down checks it before killing a
 		// recorded PID.
 		"-fw_cfg", "name=opt/airlock/lab,string=" + s.Dir,

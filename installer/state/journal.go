@@ -21,6 +21,10 @@ const (
 	stepsBucket   = "steps"   // step name -> its latest Entry
 )
 
+// JournalBucket is the bucket every journal record is written to, for
+// tools that watch the store's writes (WithCommitHook).
+const JournalBucket = journalBucket
+
 // Entry is one journal record: a step started, finished or failed.
 type Entry struct {
 	Seq    uint64    `json:"seq"`
