@@ -2,17 +2,9 @@ package kube
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -22,13 +14,9 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"sigs.k8s.io/yaml"
-
-	"golang.org/x/sys/unix"
 
 	"airlock.dev/airlock/installer/lab/netns"
 )
@@ -39,7 +27,7 @@ import (
 // everything else. The manifest is applied with airlock's admin
 // credential, as kubectl does it with admin.conf on the node.
 func TestKubeVIPCredentialOnRealAPIServer(t *testing.T) {
-	bin := kvBinDir(t)
+	bin := k8sBinDir(t)
 	netns.RequireTool(t, "nsenter", "util-linux")
 	ns := netns.NewTest(t, "kv")
 	netns.MustVeth(t, ns, "kv0", ns, "kv1")
@@ -60,13 +48,13 @@ func TestKubeVIPCredentialOnRealAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := kvServingCert(t, p, net.ParseIP(nodeIP), now)
-	etcd := kvStart(t, ns, dir, "etcd", filepath.Join(bin, "etcd"),
+	srv := apiserverCert(t, p, net.ParseIP(nodeIP), now)
+	etcd := startIn(t, ns, dir, "etcd", filepath.Join(bin, "etcd"),
 		"--name=t", "--data-dir="+filepath.Join(dir, "etcd"),
 		"--listen-client-urls=http://127.0.0.1:2379", "--advertise-client-urls=http://127.0.0.1:2379",
 		"--listen-peer-urls=http://127.0.0.1:2380", "--initial-advertise-peer-urls=http://127.0.0.1:2380",
 		"--initial-cluster=t=http://127.0.0.1:2380", "--unsafe-no-fsync", "--log-level=warn")
-	apiserver := kvStart(t, ns, dir, "kube-apiserver", filepath.Join(bin, "kube-apiserver"),
+	apiserver := startIn(t, ns, dir, "kube-apiserver", filepath.Join(bin, "kube-apiserver"),
 		"--etcd-servers=http://127.0.0.1:2379",
 		"--bind-address="+nodeIP, "--advertise-address="+nodeIP, "--secure-port=6443",
 		"--tls-cert-file="+write("apiserver.crt", srv.CertPEM), "--tls-private-key-file="+write("apiserver.key", srv.KeyPEM),
@@ -77,7 +65,7 @@ func TestKubeVIPCredentialOnRealAPIServer(t *testing.T) {
 		"--service-account-signing-key-file="+write("sa.key", p.ServiceAccountKeyPEM),
 		"--service-cluster-ip-range=10.96.0.0/12", "--profiling=false",
 		"--cert-dir="+filepath.Join(dir, "apiserver-certs"))
-	procs := []*kvProc{etcd, apiserver}
+	procs := []*proc{etcd, apiserver}
 
 	// kubeadm init's own step: kubeadm:cluster-admins gets cluster-admin
 	// (done here with a system:masters credential, as kubeadm does with
@@ -90,8 +78,8 @@ func TestKubeVIPCredentialOnRealAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	superCS := kvClient(t, ns, superKC)
-	kvWaitFor(t, "kube-apiserver /readyz", 3*time.Minute, procs, func(ctx context.Context) (bool, error) {
+	superCS := nsClient(t, ns, superKC)
+	waitFor(t, "kube-apiserver /readyz", 3*time.Minute, procs, func(ctx context.Context) (bool, error) {
 		b, err := superCS.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
 		return err == nil && string(b) == "ok", err
 	})
@@ -113,7 +101,7 @@ func TestKubeVIPCredentialOnRealAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	vipKC := []byte(strings.Replace(string(fileOf(seedPart, KubeVIPKubeconfig).Content), "https://kubernetes:6443", server, 1))
-	vip := kvClient(t, ns, vipKC)
+	vip := nsClient(t, ns, vipKC)
 
 	// Before the RBAC: refused.
 	if _, err := vip.CoordinationV1().Leases("kube-system").Get(ctx, KubeVIPLease, metav1.GetOptions{}); !apierrors.IsForbidden(err) {
@@ -125,7 +113,7 @@ func TestKubeVIPCredentialOnRealAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	admin := kvClient(t, ns, adminKC)
+	admin := nsClient(t, ns, adminKC)
 	rbac, err := KubeVIPRBACManifest()
 	if err != nil {
 		t.Fatal(err)
@@ -173,7 +161,7 @@ func TestKubeVIPCredentialOnRealAPIServer(t *testing.T) {
 		t.Fatal("kube-vip's credential did not win its Lease within a minute")
 	}
 	var l *coordv1.Lease
-	kvWaitFor(t, "the Lease held by "+kc.n.Hostname, 30*time.Second, procs, func(ctx context.Context) (bool, error) {
+	waitFor(t, "the Lease held by "+kc.n.Hostname, 30*time.Second, procs, func(ctx context.Context) (bool, error) {
 		var err error
 		l, err = superCS.CoordinationV1().Leases("kube-system").Get(ctx, KubeVIPLease, metav1.GetOptions{})
 		return err == nil && l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity == kc.n.Hostname, err
@@ -211,157 +199,4 @@ func TestKubeVIPCredentialOnRealAPIServer(t *testing.T) {
 			t.Errorf("kube-vip may %s: %v, want forbidden", what, err)
 		}
 	}
-}
-
-// Helpers of this test (kv: kube-vip), self-contained: etcd and
-// kube-apiserver of `make k8s-bins`, run inside the test's namespace.
-
-// kvBinDir finds etcd and kube-apiserver as kubeadmBin finds kubeadm.
-func kvBinDir(t *testing.T) string {
-	t.Helper()
-	dir := filepath.Dir(kubeadmBin(t))
-	for _, b := range []string{"etcd", "kube-apiserver"} {
-		if st, err := os.Stat(filepath.Join(dir, b)); err != nil || st.Mode()&0o111 == 0 {
-			t.Fatalf("%s has no %s: run `make k8s-bins`, which builds it", dir, b)
-		}
-	}
-	return dir
-}
-
-// kvProc is a process this test started, in its own process group.
-type kvProc struct {
-	name, log string
-	pid       int
-	done      chan struct{}
-	err       error
-}
-
-// kvStart runs bin inside ns (network namespace only), logging to
-// dir/NAME.log; it is stopped by its PID when the test ends.
-func kvStart(t *testing.T, ns *netns.NS, dir, name, bin string, args ...string) *kvProc {
-	t.Helper()
-	logPath := filepath.Join(dir, name+".log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("nsenter", append([]string{"--net=" + filepath.Join(netns.RunDir, ns.Name), "--", bin}, args...)...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &unix.SysProcAttr{Setpgid: true, Pdeathsig: unix.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		t.Fatalf("start %s: %v", name, err)
-	}
-	p := &kvProc{name: name, log: logPath, pid: cmd.Process.Pid, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		logf.Close()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			_ = unix.Kill(-p.pid, unix.SIGTERM)
-			select {
-			case <-p.done:
-			case <-time.After(20 * time.Second):
-				_ = unix.Kill(-p.pid, unix.SIGKILL)
-				<-p.done
-			}
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(p.log)
-			lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-			t.Logf("last lines of %s:\n%s", p.name, strings.Join(lines[max(0, len(lines)-25):], "\n"))
-		}
-	})
-	return p
-}
-
-// kvWaitFor polls cond every 200 ms until it holds, failing the test when
-// timeout passes or one of procs exits first.
-func kvWaitFor(t *testing.T, what string, timeout time.Duration, procs []*kvProc, cond func(ctx context.Context) (bool, error)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var last error
-	for {
-		for _, p := range procs {
-			select {
-			case <-p.done:
-				t.Fatalf("waiting for %s: %s exited: %v", what, p.name, p.err)
-			default:
-			}
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		ok, err := cond(ctx)
-		cancel()
-		if ok {
-			return
-		}
-		if err != nil {
-			last = err
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v (last error: %v)", what, timeout, last)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-// kvClient is a clientset whose connections are made inside ns.
-func kvClient(t *testing.T, ns *netns.NS, kubeconfig []byte) *kubernetes.Clientset {
-	t.Helper()
-	cfg, err := clientcmd.RESTConfigFromKubeConfig(kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := ns.Do(func() error {
-			var err error
-			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}
-	cfg.Timeout = 15 * time.Second
-	cs, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cs
-}
-
-// kvServingCert signs the API server's serving certificate with the
-// cluster CA.
-func kvServingCert(t *testing.T, p *PKI, ip net.IP, now time.Time) CertKey {
-	t.Helper()
-	caCert, caKey, err := p.CA.parse()
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(now.UnixNano()),
-		Subject:      pkix.Name{CommonName: "kube-apiserver"},
-		DNSNames:     []string{"kubernetes"},
-		IPAddresses:  []net.IP{ip},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, key.Public(), caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kp, err := encodeKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return CertKey{CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), KeyPEM: kp}
 }
