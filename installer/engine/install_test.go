@@ -4,13 +4,18 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"airlock.dev/airlock/installer/agent"
 	"airlock.dev/airlock/installer/config"
 	"airlock.dev/airlock/installer/events"
 	"airlock.dev/airlock/installer/inventory"
@@ -275,4 +280,32 @@ admission: {policy: allowlist}
 	if m, _ := e.Inventory().Get(ok); m.State != inventory.StateAssigned {
 		t.Errorf("the other machine: %s", m.State)
 	}
+}
+
+// machineClients are the clients a machine's agent has, dialling from the
+// machines' namespace peer: plain HTTP to the boot server (the OS image)
+// and TLS to the agent API, trusting only airlock's CA in stateDir, as the
+// discovery image carries it.
+func machineClients(t *testing.T, peer *netns.NS, stateDir string) (hc *http.Client, base *url.URL, apiHC *http.Client, api *url.URL) {
+	t.Helper()
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := peer.Do(func() (err error) {
+			c, err = (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+	caPEM, err := os.ReadFile(filepath.Join(stateDir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	apiHC, err = agent.TLSClient(caPEM, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	apiHC.Transport.(agent.HTTPSOnly).DialContext = dial
+	base, _ = url.Parse("http://10.78.0.1:18080")
+	api, _ = url.Parse("https://10.78.0.1:8443")
+	return &http.Client{Transport: &http.Transport{DialContext: dial}}, base, apiHC, api
 }

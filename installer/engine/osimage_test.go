@@ -10,9 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -178,27 +176,7 @@ func TestBundleImagesOneFailsOthersInstall(t *testing.T) {
 	})
 	e.Inventory().SetHeartbeat(1)
 	peer.MustAddr(t, "eth0", "10.78.0.2/24")
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := peer.Do(func() (err error) {
-			c, err = (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}
-	hc := &http.Client{Transport: &http.Transport{DialContext: dial}}
-	base, _ := url.Parse("http://10.78.0.1:18080")
-	// The agents' API client, with the CA as the discovery image carries it.
-	caPEM, err := os.ReadFile(filepath.Join(stateDir, "ca.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	apiHC, err := agent.TLSClient(caPEM, 30*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	apiHC.Transport.(agent.HTTPSOnly).DialContext = dial
-	api, _ := url.Parse("https://10.78.0.1:8443")
+	hc, base, apiHC, api := machineClients(t, peer, stateDir)
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	for _, m := range machines {

@@ -9,9 +9,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -119,28 +117,7 @@ admission: {policy: any}
 	})
 	e.Inventory().SetHeartbeat(1)
 	peer.MustAddr(t, "eth0", "10.78.0.2/24")
-	// The agent's HTTP goes out from the machines' namespace.
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := peer.Do(func() (err error) {
-			c, err = (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}
-	hc := &http.Client{Transport: &http.Transport{DialContext: dial}}
-	base, _ := url.Parse("http://10.78.0.1:18080")
-	// The agent's client, with the CA as the discovery image carries it.
-	caPEM, err := os.ReadFile(filepath.Join(stateDir, "ca.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	apiHC, err := agent.TLSClient(caPEM, 30*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	apiHC.Transport.(agent.HTTPSOnly).DialContext = dial
-	api, _ := url.Parse("https://10.78.0.1:8443")
+	hc, base, apiHC, api := machineClients(t, peer, stateDir)
 	inv, err := agent.Collect(os.DirFS(root))
 	if err != nil {
 		t.Fatal(err)
@@ -222,6 +199,10 @@ admission: {policy: any}
 		t.Fatal("no https phone-home URL in the seed")
 	}
 	// The seed puts airlock's CA into the installed system's trust store.
+	caPEM, err := os.ReadFile(filepath.Join(stateDir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	caBody := strings.Split(strings.TrimSpace(string(caPEM)), "\n")[1]
 	if !bytes.Contains(seedImg, []byte(caBody)) {
 		t.Error("airlock's CA is not in the seed")
@@ -270,7 +251,7 @@ admission: {policy: any}
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherHC.Transport.(agent.HTTPSOnly).DialContext = dial
+	otherHC.Transport.(agent.HTTPSOnly).DialContext = apiHC.Transport.(agent.HTTPSOnly).DialContext // from the machines' namespace
 	var unknown x509.UnknownAuthorityError
 	if _, err := otherHC.Post(phone, "text/plain", nil); !errors.As(err, &unknown) {
 		t.Errorf("a client trusting another CA: %v, want an unknown-authority error", err)

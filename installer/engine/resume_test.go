@@ -4,11 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -113,26 +111,13 @@ admission: {policy: any}
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.store.Close() })
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := r.peer.Do(func() (err error) {
-			c, err = (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}
-	r.hc = &http.Client{Transport: &http.Transport{DialContext: dial}, Timeout: 30 * time.Second}
 	// airlock's CA, made now as the first engine would: the agent's
 	// discovery image carries it.
-	ca, err := LoadCA(r.dir)
-	if err != nil {
+	if _, err := LoadCA(r.dir); err != nil {
 		t.Fatal(err)
 	}
-	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Cert.Raw})
-	if r.api, err = agent.TLSClient(caPEM, 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	r.api.Transport.(agent.HTTPSOnly).DialContext = dial
+	r.hc, _, r.api, _ = machineClients(t, r.peer, r.dir)
+	r.hc.Timeout = 30 * time.Second
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("engines' and agent's log:\n%s", r.logs.String())
