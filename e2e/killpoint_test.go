@@ -80,9 +80,9 @@ func TestLabResumesAfterKill(t *testing.T) {
 		}
 		rng := rand.New(rand.NewPCG(seed, 0))
 		n := cleanTransitions
-		chain = append(chain, 1+rng.IntN(n))
-		if rest := n - chain[0]; rest > 0 {
-			chain = append(chain, 1+rng.IntN(rest))
+		chain = append(chain, firstKillPoint+rng.IntN(n-firstKillPoint+1))
+		if rest := n - chain[0]; rest >= firstKillPoint {
+			chain = append(chain, firstKillPoint+rng.IntN(rest-firstKillPoint+1))
 		}
 		t.Logf("seed %d draws kill points %v of %d (the second counted from the restart); replay: %s=%d or %s=%s; every point: make e2e-full",
 			seed, chain, n, killSeedEnv, seed, killEnv, joinInts(chain))
@@ -131,7 +131,7 @@ func sweepAll(t *testing.T, up func(*testing.T, int) *killLab) {
 		t.Errorf("a clean install now makes %d transitions, not %d: set cleanTransitions to %d (make test draws its points from it)", n, cleanTransitions, n)
 	}
 	clean.down(t)
-	for k := 1; k <= n; k++ {
+	for k := firstKillPoint; k <= n; k++ {
 		t.Run(fmt.Sprintf("kill-at-%02d-of-%d", k, n), func(t *testing.T) {
 			start := time.Now()
 			l := up(t, k)
@@ -142,6 +142,14 @@ func sweepAll(t *testing.T, up func(*testing.T, int) *killLab) {
 		})
 	}
 }
+
+// firstKillPoint is the first transition the lab sweep kills at. The
+// first, the serve step's journal record, is written before the lab's
+// airlock reports ready, so a kill there makes `lab up` (or `lab restart`)
+// fail and remove what it started, as it should, with nothing to resume;
+// the in-process sweep (TestInstallResumesAfterACrashAtEveryTransition in
+// installer/engine) covers a kill at that record. Found by CI drawing 1.
+const firstKillPoint = 2
 
 func joinInts(v []int) string {
 	s := make([]string, len(v))
