@@ -2,10 +2,7 @@ package kube
 
 import (
 	"context"
-	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -34,64 +31,15 @@ func TestKubeVIPCredentialOnRealAPIServer(t *testing.T) {
 	const nodeIP = "192.0.2.20"
 	ns.MustAddr(t, "kv0", nodeIP+"/24")
 	server := "https://" + nodeIP + ":6443"
-	dir := t.TempDir()
-	write := func(name string, b []byte) string {
-		t.Helper()
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
 	now := time.Now()
 	p, err := NewPKI("lab", now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := apiserverCert(t, p, net.ParseIP(nodeIP), now)
-	etcd := startIn(t, ns, dir, "etcd", filepath.Join(bin, "etcd"),
-		"--name=t", "--data-dir="+filepath.Join(dir, "etcd"),
-		"--listen-client-urls=http://127.0.0.1:2379", "--advertise-client-urls=http://127.0.0.1:2379",
-		"--listen-peer-urls=http://127.0.0.1:2380", "--initial-advertise-peer-urls=http://127.0.0.1:2380",
-		"--initial-cluster=t=http://127.0.0.1:2380", "--unsafe-no-fsync", "--log-level=warn")
-	apiserver := startIn(t, ns, dir, "kube-apiserver", filepath.Join(bin, "kube-apiserver"),
-		"--etcd-servers=http://127.0.0.1:2379",
-		"--bind-address="+nodeIP, "--advertise-address="+nodeIP, "--secure-port=6443",
-		"--tls-cert-file="+write("apiserver.crt", srv.CertPEM), "--tls-private-key-file="+write("apiserver.key", srv.KeyPEM),
-		"--client-ca-file="+write("ca.crt", p.CA.CertPEM),
-		"--authorization-mode=Node,RBAC",
-		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file="+write("sa.pub", p.ServiceAccountPubPEM),
-		"--service-account-signing-key-file="+write("sa.key", p.ServiceAccountKeyPEM),
-		"--service-cluster-ip-range=10.96.0.0/12", "--profiling=false",
-		"--cert-dir="+filepath.Join(dir, "apiserver-certs"))
-	procs := []*proc{etcd, apiserver}
-
-	// kubeadm init's own step: kubeadm:cluster-admins gets cluster-admin
-	// (done here with a system:masters credential, as kubeadm does with
-	// super-admin.conf).
-	super, err := p.IssueClient("test-super-admin", []string{"system:masters"}, time.Hour, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	superKC, err := Kubeconfig(server, "lab", "super", p.CA.CertPEM, super)
-	if err != nil {
-		t.Fatal(err)
-	}
-	superCS := nsClient(t, ns, superKC)
-	waitFor(t, "kube-apiserver /readyz", 3*time.Minute, procs, func(ctx context.Context) (bool, error) {
-		b, err := superCS.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
-		return err == nil && string(b) == "ok", err
-	})
+	api := startAPIServer(t, ns, bin, t.TempDir(), nodeIP, p, now)
+	procs, superCS := api.procs, api.super
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	if _, err := superCS.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "kubeadm:cluster-admins"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "cluster-admin"},
-		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.GroupKind, Name: AdminGroup}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 
 	// The seed's kube-vip credential, pointed at this API server (on the
 	// node it is https://kubernetes:6443, 127.0.0.1 in kube-vip's pod).

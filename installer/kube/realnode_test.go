@@ -203,6 +203,82 @@ func nsClient(t *testing.T, ns *netns.NS, kubeconfig []byte) *kubernetes.Clients
 	return cs
 }
 
+// testAPIServer is etcd and kube-apiserver as the tests run them inside
+// their namespace, serving https://NODEIP:6443 with a PKI's CA and
+// service-account keys, and set up as kubeadm init leaves a cluster:
+// kubeadm:cluster-admins is bound to cluster-admin (with a system:masters
+// credential, as kubeadm does with super-admin.conf), so that airlock's own
+// admin credential works.
+type testAPIServer struct {
+	procs []*proc               // etcd and kube-apiserver
+	super *kubernetes.Clientset // a system:masters client
+	caCrt string                // the CA certificate's file (for the controller-manager)
+	saKey string                // the service-account signing key's file
+	ready time.Duration         // from etcd's start to the binding
+}
+
+// startAPIServer starts a testAPIServer in ns with its files under
+// dir/pki; extra are more kube-apiserver flags.
+func startAPIServer(t *testing.T, ns *netns.NS, bin, dir, nodeIP string, p *PKI, now time.Time, extra ...string) testAPIServer {
+	t.Helper()
+	write := func(name string, b []byte) string {
+		t.Helper()
+		path := filepath.Join(dir, "pki", name)
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	a := testAPIServer{caCrt: write("ca.crt", p.CA.CertPEM), saKey: write("sa.key", p.ServiceAccountKeyPEM)}
+	srv := apiserverCert(t, p, net.ParseIP(nodeIP), now)
+	start := time.Now()
+	etcd := startIn(t, ns, dir, "etcd", filepath.Join(bin, "etcd"),
+		"--name=t", "--data-dir="+filepath.Join(dir, "etcd"),
+		"--listen-client-urls=http://127.0.0.1:2379", "--advertise-client-urls=http://127.0.0.1:2379",
+		"--listen-peer-urls=http://127.0.0.1:2380", "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+		"--initial-cluster=t=http://127.0.0.1:2380", "--unsafe-no-fsync", "--log-level=warn")
+	apiserver := startIn(t, ns, dir, "kube-apiserver", filepath.Join(bin, "kube-apiserver"), append([]string{
+		"--etcd-servers=http://127.0.0.1:2379",
+		"--bind-address=" + nodeIP, "--advertise-address=" + nodeIP, "--secure-port=6443",
+		"--tls-cert-file=" + write("apiserver.crt", srv.CertPEM), "--tls-private-key-file=" + write("apiserver.key", srv.KeyPEM),
+		"--client-ca-file=" + a.caCrt,
+		"--authorization-mode=Node,RBAC",
+		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+		"--service-account-key-file=" + write("sa.pub", p.ServiceAccountPubPEM), "--service-account-signing-key-file=" + a.saKey,
+		"--service-cluster-ip-range=10.96.0.0/12", "--profiling=false",
+		"--cert-dir=" + filepath.Join(dir, "apiserver-certs"),
+	}, extra...)...)
+	a.procs = []*proc{etcd, apiserver}
+
+	super, err := p.IssueClient("airlock-test-super-admin", []string{"system:masters"}, time.Hour, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	superKC, err := Kubeconfig("https://"+nodeIP+":6443", "airlock-test", "super-admin", p.CA.CertPEM, super)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.super = nsClient(t, ns, superKC)
+	waitFor(t, "kube-apiserver /readyz", 3*time.Minute, a.procs, func(ctx context.Context) (bool, error) {
+		b, err := a.super.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+		return err == nil && string(b) == "ok", err
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := a.super.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "kubeadm:cluster-admins"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "cluster-admin"},
+		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.GroupKind, Name: AdminGroup}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("bind kubeadm:cluster-admins: %v", err)
+	}
+	a.ready = time.Since(start)
+	return a
+}
+
 // apiserverCert signs the API server's serving certificate with the
 // cluster CA, for the names and addresses kubeadm gives it.
 func apiserverCert(t *testing.T, p *PKI, ip net.IP, now time.Time) CertKey {
@@ -355,57 +431,14 @@ func TestKubeletTLSBootstrapsWithAirlocksToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	caCrt := write("pki/ca.crt", pki.CA.CertPEM)
-	caKey := write("pki/ca.key", pki.CA.KeyPEM)
-	saKey := write("pki/sa.key", pki.ServiceAccountKeyPEM)
-	saPub := write("pki/sa.pub", pki.ServiceAccountPubPEM)
-	srv := apiserverCert(t, pki, net.ParseIP(nodeIP), now)
-	srvCrt, srvKey := write("pki/apiserver.crt", srv.CertPEM), write("pki/apiserver.key", srv.KeyPEM)
-
 	start := time.Now()
-	etcd := startIn(t, ns, dir, "etcd", filepath.Join(bin, "etcd"),
-		"--name=t", "--data-dir="+filepath.Join(dir, "etcd"),
-		"--listen-client-urls=http://127.0.0.1:2379", "--advertise-client-urls=http://127.0.0.1:2379",
-		"--listen-peer-urls=http://127.0.0.1:2380", "--initial-advertise-peer-urls=http://127.0.0.1:2380",
-		"--initial-cluster=t=http://127.0.0.1:2380", "--unsafe-no-fsync", "--log-level=warn")
-	apiserver := startIn(t, ns, dir, "kube-apiserver", filepath.Join(bin, "kube-apiserver"),
-		"--etcd-servers=http://127.0.0.1:2379",
-		"--bind-address="+nodeIP, "--advertise-address="+nodeIP, "--secure-port=6443",
-		"--tls-cert-file="+srvCrt, "--tls-private-key-file="+srvKey,
-		"--client-ca-file="+caCrt,
-		"--enable-bootstrap-token-auth=true",
-		"--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
-		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file="+saPub, "--service-account-signing-key-file="+saKey,
-		"--service-cluster-ip-range=10.96.0.0/12", "--allow-privileged=true", "--profiling=false",
-		"--cert-dir="+filepath.Join(dir, "apiserver-certs"))
-	cp := []*proc{etcd, apiserver}
-
-	// Setup as kubeadm init does it, with a system:masters credential (the
-	// super-admin.conf kubeadm keeps): kubeadm:cluster-admins gets
-	// cluster-admin, so that airlock's own admin credential works.
-	super, err := pki.IssueClient("airlock-test-super-admin", []string{"system:masters"}, time.Hour, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	superKC, err := Kubeconfig(server, "airlock-test", "super-admin", pki.CA.CertPEM, super)
-	if err != nil {
-		t.Fatal(err)
-	}
-	superCS := nsClient(t, ns, superKC)
-	mark("etcd and kube-apiserver ready", waitFor(t, "kube-apiserver /readyz", 3*time.Minute, cp, func(ctx context.Context) (bool, error) {
-		b, err := superCS.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
-		return err == nil && string(b) == "ok", err
-	}))
+	api := startAPIServer(t, ns, bin, dir, nodeIP, pki, now,
+		"--enable-bootstrap-token-auth=true", "--enable-admission-plugins=NodeRestriction", "--allow-privileged=true")
+	mark("etcd and kube-apiserver ready", api.ready)
+	cp, caCrt, saKey := api.procs, api.caCrt, api.saKey
+	caKey := write("pki/ca.key", pki.CA.KeyPEM)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	if _, err := superCS.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "kubeadm:cluster-admins"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "cluster-admin"},
-		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.GroupKind, Name: AdminGroup}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("bind kubeadm:cluster-admins: %v", err)
-	}
 
 	// airlock's part, with airlock's own admin credential: kubeadm's
 	// bootstrap bindings (twice: a re-run finds them done), a token for the
