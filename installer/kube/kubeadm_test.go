@@ -23,14 +23,25 @@ var update = flag.Bool("update", false, "rewrite golden files")
 // that golden files holding the CA hash or the CAs stay stable.
 func fixturePKI(t testing.TB) *PKI {
 	t.Helper()
-	path := filepath.Join("testdata", "test-pki.json")
+	p := fixture(t, "test-pki.json", func() (*PKI, error) { return NewPKI("lab", t0) })
+	if err := p.Check(); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// fixture reads the JSON of testdata/NAME into a T, made with create and
+// written there first under -update when the file is missing.
+func fixture[T any](t testing.TB, name string, create func() (*T, error)) *T {
+	t.Helper()
+	path := filepath.Join("testdata", name)
 	raw, err := os.ReadFile(path)
 	if os.IsNotExist(err) && *update {
-		p, err := NewPKI("lab", t0)
+		v, err := create()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if raw, err = json.MarshalIndent(p, "", "  "); err != nil {
+		if raw, err = json.MarshalIndent(v, "", "  "); err != nil {
 			t.Fatal(err)
 		}
 		if err := os.WriteFile(path, raw, 0o644); err != nil {
@@ -39,14 +50,11 @@ func fixturePKI(t testing.TB) *PKI {
 	} else if err != nil {
 		t.Fatalf("%v (run go test ./installer/kube -update to create it)", err)
 	}
-	var p PKI
-	if err := json.Unmarshal(raw, &p); err != nil {
+	var v T
+	if err := json.Unmarshal(raw, &v); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Check(); err != nil {
-		t.Fatal(err)
-	}
-	return &p
+	return &v
 }
 
 const testToken = "abcdef.0123456789abcdef"

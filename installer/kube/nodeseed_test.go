@@ -3,7 +3,6 @@ package kube
 import (
 	"bytes"
 	"crypto/x509"
-	"encoding/json"
 	"net"
 	"net/netip"
 	"os"
@@ -26,27 +25,10 @@ import (
 // (testdata/test-kube-vip.json) so that golden seeds stay stable.
 func fixtureKubeVIP(t testing.TB, p *PKI) *CertKey {
 	t.Helper()
-	path := filepath.Join("testdata", "test-kube-vip.json")
-	raw, err := os.ReadFile(path)
-	if os.IsNotExist(err) && *update {
+	return fixture(t, "test-kube-vip.json", func() (*CertKey, error) {
 		ck, err := p.IssueClient(KubeVIPUserPrefix+"cp", []string{KubeVIPGroup}, KubeVIPCertTTL, t0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if raw, err = json.MarshalIndent(ck, "", "  "); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, raw, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	} else if err != nil {
-		t.Fatalf("%v (run go test ./installer/kube -update to create it)", err)
-	}
-	var ck CertKey
-	if err := json.Unmarshal(raw, &ck); err != nil {
-		t.Fatal(err)
-	}
-	return &ck
+		return &ck, err
+	})
 }
 
 func nodeSeedOf(t testing.TB, kc kubeadmCase) NodeSeed {
