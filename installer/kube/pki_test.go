@@ -2,17 +2,12 @@ package kube
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -192,32 +187,16 @@ func TestIssueClient(t *testing.T) {
 	}
 }
 
-// serverCert signs a serving certificate for 127.0.0.1 with the PKI's CA,
-// as kubeadm signs the API server's.
+// serverCert is the API server's serving certificate (apiserverCert,
+// 127.0.0.1 among its addresses) as a tls.Certificate.
 func serverCert(t *testing.T, p *PKI) tls.Certificate {
 	t.Helper()
-	caCert, caKey, err := p.CA.parse()
+	ck := apiserverCert(t, p, net.IPv4(127, 0, 0, 1), time.Now())
+	c, err := tls.X509KeyPair(ck.CertPEM, ck.KeyPEM)
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(7),
-		Subject:      pkix.Name{CommonName: "kube-apiserver"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, key.Public(), caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return c
 }
 
 // The admin kubeconfig, read by client-go as kubectl reads it, talks TLS
