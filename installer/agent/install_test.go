@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"airlock.dev/airlock/installer/agent/efiboot"
@@ -47,44 +48,10 @@ func digest(b []byte) string {
 // before the disk is touched.
 func TestInstallOrderOnALoopDevice(t *testing.T) {
 	raw, zimg := testkit.DiskImage(t, 16<<20)
-	files, err := seed.Render(seed.Config{InstanceID: "m-test-1", Hostname: "cp-1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	seedImg, err := files.Image()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, _ := agentapi.NewToken(nil)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/files/os.img.zst" {
-			http.NotFound(w, r)
-			return
-		}
-		w.Write(zimg)
-	}))
-	defer srv.Close()
-	base, _ := url.Parse(srv.URL)
-	seeds := 0
-	api := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/seeds/m-test-1" || r.Header.Get("Authorization") != "Bearer "+tok.String() {
-			http.NotFound(w, r)
-			return
-		}
-		seeds++
-		w.Write(seedImg)
-	}))
-	defer api.Close()
-	apiURL, _ := url.Parse(api.URL)
-	apiHTTP, err := TLSClient(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: api.Certificate().Raw}), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	in, seedImg, seeds := orderServer(t, "m-test-1", map[string][]byte{"os.img.zst": zimg})
 
 	// The disk: 64 MiB, on a loop device.
 	_, backing := testkit.LoopDevice(t, 64<<20)
-	in := Installer{Host: provision.Host{SysRoot: "/sys", DevRoot: "/dev", Loop: true}, Base: base, HTTP: srv.Client(),
-		API: apiURL, APIHTTP: apiHTTP, Token: tok, Log: slog.New(slog.DiscardHandler)}
 	order := agentapi.Order{ID: "o-7", Kind: agentapi.OrderInstall, Install: &agentapi.InstallOrder{
 		Disk:  agentapi.DiskPin{Serial: backing, SizeBytes: 64 << 20},
 		Image: agentapi.Artifact{Path: "/files/os.img.zst", Size: int64(len(raw)), SHA256: digest(raw)},
@@ -105,7 +72,7 @@ func TestInstallOrderOnALoopDevice(t *testing.T) {
 
 	// The seed from a plain-HTTP API is refused before anything is asked.
 	plain := in
-	plain.API = base
+	plain.API = in.Base
 	if err := plain.Run(context.Background(), order, nil); !errors.Is(err, ErrSeed) {
 		t.Fatalf("seed over plain HTTP: %v, want ErrSeed", err)
 	}
@@ -114,8 +81,8 @@ func TestInstallOrderOnALoopDevice(t *testing.T) {
 	if err := in.Run(context.Background(), order, func(done, total uint64) { last = done }); err != nil {
 		t.Fatal(err)
 	}
-	if seeds != 2 {
-		t.Errorf("the seed was served %d times, want 2 (the refused order and this one)", seeds)
+	if n := seeds.Load(); n != 2 {
+		t.Errorf("the seed was served %d times, want 2 (the refused order and this one)", n)
 	}
 	if last != uint64(len(raw)) {
 		t.Errorf("last progress %d bytes, want %d", last, len(raw))
@@ -179,11 +146,13 @@ func installOrder(id, serial string, size uint64, raw, seedImg []byte, allowWipe
 	}}
 }
 
-// orderServer serves the image (plain HTTP) and a seed (over TLS, to the
-// boot's token) as airlock does.
-func orderServer(t *testing.T, zimg []byte) (Installer, []byte) {
+// orderServer serves the images (plain HTTP, at /files/NAME) and the seed
+// of machine id (over TLS, at /seeds/ID, to the boot's token) as airlock
+// does. It returns the agent's Installer, the seed and how many times the
+// seed was served.
+func orderServer(t *testing.T, id string, images map[string][]byte) (Installer, []byte, *atomic.Int64) {
 	t.Helper()
-	files, err := seed.Render(seed.Config{InstanceID: "m-test-1", Hostname: "cp-1"})
+	files, err := seed.Render(seed.Config{InstanceID: id, Hostname: "cp-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,18 +162,21 @@ func orderServer(t *testing.T, zimg []byte) (Installer, []byte) {
 	}
 	tok, _ := agentapi.NewToken(nil)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/files/os.img.zst" {
+		img, ok := images[strings.TrimPrefix(r.URL.Path, "/files/")]
+		if !ok {
 			http.NotFound(w, r)
 			return
 		}
-		w.Write(zimg)
+		w.Write(img)
 	}))
 	t.Cleanup(srv.Close)
+	var seeds atomic.Int64
 	api := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/seeds/m-test-1" || r.Header.Get("Authorization") != "Bearer "+tok.String() {
+		if r.URL.Path != "/seeds/"+id || r.Header.Get("Authorization") != "Bearer "+tok.String() {
 			http.NotFound(w, r)
 			return
 		}
+		seeds.Add(1)
 		w.Write(seedImg)
 	}))
 	t.Cleanup(api.Close)
@@ -215,7 +187,7 @@ func orderServer(t *testing.T, zimg []byte) (Installer, []byte) {
 		t.Fatal(err)
 	}
 	return Installer{Host: provision.Host{SysRoot: "/sys", DevRoot: "/dev", Loop: true}, Base: base, HTTP: srv.Client(),
-		API: apiURL, APIHTTP: apiHTTP, Token: tok, Log: slog.New(slog.DiscardHandler)}, seedImg
+		API: apiURL, APIHTTP: apiHTTP, Token: tok, Log: slog.New(slog.DiscardHandler)}, seedImg, &seeds
 }
 
 // blkidType is the filesystem type blkid finds on dev, or "".
@@ -233,7 +205,7 @@ func TestInstallOrderRefusesAFilledDiskUnlessAllowed(t *testing.T) {
 		t.Fatal("mkfs.ext4 is needed: apt-get install e2fsprogs")
 	}
 	raw, zimg := testkit.DiskImage(t, 16<<20)
-	in, seedImg := orderServer(t, zimg)
+	in, seedImg, _ := orderServer(t, "m-test-1", map[string][]byte{"os.img.zst": zimg})
 	dev, backing := testkit.LoopDevice(t, 64<<20)
 	sh(t, "", "mkfs.ext4", "-q", "-F", dev)
 	if got := blkidType(t, dev); got != "ext4" {
@@ -264,7 +236,7 @@ func TestInstallOrderRefusesAFilledDiskUnlessAllowed(t *testing.T) {
 // and neither disk is touched.
 func TestInstallOrderRefusesASwappedDisk(t *testing.T) {
 	raw, zimg := testkit.DiskImage(t, 16<<20)
-	in, seedImg := orderServer(t, zimg)
+	in, seedImg, _ := orderServer(t, "m-test-1", map[string][]byte{"os.img.zst": zimg})
 	dev, oldBacking := testkit.LoopDevice(t, 64<<20)
 	if out, err := exec.Command("losetup", "-d", dev).CombinedOutput(); err != nil {
 		t.Fatalf("losetup -d: %v %s", err, out)
@@ -333,34 +305,7 @@ func TestInstallWritesUEFIBootEntry(t *testing.T) {
 	}
 	raw, zimg := espImage(t, 16<<20)
 	plain, zplain := testkit.DiskImage(t, 16<<20)
-	files, err := seed.Render(seed.Config{InstanceID: "m-test-2", Hostname: "w-1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	seedImg, err := files.Image()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/files/esp.img.zst", func(w http.ResponseWriter, _ *http.Request) { w.Write(zimg) })
-	mux.HandleFunc("/files/plain.img.zst", func(w http.ResponseWriter, _ *http.Request) { w.Write(zplain) })
-	srv := httptest.NewServer(mux)
-	defer srv.Close()
-	base, _ := url.Parse(srv.URL)
-	tok, _ := agentapi.NewToken(nil)
-	api := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/seeds/m-test-2" || r.Header.Get("Authorization") != "Bearer "+tok.String() {
-			http.NotFound(w, r)
-			return
-		}
-		w.Write(seedImg)
-	}))
-	defer api.Close()
-	apiURL, _ := url.Parse(api.URL)
-	apiHTTP, err := TLSClient(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: api.Certificate().Raw}), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	in, seedImg, _ := orderServer(t, "m-test-2", map[string][]byte{"esp.img.zst": zimg, "plain.img.zst": zplain})
 
 	// The firmware's variables before: its setup menu and PXE entry.
 	vars := t.TempDir()
@@ -385,8 +330,7 @@ func TestInstallWritesUEFIBootEntry(t *testing.T) {
 	}
 
 	_, backing := testkit.LoopDevice(t, 64<<20)
-	in := Installer{Host: provision.Host{SysRoot: "/sys", DevRoot: "/dev", Loop: true}, Base: base, HTTP: srv.Client(),
-		API: apiURL, APIHTTP: apiHTTP, Token: tok, Log: slog.New(slog.DiscardHandler), EFIVars: vars}
+	in.EFIVars = vars
 	order := func(id, image string, raw []byte) agentapi.Order {
 		return agentapi.Order{ID: id, Kind: agentapi.OrderInstall, Install: &agentapi.InstallOrder{
 			Disk:      agentapi.DiskPin{Serial: backing, SizeBytes: 64 << 20},
