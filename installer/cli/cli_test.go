@@ -240,30 +240,13 @@ func TestApproveDenyAndStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	inv := inventory.New(s, nil, slog.New(slog.DiscardHandler))
-	raw, err := os.ReadFile("../../services/agentapi/testdata/registration.json")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var ids []string
 	for _, mac := range []string{"52:54:00:00:00:11", "52:54:00:00:00:12"} {
-		var reg agentapi.Registration
-		if err := json.Unmarshal(raw, &reg); err != nil {
+		id := registerMachine(t, inv, mac)
+		if _, err := inv.Transition(id, inventory.StateAwaitingApproval, "test"); err != nil {
 			t.Fatal(err)
 		}
-		reg.BootMAC, reg.Inventory.System.Serial, reg.Inventory.System.UUID = mac, "", ""
-		reg.Inventory.NICs = []agentapi.NIC{{Name: "eth0", MAC: mac, Link: true}}
-		tok, err := inv.IssueBoot(mac)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out, err := inv.Register(context.Background(), tok.BootID, agentapi.Identity(&reg), &reg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := inv.Transition(out.MachineID, inventory.StateAwaitingApproval, "test"); err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, out.MachineID)
+		ids = append(ids, id)
 	}
 	s.Close()
 	if _, errOut, code := run(t, "approve", "--state", stateDir); code != 2 {
@@ -316,26 +299,7 @@ func TestStatusShowsABootLoop(t *testing.T) {
 	}
 	inv := inventory.New(s, nil, slog.New(slog.DiscardHandler))
 	inv.SetSameBootWindow(0)
-	raw, err := os.ReadFile("../../services/agentapi/testdata/registration.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var reg agentapi.Registration
-	if err := json.Unmarshal(raw, &reg); err != nil {
-		t.Fatal(err)
-	}
-	mac := "52:54:00:00:00:21"
-	reg.BootMAC, reg.Inventory.System.Serial, reg.Inventory.System.UUID = mac, "", ""
-	reg.Inventory.NICs = []agentapi.NIC{{Name: "eth0", MAC: mac, Link: true}}
-	tok, err := inv.IssueBoot(mac)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := inv.Register(context.Background(), tok.BootID, agentapi.Identity(&reg), &reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := out.MachineID
+	id := registerMachine(t, inv, "52:54:00:00:00:21")
 	if _, err := inv.Transition(id, inventory.StateAdmitted, "test"); err != nil {
 		t.Fatal(err)
 	}
@@ -374,23 +338,7 @@ func TestStatusAfterACrashSaysInterrupted(t *testing.T) {
 		t.Fatal(err)
 	}
 	inv := inventory.New(s, nil, slog.New(slog.DiscardHandler))
-	raw, err := os.ReadFile("../../services/agentapi/testdata/registration.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var reg agentapi.Registration
-	if err := json.Unmarshal(raw, &reg); err != nil {
-		t.Fatal(err)
-	}
-	tok, err := inv.IssueBoot(reg.BootMAC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := inv.Register(context.Background(), tok.BootID, agentapi.Identity(&reg), &reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := out.MachineID
+	id := registerMachine(t, inv, "52:54:00:00:00:31")
 	j := state.NewJournal(s)
 	for _, r := range []struct{ step, status string }{
 		{"serve", state.StatusStarted}, {"serve", state.StatusDone},
@@ -424,4 +372,31 @@ func TestStatusAfterACrashSaysInterrupted(t *testing.T) {
 	if !strings.Contains(text, "no airlock runs") || !strings.Contains(text, "assign/"+id+" interrupted") {
 		t.Errorf("status:\n%s", text)
 	}
+}
+
+// registerMachine registers the fixture machine
+// (services/agentapi/testdata/registration.json) booted from mac, with no
+// serial or UUID so that each MAC is a machine of its own, and returns its
+// ID.
+func registerMachine(t *testing.T, inv *inventory.Store, mac string) string {
+	t.Helper()
+	raw, err := os.ReadFile("../../services/agentapi/testdata/registration.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reg agentapi.Registration
+	if err := json.Unmarshal(raw, &reg); err != nil {
+		t.Fatal(err)
+	}
+	reg.BootMAC, reg.Inventory.System.Serial, reg.Inventory.System.UUID = mac, "", ""
+	reg.Inventory.NICs = []agentapi.NIC{{Name: "eth0", MAC: mac, Link: true}}
+	tok, err := inv.IssueBoot(mac)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := inv.Register(context.Background(), tok.BootID, agentapi.Identity(&reg), &reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out.MachineID
 }
