@@ -83,7 +83,7 @@ admission: {policy: any}
 	}
 
 	// Had the installed system phoned home, the count starts again.
-	if err := inv.PhonedHome(id); err != nil {
+	if _, err := inv.Transition(id, inventory.StateBooted, "the installed system phoned home"); err != nil {
 		t.Fatal(err)
 	}
 	if m, _ := inv.Get(id); m.LocalBoots != 0 || len(m.Flags) != 0 {

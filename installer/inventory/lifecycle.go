@@ -156,23 +156,6 @@ func (s *Store) LocalBoot(id string) (int, error) {
 	return n, nil
 }
 
-// PhonedHome records that machine id's installed system came up: the
-// local boots are counted afresh.
-func (s *Store) PhonedHome(id string) error {
-	err := s.store.Update(func(tx state.Tx) error {
-		lc, err := getLifecycle(tx, id)
-		if err != nil || lc.LocalBoots == 0 {
-			return err
-		}
-		lc.LocalBoots, lc.LastLocalBoot = 0, time.Time{}
-		return putJSON(tx, lifecycleBucket, id, lc)
-	})
-	if err == nil {
-		s.changed()
-	}
-	return err
-}
-
 const lifecycleBucket = "lifecycle" // machine ID -> lifecycle
 
 // LifecycleBucket and OrdersBucket are the buckets a state change and a
