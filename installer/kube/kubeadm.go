@@ -105,7 +105,6 @@ type Secrets struct {
 }
 
 var (
-	tokenRE   = regexp.MustCompile(`^[a-z0-9]{6}\.[a-z0-9]{16}$`)
 	versionRE = regexp.MustCompile(`^v[0-9]+\.[0-9]+\.[0-9]+$`)
 	labelRE   = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 	imageRE   = regexp.MustCompile(`^[a-z0-9]([a-z0-9._/-]*[a-z0-9])?(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$`)
@@ -476,7 +475,7 @@ func checkSpecs(c ClusterSpec, n NodeSpec, s Secrets) error {
 	if s.TokenTTL < 0 || s.TokenTTL > 7*24*time.Hour {
 		errs = append(errs, fmt.Errorf("bootstrap token lifetime %v: want at most 168h", s.TokenTTL))
 	}
-	if !tokenRE.MatchString(s.Token) {
+	if _, err := ParseToken(s.Token); err != nil {
 		errs = append(errs, fmt.Errorf("bootstrap token: want [a-z0-9]{6}.[a-z0-9]{16}"))
 	}
 	if s.PKI == nil {
