@@ -204,9 +204,9 @@ func TestBootstrapTokenAndFirstCPKept(t *testing.T) {
 func TestKubeadmPhase(t *testing.T) {
 	for out, want := range map[string]string{
 		"[preflight] Running pre-flight checks\nerror execution phase preflight: [preflight] Some fatal errors occurred:\n\t[ERROR NumCPU]: the number of available CPUs 1 is less than the required 2\n[preflight] If you know what you are doing, you can make a check non-fatal with `--ignore-preflight-errors=...`\nTo see the stack trace of this error execute with --v=5 or higher\n": "preflight",
-		"error: error execution phase wait-control-plane: could not initialize a Kubernetes cluster\n":                                         "wait-control-plane",
+		"error: error execution phase wait-control-plane: could not initialize a Kubernetes cluster\n":                                            "wait-control-plane",
 		"error execution phase kubelet-start: error uploading crisocket: timed out waiting for the condition\n":                                   "kubelet-start",
-		"error execution phase control-plane-prepare/download-certs: error downloading certs\n":                                                  "control-plane-prepare/download-certs",
+		"error execution phase control-plane-prepare/download-certs: error downloading certs\n":                                                   "control-plane-prepare/download-certs",
 		"couldn't validate the identity of the API Server: Get \"https://10.40.0.10:6443/api/v1/namespaces/kube-public/configmaps/cluster-info\"": "",
 	} {
 		if got := KubeadmPhase(out); got != want {
