@@ -291,6 +291,26 @@ func SaveNodeReport(tx state.Tx, id string, r NodeReport) error {
 	return tx.Put(pkiBucket, nodeReportsKey, raw)
 }
 
+// DeleteNodeReport forgets machine id's report (its new seed will report
+// again).
+func DeleteNodeReport(store state.Store, id string) error {
+	return store.Update(func(tx state.Tx) error {
+		m, err := nodeReports(tx)
+		if err != nil {
+			return err
+		}
+		if _, ok := m[id]; !ok {
+			return nil
+		}
+		delete(m, id)
+		raw, err := json.Marshal(m)
+		if err != nil {
+			return err
+		}
+		return tx.Put(pkiBucket, nodeReportsKey, raw)
+	})
+}
+
 // NodeReports returns every machine's latest report.
 func NodeReports(store state.Store) (map[string]NodeReport, error) {
 	var m map[string]NodeReport
