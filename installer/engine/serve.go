@@ -80,7 +80,7 @@ type Options struct {
 	// goes on from booted to a Ready cluster: each machine's seed
 	// downloads kubelet, kubeadm and kubectl from there and runs kubeadm.
 	BundleFiles BundleFiles
-	Log     *slog.Logger
+	Log         *slog.Logger
 }
 
 // Serving describes running services.
