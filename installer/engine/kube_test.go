@@ -264,7 +264,10 @@ admission: {policy: allowlist}
 		}
 		return err
 	}
-	logOf := func() string { b, _ := os.ReadFile(filepath.Join(root, "var/log/airlock-kubernetes.log")); return string(b) }
+	logOf := func() string {
+		b, _ := os.ReadFile(filepath.Join(root, "var/log/airlock-kubernetes.log"))
+		return string(b)
+	}
 	for _, argv := range cmds[w] {
 		if len(argv) < 3 || argv[1] != kube.NodeScriptFile {
 			continue // the lab's console check
