@@ -300,6 +300,12 @@ func (e *Engine) kubeSeed(m inventory.Machine, cfg *seed.Config) (string, error)
 	return token, nil
 }
 
+// AdminKubeconfig mints a kubeconfig with fresh admin credentials for the
+// cluster, valid for ttl, pointing at the recorded API server.
+func (e *Engine) AdminKubeconfig(ttl time.Duration) ([]byte, error) {
+	return kube.MintAdminKubeconfig(e.store, "", ttl, e.now())
+}
+
 // interfaceOf names the seed's interface that carries addr ("" if none
 // does: kube-vip then takes the default route's).
 func interfaceOf(n seed.Network, addr netip.Addr) string {
