@@ -271,6 +271,18 @@ func (e *Engine) kubeSeed(m inventory.Machine, cfg *seed.Config) (string, error)
 	if err != nil {
 		return "", err
 	}
+	// The minimal pod network routes each other node's pod subnet to that
+	// node, when it is on the same link (machines assigned later are not
+	// in this seed: the platform's CNI replaces this network).
+	if mine, err := netip.ParsePrefix(m.Assignment.Address); err == nil {
+		var routes []seed.Route
+		for _, x := range ms {
+			if xa, err := assignedAddr(x); err == nil && x.ID != m.ID && mine.Masked().Contains(xa) && subnets[x.ID].IsValid() {
+				routes = append(routes, seed.Route{To: subnets[x.ID], Via: xa})
+			}
+		}
+		addRoutes(&cfg.Network, addr, routes)
+	}
 	node := kube.NodeSpec{Hostname: m.Assignment.Hostname, Address: addr, Role: m.Assignment.Role, Init: m.ID == firstID,
 		Interface: interfaceOf(cfg.Network, addr)}
 	ns, err := driver.NodeSeed(spec, node, kube.Secrets{PKI: pki, Token: tok.Value(), TokenTTL: ttl}, firstAddr, now)
@@ -304,6 +316,31 @@ func (e *Engine) kubeSeed(m inventory.Machine, cfg *seed.Config) (string, error)
 // cluster, valid for ttl, pointing at the recorded API server.
 func (e *Engine) AdminKubeconfig(ttl time.Duration) ([]byte, error) {
 	return kube.MintAdminKubeconfig(e.store, "", ttl, e.now())
+}
+
+// addRoutes adds routes to the seed's interface that carries addr.
+func addRoutes(n *seed.Network, addr netip.Addr, routes []seed.Route) {
+	has := func(c *seed.IPConfig) bool {
+		return slices.ContainsFunc(c.Addresses, func(p netip.Prefix) bool { return p.Addr() == addr })
+	}
+	for i := range n.VLANs {
+		if has(&n.VLANs[i].IPConfig) {
+			n.VLANs[i].Routes = append(n.VLANs[i].Routes, routes...)
+			return
+		}
+	}
+	for i := range n.Bonds {
+		if has(&n.Bonds[i].IPConfig) {
+			n.Bonds[i].Routes = append(n.Bonds[i].Routes, routes...)
+			return
+		}
+	}
+	for i := range n.Ethernets {
+		if has(&n.Ethernets[i].IPConfig) {
+			n.Ethernets[i].Routes = append(n.Ethernets[i].Routes, routes...)
+			return
+		}
+	}
 }
 
 // interfaceOf names the seed's interface that carries addr ("" if none

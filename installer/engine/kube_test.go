@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -64,17 +65,25 @@ func kubeBundle(t *testing.T, bins map[string][]byte) *bundle.Bundle {
 	return b
 }
 
-// userData reads back the user-data of machine id's seed image (with
-// mtools, from the FAT filesystem the agent writes to the disk).
-func userData(t *testing.T, e *Engine, id string) (raw []byte, files map[string][]byte, runcmd [][]string) {
+// seedDoc reads back one document of machine id's seed image (with mtools,
+// from the FAT filesystem the agent writes to the disk).
+func seedDoc(t *testing.T, e *Engine, id, name string) []byte {
 	t.Helper()
 	if _, err := exec.LookPath("mtype"); err != nil {
 		t.Fatal("mtools is not installed: apt-get install mtools")
 	}
-	raw, err := exec.Command("mtype", "-i", e.seedFile(id), "::user-data").Output()
+	raw, err := exec.Command("mtype", "-i", e.seedFile(id), "::"+name).Output()
 	if err != nil {
-		t.Fatalf("mtype user-data of %s: %v", id, err)
+		t.Fatalf("mtype %s of %s: %v", name, id, err)
 	}
+	return raw
+}
+
+// userData reads back the user-data of machine id's seed image (with
+// mtools, from the FAT filesystem the agent writes to the disk).
+func userData(t *testing.T, e *Engine, id string) (raw []byte, files map[string][]byte, runcmd [][]string) {
+	t.Helper()
+	raw = seedDoc(t, e, id, "user-data")
 	var ud struct {
 		WriteFiles []struct {
 			Path     string `yaml:"path"`
@@ -90,6 +99,7 @@ func userData(t *testing.T, e *Engine, id string) (raw []byte, files map[string]
 	for _, f := range ud.WriteFiles {
 		b := []byte(f.Content)
 		if f.Encoding == "b64" {
+			var err error
 			if b, err = base64.StdEncoding.DecodeString(f.Content); err != nil {
 				t.Fatal(err)
 			}
@@ -210,6 +220,13 @@ admission: {policy: allowlist}
 	}
 	if !strings.Contains(string(seeds[w][kube.KubeadmConfig]), "apiServerEndpoint: 10.78.0.10:6443") {
 		t.Errorf("worker's join configuration:\n%s", seeds[w][kube.KubeadmConfig])
+	}
+	// Each node routes the other's pod subnet to it (one link).
+	if nc := string(seedDoc(t, e, w, "network-config")); !regexp.MustCompile(`to: 10\.244\.0\.0/24\s+via: 10\.78\.0\.10`).MatchString(nc) {
+		t.Errorf("worker's network-config has no route to the control plane's pods:\n%s", nc)
+	}
+	if nc := string(seedDoc(t, e, cp, "network-config")); !regexp.MustCompile(`to: 10\.244\.1\.0/24\s+via: 10\.78\.0\.11`).MatchString(nc) {
+		t.Errorf("control plane's network-config has no route to the worker's pods:\n%s", nc)
 	}
 	cniCP, cniW := string(seeds[cp][kube.CNIConfFile]), string(seeds[w][kube.CNIConfFile])
 	if !strings.Contains(cniCP, `"subnet": "10.244.0.0/24"`) || !strings.Contains(cniW, `"subnet": "10.244.1.0/24"`) {
