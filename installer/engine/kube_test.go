@@ -409,3 +409,63 @@ admission: {policy: allowlist}
 		t.Errorf("a second bootstrap of a ready machine: %v", err)
 	}
 }
+
+// With Kubernetes in the bundle, the install's steps of a control plane
+// and a worker: provisioning waits for every assignment, the first
+// control plane's bootstrap for its boot, the worker's join for its boot
+// and the bootstrap; the first control plane is recorded once.
+func TestInstallStepsWithKubernetes(t *testing.T) {
+	dir := t.TempDir()
+	imgPath := filepath.Join(dir, "os.img")
+	if err := os.WriteFile(imgPath, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b := kubeBundle(t, map[string][]byte{"kubeadm": []byte("a"), "kubectl": []byte("b"), "kubelet": []byte("c")})
+	e, _ := testEngineWith(t, t.TempDir(), `machines:
+  - {name: workers, match: {serials: [SN-2]}, role: worker, hostname: "w-{index}", address: 10.78.0.11/24}
+  - {name: cp, match: {serials: [SN-1]}, role: control-plane, hostname: cp-1, address: 10.78.0.10/24}
+admission: {policy: allowlist}
+`, func(o *Options) {
+		o.OSImage = &OSImage{Path: imgPath, RawSize: 1, RawSHA256: strings.Repeat("0", 64)}
+		o.BundleFiles = b
+	})
+	inv := e.Inventory()
+	w := report(t, inv, "SN-2", "52:54:00:00:00:02", testDisks...)
+	cp := report(t, inv, "SN-1", "52:54:00:00:00:01", testDisks...)
+	for _, id := range []string{w, cp} {
+		if _, err := inv.Transition(id, inventory.StateAdmitted, "test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ms, err := inv.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps, err := e.installSteps(ms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := map[string][]string{}
+	for _, s := range steps {
+		after[s.ID] = slices.Sorted(slices.Values(s.After))
+	}
+	assigns := slices.Sorted(slices.Values([]string{"assign/" + cp, "assign/" + w}))
+	want := map[string][]string{
+		"assign/" + cp: nil, "assign/" + w: nil,
+		"provision/" + cp: assigns, "provision/" + w: assigns,
+		"boot/" + cp: {"provision/" + cp}, "boot/" + w: {"provision/" + w},
+		"bootstrap/" + cp: {"boot/" + cp},
+		"join/" + w:       slices.Sorted(slices.Values([]string{"boot/" + w, "bootstrap/" + cp})),
+	}
+	if len(after) != len(want) {
+		t.Errorf("steps %v, want %v", after, want)
+	}
+	for id, deps := range want {
+		if got, ok := after[id]; !ok || !slices.Equal(got, deps) {
+			t.Errorf("%s after %v, want %v", id, got, deps)
+		}
+	}
+	if first, err := kube.FirstControlPlane(e.store); err != nil || first != cp {
+		t.Errorf("recorded first control plane %q %v", first, err)
+	}
+}
