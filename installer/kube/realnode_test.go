@@ -415,7 +415,9 @@ clusterDomain: cluster.local
 			}
 			return nil
 		},
-		Joined: func(ctx context.Context, n *corev1.Node) error { return ApplyRoleLabels(ctx, admin, n.Name, RoleWorker) },
+		Joined: func(ctx context.Context, n *corev1.Node) error {
+			return ApplyRoleLabels(ctx, admin, n.Name, RoleWorker)
+		},
 	}.Wait(ctx)
 	if err != nil {
 		t.Fatalf("Node %s Ready: %v", node, err)
