@@ -285,7 +285,15 @@ func (e *Engine) kubeSeed(m inventory.Machine, cfg *seed.Config) (string, error)
 	}
 	node := kube.NodeSpec{Hostname: m.Assignment.Hostname, Address: addr, Role: m.Assignment.Role, Init: m.ID == firstID,
 		Interface: interfaceOf(cfg.Network, addr)}
-	ns, err := driver.NodeSeed(spec, node, kube.Secrets{PKI: pki, Token: tok.Value(), TokenTTL: ttl}, firstAddr, now)
+	secrets := kube.Secrets{PKI: pki, Token: tok.Value(), TokenTTL: ttl}
+	if !node.Init && (ms[fi].State == inventory.StateJoined || ms[fi].State == inventory.StateReady) {
+		// The cluster exists: the first install's token may have expired,
+		// so a later node joins with a fresh one, created through the API.
+		if secrets.Token, err = e.freshToken(node.Hostname, now); err != nil {
+			return "", err
+		}
+	}
+	ns, err := driver.NodeSeed(spec, node, secrets, firstAddr, now)
 	if err != nil {
 		return "", err
 	}
@@ -341,6 +349,31 @@ func addRoutes(n *seed.Network, addr netip.Addr, routes []seed.Route) {
 			return
 		}
 	}
+}
+
+// joinTokenTTL is the life of a token made for a node joining a cluster
+// that exists.
+const joinTokenTTL = 24 * time.Hour
+
+// freshToken creates a bootstrap token for a node joining the existing
+// cluster (its bootstrap-token-ID Secret, through the API with airlock's
+// own credentials) and returns it.
+func (e *Engine) freshToken(hostname string, now time.Time) (string, error) {
+	t, err := kube.NewToken("airlock: "+hostname+" joins with it", joinTokenTTL, now)
+	if err != nil {
+		return "", err
+	}
+	cs, err := e.kubeClient()
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := kube.CreateToken(ctx, cs, t); err != nil {
+		return "", fmt.Errorf("a join token for %s: %w", hostname, err)
+	}
+	e.log.Info("bootstrap token created for a later join", "node", hostname, "token", t.String(), "expires", t.Expires)
+	return t.Value(), nil
 }
 
 // interfaceOf names the seed's interface that carries addr ("" if none

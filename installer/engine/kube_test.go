@@ -146,6 +146,7 @@ func TestKubernetesSeedsReportsAndNodes(t *testing.T) {
 	e, peer := testEngineWith(t, stateDir, `machines:
   - {name: cp, match: {serials: [SN-1]}, role: control-plane, hostname: cp-1, address: 10.78.0.10/24}
   - {name: workers, match: {serials: [SN-2]}, role: worker, hostname: "w-{index}", address: 10.78.0.11/24}
+  - {name: late, match: {serials: [SN-3]}, role: worker, hostname: late-1, address: 10.78.0.12/24}
 admission: {policy: allowlist}
 `, func(o *Options) {
 		o.OSImage = &OSImage{Path: imgPath, RawSize: 23, RawSHA256: strings.Repeat("0", 64)}
@@ -407,6 +408,40 @@ admission: {policy: allowlist}
 	}
 	if err := e.waitNode(ctx, cp, nil); err != nil {
 		t.Errorf("a second bootstrap of a ready machine: %v", err)
+	}
+
+	// A machine that comes once the cluster exists joins with a fresh
+	// token, created through the API (its bootstrap-token-ID Secret), not
+	// the first install's.
+	late := report(t, inv, "SN-3", "52:54:00:00:00:03", testDisks...)
+	if _, err := inv.Transition(late, inventory.StateAdmitted, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.assign(ctx, late, nil); err != nil {
+		t.Fatal(err)
+	}
+	lm, err := inv.Get(late)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.newSeed(lm); err != nil {
+		t.Fatal(err)
+	}
+	_, lateFiles, _ := userData(t, e, late)
+	tm := regexp.MustCompile(`token: ([a-z0-9]{6})\.([a-z0-9]{16})`).FindStringSubmatch(string(lateFiles[kube.KubeadmConfig]))
+	first, _, err := kube.LoadOrCreateBootstrapToken(e.store, time.Hour, time.Now())
+	if err != nil || tm == nil {
+		t.Fatalf("late join configuration (%v):\n%s", err, lateFiles[kube.KubeadmConfig])
+	}
+	if tm[1] == first.ID {
+		t.Error("the late machine joins with the first install's token")
+	}
+	sec, err := api.Super.CoreV1().Secrets(kube.TokenNamespace).Get(ctx, kube.TokenSecretPrefix+tm[1], metav1.GetOptions{})
+	if err != nil || string(sec.Data["token-secret"]) != tm[2] || sec.Type != corev1.SecretTypeBootstrapToken {
+		t.Errorf("the late machine's token Secret: %v %+v", err, sec)
+	}
+	if !strings.Contains(string(lateFiles[kube.CNIConfFile]), `"subnet": "10.244.2.0/24"`) {
+		t.Errorf("late machine's pod network: %s", lateFiles[kube.CNIConfFile])
 	}
 }
 
