@@ -24,6 +24,7 @@ import (
 
 	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/installer/assign"
+	"airlock.dev/airlock/installer/events"
 	"airlock.dev/airlock/installer/inventory"
 	"airlock.dev/airlock/installer/kube"
 	"airlock.dev/airlock/installer/pipeline"
@@ -424,7 +425,8 @@ func (e *Engine) kubeReport(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	rep := kube.NodeReport{Result: q.Get("result"), Step: q.Get("step"), Time: e.now().UTC()}
 	token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if err := e.acceptKubeReport(id, token, rep, body); err != nil {
+	rep, err = e.acceptKubeReport(id, token, rep, body)
+	if err != nil {
 		e.log.Warn("node report refused", "machine", termtext.Escape(id), "remote", r.RemoteAddr, "err", err)
 		if errors.Is(err, errBadReport) {
 			http.Error(w, "bad report: want result=ok|failed and a step name", http.StatusBadRequest)
@@ -434,17 +436,22 @@ func (e *Engine) kubeReport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	e.log.Info("node report", "machine", id, "result", rep.Result, "step", rep.Step)
+	msg := "the node's first boot went well (kubeadm done)"
+	if rep.Result == kube.ReportFailed {
+		msg = "the node reports: " + rep.Error()
+	}
+	e.bus.Emit(events.Event{Kind: events.Notice, Machine: id, Message: msg})
 	w.WriteHeader(http.StatusNoContent)
 }
 
 var errBadReport = errors.New("bad node report")
 
-func (e *Engine) acceptKubeReport(id, token string, rep kube.NodeReport, body []byte) error {
+func (e *Engine) acceptKubeReport(id, token string, rep kube.NodeReport, body []byte) (kube.NodeReport, error) {
 	if rep.Result != kube.ReportOK && rep.Result != kube.ReportFailed || !reportStepRE.MatchString(rep.Step) {
-		return errBadReport
+		return rep, errBadReport
 	}
 	if !machineIDRE.MatchString(id) || token == "" || len(token) > 128 {
-		return ErrKubeReport
+		return rep, ErrKubeReport
 	}
 	if len(body) > maxReportKept {
 		body = body[len(body)-maxReportKept:]
@@ -476,7 +483,7 @@ func (e *Engine) acceptKubeReport(id, token string, rep kube.NodeReport, body []
 		}
 		return kube.SaveNodeReport(tx, id, rep)
 	})
-	return err
+	return rep, err
 }
 
 // reportFailure returns machine id's failed report as an error naming the

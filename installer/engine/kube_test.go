@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"k8s.io/client-go/util/retry"
 
 	"airlock.dev/airlock/bundle"
+	"airlock.dev/airlock/installer/events"
 	"airlock.dev/airlock/installer/inventory"
 	"airlock.dev/airlock/installer/kube"
 	"airlock.dev/airlock/installer/lab/kubetest"
@@ -156,6 +158,15 @@ admission: {policy: allowlist}
 		t.Fatalf("target %s with Kubernetes in the bundle", e.Target())
 	}
 	e.kubeDial, e.kubeTimeout, e.kubePoll = kubetest.Dialer(peer), 2*time.Minute, 200*time.Millisecond
+	var evMu sync.Mutex
+	var notices []string
+	e.Events().Add(events.SinkFunc(func(ev events.Event) {
+		if ev.Kind == events.Notice {
+			evMu.Lock()
+			notices = append(notices, ev.Machine+": "+ev.Message)
+			evMu.Unlock()
+		}
+	}))
 	peer.MustAddr(t, "eth0", "10.78.0.10/24")
 	peer.MustAddr(t, "eth0", "10.78.0.11/24")
 	inv := e.Inventory()
@@ -322,6 +333,11 @@ admission: {policy: allowlist}
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("the reported failure took %v to end the step", d)
 	}
+	evMu.Lock()
+	if !slices.ContainsFunc(notices, func(n string) bool { return strings.HasPrefix(n, w+": the node reports: kubeadm phase preflight") }) {
+		t.Errorf("no notice of the node's report among %q", notices)
+	}
+	evMu.Unlock()
 	// The report's token works once.
 	if err := runNode([]string{"/bin/sh", kube.NodeScriptFile, "report"}); err == nil {
 		t.Error("a report after a failed step was sent")
