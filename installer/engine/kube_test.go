@@ -352,6 +352,45 @@ admission: {policy: allowlist}
 		t.Errorf("stored report %+v %v", reps[w], err)
 	}
 
+	// The report endpoint, over TLS with the control plane's own token:
+	// bounded, validated, single-use.
+	_, _, apiHC, apiURL := machineClients(t, peer, stateDir)
+	cpToken := strings.TrimSpace(strings.TrimPrefix(string(seeds[cp][kube.ReportHeaderFile]), "Authorization: Bearer "))
+	post := func(method, query, token string, body []byte) int {
+		t.Helper()
+		req, err := http.NewRequest(method, apiURL.String()+kubeReportPath+cp+query, strings.NewReader(string(body)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := apiHC.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, c := range []struct {
+		method, query, token string
+		body                 []byte
+		want                 int
+	}{
+		{http.MethodGet, "?result=ok&step=done", cpToken, nil, http.StatusMethodNotAllowed},
+		{http.MethodPost, "?result=maybe&step=done", cpToken, nil, http.StatusBadRequest},
+		{http.MethodPost, "?result=ok&step=$(reboot)", cpToken, nil, http.StatusBadRequest},
+		{http.MethodPost, "?result=ok&step=done", cpToken, make([]byte, maxReportBody+1), http.StatusRequestEntityTooLarge},
+		{http.MethodPost, "?result=ok&step=done", "not-" + cpToken, nil, http.StatusForbidden},
+		{http.MethodPost, "?result=ok&step=done", cpToken, nil, http.StatusNoContent},
+		{http.MethodPost, "?result=failed&step=kubeadm-init", cpToken, nil, http.StatusForbidden}, // spent
+	} {
+		if got := post(c.method, c.query, c.token, c.body); got != c.want {
+			t.Errorf("%s %s (%d bytes): %d, want %d", c.method, c.query, len(c.body), got, c.want)
+		}
+	}
+	if reps, err := kube.NodeReports(e.store); err != nil || reps[cp].Result != kube.ReportOK || reps[cp].Step != "done" {
+		t.Errorf("control plane's report %+v %v", reps[cp], err)
+	}
+
 	// The control plane: a real kube-apiserver with airlock's CA at the
 	// first control plane's address; airlock watches it with its own
 	// credentials.
