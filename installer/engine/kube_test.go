@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
 	"io"
 	"net/http"
 	"os"
@@ -557,5 +558,50 @@ admission: {policy: allowlist}
 	}
 	if first, err := kube.FirstControlPlane(e.store); err != nil || first != cp {
 		t.Errorf("recorded first control plane %q %v", first, err)
+	}
+}
+
+// fakeBundleFiles is an in-memory twin of a bundle's metadata, for the
+// checks of what a bundle says about Kubernetes.
+type fakeBundleFiles struct{ md bundle.Metadata }
+
+func (f fakeBundleFiles) Metadata() bundle.Metadata { return f.md }
+func (f fakeBundleFiles) Open(string) (*io.SectionReader, error) {
+	return nil, errors.New("not in this twin")
+}
+
+// What the bundle says about Kubernetes is checked before anything
+// serves: the version the answers ask for, each binary present among the
+// files with a sha256 digest.
+func TestKubeFromChecksTheBundle(t *testing.T) {
+	good := func() bundle.Metadata {
+		md := bundle.Metadata{Kubernetes: &bundle.Kubernetes{Version: "v1.34.2", Binaries: map[string]string{}}}
+		for _, n := range kube.Binaries {
+			md.Kubernetes.Binaries[n] = "k/" + n
+			md.Files = append(md.Files, bundle.File{Name: "k/" + n, Path: "files/k/" + n, Digest: "sha256:" + strings.Repeat("a", 64)})
+		}
+		return md
+	}
+	if k, files, err := kubeFrom(fakeBundleFiles{good()}, "v1.34.2"); err != nil || k == nil || len(files) != 3 {
+		t.Fatalf("a good bundle: %v %v %v", k, files, err)
+	}
+	if k, _, err := kubeFrom(fakeBundleFiles{bundle.Metadata{}}, "v1.34.2"); err != nil || k != nil {
+		t.Errorf("a bundle without Kubernetes: %v %v", k, err)
+	}
+	for name, c := range map[string]struct {
+		change  func(*bundle.Metadata)
+		version string
+		want    string
+	}{
+		"version":      {func(*bundle.Metadata) {}, "v1.33.0", `set it to "v1.34.2"`},
+		"no kubelet":   {func(md *bundle.Metadata) { delete(md.Kubernetes.Binaries, "kubelet") }, "v1.34.2", "no kubelet"},
+		"missing file": {func(md *bundle.Metadata) { md.Files = md.Files[1:] }, "v1.34.2", "which the bundle does not have"},
+		"sha512":       {func(md *bundle.Metadata) { md.Files[2].Digest = "sha512:" + strings.Repeat("a", 128) }, "v1.34.2", "not sha256"},
+	} {
+		md := good()
+		c.change(&md)
+		if _, _, err := kubeFrom(fakeBundleFiles{md}, c.version); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", name, err, c.want)
+		}
 	}
 }
