@@ -145,7 +145,7 @@ It reads every OS image whole (format, raw size and SHA-256), lists the images
 the kubernetes: section adds, and, when its binaries come from a local
 directory, checks each against its .sha256 file, naming one that is missing
 or does not match. Nothing is fetched from the network.`,
-		Args:  cobra.NoArgs,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			spec, err := loadBundleSpec(g.streams.Out, file)
 			if err != nil {
