@@ -102,16 +102,21 @@ func (m *kubeMirror) count(kind string) int {
 // NAME.sha256 beside each (64 hex digits, as upstream writes them). It
 // returns the binaries' contents by name.
 func kubeBinaries(t *testing.T, dir string) map[string][]byte {
+	return kubeBinariesFor(t, dir, "amd64")
+}
+
+// kubeBinariesFor is kubeBinaries for linux/arch.
+func kubeBinariesFor(t *testing.T, dir, arch string) map[string][]byte {
 	t.Helper()
 	out := map[string][]byte{}
-	bin := filepath.Join(dir, "release", manifests.DefaultKubernetesVersion, "bin", "linux", "amd64")
+	bin := filepath.Join(dir, "release", manifests.DefaultKubernetesVersion, "bin", "linux", arch)
 	if err := os.MkdirAll(bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range bundle.KubernetesBinaries {
 		data := make([]byte, 32<<10)
 		rand.Read(data)
-		data = append([]byte("\x7fELF fake "+name+"\n"), data...)
+		data = append([]byte("\x7fELF fake "+name+" "+arch+"\n"), data...)
 		out[name] = data
 		if err := os.WriteFile(filepath.Join(bin, name), data, 0o755); err != nil {
 			t.Fatal(err)
@@ -368,5 +373,44 @@ registryMirrors: {registry.k8s.io: %s, ghcr.io: %s}
 				t.Error("a bundle was written")
 			}
 		})
+	}
+}
+
+// A spec whose platforms name two linux architectures carries the binaries
+// of both: amd64 as the set's Arch, arm64 among its OtherArches, each
+// found by KubernetesBinary.
+func TestBuildKubernetesTwoArches(t *testing.T) {
+	m := newKubeMirror(t)
+	dir := t.TempDir()
+	arm := kubeBinariesFor(t, dir, "arm64")
+	amd := kubeBinariesFor(t, dir, "amd64")
+	out, pub, _, err := buildKube(t, dir, fmt.Sprintf(`apiVersion: airlock.dev/v1alpha1
+kind: Bundle
+platforms: [linux/arm64/v8, linux/amd64]
+kubernetes: {binaries: release, kubeVIP: false}
+registryMirrors: {registry.k8s.io: %s}
+`, m.http.URL), &loopbackOnly{base: http.DefaultTransport})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bundle.Open(out, bundle.Trust{PublicKey: pub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	k := b.Metadata().Kubernetes
+	if k.Arch != "amd64" || len(k.OtherArches) != 1 || len(k.OtherArches["arm64"]) != 3 {
+		t.Fatalf("set: %+v", k)
+	}
+	for arch, bins := range map[string]map[string][]byte{"amd64": amd, "arm64": arm} {
+		for name, data := range bins {
+			f, ok := b.KubernetesBinary(arch, name)
+			if !ok || f.Name != "kubernetes/v1.34.2/linux-"+arch+"/"+name {
+				t.Fatalf("%s/%s: %+v %v", arch, name, f, ok)
+			}
+			if got, err := b.ReadFile(f.Path); err != nil || !bytes.Equal(got, data) {
+				t.Errorf("%s/%s: %v", arch, name, err)
+			}
+		}
 	}
 }
