@@ -414,3 +414,49 @@ registryMirrors: {registry.k8s.io: %s}
 		}
 	}
 }
+
+// pullRef sends a registry's images to its mirror, keeping path, tag and
+// digest; Docker Hub is docker.io however the key spells it; the mirror's
+// scheme is kept by mirrorTransport whatever go-containerregistry picks.
+func TestPullRefThroughMirrors(t *testing.T) {
+	mirrors, schemes, err := parseMirrors(map[string]string{"index.docker.io": "https://hub.example:8443", "registry.k8s.io": "http://10.1.2.3:5001/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &builder{mirrors: mirrors}
+	d := "sha256:" + strings.Repeat("c", 64)
+	for in, want := range map[string]string{
+		"nginx:1.25": "hub.example:8443/library/nginx:1.25",
+		"registry.k8s.io/coredns/coredns:v1.12.1": "10.1.2.3:5001/coredns/coredns:v1.12.1",
+		"registry.k8s.io/pause@" + d:              "10.1.2.3:5001/pause@" + d,
+		"quay.io/x/y:1":                           "quay.io/x/y:1",
+	} {
+		r, err := ParseImageRef(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref, err := b.pullRef(r)
+		if err != nil || ref.String() != want {
+			t.Errorf("pullRef(%s) = %v, %v; want %s", in, ref, err, want)
+		}
+	}
+	if schemes["hub.example:8443"] != "https" || schemes["10.1.2.3:5001"] != "http" {
+		t.Errorf("schemes %v", schemes)
+	}
+	// go-containerregistry speaks http to a private address; the transport
+	// puts back the https the mirror was given with.
+	var seen string
+	tr := &mirrorTransport{schemes: map[string]string{"10.1.2.3:5001": "https"}, base: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		seen = r.URL.String()
+		return nil, fmt.Errorf("stop")
+	})}
+	req, _ := http.NewRequest(http.MethodGet, "http://10.1.2.3:5001/v2/", nil)
+	tr.RoundTrip(req)
+	if seen != "https://10.1.2.3:5001/v2/" {
+		t.Errorf("request went to %s", seen)
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
