@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -25,6 +26,7 @@ import (
 
 	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/manifests"
+	"airlock.dev/airlock/services/registry"
 )
 
 // kubeMirror is a real registry (go-containerregistry's) on loopback
@@ -460,3 +462,55 @@ func TestPullRefThroughMirrors(t *testing.T) {
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// The Kubernetes images of a built bundle, served by airlock's registry,
+// answer a node that asks the way containerd does through its
+// registry.k8s.io and ghcr.io mirrors (/v2/NAME/manifests/TAG?ns=UPSTREAM)
+// with the very manifests the mirror the bundle was built from holds.
+func TestKubernetesImagesServedByOriginalName(t *testing.T) {
+	m := newKubeMirror(t)
+	dir := t.TempDir()
+	kubeBinaries(t, dir)
+	out, pub, _, err := buildKube(t, dir, fmt.Sprintf(`apiVersion: airlock.dev/v1alpha1
+kind: Bundle
+kubernetes: {binaries: release}
+registryMirrors: {registry.k8s.io: %s, ghcr.io: %s}
+`, m.http.URL, m.http.URL), &loopbackOnly{base: http.DefaultTransport})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bundle.Open(out, bundle.Trust{PublicKey: pub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- registry.New(b, slog.New(slog.DiscardHandler)).Run(ctx, l) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("registry: %v", err)
+		}
+	}()
+	for _, ref := range b.Metadata().Kubernetes.Images {
+		host, rest, _ := strings.Cut(ref, "/")
+		repo, tag, _ := strings.Cut(rest, ":")
+		u := fmt.Sprintf("http://%s/v2/%s/manifests/%s?ns=%s", l.Addr(), repo, tag, host)
+		req, _ := http.NewRequest(http.MethodGet, u, nil)
+		req.Header.Set("Accept", "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || "sha256:"+sha256hex(body) != m.digests[ref] || resp.Header.Get("Docker-Content-Digest") != m.digests[ref] {
+			t.Errorf("GET %s: %s, digest %s (header %s), the mirror's %s", u, resp.Status, sha256hex(body), resp.Header.Get("Docker-Content-Digest"), m.digests[ref])
+		}
+	}
+}
