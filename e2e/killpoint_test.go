@@ -122,6 +122,7 @@ func sweepAll(t *testing.T, up func(*testing.T, int) *killLab) {
 	points := clean.points(t)
 	clean.stop(t)
 	clean.inspect(t, false)
+	clean.checkAddress(t)
 	if t.Failed() {
 		t.FailNow()
 	}
@@ -303,6 +304,7 @@ type statusJSON struct {
 	Machines       []struct {
 		ID, State, Step, StepStatus, Failure string
 		History                              []struct{ From, To string }
+		Assignment                           *struct{ Address string }
 	}
 }
 
@@ -365,6 +367,29 @@ func (l *killLab) finish(t *testing.T) {
 	l.waitBooted(t)
 	l.stop(t)
 	l.inspect(t, l.insideWrite)
+	l.checkAddress(t)
+}
+
+// checkAddress checks that the machine's one lease is the address status
+// shows for it (its assignment's): the discovery lease it held before it
+// was assigned was freed when it took that address.
+func (l *killLab) checkAddress(t *testing.T) {
+	t.Helper()
+	st, out := l.status(t)
+	if len(st.Machines) != 1 || st.Machines[0].Assignment == nil || st.Machines[0].Assignment.Address == "" {
+		t.Errorf("status shows no assigned address: %s", out)
+		return
+	}
+	addr, _, _ := strings.Cut(st.Machines[0].Assignment.Address, "/")
+	var held []string
+	for _, le := range readStore(t, l.dir).leases {
+		if strings.EqualFold(le.MAC, l.vm.MAC) {
+			held = append(held, le.IP+" "+le.State)
+		}
+	}
+	if len(held) != 1 || held[0] != addr+" bound" {
+		t.Errorf("status shows %s at %s, but its MAC %s holds %v", st.Machines[0].ID, addr, l.vm.MAC, held)
+	}
 }
 
 func (l *killLab) waitBooted(t *testing.T) {
