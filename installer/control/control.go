@@ -31,6 +31,16 @@ const SocketName = "airlock.sock"
 // ErrNotRunning means no airlock process serves the state directory.
 var ErrNotRunning = errors.New("no airlock is running on this state directory")
 
+// ErrLost means the airlock's connection broke before it answered: it
+// died (or stopped) while it served the request. Asked again, it is either
+// running or ErrNotRunning.
+var ErrLost = errors.New("the airlock stopped answering")
+
+// lost reports whether err is a connection broken by the other end.
+func lost(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
 // Source is what the control socket reports and acts on.
 type Source interface {
 	Machines() ([]inventory.Machine, error)
@@ -216,11 +226,17 @@ func (c *Client) do(ctx context.Context, method, path string, v any) error {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
 			return ErrNotRunning
 		}
+		if lost(err) {
+			return fmt.Errorf("control socket: %w: %w", ErrLost, err)
+		}
 		return fmt.Errorf("control socket: %w", err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
+		if lost(err) {
+			return fmt.Errorf("control socket: %w: %w", ErrLost, err)
+		}
 		return fmt.Errorf("control socket: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
