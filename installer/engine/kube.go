@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/netip"
 	"regexp"
@@ -37,8 +38,9 @@ import (
 // carries for Kubernetes: the bundle (*bundle.Bundle).
 type BundleFiles interface {
 	Metadata() bundle.Metadata
-	// Open returns a file of the archive after checking its digest.
-	Open(path string) (*io.SectionReader, error)
+	// FileContent returns where the file called name lies (its digest
+	// checked the first time it is asked for).
+	FileContent(name string) (f bundle.File, r io.ReaderAt, off, size int64, err error)
 }
 
 // Paths of the cluster's part of airlock's services.
@@ -65,6 +67,9 @@ const (
 	// nodeCNIBinDir is where Debian's containernetworking-plugins (the
 	// node image's) puts the standard CNI plugins.
 	nodeCNIBinDir = "/usr/lib/cni"
+	// nodeArch is the architecture of the nodes' Kubernetes binaries
+	// (every machine airlock installs today is linux/amd64).
+	nodeArch = "amd64"
 	// adminTTL is the life of the credentials airlock mints for its own
 	// watch of the cluster.
 	adminTTL = time.Hour
@@ -87,10 +92,16 @@ func kubeFrom(b BundleFiles, version string) (*bundle.Kubernetes, map[string]bun
 		return nil, nil, fmt.Errorf("the bundle carries Kubernetes %q and cluster.distribution.version asks for %q: set it to %q, or build a bundle with kubernetes.version %q",
 			k.Version, version, k.Version, version)
 	}
+	bins := k.Binaries
+	if k.Arch != nodeArch {
+		if bins = k.OtherArches[nodeArch]; bins == nil {
+			return nil, nil, fmt.Errorf("the bundle's Kubernetes %s has binaries for linux/%s, not linux/%s: build it with that platform", k.Version, k.Arch, nodeArch)
+		}
+	}
 	files := map[string]bundle.File{}
 	var problems []string
 	for _, name := range kube.Binaries {
-		fname, ok := k.Binaries[name]
+		fname, ok := bins[name]
 		if !ok {
 			problems = append(problems, fmt.Sprintf("no %s", name))
 			continue
@@ -118,11 +129,6 @@ func kubeFrom(b BundleFiles, version string) (*bundle.Kubernetes, map[string]bun
 // metadata lists, each checked against its digest as it is opened, at
 // most maxFileDownloads at once.
 func (e *Engine) serveBundleFiles() {
-	md := e.bundleFiles.Metadata()
-	byName := map[string]bundle.File{}
-	for _, f := range md.Files {
-		byName[f.Name] = f
-	}
 	slots := make(chan struct{}, maxFileDownloads)
 	e.hb.Mount(bundleFilesPrefix, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -131,8 +137,7 @@ func (e *Engine) serveBundleFiles() {
 			return
 		}
 		name := strings.TrimPrefix(r.URL.Path, bundleFilesPrefix)
-		f, ok := byName[name]
-		if len(name) > 512 || !ok {
+		if len(name) > 512 {
 			http.NotFound(w, r)
 			return
 		}
@@ -142,14 +147,18 @@ func (e *Engine) serveBundleFiles() {
 		case <-r.Context().Done():
 			return
 		}
-		sr, err := e.bundleFiles.Open(f.Path)
+		_, ra, off, size, err := e.bundleFiles.FileContent(name)
+		if errors.Is(err, fs.ErrNotExist) {
+			http.NotFound(w, r)
+			return
+		}
 		if err != nil {
 			e.log.Error("serve bundle file", "file", termtext.Escape(name), "err", err)
 			http.Error(w, "bundle file unavailable", http.StatusInternalServerError)
 			return
 		}
 		w.Header().Set("Content-Type", "application/octet-stream")
-		http.ServeContent(w, r, "", time.Time{}, sr)
+		http.ServeContent(w, r, "", time.Time{}, io.NewSectionReader(ra, off, size))
 	}))
 }
 

@@ -30,6 +30,7 @@ import (
 	"airlock.dev/airlock/installer/lab/kubetest"
 	"airlock.dev/airlock/installer/lab/netns"
 	"airlock.dev/airlock/installer/state"
+	"airlock.dev/airlock/manifests"
 )
 
 // kubeBundle writes a real signed bundle that carries Kubernetes: its
@@ -47,7 +48,7 @@ func kubeBundle(t *testing.T, bins map[string][]byte) *bundle.Bundle {
 		t.Fatal(err)
 	}
 	w.AddBytes("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`), "")
-	meta := bundle.Metadata{Kubernetes: &bundle.Kubernetes{Version: "v1.34.2", Binaries: map[string]string{}}}
+	meta := bundle.Metadata{Kubernetes: &bundle.Kubernetes{Version: "v1.34.2", Arch: "amd64", Binaries: map[string]string{}}}
 	for _, name := range kube.Binaries {
 		fname := "kubernetes/v1.34.2/linux-amd64/" + name
 		d, err := w.AddBytes("files/"+fname, bins[name], "")
@@ -57,6 +58,18 @@ func kubeBundle(t *testing.T, bins map[string][]byte) *bundle.Bundle {
 		meta.Files = append(meta.Files, bundle.File{Name: fname, Path: "files/" + fname, Size: int64(len(bins[name])), Digest: d})
 		meta.Kubernetes.Binaries[name] = fname
 	}
+	// The images kubeadm of the version pulls, as the signed metadata
+	// lists them (their blobs are not needed here: nothing pulls them).
+	refs, err := manifests.KubernetesImages("v1.34.2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range refs {
+		i := strings.LastIndexByte(ref, ':')
+		meta.Images = append(meta.Images, bundle.Image{Repository: ref[:i], Tag: ref[i+1:], Digest: "sha256:" + strings.Repeat("0", 64),
+			MediaType: "application/vnd.oci.image.index.v1+json"})
+	}
+	meta.Kubernetes.Images = refs
 	if _, err := w.Finish(meta, priv); err != nil {
 		t.Fatal(err)
 	}
@@ -566,8 +579,8 @@ admission: {policy: allowlist}
 type fakeBundleFiles struct{ md bundle.Metadata }
 
 func (f fakeBundleFiles) Metadata() bundle.Metadata { return f.md }
-func (f fakeBundleFiles) Open(string) (*io.SectionReader, error) {
-	return nil, errors.New("not in this twin")
+func (f fakeBundleFiles) FileContent(string) (bundle.File, io.ReaderAt, int64, int64, error) {
+	return bundle.File{}, nil, 0, 0, errors.New("not in this twin")
 }
 
 // What the bundle says about Kubernetes is checked before anything
@@ -575,7 +588,7 @@ func (f fakeBundleFiles) Open(string) (*io.SectionReader, error) {
 // files with a sha256 digest.
 func TestKubeFromChecksTheBundle(t *testing.T) {
 	good := func() bundle.Metadata {
-		md := bundle.Metadata{Kubernetes: &bundle.Kubernetes{Version: "v1.34.2", Binaries: map[string]string{}}}
+		md := bundle.Metadata{Kubernetes: &bundle.Kubernetes{Version: "v1.34.2", Arch: "amd64", Binaries: map[string]string{}}}
 		for _, n := range kube.Binaries {
 			md.Kubernetes.Binaries[n] = "k/" + n
 			md.Files = append(md.Files, bundle.File{Name: "k/" + n, Path: "files/k/" + n, Digest: "sha256:" + strings.Repeat("a", 64)})
@@ -584,6 +597,12 @@ func TestKubeFromChecksTheBundle(t *testing.T) {
 	}
 	if k, files, err := kubeFrom(fakeBundleFiles{good()}, "v1.34.2"); err != nil || k == nil || len(files) != 3 {
 		t.Fatalf("a good bundle: %v %v %v", k, files, err)
+	}
+	other := good()
+	other.Kubernetes.Arch, other.Kubernetes.OtherArches = "arm64", map[string]map[string]string{"amd64": other.Kubernetes.Binaries}
+	other.Kubernetes.Binaries = map[string]string{}
+	if _, files, err := kubeFrom(fakeBundleFiles{other}, "v1.34.2"); err != nil || files["kubelet"].Name != "k/kubelet" {
+		t.Errorf("amd64 among the other architectures: %v %v", files, err)
 	}
 	if k, _, err := kubeFrom(fakeBundleFiles{bundle.Metadata{}}, "v1.34.2"); err != nil || k != nil {
 		t.Errorf("a bundle without Kubernetes: %v %v", k, err)
@@ -597,6 +616,7 @@ func TestKubeFromChecksTheBundle(t *testing.T) {
 		"no kubelet":   {func(md *bundle.Metadata) { delete(md.Kubernetes.Binaries, "kubelet") }, "v1.34.2", "no kubelet"},
 		"missing file": {func(md *bundle.Metadata) { md.Files = md.Files[1:] }, "v1.34.2", "which the bundle does not have"},
 		"sha512":       {func(md *bundle.Metadata) { md.Files[2].Digest = "sha512:" + strings.Repeat("a", 128) }, "v1.34.2", "not sha256"},
+		"arm64 only":   {func(md *bundle.Metadata) { md.Kubernetes.Arch = "arm64" }, "v1.34.2", "not linux/amd64"},
 	} {
 		md := good()
 		c.change(&md)
