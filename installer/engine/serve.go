@@ -70,10 +70,7 @@ type Options struct {
 	// disks, and the pipeline then provisions and boots them. Without any
 	// the install ends once machines are assigned.
 	OSImages BundleOSImages
-	// OSImage, when set, is installed instead of the bundle's images,
-	// under the name DirOSImageName (the lab's and developers' path).
-	OSImage *OSImage
-	Log     *slog.Logger
+	Log      *slog.Logger
 }
 
 // Serving describes running services.
@@ -166,9 +163,7 @@ func New(o Options) (_ *Engine, err error) {
 	}
 	e := &Engine{answers: a, bus: &events.Bus{}, decider: o.Decider, log: log, base: base, apiBase: apiBase, reg: o.Registry, ready: make(chan struct{}),
 		stateDir: o.StateDir, bootTimeout: 30 * time.Minute, seedTokenTTL: DefaultSeedTokenTTL, now: time.Now}
-	if e.images, err = imagesFrom(o.OSImage, o.OSImages); err != nil {
-		return nil, err
-	}
+	e.images = imagesFrom(o.OSImages)
 	if err := CheckRuleImages(a, e.images.names()); err != nil {
 		return nil, err
 	}
