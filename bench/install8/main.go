@@ -12,15 +12,15 @@
 // agent's own write path (installer/agent/provision.Fetch and Write: HTTP,
 // zstd, SHA-256 of the raw image, the first MiB written last, O_DIRECT,
 // fsync) onto a loop device of its own backed by tmpfs, install the image:
-// once from /os/images/NAME as install orders it, once from the registry's
-// /v2/.../blobs/DIGEST. Rounds alternate which goes first. airlock's CPU
-// (user + system, /proc/PID/stat) over each phase, divided by the bytes it
-// sent, is its CPU per GiB served; the figure is the median of the
+// -installs times from /os/images/NAME as install orders it, as often from
+// the registry's /v2/.../blobs/DIGEST. Rounds alternate which goes first.
+// airlock's CPU over each phase (its threads' run time), divided by the
+// bytes it sent, is its CPU per GiB served; the figure is the median of the
 // per-round ratios OS image / registry, with its range and a confidence
 // interval of the median. The agents run in this process, so their CPU
 // (shown too) is not airlock's.
 //
-//	go run ./bench/install8 [-machines 8] [-size 256] [-rounds 5]   (root)
+//	go run ./bench/install8 [-machines 8] [-size 256] [-installs 2] [-rounds 7]   (root)
 package main
 
 import (
@@ -67,14 +67,15 @@ const (
 func main() {
 	machines := flag.Int("machines", 8, "machines installing at once")
 	sizeMiB := flag.Int("size", 256, "raw image size in MiB (generated: a quarter zeros, a quarter random, half text-like)")
-	rounds := flag.Int("rounds", 5, "rounds; each installs every machine once from the OS image path and once from the registry, alternating which goes first")
+	rounds := flag.Int("rounds", 7, "rounds; each installs every machine -installs times from the OS image path and as often from the registry, alternating which goes first")
+	installs := flag.Int("installs", 2, "installs per machine and phase")
 	backing := flag.String("backing", "/dev/shm", "directory for the loop devices' backing files (tmpfs by default: the figure is airlock's, not this machine's disk)")
 	airlockBin := flag.String("airlock", "", "airlock binary to run (default: go build this tree into a temporary directory)")
 	cc := flag.String("cc", benchns.DefaultCC, "TCP congestion control in the benchmark's namespace (\"\": the host's default)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	o := options{machines: *machines, size: int64(*sizeMiB) << 20, rounds: *rounds, backing: *backing, airlock: *airlockBin, cc: *cc}
+	o := options{machines: *machines, size: int64(*sizeMiB) << 20, rounds: *rounds, installs: *installs, backing: *backing, airlock: *airlockBin, cc: *cc}
 	if err := run(ctx, o); err != nil {
 		log.Print(err)
 		defer os.Exit(1)
@@ -85,6 +86,7 @@ type options struct {
 	machines int
 	size     int64
 	rounds   int
+	installs int
 	backing  string
 	airlock  string
 	cc       string
@@ -189,7 +191,7 @@ cluster: {name: bench}
 		}
 	}
 	spec := provision.WriteSpec{RawSize: o.size, RawSHA256: img.rawSHA256}
-	served := float64(img.blobSize) * float64(o.machines) / (1 << 30)
+	served := float64(img.blobSize) * float64(o.machines*o.installs) / (1 << 30)
 	var ratios []float64
 	var osr, regr []phase
 	for r := 0; r < o.rounds; r++ {
@@ -199,7 +201,7 @@ cluster: {name: bench}
 		}
 		res := map[string]phase{}
 		for _, name := range order {
-			p, err := install(ctx, client, srv.cmd.Process.Pid, paths[name], devs, spec)
+			p, err := install(ctx, client, srv.cmd.Process.Pid, paths[name], devs, spec, o.installs)
 			if err != nil {
 				return fmt.Errorf("round %d, %s: %w", r+1, name, err)
 			}
@@ -214,7 +216,7 @@ cluster: {name: bench}
 	}
 	med, lo, hi := stats.Spread(ratios)
 	ciLo, ciHi, cover := stats.MedianCI(ratios, 0.95)
-	fmt.Printf("\n%d machines at once, %.2f GiB served per phase (%d x %.1f MiB), %d rounds\n", o.machines, served, o.machines, float64(img.blobSize)/(1<<20), o.rounds)
+	fmt.Printf("\n%d machines at once, %.2f GiB served per phase (%d machines x %d installs x %.1f MiB), %d rounds\n", o.machines, served, o.machines, o.installs, float64(img.blobSize)/(1<<20), o.rounds)
 	fmt.Printf("airlock CPU-s per GiB served (medians): OS image %.3f (user %.3f, system %.3f), registry %.3f (user %.3f, system %.3f)\n",
 		stats.MedianOf(osr, phase.airlockPerGiB), stats.MedianOf(osr, phase.userPerGiB), stats.MedianOf(osr, phase.sysPerGiB),
 		stats.MedianOf(regr, phase.airlockPerGiB), stats.MedianOf(regr, phase.userPerGiB), stats.MedianOf(regr, phase.sysPerGiB))
@@ -228,22 +230,25 @@ cluster: {name: bench}
 
 // phase is one phase of a round: every machine installed once from one path.
 type phase struct {
-	wall      time.Duration
-	user, sys float64 // airlock's CPU-seconds
-	agents    float64 // this process's CPU-seconds (the agents)
-	served    float64 // GiB airlock sent
+	wall time.Duration
+	// cpu is airlock's CPU-seconds, from its threads' run time (ns);
+	// user and sys split it, from /proc/PID/stat's 10 ms ticks.
+	cpu, user, sys float64
+	agents         float64 // this process's CPU-seconds (the agents)
+	served         float64 // GiB airlock sent
 }
 
-func (p phase) airlockPerGiB() float64 { return (p.user + p.sys) / p.served }
+func (p phase) airlockPerGiB() float64 { return p.cpu / p.served }
 func (p phase) userPerGiB() float64    { return p.user / p.served }
 func (p phase) sysPerGiB() float64     { return p.sys / p.served }
 func (p phase) agentsPerGiB() float64  { return p.agents / p.served }
 func (p phase) rate() float64          { return p.served * 1024 / p.wall.Seconds() }
 
-// install has one agent per device fetch url and write it, all at once, and
-// measures airlock's CPU (process pid) and the agents' over it.
-func install(ctx context.Context, client *http.Client, pid int, url string, devs []string, spec provision.WriteSpec) (phase, error) {
-	u0, s0, err := cpuSeconds(pid)
+// install has one agent per device fetch url and write it, n times
+// each, all at once, and measures airlock's CPU (process pid) and the
+// agents' over it.
+func install(ctx context.Context, client *http.Client, pid int, url string, devs []string, spec provision.WriteSpec, n int) (phase, error) {
+	c0, err := cpuOf(pid)
 	if err != nil {
 		return phase{}, err
 	}
@@ -254,22 +259,29 @@ func install(ctx context.Context, client *http.Client, pid int, url string, devs
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			body, err := provision.Fetch(ctx, client, url)
-			if err != nil {
-				errs[i] = err
-				return
+			for k := 0; k < n && errs[i] == nil; k++ {
+				body, err := provision.Fetch(ctx, client, url)
+				if err != nil {
+					errs[i] = err
+					return
+				}
+				_, errs[i] = provision.Write(ctx, dev, body, spec, nil)
+				body.Close()
 			}
-			defer body.Close()
-			_, errs[i] = provision.Write(ctx, dev, body, spec, nil)
 		}()
 	}
 	wg.Wait()
 	p := phase{wall: time.Since(t0), agents: rusageSelf() - self0}
-	u1, s1, err := cpuSeconds(pid)
+	c1, err := cpuOf(pid)
 	if err != nil {
 		return p, err
 	}
-	p.user, p.sys = u1-u0, s1-s0
+	p.cpu, p.user, p.sys = c1.run-c0.run, c1.user-c0.user, c1.sys-c0.sys
+	if lost := (p.user + p.sys) - p.cpu; lost > 0.03 {
+		// A thread that ended took its run time with it (its ticks stay
+		// in /proc/PID/stat): count the ticks instead.
+		p.cpu = p.user + p.sys
+	}
 	return p, errors.Join(errs...)
 }
 
@@ -479,17 +491,38 @@ func sha256Hex(b []byte) string {
 	return hex.EncodeToString(s[:])
 }
 
-// cpuSeconds reads a process's user and system CPU time.
-func cpuSeconds(pid int) (user, sys float64, err error) {
+// cpuTime is a process's CPU time: run is the sum of its threads' time on
+// a CPU (/proc/PID/task/*/schedstat, in ns), user and sys its ticks from
+// /proc/PID/stat (10 ms each: too coarse alone for a phase that costs
+// airlock a tenth of a second).
+type cpuTime struct{ run, user, sys float64 }
+
+func cpuOf(pid int) (cpuTime, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, 0, err
+		return cpuTime{}, err
 	}
 	s := string(b)
 	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
 	ut, _ := strconv.ParseFloat(fields[11], 64)
 	st, _ := strconv.ParseFloat(fields[12], 64)
-	return ut / 100, st / 100, nil // USER_HZ is 100 on Linux
+	c := cpuTime{user: ut / 100, sys: st / 100} // USER_HZ is 100 on Linux
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	if err != nil || len(tasks) == 0 {
+		return c, fmt.Errorf("threads of %d: %v", pid, err)
+	}
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue // the thread ended
+		}
+		f := strings.Fields(string(b))
+		if len(f) > 0 {
+			ns, _ := strconv.ParseInt(f[0], 10, 64)
+			c.run += float64(ns) / 1e9
+		}
+	}
+	return c, nil
 }
 
 func rusageSelf() float64 {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/installer/config"
 	"airlock.dev/airlock/installer/inventory"
+	"airlock.dev/airlock/services/sendbuf"
 )
 
 // BundleOSImages is where the engine finds the OS images it installs: the
@@ -75,6 +77,12 @@ func imagesFrom(b BundleOSImages) osImages {
 				r, off, size, err := b.OSImageContent(name)
 				if err != nil {
 					return nil, err
+				}
+				if f, ok := r.(*os.File); ok {
+					// Sent with sendfile, as the registry sends blobs
+					// (bench/install8: 4.3x the registry's CPU per GiB
+					// when copied through a buffer).
+					return sendbuf.NewSection(f, off, size), nil
 				}
 				return io.NewSectionReader(r, off, size), nil
 			}}
