@@ -164,6 +164,9 @@ func (e *Engine) serveOSImages() {
 			http.Error(w, "OS image unavailable", http.StatusInternalServerError)
 			return
 		}
+		// A long stream to an installing machine: the registry's send
+		// buffer rather than the boot server's (bench/install8).
+		sendbuf.Enlarge(r.Context())
 		w.Header().Set("Content-Type", "application/octet-stream")
 		http.ServeContent(w, r, "", time.Time{}, rs)
 	}))
