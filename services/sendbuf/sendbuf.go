@@ -77,7 +77,7 @@ func ConnContext(ctx context.Context, c net.Conn) context.Context {
 // by a Listener) the Registry send buffer, for a large stream on a server
 // whose other answers are small: the boot server sending an OS image to
 // an installing machine (bench/install8: 1.07x the registry's CPU per GiB
-// sent with the Boot buffer, 0.88x with this one). At most as many
+// sent with the Boot buffer, 0.92x with this one). At most as many
 // connections of one listener at once as the registry's own listener lets
 // have it; it reports whether this one got it.
 func Enlarge(ctx context.Context) bool {
