@@ -21,7 +21,7 @@ bin/airlock lab down --state "$state" >/dev/null   # whatever a crashed run left
 cleanup() { trap - EXIT INT TERM; echo; bin/airlock lab down --state "$state"; }
 trap cleanup EXIT INT TERM
 
-bin/airlock lab up --state "$state" --nodes "$nodes" --racks 2 --firmware mixed --kernel "$kernel" --modules "$modules" --install --os-image "$image"
+bin/airlock lab up --state "$state" --nodes "$nodes" --racks 2 --firmware mixed --kernel "$kernel" --modules "$modules" --install --os-image "$image" --cache "${OSIMAGE_CACHE:-/var/cache/airlock}"
 echo "waiting for the machines to network-boot and report (TCG emulation: about a minute)..."
 start=$(date +%s)
 while :; do

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"airlock.dev/airlock/installer/lab/testkit"
 )
 
 // osImageDir is the node OS image e2e/osimage/build.sh made (make test
@@ -38,13 +40,16 @@ func osImageDir(t *testing.T) string {
 // that entry), and the installed systems phone home. From their serial
 // consoles: the hostname and static address from the lab's answer file
 // and containerd's mirrors of the five upstreams pointing at airlock's
-// registry (the lab serves a bundle, so there is a registry). Minutes from
-// power-on to booted are logged per machine.
+// registry. lab up builds the OS image into a signed bundle of the lab's
+// own, which the lab's airlock serves (so there is a registry) and
+// installs from as a site's does: the image its rules name, with the raw
+// size and SHA-256 of the signed metadata. Minutes from power-on to booted
+// are logged per machine.
 func TestLabInstallsToDisk(t *testing.T) {
 	bin := airlockBin(t)
 	image := osImageDir(t)
 	dir := t.TempDir()
-	bundleFile := kernelBundle(t, dir)
+	kernel, modules := testkit.CloudKernel(t)
 	stateDir := filepath.Join(dir, "state")
 	if os.Getenv("AIRLOCK_E2E_KEEP") == "1" {
 		stateDir, _ = os.MkdirTemp("", "airlock-e2e-install-")
@@ -59,18 +64,25 @@ func TestLabInstallsToDisk(t *testing.T) {
 			t.Error(err)
 		}
 	})
-	// lab up opens the bundle and assembles the discovery image from its
-	// kernel package before the rack starts: minutes on a loaded machine.
+	// lab up builds its bundle around the OS image and the discovery image
+	// before the rack starts: minutes on a loaded machine.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	up := exec.CommandContext(ctx, bin, "lab", "up", "--state", stateDir, "--nodes", "2", "--racks", "1", "--firmware", "mixed",
-		"--install", "--os-image", image, "--bundle", bundleFile, "--bundle-key", filepath.Join(dir, "site.pub"),
+		"--install", "--os-image", image, "--kernel", kernel, "--modules", modules,
 		"--agent", filepath.Join(filepath.Dir(bin), "airlock-agent"))
 	began := time.Now()
 	if out, err := up.CombinedOutput(); err != nil {
 		t.Fatalf("airlock lab up: %v\n%s", err, out)
 	}
 	t.Logf("lab up took %.0f s", time.Since(began).Seconds())
+	answers, err := os.ReadFile(filepath.Join(stateDir, "lab", "answers.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(answers), "osImage: lab-os") || !strings.Contains(string(answers), filepath.Join(stateDir, "lab-os.bundle")) {
+		t.Fatalf("the lab's answer file does not install lab-os from the bundle lab up built:\n%s", answers)
+	}
 	var lab struct {
 		VMs      []labVM
 		Registry string
@@ -81,7 +93,7 @@ func TestLabInstallsToDisk(t *testing.T) {
 	}
 	readJSON(t, out, &lab)
 	if lab.Registry == "" {
-		t.Fatalf("the lab serves no registry although it has a bundle: %s", out)
+		t.Fatalf("the lab serves no registry although it built a bundle: %s", out)
 	}
 	type status struct {
 		Machines []struct {

@@ -2,13 +2,8 @@ package cli
 
 import (
 	"errors"
-	"fmt"
 	"io/fs"
-	"path/filepath"
-	"strconv"
-	"strings"
 
-	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/installer/config"
 	"airlock.dev/airlock/installer/engine"
 	"airlock.dev/airlock/installer/state"
@@ -26,8 +21,6 @@ type engineInputs struct {
 	httpPort     int
 	apiPort      int
 	allowForeign bool
-	// osImage, when set, is written to the machines' disks by install.
-	osImage *engine.OSImage
 	// store, when set, is the state store (the caller closes it); else
 	// the engine opens the one in the state directory.
 	store state.Store
@@ -74,7 +67,6 @@ func buildEngine(g *globals, a *config.Answers, in engineInputs) (e *engine.Engi
 		Registry:         reg,
 		AllowForeignDHCP: in.allowForeign,
 		OSImages:         osImages,
-		OSImage:          in.osImage,
 		BundleFiles:      files,
 		Store:            in.store,
 		Log:              g.log,
@@ -83,33 +75,4 @@ func buildEngine(g *globals, a *config.Answers, in engineInputs) (e *engine.Engi
 		return nil, nil, errors.Join(err, closeBundle())
 	}
 	return e, func() error { return errors.Join(e.Close(), closeBundle()) }, nil
-}
-
-// osImageFrom reads an OS image as e2e/osimage/build.sh leaves it: a
-// directory with disk.raw.zst and the raw image's size and SHA-256 in
-// disk.raw.size and disk.raw.sha256. Empty dir: no image.
-func osImageFrom(dir string) (*engine.OSImage, error) {
-	if dir == "" {
-		return nil, nil
-	}
-	read := func(name string) (string, error) {
-		raw, err := bundle.ReadRegularFile(filepath.Join(dir, name), 1024, "--os-image "+name)
-		if err != nil {
-			return "", err
-		}
-		return strings.TrimSpace(string(raw)), nil
-	}
-	sum, err := read("disk.raw.sha256")
-	if err != nil {
-		return nil, err
-	}
-	sizeText, err := read("disk.raw.size")
-	if err != nil {
-		return nil, err
-	}
-	size, err := strconv.ParseInt(sizeText, 10, 64)
-	if err != nil {
-		return nil, fmt.Errorf("--os-image: disk.raw.size %q: %w", sizeText, err)
-	}
-	return &engine.OSImage{Path: filepath.Join(dir, "disk.raw.zst"), RawSize: size, RawSHA256: sum}, nil
 }

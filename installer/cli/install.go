@@ -28,7 +28,6 @@ func newInstallCommand(g *globals) *cobra.Command {
 		in         engineInputs
 		bootFiles  string
 		bundlePath string
-		osImage    string
 	)
 	cmd := &cobra.Command{
 		Use:   "install -f FILE",
@@ -46,8 +45,7 @@ then wipes the pinned disk, writes its rule's osImage (or the bundle's only
 one) and the machine's cloud-init seed, and reboots into it; the install
 ends when every installed system has phoned home (booted). A disk that holds
 partitions or filesystems is refused unless the rule's installDisk.allowWipe
-says otherwise. --os-image DIR installs an image from a directory instead of
-the bundle's. Without any OS image the pipeline ends at "assigned".
+says otherwise. Without any OS image the pipeline ends at "assigned".
 
 When the bundle also carries Kubernetes (bundle.yaml kubernetes:), the seeds
 make the machines a cluster: each downloads kubelet, kubeadm and kubectl
@@ -73,9 +71,6 @@ its path.`,
 			}
 			if bundlePath != "" {
 				a.Bundle.Path = bundlePath
-			}
-			if in.osImage, err = osImageFrom(osImage); err != nil {
-				return &usageError{err}
 			}
 			e, closeAll, err := buildEngine(g, a, in)
 			if err != nil {
@@ -130,7 +125,6 @@ its path.`,
 	f.StringVar(&bundlePath, "bundle", "", "bundle to serve (overrides bundle.path)")
 	f.IntVar(&in.httpPort, "http-port", 8080, "HTTP boot port")
 	f.IntVar(&in.apiPort, "api-port", 8443, "agent API port (TLS, with airlock's CA from the state directory)")
-	f.StringVar(&osImage, "os-image", "", "directory with the OS image to install instead of the bundle's (disk.raw.zst, disk.raw.size, disk.raw.sha256, as e2e/osimage/build.sh makes it); without it and without OS images in the bundle the install ends once machines are assigned")
 	return cmd
 }
 

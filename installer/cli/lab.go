@@ -64,14 +64,9 @@ func newLabUpCommand(g *globals) *cobra.Command {
 			if install {
 				o.RunArgs = []string{"--install", "--expect", strconv.Itoa(o.Nodes)}
 				if osImage != "" {
-					abs, err := filepath.Abs(osImage)
-					if err != nil {
+					if o.OSImage, err = filepath.Abs(osImage); err != nil {
 						return err
 					}
-					if _, err := osImageFrom(abs); err != nil {
-						return err
-					}
-					o.RunArgs = append(o.RunArgs, "--os-image", abs)
 				}
 			} else if osImage != "" {
 				return &usageError{errors.New("--os-image goes with --install")}
@@ -103,7 +98,8 @@ func newLabUpCommand(g *globals) *cobra.Command {
 	f.BoolVar(&o.BundleTrustOnFirstUse, "bundle-trust-on-first-use", false, "instead of --bundle-key: trust the key of the first bundle opened in this state directory, and refuse any other later")
 	f.StringVar(&o.Agent, "agent", "", "airlock-agent binary (default: next to this airlock)")
 	f.BoolVar(&install, "install", false, "the lab's airlock runs the install pipeline (airlock install) on the machines, not only the services")
-	f.StringVar(&osImage, "os-image", "", "with --install: the OS image directory to install (as e2e/osimage/build.sh makes it)")
+	f.StringVar(&osImage, "os-image", "", "with --install: the OS image directory to install (as e2e/osimage/build.sh makes it), built into a signed bundle of the lab's own (key and bundle in --state)")
+	f.StringVar(&o.CacheDir, "cache", defaultCacheDir(), "where the lab's bundle build keeps the OS image's blob between runs (env AIRLOCK_CACHE)")
 	_ = cmd.RegisterFlagCompletionFunc("firmware", fixedCompletion(lab.BIOS, lab.UEFI, lab.Mixed))
 	return cmd
 }
@@ -212,7 +208,6 @@ are still running. Refused while the lab's airlock runs.`,
 
 func newLabRunCommand(g *globals) *cobra.Command {
 	var install bool
-	var osImage string
 	var readyFD int
 	var opts engine.InstallOptions
 	cmd := &cobra.Command{
@@ -225,18 +220,22 @@ func newLabRunCommand(g *globals) *cobra.Command {
 			if install {
 				o = &opts
 			}
-			img, err := osImageFrom(osImage)
-			if err != nil {
-				return err
-			}
-			return runLabAirlock(cmd.Context(), g, o, img, readyFD)
+			return runLabAirlock(cmd.Context(), g, o, readyFD)
 		},
 	}
 	cmd.Flags().BoolVar(&install, "install", false, "run the install pipeline too")
 	cmd.Flags().IntVar(&readyFD, "ready-fd", 0, "report on this descriptor that the services serve, and start the install once that report is taken (lab up and lab restart pass it)")
 	cmd.Flags().IntVar(&opts.Expect, "expect", 0, "machines to wait for")
-	cmd.Flags().StringVar(&osImage, "os-image", "", "the OS image directory to install")
 	return cmd
+}
+
+// defaultCacheDir is where lab up keeps what its builds may reuse:
+// AIRLOCK_CACHE, as for e2e/osimage/build.sh, or /var/cache/airlock.
+func defaultCacheDir() string {
+	if d := os.Getenv("AIRLOCK_CACHE"); d != "" {
+		return d
+	}
+	return "/var/cache/airlock"
 }
 
 // testKillAtEnv, for the crash tests only, makes the lab's airlock kill
@@ -278,7 +277,7 @@ func testKillStore(g *globals, a *config.Answers, at string) (state.Store, error
 // also runs the install pipeline, its events in the log, and goes on
 // serving when the pipeline ends. readyFD, when not 0, is where lab up (or
 // restart) waits for its ready report (engine.LabReportReady).
-func runLabAirlock(ctx context.Context, g *globals, install *engine.InstallOptions, osImage *engine.OSImage, readyFD int) error {
+func runLabAirlock(ctx context.Context, g *globals, install *engine.InstallOptions, readyFD int) error {
 	if readyFD > 0 {
 		// Processes this airlock starts do not hold lab up's socket:
 		// its end must close when this airlock dies.
@@ -292,7 +291,7 @@ func runLabAirlock(ctx context.Context, g *globals, install *engine.InstallOptio
 	if err != nil {
 		return err
 	}
-	in := engineInputs{files: os.DirFS(f.BootDir), image: engine.LabDiscoveryImage(), osImage: osImage}
+	in := engineInputs{files: os.DirFS(f.BootDir), image: engine.LabDiscoveryImage()}
 	if at, ok := os.LookupEnv(testKillAtEnv); ok {
 		st, err := testKillStore(g, a, at)
 		if err != nil {

@@ -5,12 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
+	"airlock.dev/airlock/bundle"
+	"airlock.dev/airlock/installer/config"
 	"airlock.dev/airlock/installer/control"
+	"airlock.dev/airlock/installer/engine"
 	"airlock.dev/airlock/installer/inventory"
 	"airlock.dev/airlock/installer/plan"
 	"airlock.dev/airlock/installer/state"
@@ -35,13 +39,49 @@ func newPlanCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("plan: %w", err)
 			}
-			p := plan.Make(a, machines, journal)
-			return render(g.streams.Out, *output, p, func(w io.Writer) error { return printPlan(w, p) })
+			p := plan.Make(a, machines, journal, planBundle(a.Bundle, g.stateDir))
+			if err := render(g.streams.Out, *output, p, func(w io.Writer) error { return printPlan(w, p) }); err != nil {
+				return err
+			}
+			if len(p.Problems) > 0 {
+				return &exitError{code: 1}
+			}
+			return nil
 		},
 	}
 	file = answersFlag(cmd)
 	output = outputFlag(cmd)
 	return cmd
+}
+
+// planBundle opens the answers' bundle for the plan, as install would,
+// but changing nothing: a key to be trusted on first use is not recorded
+// (the bundle is opened checking its integrity only, and the plan already
+// says its key will be trusted on first use). A bundle nobody said how to
+// trust is not opened (the plan says it is refused).
+func planBundle(cfg config.Bundle, stateDir string) plan.BundleView {
+	t, err := engine.BundleTrust(cfg, stateDir)
+	if err != nil {
+		return plan.BundleView{Why: err.Error()}
+	}
+	if t.PublicKey == nil && !t.FirstUse {
+		return plan.BundleView{}
+	}
+	if t.PublicKey == nil {
+		if _, err := os.Stat(t.PinFile); errors.Is(err, os.ErrNotExist) {
+			t = bundle.Trust{IntegrityOnly: true}
+		}
+	}
+	b, err := bundle.Open(cfg.Path, t)
+	if err != nil {
+		return plan.BundleView{Why: err.Error()}
+	}
+	defer b.Close()
+	v := plan.BundleView{Opened: true}
+	for _, im := range b.OSImages() {
+		v.OSImages = append(v.OSImages, plan.BundleOSImage{Name: im.Name, RawSize: im.RawSize, RawSHA256: im.RawSHA256})
+	}
+	return v
 }
 
 // readProgress gets the inventory and the journal from the running airlock,
@@ -115,7 +155,7 @@ func printPlan(out io.Writer, p plan.Plan) error {
 		if len(r.Expected) > 0 {
 			expects = "expects " + strings.Join(r.Expected, ", ")
 		}
-		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%s\t%s\n", e(r.Name), e(r.Role), e(r.Hostname), e(r.Match), e(r.Admitted), e(expects))
+		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", e(r.Name), e(r.Role), e(r.Hostname), e(imageText(r.OSImage)), e(r.Match), e(r.Admitted), e(expects))
 	}
 	fmt.Fprintln(w, "\nDiscovered machines")
 	if len(p.Machines) == 0 {
@@ -139,5 +179,23 @@ func printPlan(out io.Writer, p plan.Plan) error {
 	for i, ph := range p.Phases {
 		fmt.Fprintf(w, "  %d. %s\t%s\t%s\n", i+1, e(ph.Name), e(ph.Status), e(ph.Does))
 	}
+	if len(p.Problems) > 0 {
+		fmt.Fprintln(w, "\nProblems (install would refuse to start)")
+		for _, pr := range p.Problems {
+			fmt.Fprintf(w, "  %s\n", e(pr))
+		}
+	}
 	return w.Flush()
+}
+
+// imageText is a rule's OS image in the plan's table: its name, and its
+// raw size from the bundle or what is wrong.
+func imageText(im plan.Image) string {
+	switch {
+	case im.Name == "":
+		return "image: " + im.Note
+	case im.InBundle != nil && *im.InBundle:
+		return fmt.Sprintf("image %s (raw %s)", im.Name, bundle.HumanSize(im.RawSize))
+	}
+	return fmt.Sprintf("image %s: %s", im.Name, im.Note)
 }

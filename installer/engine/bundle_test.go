@@ -47,7 +47,7 @@ func TestLabAnswerFileCarriesBundleTrust(t *testing.T) {
 		{Path: "/media/usb/site \"b\".bundle", PublicKey: "/media/usb/site.pub"},
 		{Path: "/media/usb/site.bundle", TrustOnFirstUse: true},
 	} {
-		out, err := labAnswerFile(s, want)
+		out, err := labAnswerFile(s, want, false)
 		if err != nil {
 			t.Fatalf("%+v: %v", want, err)
 		}
@@ -66,7 +66,7 @@ func TestLabAnswerFileGivesEveryMachineAnAddress(t *testing.T) {
 		VMs: []lab.VM{{Name: "node-a-01", Rack: "rack-a", Slot: 1, Serial: "SN-1"}, {Name: "node-b-01", Rack: "rack-b", Slot: 1, Serial: "SN-2"},
 			{Name: "node-a-02", Rack: "rack-a", Slot: 2, Serial: "SN-3"}},
 		Switches: []lab.Switch{{Rack: "rack-a", SystemName: "rack-a-tor"}, {Rack: "rack-b", SystemName: "rack-b-tor"}}}
-	out, err := labAnswerFile(s, config.Bundle{})
+	out, err := labAnswerFile(s, config.Bundle{}, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -64,6 +64,14 @@ type LabOptions struct {
 	// bundle.trustOnFirstUse do in an answer file; one is required.
 	BundleKey             string
 	BundleTrustOnFirstUse bool
+	// OSImage, instead of Bundle, is a node OS image directory (as
+	// e2e/osimage/build.sh makes it) for the lab to install: lab up builds
+	// it into a signed bundle of its own (LabOSBundle), which the lab's
+	// airlock serves and installs from as a site's airlock does.
+	OSImage string
+	// CacheDir keeps what the lab's bundle build may reuse (the image's
+	// blob, under the source's SHA-256).
+	CacheDir string
 	// Agent is the static airlock-agent binary that becomes /init.
 	Agent string
 	// Self is the airlock executable to run in the lab's namespace.
@@ -106,6 +114,16 @@ func LabUp(ctx context.Context, o LabOptions) (_ *lab.State, err error) {
 		}
 		o.Kernel = filepath.Join(bundleBoot, bootKernel)
 	}
+	bun := o.labBundle()
+	if o.OSImage != "" {
+		img, err := ReadOSImageDir(o.OSImage)
+		if err != nil {
+			return nil, err
+		}
+		if bun, err = LabOSBundle(ctx, img, o.StateDir, o.CacheDir, o.Log); err != nil {
+			return nil, err
+		}
+	}
 	if o.Accel == "" || o.Accel == "auto" {
 		// /dev/kvm existing is not enough (nested KVM hangs guests here):
 		// use KVM only when a guest really boots under it.
@@ -135,7 +153,7 @@ func LabUp(ctx context.Context, o LabOptions) (_ *lab.State, err error) {
 	if err := buildLabBoot(s.Dir, bundleBoot, o); err != nil {
 		return nil, err
 	}
-	answers, err := labAnswerFile(s, o.labBundle())
+	answers, err := labAnswerFile(s, bun, o.OSImage != "")
 	if err != nil {
 		return nil, err
 	}
@@ -211,6 +229,9 @@ func checkLabInputs(o LabOptions) error {
 		}
 		if o.BundleKey == "" && !o.BundleTrustOnFirstUse {
 			errs = append(errs, errors.New("--bundle: name the key it must be signed with (--bundle-key site.pub, the builder's public key) or choose --bundle-trust-on-first-use"))
+		}
+		if o.OSImage != "" {
+			errs = append(errs, errors.New("--os-image: --bundle brings its own OS images (osImages: in its bundle.yaml); --os-image is for a lab without --bundle, which builds a bundle of its own around it"))
 		}
 	} else {
 		if o.Kernel == "" {
@@ -316,10 +337,16 @@ machines:
     role: {{.Role}}
     hostname: {{.Hostname}}
     address: {{.Address}}
+{{- with $.OSImage}}
+    osImage: {{.}}
+{{- end}}
 {{- end}}
   - name: workers
     role: worker
     hostname: worker-{rack}-{index}
+{{- with .OSImage}}
+    osImage: {{.}}
+{{- end}}
 admission: {policy: any}
 cluster: {name: lab}
 {{- with .Bundle}}{{if .Path}}
@@ -336,8 +363,9 @@ bundle:
 
 // labAnswerFile is the answer file for the lab's own airlock: full DHCP on
 // the bridge, the rack plan exactly as the lab cabled it, and the bundle
-// to serve, if any.
-func labAnswerFile(s *lab.State, bun config.Bundle) ([]byte, error) {
+// to serve, if any. With labOS, that bundle is the one lab up built around
+// its OS image, and every rule names that image.
+func labAnswerFile(s *lab.State, bun config.Bundle, labOS bool) ([]byte, error) {
 	subnet, err := netip.ParsePrefix(s.Subnet)
 	if err != nil {
 		return nil, err
@@ -380,10 +408,14 @@ func labAnswerFile(s *lab.State, bun config.Bundle) ([]byte, error) {
 		}
 		nodes = append(nodes, n)
 	}
+	osImageName := ""
+	if labOS {
+		osImageName = LabOSImageName
+	}
 	var out bytes.Buffer
 	err = labAnswersTmpl.Execute(&out, map[string]any{
 		"Bridge": s.Bridge, "Subnet": subnet.Masked(), "Address": server.Addr(),
-		"Start": at(100), "End": at(200), "Racks": racks, "Nodes": nodes, "Bundle": bun,
+		"Start": at(100), "End": at(200), "Racks": racks, "Nodes": nodes, "Bundle": bun, "OSImage": osImageName,
 	})
 	if err != nil {
 		return nil, err

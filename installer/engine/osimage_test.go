@@ -10,11 +10,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -52,11 +54,9 @@ func osImageBundle(t *testing.T, images map[string][3]any) (*bundle.Bundle, stri
 	}
 	w.AddBytes("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`), "")
 	var meta bundle.Metadata
-	for _, name := range []string{"damaged", "flipped", "good"} {
-		im, ok := images[name]
-		if !ok {
-			continue
-		}
+	names := slices.Sorted(maps.Keys(images))
+	for _, name := range names {
+		im := images[name]
 		blob := im[0].([]byte)
 		d, err := w.AddBytes(bundle.OSImagePathPrefix+name, blob, "")
 		if err != nil {

@@ -31,16 +31,6 @@ import (
 	"airlock.dev/airlock/services/agentapi"
 )
 
-// OSImage is an operating system image given as a file rather than in
-// the bundle (install --os-image DIR, the lab's path): a raw disk image,
-// compressed (gzip, xz, zstd) or not, with the size and SHA-256 of its raw
-// content. It goes by the name DirOSImageName.
-type OSImage struct {
-	Path      string
-	RawSize   int64
-	RawSHA256 string
-}
-
 // Paths airlock serves for provisioning.
 const (
 	seedsPrefix   = "/seeds/"
@@ -539,22 +529,4 @@ func (e *Engine) installedMachine(mac string) (string, bool) {
 		return ms[i].ID, true
 	}
 	return "", false
-}
-
-var sha256HexRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
-
-// checkOSImage makes sure the image is a regular file and its raw size and
-// digest are given (the agent checks the image against them).
-func checkOSImage(img *OSImage) error {
-	st, err := os.Stat(img.Path)
-	if err != nil {
-		return fmt.Errorf("OS image: %w", err)
-	}
-	if !st.Mode().IsRegular() {
-		return fmt.Errorf("OS image %s is not a regular file", img.Path)
-	}
-	if img.RawSize <= 0 || !sha256HexRE.MatchString(img.RawSHA256) {
-		return fmt.Errorf("OS image %s: give its raw size and SHA-256 (hex)", img.Path)
-	}
-	return nil
 }

@@ -3,9 +3,7 @@ package engine
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"io"
 	"log/slog"
@@ -84,11 +82,8 @@ func TestProvisionAndBootWithTheRealAgent(t *testing.T) {
 	dir := t.TempDir()
 	// The OS image: a 16 MiB GPT disk, zstd-compressed.
 	raw, compressed := testkit.DiskImage(t, 16<<20)
-	imgPath := filepath.Join(dir, "node.img.zst")
-	if err := os.WriteFile(imgPath, compressed, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(raw)
+	b, _ := osImageBundle(t, map[string][3]any{"node": {compressed, int64(len(raw)), hexSum(raw)}})
+	defer b.Close()
 	// The machine's disk: a 64 MiB loop device. The agent's host (the
 	// captured one) reports it as vda, with the loop device's backing file
 	// as its serial, as provision.Host{Loop: true} names loop devices.
@@ -113,7 +108,7 @@ func TestProvisionAndBootWithTheRealAgent(t *testing.T) {
 admission: {policy: any}
 `, func(o *Options) {
 		o.Log = slog.New(slog.NewTextHandler(&logs, nil))
-		o.OSImage = &OSImage{Path: imgPath, RawSize: int64(len(raw)), RawSHA256: hex.EncodeToString(sum[:])}
+		o.OSImages = b
 	})
 	e.Inventory().SetHeartbeat(1)
 	peer.MustAddr(t, "eth0", "10.78.0.2/24")

@@ -2,8 +2,6 @@ package engine
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/installer/agent"
 	"airlock.dev/airlock/installer/agent/provision"
 	"airlock.dev/airlock/installer/config"
@@ -56,7 +55,7 @@ type resumeRig struct {
 	ns      *netns.NS
 	peer    *netns.NS
 	store   *state.BoltStore
-	image   *OSImage
+	image   *bundle.Bundle // holds the OS image, as the only one
 	raw     []byte
 	backing string       // the machine's disk
 	root    string       // the agent's captured host
@@ -70,12 +69,9 @@ func newResumeRig(t *testing.T) *resumeRig {
 	netns.RequireTool(t, "ip", "iproute2")
 	r := &resumeRig{dir: t.TempDir(), logs: &syncBuf{}}
 	raw, compressed := testkit.DiskImage(t, 16<<20)
-	imgPath := filepath.Join(t.TempDir(), "node.img.zst")
-	if err := os.WriteFile(imgPath, compressed, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(raw)
-	r.raw, r.image = raw, &OSImage{Path: imgPath, RawSize: int64(len(raw)), RawSHA256: hex.EncodeToString(sum[:])}
+	r.raw = raw
+	r.image, _ = osImageBundle(t, map[string][3]any{"node": {compressed, int64(len(raw)), hexSum(raw)}})
+	t.Cleanup(func() { r.image.Close() })
 	_, r.backing = testkit.LoopDevice(t, 64<<20)
 	r.root = filepath.Join(t.TempDir(), "host")
 	copyTree(t, "../agent/testdata/host", r.root)
@@ -141,7 +137,7 @@ func (r *resumeRig) start(t *testing.T, st state.Store, name string) *runningEng
 	t.Helper()
 	var e *Engine
 	err := r.ns.Do(func() (err error) {
-		e, err = New(Options{Answers: r.answers, StateDir: r.dir, Store: st, HTTPPort: 18080, OSImage: r.image,
+		e, err = New(Options{Answers: r.answers, StateDir: r.dir, Store: st, HTTPPort: 18080, OSImages: r.image,
 			Log: slog.New(slog.NewTextHandler(r.logs, nil)).With("engine", name)})
 		return err
 	})

@@ -72,9 +72,6 @@ type Options struct {
 	// disks, and the pipeline then provisions and boots them. Without any
 	// the install ends once machines are assigned.
 	OSImages BundleOSImages
-	// OSImage, when set, is installed instead of the bundle's images,
-	// under the name DirOSImageName (the lab's and developers' path).
-	OSImage *OSImage
 	// BundleFiles, when set, are the bundle's files, served by name at
 	// /bundle/files/NAME; when the bundle carries Kubernetes, the install
 	// goes on from booted to a Ready cluster: each machine's seed
@@ -184,9 +181,7 @@ func New(o Options) (_ *Engine, err error) {
 	e := &Engine{answers: a, bus: &events.Bus{}, decider: o.Decider, log: log, base: base, apiBase: apiBase, reg: o.Registry, ready: make(chan struct{}),
 		stateDir: o.StateDir, bootTimeout: 30 * time.Minute, seedTokenTTL: DefaultSeedTokenTTL, now: time.Now,
 		bundleFiles: o.BundleFiles, kubeTimeout: defaultKubeTimeout, kubePoll: 2 * time.Second}
-	if e.images, err = imagesFrom(o.OSImage, o.OSImages); err != nil {
-		return nil, err
-	}
+	e.images = imagesFrom(o.OSImages)
 	if err := CheckRuleImages(a, e.images.names()); err != nil {
 		return nil, err
 	}

@@ -3,7 +3,8 @@
 // services airlock would run, the rules and the machines they expect, what
 // each discovered machine would become, the cluster, the platform
 // components in order, and the pipeline phases with those the journal
-// shows finished.
+// shows finished, and which OS image each machine rule installs (checked
+// against the bundle's signed metadata when the bundle could be opened).
 package plan
 
 import (
@@ -33,6 +34,27 @@ type Plan struct {
 	Cluster  Cluster             `json:"cluster"`
 	Platform []Component         `json:"platform"`
 	Phases   []Phase             `json:"phases"`
+	// Problems are what would stop the install, each with the field path
+	// of the answer file it is about (today: a rule's OS image the bundle
+	// does not have).
+	Problems []string `json:"problems,omitempty"`
+}
+
+// BundleView is what the plan knows of the answers' bundle: whether it
+// could be opened (when not, Why says why) and its OS images from its
+// signed metadata.
+type BundleView struct {
+	Opened   bool
+	Why      string
+	OSImages []BundleOSImage
+}
+
+// BundleOSImage is one OS image of the bundle, as its signed metadata
+// records it.
+type BundleOSImage struct {
+	Name      string
+	RawSize   int64
+	RawSHA256 string
 }
 
 // Service is one network service airlock would run.
@@ -56,6 +78,22 @@ type Rule struct {
 	Match    string   `json:"match"`
 	Expected []string `json:"expected,omitempty"` // machines named by MAC or serial
 	Admitted string   `json:"admitted"`
+	OSImage  Image    `json:"osImage"`
+}
+
+// Image is the OS image a rule's machines get.
+type Image struct {
+	// Name is the rule's osImage or, when it names none, the bundle's
+	// only OS image (Default); empty when there is none to install.
+	Name    string `json:"name,omitempty"`
+	Default bool   `json:"default,omitempty"`
+	// InBundle says whether the bundle has it; nil when the bundle was
+	// not opened. RawSize and RawSHA256 come from its signed metadata.
+	InBundle  *bool  `json:"inBundle,omitempty"`
+	RawSize   int64  `json:"rawSize,omitempty"`
+	RawSHA256 string `json:"rawSHA256,omitempty"`
+	// Note says in words what happens: the image to write, or why none.
+	Note string `json:"note"`
 }
 
 // Cluster summarises the cluster to form.
@@ -83,8 +121,9 @@ type Phase struct {
 }
 
 // Make computes the plan from the answers, the machines discovered so far
-// and the journal (both empty when nothing has run yet).
-func Make(a *config.Answers, machines []inventory.Machine, journal []state.Entry) Plan {
+// and the journal (both empty when nothing has run yet), and what could be
+// read of the answers' bundle.
+func Make(a *config.Answers, machines []inventory.Machine, journal []state.Entry, b BundleView) Plan {
 	p := Plan{Site: a.Site.Name, Admission: a.Admission.Policy}
 	p.Services = services(a.Network)
 	p.Bundle = a.Bundle.Path
@@ -99,11 +138,22 @@ func Make(a *config.Answers, machines []inventory.Machine, journal []state.Entry
 	default:
 		p.Bundle += ", which is refused: no key named (bundle.publicKey) and no trust on first use"
 	}
+	if b.Opened {
+		p.Bundle += fmt.Sprintf("; %d OS image(s)", len(b.OSImages))
+	} else if b.Why != "" {
+		p.Bundle += "; not opened: " + b.Why
+	}
 	for _, r := range a.Racks {
 		p.Racks = append(p.Racks, Rack{Name: r.Name, ToR: r.ToR, Expected: len(r.Ports)})
 	}
-	for _, r := range a.Machines {
-		p.Rules = append(p.Rules, rule(r, a.Admission.Policy))
+	for i, r := range a.Machines {
+		pr := rule(r, a.Admission.Policy)
+		var problem string
+		pr.OSImage, problem = ruleImage(r, b)
+		if problem != "" {
+			p.Problems = append(p.Problems, fmt.Sprintf("machines[%d].osImage: %s", i, problem))
+		}
+		p.Rules = append(p.Rules, pr)
 	}
 	p.Machines = assign.Assign(a, machines)
 	p.Cluster = cluster(a)
@@ -174,6 +224,59 @@ func rule(r config.Rule, policy string) Rule {
 		out.Admitted = "none: allowlist admits only machines named by MAC or serial"
 	}
 	return out
+}
+
+// ruleImage is the OS image rule r installs and, when the bundle was
+// opened, whether it has it: a problem (which install would refuse to
+// start with) when it names an image the bundle lacks, or names none
+// while the bundle has several.
+func ruleImage(r config.Rule, b BundleView) (Image, string) {
+	im := Image{Name: r.OSImage}
+	if !b.Opened {
+		switch {
+		case im.Name != "":
+			im.Note = "bundle not opened: not checked"
+		default:
+			im.Note = "the bundle's only OS image (bundle not opened: not checked)"
+		}
+		return im, ""
+	}
+	names := make([]string, 0, len(b.OSImages))
+	for _, o := range b.OSImages {
+		names = append(names, o.Name)
+	}
+	list := "none"
+	if len(names) > 0 {
+		list = strings.Join(names, ", ")
+	}
+	if im.Name == "" {
+		switch len(b.OSImages) {
+		case 0:
+			im.Note = "none: the bundle has no OS image, the install ends once machines are assigned"
+			return im, ""
+		case 1:
+			im.Name, im.Default = b.OSImages[0].Name, true
+		default:
+			im.Note = "not named, and the bundle has several"
+			return im, fmt.Sprintf("rule %q names no OS image, and the bundle has %d (%s): name one", r.Name, len(names), list)
+		}
+	}
+	in := false
+	for _, o := range b.OSImages {
+		if o.Name == im.Name {
+			in, im.RawSize, im.RawSHA256 = true, o.RawSize, o.RawSHA256
+		}
+	}
+	im.InBundle = &in
+	if !in {
+		im.Note = "MISSING from the bundle"
+		return im, fmt.Sprintf("rule %q installs %q, which the bundle does not have (its OS images: %s)", r.Name, im.Name, list)
+	}
+	im.Note = "in the bundle"
+	if im.Default {
+		im.Note = "the bundle's only OS image"
+	}
+	return im, ""
 }
 
 func matchText(m config.Match) string {

@@ -126,6 +126,9 @@ func (s *Server) Run(ctx context.Context) error {
 		IdleTimeout:       s.cfg.IdleTimeout,
 		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		// A mounted handler streaming something large (an OS image) may
+		// enlarge its connection's send buffer: sendbuf.Enlarge.
+		ConnContext: sendbuf.ConnContext,
 	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(sendbuf.Listener(s.ln, sendbuf.Boot)) }()

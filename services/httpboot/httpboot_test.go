@@ -17,6 +17,8 @@ import (
 	"testing"
 	"testing/fstest"
 	"time"
+
+	"airlock.dev/airlock/services/sendbuf"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -248,5 +250,19 @@ func TestGracefulDrain(t *testing.T) {
 	}
 	if _, err := http.Get("http://" + ln.Addr().String() + "/ipxe/boot.ipxe"); err == nil {
 		t.Fatal("server still accepts after shutdown")
+	}
+}
+
+// A mounted handler can enlarge its connection's send buffer (the OS
+// image's handler does): the server keeps each connection in its
+// requests' contexts for sendbuf.Enlarge.
+func TestMountedHandlerCanEnlargeItsConnection(t *testing.T) {
+	base := start(t, NewMemBackend(discover), nil, fstest.MapFS{}, func(s *Server) {
+		s.Mount("/os/images/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprint(w, sendbuf.Enlarge(r.Context()))
+		}))
+	})
+	if resp, b := get(t, base+"/os/images/x"); resp.StatusCode != http.StatusOK || string(b) != "true" {
+		t.Fatalf("Enlarge in a mounted handler: %d %q", resp.StatusCode, b)
 	}
 }

@@ -1,6 +1,7 @@
 package sendbuf
 
 import (
+	"context"
 	"net"
 	"os"
 	"syscall"
@@ -117,5 +118,54 @@ func TestOnlyTheFirstConnectionsGetTheBuffer(t *testing.T) {
 	c := connect()
 	if os.Geteuid() == 0 && sndbuf(t, c) < Boot {
 		t.Error("a connection accepted after a close did not get the large buffer")
+	}
+}
+
+// Enlarge gives a request's connection the Registry buffer, to at most
+// the listener's ration at once; a closed connection gives its share back.
+func TestEnlargeIsRationed(t *testing.T) {
+	plain, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	ln := Listener(plain, Boot)
+	ln.(*listener).largeMax = 1
+	accept := func() net.Conn {
+		t.Helper()
+		dialled, err := net.Dial("tcp", plain.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { dialled.Close() })
+		c, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	a, b := accept(), accept()
+	before := sndbuf(t, a)
+	if !Enlarge(ConnContext(context.Background(), a)) {
+		t.Fatal("the first connection was not enlarged")
+	}
+	if got := sndbuf(t, a); got <= before || (os.Geteuid() == 0 && got < Registry) {
+		t.Fatalf("enlarged send buffer %d (was %d, asked for %d)", got, before, Registry)
+	}
+	if !Enlarge(ConnContext(context.Background(), a)) {
+		t.Fatal("a second request on the enlarged connection was refused")
+	}
+	if Enlarge(ConnContext(context.Background(), b)) {
+		t.Fatal("a second connection was enlarged beyond the ration of 1")
+	}
+	a.Close()
+	if Enlarge(ConnContext(context.Background(), a)) {
+		t.Fatal("a closed connection was enlarged")
+	}
+	if !Enlarge(ConnContext(context.Background(), b)) {
+		t.Fatal("the ration was not given back when the enlarged connection closed")
+	}
+	if Enlarge(context.Background()) {
+		t.Fatal("a context without a connection enlarged something")
 	}
 }

@@ -19,8 +19,13 @@ import (
 // the bytes are in the page cache.
 type conn struct {
 	*net.TCPConn
-	open   *atomic.Int64 // the listener's count of open connections
-	closed sync.Once
+	open *atomic.Int64 // the listener's count of open connections
+	// l is the listener that accepted it. mu guards closed and enlarged
+	// (set once Enlarge gave it the Registry buffer, counted in
+	// l.enlarged until it closes).
+	l                *listener
+	mu               sync.Mutex
+	closed, enlarged bool
 
 	rawOnce sync.Once
 	raw     syscall.RawConn
@@ -35,7 +40,15 @@ type conn struct {
 // Close closes the connection and counts it out of the listener's open
 // connections.
 func (c *conn) Close() error {
-	c.closed.Do(func() { c.open.Add(-1) })
+	c.mu.Lock()
+	if !c.closed {
+		c.closed = true
+		c.open.Add(-1)
+		if c.enlarged {
+			c.l.enlarged.Add(-1)
+		}
+	}
+	c.mu.Unlock()
 	return c.TCPConn.Close()
 }
 
