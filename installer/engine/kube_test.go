@@ -149,10 +149,9 @@ func TestKubernetesSeedsReportsAndNodes(t *testing.T) {
 	}
 	bin := kubetest.BinDir(t, "etcd", "kube-apiserver")
 	dir := t.TempDir()
-	imgPath := filepath.Join(dir, "os.img")
-	if err := os.WriteFile(imgPath, []byte("not booted in this test"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	img := []byte("not booted in this test")
+	ob, _ := osImageBundle(t, map[string][3]any{"node": {img, int64(len(img)), hexSum(img)}})
+	defer ob.Close()
 	// The bundle's kubeadm fails its preflight as kubeadm v1.34 does, with
 	// a terminal escape in its output (a node's output is untrusted).
 	kubeadm := []byte("#!/bin/sh\necho '[preflight] Running pre-flight checks'\n" +
@@ -165,7 +164,7 @@ func TestKubernetesSeedsReportsAndNodes(t *testing.T) {
   - {name: late, match: {serials: [SN-3]}, role: worker, hostname: late-1, address: 10.78.0.12/24}
 admission: {policy: allowlist}
 `, func(o *Options) {
-		o.OSImage = &OSImage{Path: imgPath, RawSize: 23, RawSHA256: strings.Repeat("0", 64)}
+		o.OSImages = ob
 		o.BundleFiles = b
 	})
 	if e.Target() != inventory.StateReady {
@@ -519,18 +518,15 @@ admission: {policy: allowlist}
 // control plane's bootstrap for its boot, the worker's join for its boot
 // and the bootstrap; the first control plane is recorded once.
 func TestInstallStepsWithKubernetes(t *testing.T) {
-	dir := t.TempDir()
-	imgPath := filepath.Join(dir, "os.img")
-	if err := os.WriteFile(imgPath, []byte("x"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	ob, _ := osImageBundle(t, map[string][3]any{"node": {[]byte("x"), int64(1), hexSum([]byte("x"))}})
+	defer ob.Close()
 	b := kubeBundle(t, map[string][]byte{"kubeadm": []byte("a"), "kubectl": []byte("b"), "kubelet": []byte("c")})
 	e, _ := testEngineWith(t, t.TempDir(), `machines:
   - {name: workers, match: {serials: [SN-2]}, role: worker, hostname: "w-{index}", address: 10.78.0.11/24}
   - {name: cp, match: {serials: [SN-1]}, role: control-plane, hostname: cp-1, address: 10.78.0.10/24}
 admission: {policy: allowlist}
 `, func(o *Options) {
-		o.OSImage = &OSImage{Path: imgPath, RawSize: 1, RawSHA256: strings.Repeat("0", 64)}
+		o.OSImages = ob
 		o.BundleFiles = b
 	})
 	inv := e.Inventory()
