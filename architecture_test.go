@@ -21,7 +21,8 @@ const module = "airlock.dev/airlock"
 // services know nothing of the engine; bundle, manifests and the config
 // schema are leaves; the TUI sees the engine only through config and events; the node
 // agent stays small; the Kubernetes driver (installer/kube) renders from
-// plain values and knows only the state store, the seed and the config;
+// plain values and knows only the state store, the seed, the config and
+// the manifests' data (image tables);
 // the virtual rack (installer/lab) knows nothing of the engine (its
 // switches speak through services/*); no product package
 // imports e2e/ or the test kit. installer/termtext (escaping for the
@@ -62,8 +63,8 @@ func layerRule(pkg, imp string) error {
 	case under(pkg, "installer/seed"):
 		return fmt.Errorf("the cloud-init seed renderer is a leaf")
 	case under(pkg, "installer/kube"):
-		if !under(imp, "installer/kube") && imp != "installer/state" && imp != "installer/seed" && imp != "installer/config" {
-			return fmt.Errorf("the Kubernetes driver renders data from plain values: it may import only installer/state, installer/seed and installer/config")
+		if !under(imp, "installer/kube") && imp != "installer/state" && imp != "installer/seed" && imp != "installer/config" && imp != "manifests" {
+			return fmt.Errorf("the Kubernetes driver renders data from plain values: it may import only installer/state, installer/seed, installer/config and manifests")
 		}
 	case under(pkg, "installer/pki"):
 		return fmt.Errorf("airlock's CA (installer/pki) is a leaf")

@@ -109,12 +109,30 @@ type Metadata struct {
 	OSImages []OSImage `json:"osImages,omitempty"`
 	// Components are the platform catalog components the bundle serves.
 	Components []string `json:"components,omitempty"`
+	// Kubernetes is what the nodes need to form a cluster, when the
+	// bundle carries it (bundle.yaml's kubernetes:).
+	Kubernetes *Kubernetes `json:"kubernetes,omitempty"`
 	// PartSize is the size of each part of a split bundle (the trailer
 	// repeats it); 0 when the bundle is one file.
 	PartSize int64 `json:"partSize,omitempty"`
 	// Executable is the program a self-contained executable's bundle is
 	// appended to; nil for a bundle file.
 	Executable *Executable `json:"executable,omitempty"`
+	// Kubernetes is what the bundle carries for the cluster's nodes; nil
+	// when it carries no Kubernetes.
+	Kubernetes *Kubernetes `json:"kubernetes,omitempty"`
+}
+
+// Kubernetes describes the Kubernetes a bundle carries.
+type Kubernetes struct {
+	Version string `json:"version"`
+	// Binaries maps a binary's name (kubelet, kubeadm, kubectl) to the bundle
+	// file (a Metadata.Files Name, e.g. kubernetes/v1.34.2/linux-amd64/kubelet)
+	// holding it; that File's Digest is its sha256.
+	Binaries map[string]string `json:"binaries"`
+	// Images are the references nodes pull (kubeadm's images of Version, and
+	// kube-vip), exactly as they ask for them; each is in Metadata.Images.
+	Images []string `json:"images"`
 }
 
 // Executable records the program a bundle was appended to.
@@ -178,6 +196,29 @@ type File struct {
 	Digest string `json:"digest"`
 	Source string `json:"source,omitempty"`
 }
+
+// Kubernetes is the Kubernetes release a bundle carries: its binaries and
+// the images its nodes pull.
+type Kubernetes struct {
+	// Version is the release, vX.Y.Z.
+	Version string `json:"version"`
+	// Arch is the architecture of Binaries (linux/ARCH), e.g. amd64.
+	Arch string `json:"arch"`
+	// Binaries maps a binary's name (kubelet, kubeadm, kubectl) to the
+	// bundle file (a Files Name, e.g. kubernetes/v1.34.2/linux-amd64/kubelet)
+	// holding it; that File's Digest is its sha256.
+	Binaries map[string]string `json:"binaries"`
+	// OtherArches maps further architectures the bundle carries binaries
+	// for (spec platforms naming several linux architectures) to their
+	// binaries, as Binaries does for Arch.
+	OtherArches map[string]map[string]string `json:"otherArches,omitempty"`
+	// Images are the references nodes pull (kubeadm's images of Version,
+	// and kube-vip), exactly as they ask for them; each is in Images.
+	Images []string `json:"images"`
+}
+
+// KubernetesBinaries are the binaries a bundle's Kubernetes must carry.
+var KubernetesBinaries = []string{"kubelet", "kubeadm", "kubectl"}
 
 // trailer is the fixed-size record at the end of a bundle.
 type trailer struct {

@@ -31,6 +31,8 @@ type Inspection struct {
 	OSImages []OSImage `json:"osImages"`
 	// Components are the platform catalog components the bundle serves.
 	Components []string `json:"components"`
+	// Kubernetes is the Kubernetes release the bundle carries, if any.
+	Kubernetes *Kubernetes `json:"kubernetes,omitempty"`
 }
 
 // Inspect describes the bundle's contents from its signed metadata.
@@ -39,7 +41,7 @@ func (b *Bundle) Inspect() Inspection {
 		Name: b.meta.Name, Path: b.name, Embedded: b.Embedded(), Size: b.size,
 		Created: b.meta.Created, KeyID: b.meta.KeyID, Trusted: b.Trusted(), Authenticity: b.auth.String(),
 		Entries: len(b.meta.Entries), Images: b.meta.Images, Charts: b.meta.Charts, Files: b.meta.Files,
-		Components: b.meta.Components, OSImages: b.meta.OSImages,
+		Components: b.meta.Components, OSImages: b.meta.OSImages, Kubernetes: b.meta.Kubernetes,
 	}
 	if in.OSImages == nil {
 		in.OSImages = []OSImage{}
@@ -106,6 +108,7 @@ func (in Inspection) WriteText(w io.Writer) error {
 	if len(in.Components) > 0 {
 		fmt.Fprintf(tw, "Components:\t%s\n", join(in.Components, ", "))
 	}
+	in.writeKubernetes(tw, e)
 	fmt.Fprintf(tw, "\nIMAGES (%d)\tDIGEST\tSIZE\tPLATFORMS\tFROM\n", len(in.Images))
 	for _, im := range in.Images {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e(im.Ref()), e(shortDigest(im.Digest)), HumanSize(im.Size), join(im.Platforms, ","), join(im.From, ", "))

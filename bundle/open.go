@@ -214,6 +214,9 @@ func openFiles(name string, files []*os.File, trust Trust) (*Bundle, error) {
 	if err := b.checkOSImages(); err != nil {
 		return nil, fmt.Errorf("open bundle %s: %w", name, err)
 	}
+	if err := b.checkKubernetes(); err != nil {
+		return nil, fmt.Errorf("open bundle %s: %w", name, err)
+	}
 	return b, nil
 }
 

@@ -92,6 +92,10 @@ type builder struct {
 	osImages  []bundle.OSImage
 	// transports are authenticated per repository.
 	transports map[string]http.RoundTripper
+	// mirrors are registryMirrors by registry (docker.io for Docker Hub).
+	mirrors map[string]mirror
+	// kube is the Kubernetes set, once its binaries are fetched.
+	kube *bundle.Kubernetes
 }
 
 type blob struct {
@@ -132,8 +136,19 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if tr == nil {
 		tr = http.DefaultTransport
 	}
+	mirrors, schemes, err := parseMirrors(opts.Spec.RegistryMirrors)
+	if err != nil {
+		return nil, fmt.Errorf("build bundle: %w", err)
+	}
+	if len(schemes) > 0 {
+		tr = &mirrorTransport{base: tr, schemes: schemes}
+	}
+	kube, err := kubernetesPlan(opts.Spec)
+	if err != nil {
+		return nil, fmt.Errorf("build bundle: kubernetes: %w", err)
+	}
 	b := &builder{
-		opts: opts, cache: opts.CacheDir, log: opts.Log,
+		opts: opts, cache: opts.CacheDir, log: opts.Log, mirrors: mirrors,
 		client: &http.Client{Transport: tr, Timeout: 0},
 		prog:   newProgress(opts.Progress, opts.ProgressTTY),
 		blobs:  map[string]*blob{}, byRef: map[string]*bundle.Image{},
@@ -184,6 +199,15 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	for _, ci := range chartImages {
 		addWant(ci.ref, spec.Platforms, "chart "+ci.chart)
 	}
+	if kube != nil {
+		for _, ref := range kube.images {
+			r, err := ParseImageRef(ref)
+			if err != nil {
+				return nil, fmt.Errorf("build bundle: kubernetes image %s: %w", ref, err)
+			}
+			addWant(r, spec.Platforms, kubernetesImagesFrom+kube.spec.Version)
+		}
+	}
 	for _, w := range wants {
 		if err := b.image(ctx, w.ref, w.platforms, w.from); err != nil {
 			return nil, fmt.Errorf("build bundle: image %s (from %s): %w", w.ref, w.from, err)
@@ -197,6 +221,11 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	for i, im := range spec.OSImages {
 		if err := b.osImage(ctx, im); err != nil {
 			return nil, fmt.Errorf("build bundle: osImages[%d] %s: %w", i, im.Name, err)
+		}
+	}
+	if kube != nil {
+		if b.kube, err = b.kubernetesBinaries(ctx, kube); err != nil {
+			return nil, fmt.Errorf("build bundle: %w", err)
 		}
 	}
 	res := &Result{
@@ -314,7 +343,7 @@ func (b *builder) write(ctx context.Context, res *Result) error {
 		return fmt.Errorf("%w (the partial bundle is kept: run the build again to resume)", err)
 	}
 
-	meta := bundle.Metadata{Name: b.opts.Spec.Metadata.Name, Charts: b.charts, Files: b.files, OSImages: b.osImages, Components: b.opts.Spec.Components}
+	meta := bundle.Metadata{Name: b.opts.Spec.Metadata.Name, Charts: b.charts, Files: b.files, OSImages: b.osImages, Components: b.opts.Spec.Components, Kubernetes: b.kube}
 	for _, im := range b.images {
 		meta.Images = append(meta.Images, *im)
 	}

@@ -24,7 +24,7 @@ func (b *builder) file(ctx context.Context, f FileSpec) error {
 	if err == nil && size.digest == want {
 		b.prog.linef("file %s: in the cache (%s)", f.Name, bundle.HumanSize(size.n))
 	} else {
-		n, err := b.download(ctx, f.URL, cached, want)
+		n, err := b.download(ctx, f.URL, cached, want, 0, "bundle.yaml")
 		if err != nil {
 			return err
 		}
@@ -88,8 +88,28 @@ func (b *builder) open(ctx context.Context, src string) (io.ReadCloser, error) {
 	return f, nil
 }
 
-// download copies src into dst (atomically) and checks its digest.
-func (b *builder) download(ctx context.Context, src, dst, want string) (int64, error) {
+// readSmall reads all of src (an http(s) URL or a local path), refusing
+// more than max bytes.
+func (b *builder) readSmall(ctx context.Context, src string, max int64) ([]byte, error) {
+	rc, err := b.open(ctx, src)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", src, err)
+	}
+	if int64(len(data)) > max {
+		return nil, fmt.Errorf("read %s: more than the %d bytes it can have", src, max)
+	}
+	return data, nil
+}
+
+// download copies src into dst (atomically) and checks its digest against
+// want, which wantFrom says where it comes from. With max > 0, a source of
+// more than max bytes is refused once max+1 bytes are read.
+func (b *builder) download(ctx context.Context, src, dst, want string, max int64, wantFrom string) (int64, error) {
 	rc, err := b.open(ctx, src)
 	if err != nil {
 		return 0, err
@@ -101,16 +121,23 @@ func (b *builder) download(ctx context.Context, src, dst, want string) (int64, e
 	}
 	defer os.Remove(tmp.Name())
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(tmp, h), rc)
+	var r io.Reader = rc
+	if max > 0 {
+		r = io.LimitReader(rc, max+1)
+	}
+	n, err := io.Copy(io.MultiWriter(tmp, h), r)
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		return 0, fmt.Errorf("download %s: %w", src, err)
 	}
+	if max > 0 && n > max {
+		return 0, fmt.Errorf("download %s: more than %d bytes", src, max)
+	}
 	got := "sha256:" + hex.EncodeToString(h.Sum(nil))
 	if want != "" && got != want {
-		return 0, fmt.Errorf("%s has sha256 %s, bundle.yaml says %s: the source changed or the sha256 is wrong", src, strings.TrimPrefix(got, "sha256:"), strings.TrimPrefix(want, "sha256:"))
+		return 0, fmt.Errorf("%s has sha256 %s, %s says %s: the source changed or the sha256 is wrong", src, strings.TrimPrefix(got, "sha256:"), wantFrom, strings.TrimPrefix(want, "sha256:"))
 	}
 	if err := os.Rename(tmp.Name(), dst); err != nil {
 		return 0, err

@@ -34,7 +34,7 @@ func (b *builder) remoteOpts(ctx context.Context) []remote.Option {
 // image resolves an image's manifests (keeping an index whole, with the
 // wanted platforms' manifests) and registers its blobs for download.
 func (b *builder) image(ctx context.Context, r ImageRef, platforms []string, from string) error {
-	ref, err := r.fetchRef()
+	ref, err := b.pullRef(r)
 	if err != nil {
 		return err
 	}
@@ -61,7 +61,11 @@ func (b *builder) image(ctx context.Context, r ImageRef, platforms []string, fro
 	if isIndex(im.MediaType) {
 		kind = fmt.Sprintf("index, %d platforms", len(kept))
 	}
-	b.prog.linef("image %s: %s, %s (%s)", r, kind, bundle.HumanSize(size), shortD(top))
+	via := ""
+	if host, _, _ := strings.Cut(r.Repository, "/"); b.mirrors[host] != (mirror{}) {
+		via = " via mirror " + b.mirrors[host].scheme + "://" + b.mirrors[host].host
+	}
+	b.prog.linef("image %s: %s, %s (%s)%s", r, kind, bundle.HumanSize(size), shortD(top), via)
 	return nil
 }
 

@@ -12,7 +12,11 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"slices"
+	"sort"
 	"strings"
+
+	"github.com/google/go-containerregistry/pkg/name"
 
 	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/installer/config"
@@ -41,6 +45,75 @@ type Spec struct {
 	Files      []FileSpec  `yaml:"files" json:"files,omitempty"`
 	// OSImages are the operating system images installs write to disks.
 	OSImages []OSImageSpec `yaml:"osImages" json:"osImages,omitempty"`
+	// Kubernetes, when set, carries the binaries and images the nodes need
+	// to form a cluster of that Kubernetes version (see KubernetesSpec).
+	Kubernetes *KubernetesSpec `yaml:"kubernetes" json:"kubernetes,omitempty"`
+	// RegistryMirrors sends the build's pulls of a registry's images
+	// (key: registry host as in image references, e.g. registry.k8s.io,
+	// docker.io) to another registry (value: http://HOST[:PORT] or
+	// https://HOST[:PORT]). Only where the bytes come from changes: the
+	// bundle records the original names, and digests are checked as
+	// always. http is for tests and pull-through caches on the connected
+	// side.
+	RegistryMirrors map[string]string `yaml:"registryMirrors" json:"registryMirrors,omitempty"`
+}
+
+// KubernetesSpec is the kubernetes: section of bundle.yaml.
+type KubernetesSpec struct {
+	// Version is the Kubernetes release, vX.Y.Z (default
+	// manifests.DefaultKubernetesVersion); airlock must have its image
+	// table (manifests.KubernetesImages).
+	Version string `yaml:"version" json:"version,omitempty"`
+	// Binaries is where kubelet, kubeadm and kubectl come from: a base URL
+	// (http or https) or a local directory (relative to bundle.yaml) laid
+	// out as upstream's: BASE/VERSION/bin/linux/ARCH/NAME, each checked
+	// against BASE/VERSION/bin/linux/ARCH/NAME.sha256. Default
+	// DefaultKubernetesBinaries.
+	Binaries string `yaml:"binaries" json:"binaries,omitempty"`
+	// KubeVIP adds manifests.KubeVIPImage (the control-plane VIP's
+	// holder); default true.
+	KubeVIP *bool `yaml:"kubeVIP" json:"kubeVIP,omitempty"`
+}
+
+// DefaultKubernetesBinaries is upstream's release download site.
+const DefaultKubernetesBinaries = "https://dl.k8s.io/release"
+
+// withDefaults returns k with its defaults filled in.
+func (k KubernetesSpec) withDefaults() KubernetesSpec {
+	if k.Version == "" {
+		k.Version = manifests.DefaultKubernetesVersion
+	}
+	if k.Binaries == "" {
+		k.Binaries = DefaultKubernetesBinaries
+	}
+	if k.KubeVIP == nil {
+		t := true
+		k.KubeVIP = &t
+	}
+	return k
+}
+
+// KubernetesArches are the architectures the Kubernetes binaries are
+// carried for: those of the spec's linux platforms (linux/arm64/v8 is
+// arm64), amd64 when it names none.
+func (s *Spec) KubernetesArches() []string {
+	var out []string
+	for _, p := range s.Platforms {
+		parts := strings.Split(p, "/")
+		if len(parts) >= 2 && parts[0] == "linux" && !slices.Contains(out, parts[1]) {
+			out = append(out, parts[1])
+		}
+	}
+	if len(out) == 0 {
+		out = []string{"amd64"}
+	}
+	return out
+}
+
+// KubernetesFileName is the bundle file (a bundle.File Name, under files/
+// in the archive) holding a Kubernetes binary.
+func KubernetesFileName(version, arch, binary string) string {
+	return "kubernetes/" + version + "/linux-" + arch + "/" + binary
 }
 
 // Metadata names the bundle.
@@ -283,10 +356,103 @@ func (s *Spec) validate(file string, pos config.Positions, failed map[string]boo
 			add(path+".rawSHA256", "%q is not a SHA-256: 64 lower-case hex digits", im.RawSHA256)
 		}
 	}
-	if len(s.Images)+len(s.Charts)+len(s.Files)+len(s.OSImages) == 0 {
-		add("", "the bundle is empty: list images, charts, files or OS images")
+	s.validateKubernetes(add, seenFile)
+	s.validateMirrors(add)
+	if len(s.Images)+len(s.Charts)+len(s.Files)+len(s.OSImages) == 0 && s.Kubernetes == nil {
+		add("", "the bundle is empty: list images, charts, files or OS images, or give kubernetes")
 	}
 	return ps
+}
+
+var kubeVersionRE = regexp.MustCompile(`^v[0-9]+\.[0-9]+\.[0-9]+$`)
+
+// validateKubernetes checks the kubernetes: section. seenFile holds the
+// files: names, which may not take a Kubernetes binary's place.
+func (s *Spec) validateKubernetes(add func(path, format string, args ...any), seenFile map[string]int) {
+	if s.Kubernetes == nil {
+		return
+	}
+	k := s.Kubernetes.withDefaults()
+	switch {
+	case !kubeVersionRE.MatchString(k.Version):
+		add("kubernetes.version", "%q is not a Kubernetes version like %s", k.Version, manifests.DefaultKubernetesVersion)
+	default:
+		if _, err := manifests.KubernetesImages(k.Version); err != nil {
+			add("kubernetes.version", "airlock has no image table for Kubernetes %s (it knows %s); see manifests/kubernetes.go for how to add one",
+				k.Version, strings.Join(manifests.KubernetesVersions(), ", "))
+		}
+		for _, arch := range s.KubernetesArches() {
+			for _, bin := range bundle.KubernetesBinaries {
+				n := KubernetesFileName(k.Version, arch, bin)
+				if j, dup := seenFile[n]; dup {
+					add(fmt.Sprintf("files[%d].name", j), "%q is where the kubernetes section puts %s for linux/%s: choose another name", n, bin, arch)
+				}
+			}
+		}
+	}
+	if u, err := url.Parse(k.Binaries); err == nil && u.Scheme != "" && len(u.Scheme) > 1 {
+		if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			add("kubernetes.binaries", "%q: give an http(s) base URL (like %s) or a local directory", k.Binaries, DefaultKubernetesBinaries)
+		} else if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+			add("kubernetes.binaries", "%q: a base URL has no query, fragment or credentials", k.Binaries)
+		}
+	}
+}
+
+var mirrorHostRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?$`)
+
+// validateMirrors checks registryMirrors: registry hosts mapped to
+// http(s)://HOST[:PORT] endpoints, one per registry.
+func (s *Spec) validateMirrors(add func(path, format string, args ...any)) {
+	keys := make([]string, 0, len(s.RegistryMirrors))
+	for k := range s.RegistryMirrors {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	seen := map[string]string{}
+	for _, k := range keys {
+		path := "registryMirrors." + k
+		if !mirrorHostRE.MatchString(k) {
+			add(path, "%q is not a registry host as image references name it (like registry.k8s.io, docker.io or localhost:5000)", k)
+			continue
+		}
+		reg := mirrorKey(k)
+		if other, dup := seen[reg]; dup {
+			add(path, "%q is the same registry as %q", k, other)
+		}
+		seen[reg] = k
+		if _, err := parseMirror(s.RegistryMirrors[k]); err != nil {
+			add(path, "%v", err)
+		}
+	}
+}
+
+// mirrorKey names a registry as ImageRef does: docker.io for Docker Hub.
+func mirrorKey(host string) string {
+	if r, err := name.NewRegistry(host); err == nil && r.RegistryStr() == name.DefaultRegistry {
+		return "docker.io"
+	}
+	return host
+}
+
+// mirror is a registryMirrors endpoint.
+type mirror struct {
+	scheme, host string // http or https; HOST[:PORT]
+}
+
+// parseMirror parses http(s)://HOST[:PORT] (a trailing slash allowed).
+func parseMirror(endpoint string) (mirror, error) {
+	u, err := url.Parse(endpoint)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return mirror{}, fmt.Errorf("%q: give the mirror as http://HOST[:PORT] or https://HOST[:PORT]", endpoint)
+	}
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return mirror{}, fmt.Errorf("%q: a mirror is a registry's root: http(s)://HOST[:PORT] with no path, query or credentials", endpoint)
+	}
+	if _, err := name.NewRegistry(u.Host); err != nil {
+		return mirror{}, fmt.Errorf("%q: %v", endpoint, err)
+	}
+	return mirror{scheme: u.Scheme, host: u.Host}, nil
 }
 
 func orDefault(s, d string) string {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -113,5 +114,60 @@ func TestRefusesSpecialInputs(t *testing.T) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("still blocked after 10 s on a special file")
+	}
+}
+
+func TestParseSpecKubernetesProblems(t *testing.T) {
+	data := `apiVersion: airlock.dev/v1alpha1
+kind: Bundle
+kubernetes:
+  version: v1.99.0
+  binaries: ftp://mirror/release
+  kubeVIP: "no"
+  kubelet: true
+registryMirrors:
+  registry.k8s.io: http://127.0.0.1:5001/k8s
+  Bad_Host: http://x
+  docker.io: https://hub-cache.example
+  index.docker.io: http://y
+  ghcr.io: gopher://z
+files:
+  - name: kubernetes/v1.99.0/linux-amd64/kubelet
+    url: x
+    sha256: 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+`
+	_, problems := ParseSpec("bundle.yaml", []byte(data))
+	got := problems.Error()
+	for _, want := range []string{
+		"bundle.yaml:4:12: kubernetes.version: airlock has no image table for Kubernetes v1.99.0 (it knows v1.34.2)",
+		`bundle.yaml:5:13: kubernetes.binaries: "ftp://mirror/release": give an http(s) base URL`,
+		`bundle.yaml:6:12: kubernetes.kubeVIP: expected true or false`,
+		"bundle.yaml:7:3: kubernetes.kubelet: unknown field",
+		`bundle.yaml:9:20: registryMirrors.registry.k8s.io: "http://127.0.0.1:5001/k8s": a mirror is a registry's root`,
+		`bundle.yaml:10:13: registryMirrors.Bad_Host: "Bad_Host" is not a registry host`,
+		`bundle.yaml:12:20: registryMirrors.index.docker.io: "index.docker.io" is the same registry as "docker.io"`,
+		`bundle.yaml:13:12: registryMirrors.ghcr.io: "gopher://z": give the mirror as http://HOST[:PORT] or https://HOST[:PORT]`,
+		`bundle.yaml:15:11: files[0].name: "kubernetes/v1.99.0/linux-amd64/kubelet" is where the kubernetes section puts kubelet`,
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("missing problem %q in:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "registryMirrors.docker.io") {
+		t.Errorf("a valid mirror refused:\n%s", got)
+	}
+
+	// kubernetes: {} alone is a bundle: every default, nothing else needed.
+	s, problems := ParseSpec("bundle.yaml", []byte("apiVersion: airlock.dev/v1alpha1\nkind: Bundle\nkubernetes: {}\n"))
+	if err := problems.Err(); err != nil || s.Kubernetes == nil {
+		t.Fatalf("kubernetes: {}: %v", err)
+	}
+	k := s.Kubernetes.withDefaults()
+	if k.Version != "v1.34.2" || k.Binaries != DefaultKubernetesBinaries || !*k.KubeVIP || !slices.Equal(s.KubernetesArches(), []string{"amd64"}) {
+		t.Errorf("defaults: %+v arches %v", k, s.KubernetesArches())
+	}
+	s, _ = ParseSpec("bundle.yaml", []byte("apiVersion: airlock.dev/v1alpha1\nkind: Bundle\nplatforms: [linux/arm64/v8, windows/amd64, linux/amd64]\nkubernetes: {}\n"))
+	if !slices.Equal(s.KubernetesArches(), []string{"arm64", "amd64"}) {
+		t.Errorf("arches of linux/arm64/v8, windows/amd64, linux/amd64: %v", s.KubernetesArches())
 	}
 }

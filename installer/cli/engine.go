@@ -44,9 +44,10 @@ func buildEngine(g *globals, a *config.Answers, in engineInputs) (e *engine.Engi
 	}
 	var reg registry.Backend
 	var osImages engine.BundleOSImages
+	var files engine.BundleFiles
 	closeBundle := func() error { return nil }
 	if b != nil {
-		reg, osImages = b, b
+		reg, osImages, files = b, b, b
 		closeBundle = b.Close
 		g.log.Info("serving the bundle's registry", "bundle", b.Name())
 		if in.files == nil {
@@ -74,6 +75,7 @@ func buildEngine(g *globals, a *config.Answers, in engineInputs) (e *engine.Engi
 		AllowForeignDHCP: in.allowForeign,
 		OSImages:         osImages,
 		OSImage:          in.osImage,
+		BundleFiles:      files,
 		Store:            in.store,
 		Log:              g.log,
 	})

@@ -26,10 +26,14 @@ type InstallOptions struct {
 	DiscoverTimeout time.Duration
 }
 
-// Target is the state every admitted machine reaches in an install: booted
-// from its own disk when the engine has an OS image to write, else
-// assigned. The cluster's phases extend it as they are built.
+// Target is the state every admitted machine reaches in an install: a
+// Ready node of the cluster when the engine has an OS image to write and
+// the bundle carries Kubernetes, booted from its own disk with an OS image
+// alone, else assigned.
 func (e *Engine) Target() string {
+	if len(e.images) > 0 && e.kube != nil {
+		return inventory.StateReady
+	}
 	if len(e.images) > 0 {
 		return inventory.StateBooted
 	}
@@ -107,6 +111,24 @@ func (e *Engine) Install(ctx context.Context, o InstallOptions) (pipeline.Result
 		return total, err
 	}
 	steps = nil
+	// With Kubernetes, every seed names the first control plane and the
+	// pod subnets of all machines: provisioning waits for every
+	// assignment. bootstrap/FIRST-CP waits for that machine's boot, and
+	// join/M for M's boot and the bootstrap.
+	cluster := len(e.images) > 0 && e.kube != nil
+	var firstCP string
+	var assignIDs []string
+	if cluster {
+		if firstCP, err = e.firstControlPlane(); err != nil {
+			return total, err
+		}
+		for _, m := range machines {
+			if admitted(m.State) {
+				assignIDs = append(assignIDs, pipeline.PhaseAssign+"/"+m.ID)
+			}
+		}
+	}
+	bootstrapID := pipeline.PhaseBootstrap + "/" + firstCP
 	for _, m := range machines {
 		if !admitted(m.State) {
 			continue
@@ -115,9 +137,21 @@ func (e *Engine) Install(ctx context.Context, o InstallOptions) (pipeline.Result
 		steps = append(steps, e.machineStep(pipeline.PhaseAssign, m.ID, nil, e.assign))
 		if len(e.images) > 0 {
 			provisionID := pipeline.PhaseProvision + "/" + m.ID
+			after := []string{assignID}
+			if cluster {
+				after = assignIDs
+			}
+			bootID := pipeline.PhaseBoot + "/" + m.ID
 			steps = append(steps,
-				e.machineStep(pipeline.PhaseProvision, m.ID, []string{assignID}, e.provision),
+				e.machineStep(pipeline.PhaseProvision, m.ID, after, e.provision),
 				e.machineStep(pipeline.PhaseBoot, m.ID, []string{provisionID}, e.boot))
+			switch {
+			case !cluster:
+			case m.ID == firstCP:
+				steps = append(steps, e.machineStep(pipeline.PhaseBootstrap, m.ID, []string{bootID}, e.waitNode))
+			default:
+				steps = append(steps, e.machineStep(pipeline.PhaseJoin, m.ID, []string{bootID, bootstrapID}, e.waitNode))
+			}
 		}
 	}
 	res, err = run.Run(ctx, steps)

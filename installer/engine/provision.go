@@ -72,6 +72,10 @@ type provisionRecord struct {
 	Issued time.Time `json:"issued,omitzero"`
 	// Reboot is the reboot order's ID.
 	Reboot string `json:"reboot,omitempty"`
+	// ReportHash is the SHA-256 of the node report's token (when the seed
+	// has a Kubernetes part); ReportUsed once the node reported with it.
+	ReportHash string `json:"reportHash,omitempty"`
+	ReportUsed bool   `json:"reportUsed,omitempty"`
 }
 
 var machineIDRE = regexp.MustCompile(`^m-[0-9a-f]{10,16}$`)
@@ -274,6 +278,13 @@ func (e *Engine) newSeed(m inventory.Machine) (provisionRecord, error) {
 		// the seed made of it, for the person rehearsing and the e2e test.
 		cfg.RunCmd = append(cfg.RunCmd, []string{"sh", "-c", labCheckScript})
 	}
+	var reportToken string
+	if e.kube != nil {
+		var err error
+		if reportToken, err = e.kubeSeed(m, &cfg); err != nil {
+			return provisionRecord{}, fmt.Errorf("machine %s: Kubernetes: %w", m.ID, err)
+		}
+	}
 	files, err := seed.Render(cfg)
 	if err != nil {
 		return provisionRecord{}, fmt.Errorf("machine %s: seed: %w", m.ID, err)
@@ -290,7 +301,12 @@ func (e *Engine) newSeed(m inventory.Machine) (provisionRecord, error) {
 		return provisionRecord{}, err
 	}
 	sum, tok := sha256.Sum256(img), sha256.Sum256([]byte(token))
-	return provisionRecord{SeedSHA256: hex.EncodeToString(sum[:]), SeedSize: int64(len(img)), TokenHash: hex.EncodeToString(tok[:]), Issued: e.now().UTC()}, nil
+	rec := provisionRecord{SeedSHA256: hex.EncodeToString(sum[:]), SeedSize: int64(len(img)), TokenHash: hex.EncodeToString(tok[:]), Issued: e.now().UTC()}
+	if reportToken != "" {
+		rs := sha256.Sum256([]byte(reportToken))
+		rec.ReportHash = hex.EncodeToString(rs[:])
+	}
+	return rec, nil
 }
 
 // labCheckMarker starts the line a lab machine's installed system prints
@@ -372,6 +388,7 @@ func (e *Engine) serveProvisioning() {
 		http.ServeFile(w, r, e.seedFile(id))
 	}))
 	e.api.Mount(phoneHomePath, http.HandlerFunc(e.phoneHome))
+	e.api.Mount(kubeReportPath, http.HandlerFunc(e.kubeReport))
 }
 
 // fromAgent reports whether r carries the boot token of machine id's

@@ -16,10 +16,12 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/installer/config"
 	"airlock.dev/airlock/installer/control"
 	"airlock.dev/airlock/installer/events"
 	"airlock.dev/airlock/installer/inventory"
+	"airlock.dev/airlock/installer/kube"
 	"airlock.dev/airlock/installer/pki"
 	"airlock.dev/airlock/installer/state"
 	"airlock.dev/airlock/services/agentapi"
@@ -73,7 +75,12 @@ type Options struct {
 	// OSImage, when set, is installed instead of the bundle's images,
 	// under the name DirOSImageName (the lab's and developers' path).
 	OSImage *OSImage
-	Log     *slog.Logger
+	// BundleFiles, when set, are the bundle's files, served by name at
+	// /bundle/files/NAME; when the bundle carries Kubernetes, the install
+	// goes on from booted to a Ready cluster: each machine's seed
+	// downloads kubelet, kubeadm and kubectl from there and runs kubeadm.
+	BundleFiles BundleFiles
+	Log         *slog.Logger
 }
 
 // Serving describes running services.
@@ -121,6 +128,16 @@ type Engine struct {
 	// seedTokenTTL bounds a phone-home token's life; now is the clock.
 	seedTokenTTL time.Duration
 	now          func() time.Time
+	// bundleFiles are the bundle's files; kube is what it carries for
+	// Kubernetes (nil: none), kubeFiles the binaries nodes download.
+	bundleFiles BundleFiles
+	kube        *bundle.Kubernetes
+	kubeFiles   map[string]bundle.File
+	// kubeTimeout bounds a bootstrap or join step, kubePoll is the time
+	// between its looks at the API; kubeDial dials the API server (nil:
+	// the default dialer; tests reach one in a namespace).
+	kubeTimeout, kubePoll time.Duration
+	kubeDial              kube.DialFunc
 	// owned is closed by Close; sockets too, unless Run ran (its servers
 	// close their own sockets when they stop).
 	owned, sockets []io.Closer
@@ -165,11 +182,15 @@ func New(o Options) (_ *Engine, err error) {
 		log.Warn("some iPXE binaries are missing", "missing", strings.Join(missing, ", "))
 	}
 	e := &Engine{answers: a, bus: &events.Bus{}, decider: o.Decider, log: log, base: base, apiBase: apiBase, reg: o.Registry, ready: make(chan struct{}),
-		stateDir: o.StateDir, bootTimeout: 30 * time.Minute, seedTokenTTL: DefaultSeedTokenTTL, now: time.Now}
+		stateDir: o.StateDir, bootTimeout: 30 * time.Minute, seedTokenTTL: DefaultSeedTokenTTL, now: time.Now,
+		bundleFiles: o.BundleFiles, kubeTimeout: defaultKubeTimeout, kubePoll: 2 * time.Second}
 	if e.images, err = imagesFrom(o.OSImage, o.OSImages); err != nil {
 		return nil, err
 	}
 	if err := CheckRuleImages(a, e.images.names()); err != nil {
+		return nil, err
+	}
+	if e.kube, e.kubeFiles, err = kubeFrom(o.BundleFiles, a.Cluster.Distribution.Version); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -264,6 +285,9 @@ func New(o Options) (_ *Engine, err error) {
 	if len(e.images) > 0 {
 		e.serveOSImages()
 		e.serveProvisioning()
+	}
+	if o.BundleFiles != nil {
+		e.serveBundleFiles()
 	}
 	if tftpConn != nil {
 		if e.tsrv, err = tftp.New(o.IPXE, tftpConn, tftp.Defaults(), log.With("part", "tftp")); err != nil {

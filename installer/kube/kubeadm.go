@@ -16,6 +16,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
+
+	"airlock.dev/airlock/manifests"
 )
 
 // Roles a machine can take (the answer file's names).
@@ -41,10 +43,8 @@ const (
 	DefaultCgroupDriver    = "systemd" // the Debian node image runs systemd
 	DefaultCRISocket       = "unix:///run/containerd/containerd.sock"
 	DefaultCNIBinDir       = "/opt/cni/bin"
-	// DefaultPauseImage is the sandbox image kubeadm v1.34 expects.
-	DefaultPauseImage = "registry.k8s.io/pause:3.10.1"
 	// DefaultKubeVIPImage is the kube-vip holding the control-plane VIP.
-	DefaultKubeVIPImage = "ghcr.io/kube-vip/kube-vip:v1.2.3"
+	DefaultKubeVIPImage = manifests.KubeVIPImage
 )
 
 // ClusterSpec is what every node's configuration says about its cluster:
@@ -69,7 +69,7 @@ type ClusterSpec struct {
 	// IgnorePreflightErrors names kubeadm preflight checks to ignore
 	// (e.g. NumCPU, Mem on small lab machines).
 	IgnorePreflightErrors []string
-	PauseImage            string // default DefaultPauseImage
+	PauseImage            string // default the pause of manifests.KubernetesImages(Version)
 	KubeVIPImage          string // default DefaultKubeVIPImage
 	CNIBinDir             string // where containerd finds CNI plugins; default /opt/cni/bin
 }
@@ -124,7 +124,11 @@ func (c ClusterSpec) withDefaults() ClusterSpec {
 	set(&c.DNSDomain, DefaultDNSDomain)
 	set(&c.ImageRepository, DefaultImageRepository)
 	set(&c.CgroupDriver, DefaultCgroupDriver)
-	set(&c.PauseImage, DefaultPauseImage)
+	if c.PauseImage == "" {
+		// kubeadm's own pause for Version; a version without an image
+		// table leaves it empty, which Validate reports.
+		c.PauseImage, _ = manifests.PauseImage(c.Version)
+	}
 	set(&c.KubeVIPImage, DefaultKubeVIPImage)
 	set(&c.CNIBinDir, DefaultCNIBinDir)
 	return c
@@ -182,7 +186,9 @@ func (c ClusterSpec) Validate() error {
 		}
 	}
 	for name, img := range map[string]string{"pause": c.PauseImage, "kube-vip": c.KubeVIPImage} {
-		if !imageRE.MatchString(img) || !strings.Contains(img, "/") {
+		if name == "pause" && img == "" {
+			bad("pause image: airlock knows no default for Kubernetes %q (known: %q): name it", c.Version, manifests.KubernetesVersions())
+		} else if !imageRE.MatchString(img) || !strings.Contains(img, "/") {
 			bad("%s image %q: want a full image reference", name, img)
 		}
 	}

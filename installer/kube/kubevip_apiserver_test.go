@@ -37,7 +37,7 @@ func TestKubeVIPCredentialOnRealAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	api := startAPIServer(t, ns, bin, t.TempDir(), nodeIP, p, now)
-	procs, superCS := api.procs, api.super
+	procs, superCS := api.Procs, api.Super
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 

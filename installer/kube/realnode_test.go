@@ -21,10 +21,8 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -34,282 +32,52 @@ import (
 	"golang.org/x/sys/unix"
 	certv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
+	"airlock.dev/airlock/installer/lab/kubetest"
 	"airlock.dev/airlock/installer/lab/netns"
 )
 
 // k8sBinaries are what `make k8s-bins` builds and this test runs.
 var k8sBinaries = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kubelet"}
 
-// k8sBinDir finds the binaries of `make k8s-bins`: $AIRLOCK_K8S_BIN (make
-// test sets it), else the cache e2e/k8s/build.sh --cached names. Missing
-// binaries fail the test: they are never a reason to skip.
-func k8sBinDir(t *testing.T) string {
-	t.Helper()
-	dir := os.Getenv("AIRLOCK_K8S_BIN")
-	if dir == "" {
-		out, err := exec.Command("bash", "../../e2e/k8s/build.sh", "--cached").Output()
-		if err != nil {
-			t.Fatalf("the Kubernetes binaries are not built: run `make k8s-bins` (it builds them from Go modules and prints their directory; set AIRLOCK_K8S_BIN to it): %v", err)
-		}
-		dir = strings.TrimSpace(string(out))
-	}
-	for _, b := range k8sBinaries {
-		if st, err := os.Stat(filepath.Join(dir, b)); err != nil || st.Mode()&0o111 == 0 {
-			t.Fatalf("AIRLOCK_K8S_BIN=%s has no %s: run `make k8s-bins` and set AIRLOCK_K8S_BIN to the directory it prints", dir, b)
-		}
-	}
-	return dir
-}
+// The real parts come from package kubetest, which the engine's tests
+// share; these are its names here.
+type proc = kubetest.Proc
 
-// proc is a process the test started inside its namespace, in a process
-// group of its own, stopped by its PID when the test ends.
-type proc struct {
-	name, log string
-	pid       int
-	done      chan struct{}
-	err       error
-}
+func k8sBinDir(t *testing.T) string { return kubetest.BinDir(t, k8sBinaries...) }
 
-// startIn runs bin inside ns with nsenter (network namespace only: `ip
-// netns exec` would remount /sys and hide the cgroup hierarchy from the
-// kubelet), logging to dir/NAME.log.
 func startIn(t *testing.T, ns *netns.NS, dir, name, bin string, args ...string) *proc {
 	t.Helper()
-	logPath := filepath.Join(dir, name+".log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("nsenter", append([]string{"--net=" + filepath.Join(netns.RunDir, ns.Name), "--", bin}, args...)...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "KUBECONFIG=")
-	cmd.SysProcAttr = &unix.SysProcAttr{Setpgid: true, Pdeathsig: unix.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		t.Fatalf("start %s: %v", name, err)
-	}
-	p := &proc{name: name, log: logPath, pid: cmd.Process.Pid, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		logf.Close()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.stop(t)
-		if t.Failed() {
-			t.Logf("last lines of %s:\n%s", p.name, tail(p.log, 25))
-		}
-	})
-	return p
+	return kubetest.StartIn(t, ns, dir, name, bin, args...)
 }
 
-// stop sends SIGTERM to the process group the test made for p, and SIGKILL
-// if it has not exited 20 s later.
-func (p *proc) stop(t *testing.T) {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = unix.Kill(-p.pid, unix.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(20 * time.Second):
-		t.Logf("%s (pid %d) ignored SIGTERM for 20 s: SIGKILL", p.name, p.pid)
-		_ = unix.Kill(-p.pid, unix.SIGKILL)
-		<-p.done
-	}
-}
-
-func (p *proc) exited() error {
-	select {
-	case <-p.done:
-		return fmt.Errorf("%s (pid %d) exited: %v; its log ends:\n%s", p.name, p.pid, p.err, tail(p.log, 40))
-	default:
-		return nil
-	}
-}
-
-// tail returns the last n lines of a file.
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// waitFor polls cond every 200 ms until it holds, failing the test when
-// timeout passes or one of procs dies first. It returns how long it took.
 func waitFor(t *testing.T, what string, timeout time.Duration, procs []*proc, cond func(ctx context.Context) (bool, error)) time.Duration {
 	t.Helper()
-	start := time.Now()
-	deadline := start.Add(timeout)
-	var last error
-	for {
-		for _, p := range procs {
-			if err := p.exited(); err != nil {
-				t.Fatalf("waiting for %s: %v", what, err)
-			}
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		ok, err := cond(ctx)
-		cancel()
-		if ok {
-			return time.Since(start)
-		}
-		if err != nil {
-			last = err
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v (last error: %v)", what, timeout, last)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	return kubetest.WaitFor(t, what, timeout, procs, cond)
 }
 
-// nsClient is a clientset from kubeconfig bytes whose connections are made
-// inside ns (the API server listens only there).
 func nsClient(t *testing.T, ns *netns.NS, kubeconfig []byte) *kubernetes.Clientset {
 	t.Helper()
-	cfg, err := clientcmd.RESTConfigFromKubeConfig(kubeconfig)
-	if err != nil {
-		t.Fatalf("load kubeconfig: %v", err)
-	}
-	cfg.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := ns.Do(func() error {
-			var err error
-			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}
-	cfg.Timeout = 15 * time.Second
-	cs, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatalf("client: %v", err)
-	}
-	return cs
+	return kubetest.NSClient(t, ns, kubeconfig)
 }
 
-// testAPIServer is etcd and kube-apiserver as the tests run them inside
-// their namespace, serving https://NODEIP:6443 with a PKI's CA and
-// service-account keys, and set up as kubeadm init leaves a cluster:
-// kubeadm:cluster-admins is bound to cluster-admin (with a system:masters
-// credential, as kubeadm does with super-admin.conf), so that airlock's own
-// admin credential works.
-type testAPIServer struct {
-	procs []*proc               // etcd and kube-apiserver
-	super *kubernetes.Clientset // a system:masters client
-	caCrt string                // the CA certificate's file (for the controller-manager)
-	saKey string                // the service-account signing key's file
-	ready time.Duration         // from etcd's start to the binding
-}
-
-// startAPIServer starts a testAPIServer in ns with its files under
-// dir/pki; extra are more kube-apiserver flags.
-func startAPIServer(t *testing.T, ns *netns.NS, bin, dir, nodeIP string, p *PKI, now time.Time, extra ...string) testAPIServer {
+// startAPIServer starts etcd and kube-apiserver in ns with p's CA and
+// service-account keys, airlock's AdminGroup bound to cluster-admin.
+func startAPIServer(t *testing.T, ns *netns.NS, bin, dir, nodeIP string, p *PKI, now time.Time, extra ...string) kubetest.APIServer {
 	t.Helper()
-	write := func(name string, b []byte) string {
-		t.Helper()
-		path := filepath.Join(dir, "pki", name)
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
-	a := testAPIServer{caCrt: write("ca.crt", p.CA.CertPEM), saKey: write("sa.key", p.ServiceAccountKeyPEM)}
-	srv := apiserverCert(t, p, net.ParseIP(nodeIP), now)
-	start := time.Now()
-	etcd := startIn(t, ns, dir, "etcd", filepath.Join(bin, "etcd"),
-		"--name=t", "--data-dir="+filepath.Join(dir, "etcd"),
-		"--listen-client-urls=http://127.0.0.1:2379", "--advertise-client-urls=http://127.0.0.1:2379",
-		"--listen-peer-urls=http://127.0.0.1:2380", "--initial-advertise-peer-urls=http://127.0.0.1:2380",
-		"--initial-cluster=t=http://127.0.0.1:2380", "--unsafe-no-fsync", "--log-level=warn")
-	apiserver := startIn(t, ns, dir, "kube-apiserver", filepath.Join(bin, "kube-apiserver"), append([]string{
-		"--etcd-servers=http://127.0.0.1:2379",
-		"--bind-address=" + nodeIP, "--advertise-address=" + nodeIP, "--secure-port=6443",
-		"--tls-cert-file=" + write("apiserver.crt", srv.CertPEM), "--tls-private-key-file=" + write("apiserver.key", srv.KeyPEM),
-		"--client-ca-file=" + a.caCrt,
-		"--authorization-mode=Node,RBAC",
-		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file=" + write("sa.pub", p.ServiceAccountPubPEM), "--service-account-signing-key-file=" + a.saKey,
-		"--service-cluster-ip-range=10.96.0.0/12", "--profiling=false",
-		"--cert-dir=" + filepath.Join(dir, "apiserver-certs"),
-	}, extra...)...)
-	a.procs = []*proc{etcd, apiserver}
-
-	super, err := p.IssueClient("airlock-test-super-admin", []string{"system:masters"}, time.Hour, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	superKC, err := Kubeconfig("https://"+nodeIP+":6443", "airlock-test", "super-admin", p.CA.CertPEM, super)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.super = nsClient(t, ns, superKC)
-	waitFor(t, "kube-apiserver /readyz", 3*time.Minute, a.procs, func(ctx context.Context) (bool, error) {
-		b, err := a.super.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
-		return err == nil && string(b) == "ok", err
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if _, err := a.super.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "kubeadm:cluster-admins"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "cluster-admin"},
-		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.GroupKind, Name: AdminGroup}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("bind kubeadm:cluster-admins: %v", err)
-	}
-	a.ready = time.Since(start)
-	return a
+	return kubetest.StartAPIServer(t, ns, bin, dir, nodeIP, kubetest.PKI{CACert: p.CA.CertPEM, CAKey: p.CA.KeyPEM,
+		SAKey: p.ServiceAccountKeyPEM, SAPub: p.ServiceAccountPubPEM}, AdminGroup, now, extra...)
 }
 
 // apiserverCert signs the API server's serving certificate with the
 // cluster CA, for the names and addresses kubeadm gives it.
 func apiserverCert(t *testing.T, p *PKI, ip net.IP, now time.Time) CertKey {
 	t.Helper()
-	caCert, caKey, err := p.CA.parse()
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(now.UnixNano()),
-		Subject:      pkix.Name{CommonName: "kube-apiserver"},
-		DNSNames:     []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
-		IPAddresses:  []net.IP{ip, net.ParseIP("10.96.0.1"), net.IPv4(127, 0, 0, 1)},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, key.Public(), caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kp, err := encodeKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return CertKey{CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), KeyPEM: kp}
+	cert, key := kubetest.ServingCert(t, p.CA.CertPEM, p.CA.KeyPEM, ip, now)
+	return CertKey{CertPEM: cert, KeyPEM: key}
 }
 
 // nodeCSR is a CSR as a kubelet makes it for its client certificate.
@@ -434,8 +202,8 @@ func TestKubeletTLSBootstrapsWithAirlocksToken(t *testing.T) {
 	start := time.Now()
 	api := startAPIServer(t, ns, bin, dir, nodeIP, pki, now,
 		"--enable-bootstrap-token-auth=true", "--enable-admission-plugins=NodeRestriction", "--allow-privileged=true")
-	mark("etcd and kube-apiserver ready", api.ready)
-	cp, caCrt, saKey := api.procs, api.caCrt, api.saKey
+	mark("etcd and kube-apiserver ready", api.Ready)
+	cp, caCrt, saKey := api.Procs, api.CACrt, api.SAKey
 	caKey := write("pki/ca.key", pki.CA.KeyPEM)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
