@@ -118,21 +118,6 @@ type Metadata struct {
 	// Executable is the program a self-contained executable's bundle is
 	// appended to; nil for a bundle file.
 	Executable *Executable `json:"executable,omitempty"`
-	// Kubernetes is what the bundle carries for the cluster's nodes; nil
-	// when it carries no Kubernetes.
-	Kubernetes *Kubernetes `json:"kubernetes,omitempty"`
-}
-
-// Kubernetes describes the Kubernetes a bundle carries.
-type Kubernetes struct {
-	Version string `json:"version"`
-	// Binaries maps a binary's name (kubelet, kubeadm, kubectl) to the bundle
-	// file (a Metadata.Files Name, e.g. kubernetes/v1.34.2/linux-amd64/kubelet)
-	// holding it; that File's Digest is its sha256.
-	Binaries map[string]string `json:"binaries"`
-	// Images are the references nodes pull (kubeadm's images of Version, and
-	// kube-vip), exactly as they ask for them; each is in Metadata.Images.
-	Images []string `json:"images"`
 }
 
 // Executable records the program a bundle was appended to.
