@@ -145,8 +145,11 @@ images:
 	}
 	t.Logf("bundle build took %.0f s", time.Since(began).Seconds())
 	regs.Close() // the site has no connection: nothing may reach them from now on
-	if out, err := airlock(t, "bundle", "check", bundleFile, "--key", filepath.Join(dir, "site.pub")); err != nil {
-		t.Fatalf("bundle check: %v\n%s", err, out)
+	if out, err := airlock(t, "bundle", "verify", "--key", filepath.Join(dir, "site.pub"), bundleFile); err != nil {
+		t.Fatalf("bundle verify: %v\n%s", err, out)
+	}
+	if out, err := airlock(t, "bundle", "inspect", bundleFile); err != nil || !strings.Contains(out, testAppRef) || !strings.Contains(out, "registry.k8s.io/kube-apiserver:"+kubeVersion) {
+		t.Fatalf("bundle inspect shows neither the test app nor the API server (%v):\n%s", err, out)
 	}
 
 	// The site: the rack, installed and formed into a cluster by the
