@@ -67,14 +67,17 @@ trap cleanup EXIT
 # procps for sysctl); what the kubelet and CNI plugins call (iptables,
 # conntrack, ethtool, socat); and the standard CNI plugins (bridge,
 # host-local, loopback, portmap) in /usr/lib/cni, linked from /opt/cni/bin
-# where containerd and kubeadm's defaults look.
+# where containerd and kubeadm's defaults look. resolvconf makes
+# /etc/resolv.conf at every boot, with the name servers the seed's network
+# configuration gives (ENI's dns-nameservers) or none: the kubelet refuses
+# to start any pod without that file.
 packages=(
   systemd-sysv udev dbus linux-image-cloud-amd64 initramfs-tools zstd
   cloud-init cloud-guest-utils fdisk e2fsprogs
   ifupdown isc-dhcp-client net-tools iproute2 ifenslave vlan
   ca-certificates systemd-timesyncd openssh-server
   containerd runc apparmor curl kmod procps util-linux mount
-  iptables conntrack ethtool socat containernetworking-plugins
+  iptables conntrack ethtool socat containernetworking-plugins resolvconf
 )
 # The root filesystem's UUID is fixed so that GRUB and fstab can name it.
 root_uuid=8d3a1f2e-4a1c-4e53-9b1e-a1010c4e0001
@@ -116,7 +119,12 @@ EOF
 mkdir -p "$root/opt/cni"
 ln -sfn /usr/lib/cni "$root/opt/cni/bin"
 echo localhost >"$root/etc/hostname"
-rm -f "$root/etc/resolv.conf"
+# /etc/resolv.conf is resolvconf's link into /run; the build host's name
+# servers (debootstrap copied them) must not stay in the image.
+[ "$(readlink "$root/etc/resolv.conf")" = ../run/resolvconf/resolv.conf ] ||
+  { echo "build.sh: /etc/resolv.conf is not resolvconf's link: $(ls -l "$root/etc/resolv.conf")" >&2; exit 1; }
+rm -f "$root/etc/resolvconf/resolv.conf.d/original" "$root/etc/resolvconf/resolv.conf.d/tail"
+: >"$root/etc/resolvconf/resolv.conf.d/head"
 : >"$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id" "$root"/etc/ssh/ssh_host_*
 grep -q 'interfaces.d' "$root/etc/network/interfaces" 2>/dev/null ||

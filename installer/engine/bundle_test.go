@@ -92,7 +92,7 @@ func TestLabAnswerFileGivesEveryMachineAnAddress(t *testing.T) {
 // With a Kubernetes version the lab's answer file asks for a kubeadm
 // cluster at it; without, it leaves the distribution to the defaults.
 func TestLabAnswerFileKubernetes(t *testing.T) {
-	s := &lab.State{Bridge: "albr0", ServerAddr: "10.77.0.1/24", Subnet: "10.77.0.0/24",
+	s := &lab.State{Bridge: "albr0", ServerAddr: "10.77.0.1/24", Subnet: "10.77.0.0/24", Router: "10.77.0.254",
 		VMs:      []lab.VM{{Name: "node-a-01", Rack: "rack-a", Slot: 1, Serial: "SN-1"}},
 		Switches: []lab.Switch{{Rack: "rack-a", SystemName: "rack-a-tor"}}}
 	for _, v := range []string{"", "v1.33.9"} {
@@ -103,6 +103,9 @@ func TestLabAnswerFileKubernetes(t *testing.T) {
 		a, _, problems := config.Parse("lab.yaml", out)
 		if err := problems.Err(); err != nil {
 			t.Fatal(err)
+		}
+		if a.Network.Gateway.String() != "10.77.0.254" || len(a.Network.DNS) != 1 || a.Network.DNS[0].String() != "10.77.0.254" {
+			t.Errorf("gateway %s, DNS %v: want the lab's router 10.77.0.254 for both", a.Network.Gateway, a.Network.DNS)
 		}
 		if v == "" {
 			if strings.Contains(string(out), "distribution") {

@@ -304,6 +304,13 @@ network:
   mode: full
   subnet: {{.Subnet}}
   address: {{.Address}}
+{{- with .Router}}
+  # The lab's router (its namespace) is the machines' gateway and name
+  # server: its uplink counts whatever tries to leave the lab (nothing
+  # answers DNS).
+  gateway: {{.}}
+  dns: [{{.}}]
+{{- end}}
   dynamicRange: {start: {{.Start}}, end: {{.End}}}
   leaseTime: 1h
 racks:
@@ -394,7 +401,7 @@ func labAnswerFile(s *lab.State, bun config.Bundle, kubernetes string) ([]byte, 
 	err = labAnswersTmpl.Execute(&out, map[string]any{
 		"Bridge": s.Bridge, "Subnet": subnet.Masked(), "Address": server.Addr(),
 		"Start": at(100), "End": at(200), "Racks": racks, "Nodes": nodes, "Bundle": bun,
-		"Kubernetes": kubernetes,
+		"Kubernetes": kubernetes, "Router": s.Router,
 	})
 	if err != nil {
 		return nil, err

@@ -226,7 +226,12 @@ type State struct {
 	// nothing reaches the host or beyond. IPv6 has no route out (the
 	// lab's router advertisements announce no default router) and is off
 	// on the uplink, so it sends nothing of its own.
-	Uplink   string    `json:"uplink,omitempty"`
+	Uplink string `json:"uplink,omitempty"`
+	// Router is the namespace's second address on the bridge (the
+	// subnet's last host address), the gateway a site's network would
+	// have: a lab's answer file offers it to the machines, so that their
+	// packets for anywhere else reach the uplink.
+	Router   string    `json:"router,omitempty"`
 	Outside  string    `json:"outside,omitempty"`
 	Subnet   string    `json:"subnet"`
 	Accel    string    `json:"accel"`
@@ -379,6 +384,7 @@ func Prepare(ctx context.Context, o Options) (_ *State, err error) {
 	}
 	server := o.Subnet.Masked().Addr().Next()
 	s.ServerAddr = netip.PrefixFrom(server, o.Subnet.Bits()).String()
+	s.Router = lastHost(o.Subnet).String()
 	s.VMs, s.Switches = plan(o, dir, idb[0]&0xfe)
 	// Record before making anything, so Down can clean up after a crash.
 	if err := s.save(); err != nil {
@@ -397,6 +403,9 @@ func Prepare(ctx context.Context, o Options) (_ *State, err error) {
 		return nil, err
 	}
 	if err := ns.AddAddr(s.Bridge, s.ServerAddr); err != nil {
+		return nil, err
+	}
+	if err := ns.AddAddr(s.Bridge, netip.PrefixFrom(netip.MustParseAddr(s.Router), o.Subnet.Bits()).String()); err != nil {
 		return nil, err
 	}
 	out, err := netns.Add(s.Outside)
@@ -514,6 +523,15 @@ func qemuArgs(o Options, s *State, vm *VM, sercon string) []string {
 		args = append(args, "-kernel", o.Direct.Kernel, "-initrd", o.Direct.Initrd, "-append", o.Direct.Append(*vm))
 	}
 	return args
+}
+
+// lastHost returns the last host address of an IPv4 prefix (the one
+// before its broadcast address).
+func lastHost(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().As4()
+	host := uint32(1)<<(32-p.Bits()) - 2
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) + host
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
 
 // cpus and memoryMB are the VM's size (labs recorded before VMs had one

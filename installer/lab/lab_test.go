@@ -14,6 +14,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -379,6 +380,12 @@ func TestPrepareSizesAndUplink(t *testing.T) {
 			t.Errorf("VM %s: QEMU arguments lack %q and %q: %s", s.VMs[i].Name, want, mem, args)
 		}
 	}
+	if s.Router != "10.77.0.254" {
+		t.Errorf("router %q, want 10.77.0.254 (the subnet's last host)", s.Router)
+	}
+	if got := lastHost(netip.MustParsePrefix("10.8.0.0/22")).String(); got != "10.8.3.254" {
+		t.Errorf("lastHost(10.8.0.0/22) = %s", got)
+	}
 	if s.VMs[0].CPUs != 2 || s.VMs[0].MemoryMB != 3072 || s.VMs[1].CPUs != 1 || s.VMs[1].MemoryMB != 512 {
 		t.Errorf("recorded sizes: %+v", s.VMs)
 	}
@@ -394,8 +401,16 @@ func TestPrepareSizesAndUplink(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = ns.Do(func() error {
-		c, err := net.Dial("udp4", "198.51.100.7:53") // TEST-NET-2: off the lab
+	// A machine on the bridge, through its gateway (the router address).
+	vm := netns.NewTest(t, "alvm")
+	netns.MustVeth(t, vm, "eth0", ns, "vmport0")
+	if err := ns.SetMaster("vmport0", s.Bridge); err != nil {
+		t.Fatal(err)
+	}
+	vm.MustAddr(t, "eth0", "10.77.0.50/24")
+	vm.MustIP(t, "route", "add", "default", "via", s.Router)
+	err = vm.Do(func() error {
+		c, err := net.Dial("udp4", "203.0.113.9:123") // TEST-NET-3: off the lab
 		if err != nil {
 			return err
 		}
@@ -406,8 +421,20 @@ func TestPrepareSizesAndUplink(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n, err = loaded.UplinkPackets(); err != nil || n == 0 {
-		t.Fatalf("after a datagram off the lab the uplink counted %d (%v), want more than 0", n, err)
+	deadline := time.Now().Add(5 * time.Second)
+	for n == 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond) // the datagram waits on ARP for the router
+		if n, err = loaded.UplinkPackets(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n == 0 {
+		t.Fatalf("a machine's datagram off the lab through its gateway %s: the uplink still counts %d", s.Router, n)
+	}
+	// A process of the namespace itself is routed the same way.
+	out, err := exec.Command("ip", "-n", s.Namespace, "route", "get", "198.51.100.7").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "dev "+s.Uplink) {
+		t.Errorf("ip route get 198.51.100.7 in the lab: %v: %s, want dev %s", err, out, s.Uplink)
 	}
 }
 
