@@ -21,6 +21,7 @@ func FuzzInspectText(f *testing.F) {
 			Files:      []File{{Name: file, Digest: file}},
 			Components: []string{component, name},
 			OSImages:   []OSImage{{Name: file, Compression: chart, RawSHA256: image}},
+			Kubernetes: &Kubernetes{Version: image, Arch: component, Binaries: map[string]string{"kubelet": file, "kubeadm": name}, Images: []string{repo, image}},
 		}
 		var buf bytes.Buffer
 		if err := in.WriteText(&buf); err != nil {
@@ -30,8 +31,8 @@ func FuzzInspectText(f *testing.F) {
 		if i := termtext.FindUnsafe(out); i >= 0 {
 			t.Fatalf("raw rune at %d: %q", i, out)
 		}
-		if n := strings.Count(out, "\n"); n != 19 {
-			t.Fatalf("%d lines, want 19 (a name added or removed one):\n%s", n, out)
+		if n := strings.Count(out, "\n"); n != 26 {
+			t.Fatalf("%d lines, want 26 (a name added or removed one):\n%s", n, out)
 		}
 	})
 }

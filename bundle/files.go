@@ -7,6 +7,43 @@ import (
 	"os"
 )
 
+// FilePathPrefix is where a bundle's files (File.Path) lie in the archive.
+const FilePathPrefix = "files/"
+
+// File returns the bundle file called name (a File's Name, such as
+// kubernetes/v1.34.2/linux-amd64/kubelet).
+func (b *Bundle) File(name string) (File, bool) {
+	for _, f := range b.meta.Files {
+		if f.Name == name {
+			return f, true
+		}
+	}
+	return File{}, false
+}
+
+// FileContent returns where the bundle file called name lies: size bytes
+// at off in r, for a server to send (with sendfile when r is an *os.File).
+// Its digest is checked the first time it is asked for, and the outcome
+// remembered, as Content does for blobs: a damaged file is refused from
+// then on.
+func (b *Bundle) FileContent(name string) (f File, r io.ReaderAt, off, size int64, err error) {
+	f, ok := b.File(name)
+	if !ok {
+		return File{}, nil, 0, 0, fmt.Errorf("file %q in bundle %s: %w", name, b.name, fs.ErrNotExist)
+	}
+	e, ok := b.byPath[f.Path]
+	c := b.pathChecks[f.Path]
+	if !ok || c == nil || e.Digest != f.Digest || e.Size != f.Size {
+		return File{}, nil, 0, 0, fmt.Errorf("%w: file %q: its entry %q is missing or differs from the file's size and digest", ErrCorrupt, name, f.Path)
+	}
+	c.once.Do(func() { c.err = b.checkEntry(e, nil) })
+	if c.err != nil {
+		return File{}, nil, 0, 0, c.err
+	}
+	r, off = b.locate(e.Offset, e.Size)
+	return f, r, off, e.Size, nil
+}
+
 // OpenRegular opens path for reading and refuses anything but a regular
 // file. The open does not block (an ordinary open of a FIFO waits for a
 // writer), and the kind is checked on the opened file, not on the name,

@@ -116,12 +116,7 @@ func (b *Bundle) KubernetesBinary(arch, name string) (File, bool) {
 	if !ok {
 		return File{}, false
 	}
-	for _, f := range b.meta.Files {
-		if f.Name == fname {
-			return f, true
-		}
-	}
-	return File{}, false
+	return b.File(fname)
 }
 
 // writeKubernetes renders the Kubernetes section of an inspection.

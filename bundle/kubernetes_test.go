@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -83,6 +85,20 @@ func TestKubernetesSetRoundTrip(t *testing.T) {
 	}
 	if data, err := b.ReadFile(f.Path); err != nil || !bytes.Contains(data, []byte("fake kubeadm")) {
 		t.Fatalf("read %s: %q %v", f.Path, data, err)
+	}
+	ff, r, off, size, err := b.FileContent(f.Name)
+	if err != nil || ff != f || size != f.Size {
+		t.Fatalf("FileContent(%s) = %+v, %d bytes, %v", f.Name, ff, size, err)
+	}
+	if _, isFile := r.(*os.File); !isFile {
+		t.Errorf("FileContent gives a %T, not the bundle's file (no sendfile)", r)
+	}
+	got := make([]byte, size)
+	if _, err := r.ReadAt(got, off); err != nil || !bytes.Contains(got, []byte("fake kubeadm")) {
+		t.Fatalf("FileContent's bytes: %q %v", got, err)
+	}
+	if _, _, _, _, err := b.FileContent("kubernetes/v1.34.2/linux-amd64/kubefoo"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("FileContent of no file: %v", err)
 	}
 	if _, ok := b.KubernetesBinary("arm64", "kubeadm"); ok {
 		t.Error("an arm64 kubeadm found in an amd64 bundle")
@@ -178,5 +194,13 @@ func TestVerifyCatchesDamagedKubernetesBinary(t *testing.T) {
 	}
 	if _, err := b.ReadFile(f.Path); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("read damaged binary: %v", err)
+	}
+	for i := 0; i < 2; i++ {
+		if _, _, _, _, err := b.FileContent(f.Name); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("FileContent of the damaged binary (try %d): %v", i+1, err)
+		}
+	}
+	if _, _, _, _, err := b.FileContent(b.Metadata().Kubernetes.Binaries["kubeadm"]); err != nil {
+		t.Errorf("FileContent of a sound binary: %v", err)
 	}
 }

@@ -35,7 +35,7 @@ type Bundle struct {
 	byDigest map[string]*Entry
 	checks   map[string]*check
 	// pathChecks remember the digest checks of entries served by path
-	// (OS images).
+	// (OS images and files).
 	pathChecks map[string]*check
 	repos      []string
 	tags       map[string]map[string]string // repository -> tag -> digest
@@ -465,7 +465,7 @@ func (b *Bundle) index() {
 	for i := range b.meta.Entries {
 		e := &b.meta.Entries[i]
 		b.byPath[e.Path] = e
-		if strings.HasPrefix(e.Path, OSImagePathPrefix) {
+		if strings.HasPrefix(e.Path, OSImagePathPrefix) || strings.HasPrefix(e.Path, FilePathPrefix) {
 			b.pathChecks[e.Path] = &check{}
 		}
 		if strings.HasPrefix(e.Path, "blobs/") {

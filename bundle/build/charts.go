@@ -25,10 +25,13 @@ import (
 	"helm.sh/helm/v3/pkg/repo"
 
 	"airlock.dev/airlock/bundle"
+	"airlock.dev/airlock/manifests"
 )
 
-// DefaultKubeVersion is the Kubernetes version charts are rendered for.
-const DefaultKubeVersion = "v1.34.2"
+// DefaultKubeVersion is the Kubernetes version charts are rendered for
+// when neither the chart's kubeVersion nor the bundle's kubernetes.version
+// says otherwise.
+const DefaultKubeVersion = manifests.DefaultKubernetesVersion
 
 const helmChartLayer = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
 
@@ -79,6 +82,9 @@ func (b *builder) chart(ctx context.Context, c ChartSpec) ([]chartImage, error) 
 	}
 	var images []string
 	if !c.SkipImages {
+		if k := b.opts.Spec.Kubernetes; c.KubeVersion == "" && k != nil && k.Version != "" {
+			c.KubeVersion = k.Version // the cluster the bundle is for
+		}
 		images, err = renderImages(ctx, ch, c)
 		if err != nil {
 			return nil, err

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/url"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -174,4 +176,80 @@ func parseMirrors(spec map[string]string) (map[string]mirror, map[string]string,
 		schemes[m.host] = m.scheme
 	}
 	return mirrors, schemes, nil
+}
+
+// KubernetesBinaryCheck is what CheckKubernetesBinaries found of one
+// binary in a local directory.
+type KubernetesBinaryCheck struct {
+	Arch, Name string
+	// Source is the binary's path as bundle.yaml's base gives it.
+	Source string
+	// SHA256 is the binary's digest (hex), once it matched its .sha256.
+	SHA256 string
+	Size   int64
+	// Err says what is missing or wrong, naming the file.
+	Err error
+}
+
+// KubernetesImageRefs are the images the kubernetes: section adds (kubeadm's
+// of its version, and kube-vip unless kubeVIP is false), nil without one.
+func (s *Spec) KubernetesImageRefs() ([]string, error) {
+	ks, err := kubernetesPlan(s)
+	if ks == nil || err != nil {
+		return nil, err
+	}
+	return ks.images, nil
+}
+
+// CheckKubernetesBinaries checks, as build would, every binary of the
+// kubernetes: section when its base is a local directory: that it and its
+// .sha256 are there and agree. A base URL is not fetched (bundle check
+// stays offline): remote is then true and nothing is checked.
+func CheckKubernetesBinaries(ctx context.Context, s *Spec, specDir string) (checks []KubernetesBinaryCheck, remote bool) {
+	ks, err := kubernetesPlan(s)
+	if ks == nil || err != nil {
+		return nil, false
+	}
+	if u, err := url.Parse(ks.spec.Binaries); err == nil && (u.Scheme == "http" || u.Scheme == "https") {
+		return nil, true
+	}
+	b := &builder{opts: Options{SpecDir: specDir}}
+	base := strings.TrimSuffix(ks.spec.Binaries, "/")
+	for _, arch := range ks.arches {
+		for _, bin := range bundle.KubernetesBinaries {
+			c := KubernetesBinaryCheck{Arch: arch, Name: bin, Source: base + "/" + ks.spec.Version + "/bin/linux/" + arch + "/" + bin}
+			c.SHA256, c.Size, c.Err = b.checkLocalBinary(ctx, c.Source)
+			checks = append(checks, c)
+		}
+	}
+	return checks, false
+}
+
+// checkLocalBinary hashes the local binary src and compares it with
+// src.sha256.
+func (b *builder) checkLocalBinary(ctx context.Context, src string) (string, int64, error) {
+	raw, err := b.readSmall(ctx, src+".sha256", maxSHA256File)
+	if err != nil {
+		return "", 0, err
+	}
+	fields := strings.Fields(string(raw))
+	if len(fields) == 0 || !sha256FileRE.MatchString(fields[0]) || len(fields) > 2 {
+		return "", 0, fmt.Errorf("%s.sha256 holds no SHA-256 (64 hex digits)", src)
+	}
+	want := strings.ToLower(fields[0])
+	p := src
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(b.opts.SpecDir, p)
+	}
+	if st, err := os.Stat(p); err == nil && st.Size() > MaxKubernetesBinary {
+		return "", 0, fmt.Errorf("%s: %d bytes, more than a Kubernetes binary has (%d)", src, st.Size(), int64(MaxKubernetesBinary))
+	}
+	got, err := hashFile(p)
+	if err != nil {
+		return "", 0, fmt.Errorf("read %s: %w", src, err)
+	}
+	if got.digest != "sha256:"+want {
+		return "", 0, fmt.Errorf("%s has sha256 %s, %s.sha256 says %s", src, strings.TrimPrefix(got.digest, "sha256:"), src, want)
+	}
+	return want, got.n, nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -25,6 +26,7 @@ import (
 
 	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/manifests"
+	"airlock.dev/airlock/services/registry"
 )
 
 // kubeMirror is a real registry (go-containerregistry's) on loopback
@@ -102,16 +104,21 @@ func (m *kubeMirror) count(kind string) int {
 // NAME.sha256 beside each (64 hex digits, as upstream writes them). It
 // returns the binaries' contents by name.
 func kubeBinaries(t *testing.T, dir string) map[string][]byte {
+	return kubeBinariesFor(t, dir, "amd64")
+}
+
+// kubeBinariesFor is kubeBinaries for linux/arch.
+func kubeBinariesFor(t *testing.T, dir, arch string) map[string][]byte {
 	t.Helper()
 	out := map[string][]byte{}
-	bin := filepath.Join(dir, "release", manifests.DefaultKubernetesVersion, "bin", "linux", "amd64")
+	bin := filepath.Join(dir, "release", manifests.DefaultKubernetesVersion, "bin", "linux", arch)
 	if err := os.MkdirAll(bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range bundle.KubernetesBinaries {
 		data := make([]byte, 32<<10)
 		rand.Read(data)
-		data = append([]byte("\x7fELF fake "+name+"\n"), data...)
+		data = append([]byte("\x7fELF fake "+name+" "+arch+"\n"), data...)
 		out[name] = data
 		if err := os.WriteFile(filepath.Join(bin, name), data, 0o755); err != nil {
 			t.Fatal(err)
@@ -368,5 +375,142 @@ registryMirrors: {registry.k8s.io: %s, ghcr.io: %s}
 				t.Error("a bundle was written")
 			}
 		})
+	}
+}
+
+// A spec whose platforms name two linux architectures carries the binaries
+// of both: amd64 as the set's Arch, arm64 among its OtherArches, each
+// found by KubernetesBinary.
+func TestBuildKubernetesTwoArches(t *testing.T) {
+	m := newKubeMirror(t)
+	dir := t.TempDir()
+	arm := kubeBinariesFor(t, dir, "arm64")
+	amd := kubeBinariesFor(t, dir, "amd64")
+	out, pub, _, err := buildKube(t, dir, fmt.Sprintf(`apiVersion: airlock.dev/v1alpha1
+kind: Bundle
+platforms: [linux/arm64/v8, linux/amd64]
+kubernetes: {binaries: release, kubeVIP: false}
+registryMirrors: {registry.k8s.io: %s}
+`, m.http.URL), &loopbackOnly{base: http.DefaultTransport})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bundle.Open(out, bundle.Trust{PublicKey: pub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	k := b.Metadata().Kubernetes
+	if k.Arch != "amd64" || len(k.OtherArches) != 1 || len(k.OtherArches["arm64"]) != 3 {
+		t.Fatalf("set: %+v", k)
+	}
+	for arch, bins := range map[string]map[string][]byte{"amd64": amd, "arm64": arm} {
+		for name, data := range bins {
+			f, ok := b.KubernetesBinary(arch, name)
+			if !ok || f.Name != "kubernetes/v1.34.2/linux-"+arch+"/"+name {
+				t.Fatalf("%s/%s: %+v %v", arch, name, f, ok)
+			}
+			if got, err := b.ReadFile(f.Path); err != nil || !bytes.Equal(got, data) {
+				t.Errorf("%s/%s: %v", arch, name, err)
+			}
+		}
+	}
+}
+
+// pullRef sends a registry's images to its mirror, keeping path, tag and
+// digest; Docker Hub is docker.io however the key spells it; the mirror's
+// scheme is kept by mirrorTransport whatever go-containerregistry picks.
+func TestPullRefThroughMirrors(t *testing.T) {
+	mirrors, schemes, err := parseMirrors(map[string]string{"index.docker.io": "https://hub.example:8443", "registry.k8s.io": "http://10.1.2.3:5001/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &builder{mirrors: mirrors}
+	d := "sha256:" + strings.Repeat("c", 64)
+	for in, want := range map[string]string{
+		"nginx:1.25": "hub.example:8443/library/nginx:1.25",
+		"registry.k8s.io/coredns/coredns:v1.12.1": "10.1.2.3:5001/coredns/coredns:v1.12.1",
+		"registry.k8s.io/pause@" + d:              "10.1.2.3:5001/pause@" + d,
+		"quay.io/x/y:1":                           "quay.io/x/y:1",
+	} {
+		r, err := ParseImageRef(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref, err := b.pullRef(r)
+		if err != nil || ref.String() != want {
+			t.Errorf("pullRef(%s) = %v, %v; want %s", in, ref, err, want)
+		}
+	}
+	if schemes["hub.example:8443"] != "https" || schemes["10.1.2.3:5001"] != "http" {
+		t.Errorf("schemes %v", schemes)
+	}
+	// go-containerregistry speaks http to a private address; the transport
+	// puts back the https the mirror was given with.
+	var seen string
+	tr := &mirrorTransport{schemes: map[string]string{"10.1.2.3:5001": "https"}, base: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		seen = r.URL.String()
+		return nil, fmt.Errorf("stop")
+	})}
+	req, _ := http.NewRequest(http.MethodGet, "http://10.1.2.3:5001/v2/", nil)
+	tr.RoundTrip(req)
+	if seen != "https://10.1.2.3:5001/v2/" {
+		t.Errorf("request went to %s", seen)
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// The Kubernetes images of a built bundle, served by airlock's registry,
+// answer a node that asks the way containerd does through its
+// registry.k8s.io and ghcr.io mirrors (/v2/NAME/manifests/TAG?ns=UPSTREAM)
+// with the very manifests the mirror the bundle was built from holds.
+func TestKubernetesImagesServedByOriginalName(t *testing.T) {
+	m := newKubeMirror(t)
+	dir := t.TempDir()
+	kubeBinaries(t, dir)
+	out, pub, _, err := buildKube(t, dir, fmt.Sprintf(`apiVersion: airlock.dev/v1alpha1
+kind: Bundle
+kubernetes: {binaries: release}
+registryMirrors: {registry.k8s.io: %s, ghcr.io: %s}
+`, m.http.URL, m.http.URL), &loopbackOnly{base: http.DefaultTransport})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bundle.Open(out, bundle.Trust{PublicKey: pub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- registry.New(b, slog.New(slog.DiscardHandler)).Run(ctx, l) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("registry: %v", err)
+		}
+	}()
+	for _, ref := range b.Metadata().Kubernetes.Images {
+		host, rest, _ := strings.Cut(ref, "/")
+		repo, tag, _ := strings.Cut(rest, ":")
+		u := fmt.Sprintf("http://%s/v2/%s/manifests/%s?ns=%s", l.Addr(), repo, tag, host)
+		req, _ := http.NewRequest(http.MethodGet, u, nil)
+		req.Header.Set("Accept", "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || "sha256:"+sha256hex(body) != m.digests[ref] || resp.Header.Get("Docker-Content-Digest") != m.digests[ref] {
+			t.Errorf("GET %s: %s, digest %s (header %s), the mirror's %s", u, resp.Status, sha256hex(body), resp.Header.Get("Docker-Content-Digest"), m.digests[ref])
+		}
 	}
 }

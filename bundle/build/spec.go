@@ -147,7 +147,8 @@ type ChartSpec struct {
 	// images it references with the site's values are carried too.
 	Namespace string         `yaml:"namespace" json:"namespace,omitempty"`
 	Values    map[string]any `yaml:"values" json:"values,omitempty"`
-	// KubeVersion is the Kubernetes version to render for (default v1.34.2).
+	// KubeVersion is the Kubernetes version to render for (default the
+	// bundle's kubernetes.version, else manifests.DefaultKubernetesVersion).
 	KubeVersion string `yaml:"kubeVersion" json:"kubeVersion,omitempty"`
 	// SkipImages leaves out the images the chart references.
 	SkipImages bool `yaml:"skipImages" json:"skipImages,omitempty"`

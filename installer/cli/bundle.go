@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -18,6 +20,7 @@ import (
 	"airlock.dev/airlock/installer/config"
 	"airlock.dev/airlock/installer/engine"
 	"airlock.dev/airlock/installer/termtext"
+	"airlock.dev/airlock/manifests"
 	"airlock.dev/airlock/services/registry"
 )
 
@@ -137,7 +140,12 @@ func newBundleCheckCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "check -f bundle.yaml",
 		Short: "Check a bundle.yaml and print every problem as FILE:LINE:COL: path: message",
-		Args:  cobra.NoArgs,
+		Long: `Check parses bundle.yaml strictly and prints every problem with its place.
+It reads every OS image whole (format, raw size and SHA-256), lists the images
+the kubernetes: section adds, and, when its binaries come from a local
+directory, checks each against its .sha256 file, naming one that is missing
+or does not match. Nothing is fetched from the network.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			spec, err := loadBundleSpec(g.streams.Out, file)
 			if err != nil {
@@ -170,13 +178,59 @@ func newBundleCheckCommand(g *globals) *cobra.Command {
 				fmt.Fprintf(g.streams.Out, "%s: %d of %d OS images failed their check\n", termtext.Escape(file), bad, len(spec.OSImages))
 				return &exitError{code: 1}
 			}
-			fmt.Fprintf(g.streams.Out, "%s: valid: %d images, %d charts, %d files, %d OS images\n", termtext.Escape(file), len(spec.Images), len(spec.Charts), len(spec.Files), len(spec.OSImages))
+			kube, err := checkKubernetesSpec(cmd.Context(), g.streams.Out, file, spec)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.streams.Out, "%s: valid: %d images, %d charts, %d files, %d OS images%s\n", termtext.Escape(file), len(spec.Images), len(spec.Charts), len(spec.Files), len(spec.OSImages), kube)
 			return nil
 		},
 	}
 	cmd.Flags().StringVarP(&file, "file", "f", "bundle.yaml", "bundle spec (YAML)")
 	_ = cmd.MarkFlagFilename("file", "yaml", "yml")
 	return cmd
+}
+
+// checkKubernetesSpec prints what bundle.yaml's kubernetes: section adds
+// (its images; its binaries, checked against their .sha256 files when they
+// come from a local directory) and fails naming a binary that is missing
+// or does not match. It returns the summary's words for it.
+func checkKubernetesSpec(ctx context.Context, w io.Writer, file string, spec *build.Spec) (string, error) {
+	if spec.Kubernetes == nil {
+		return "", nil
+	}
+	e := termtext.Escape
+	version := spec.Kubernetes.Version
+	if version == "" {
+		version = manifests.DefaultKubernetesVersion
+	}
+	refs, err := spec.KubernetesImageRefs()
+	if err != nil {
+		fmt.Fprintf(w, "%s: kubernetes: %s\n", e(file), e(err.Error()))
+		return "", &exitError{code: 1}
+	}
+	for _, ref := range refs {
+		fmt.Fprintf(w, "%s: kubernetes %s: image %s\n", e(file), e(version), e(ref))
+	}
+	checks, remote := build.CheckKubernetesBinaries(ctx, spec, filepath.Dir(file))
+	if remote {
+		fmt.Fprintf(w, "%s: kubernetes %s: binaries %s from %s, fetched and checked against their .sha256 files by build\n",
+			e(file), e(version), strings.Join(bundle.KubernetesBinaries, ", "), e(spec.Kubernetes.Binaries))
+	}
+	bad := 0
+	for _, c := range checks {
+		if c.Err != nil {
+			fmt.Fprintf(w, "%s: kubernetes %s: %s for linux/%s: %s\n", e(file), e(version), c.Name, e(c.Arch), e(c.Err.Error()))
+			bad++
+			continue
+		}
+		fmt.Fprintf(w, "%s: kubernetes %s: %s for linux/%s: %s, %s, sha256 %s matches its .sha256\n", e(file), e(version), c.Name, e(c.Arch), e(c.Source), bundle.HumanSize(c.Size), c.SHA256)
+	}
+	if bad > 0 {
+		fmt.Fprintf(w, "%s: %d of %d Kubernetes binaries failed their check\n", e(file), bad, len(checks))
+		return "", &exitError{code: 1}
+	}
+	return fmt.Sprintf(", Kubernetes %s (%d images, %d binaries)", e(version), len(refs), len(bundle.KubernetesBinaries)*len(spec.KubernetesArches())), nil
 }
 
 func isTerminal(w io.Writer) bool {
@@ -206,6 +260,15 @@ build again after an interruption fetches only what is missing (blobs already
 written are hashed again, not trusted). A rebuild after editing bundle.yaml
 takes the blobs it can from the bundle it replaces. Charts and files are kept
 in the cache directory (--cache) between runs.
+
+kubernetes: {version: v1.34.2} adds what the nodes need to form a cluster:
+kubelet, kubeadm and kubectl (from BASE/VERSION/bin/linux/ARCH/NAME, BASE being
+kubernetes.binaries, https://dl.k8s.io/release by default, or a local
+directory with the same layout; each checked against the NAME.sha256 beside
+it), exactly the images kubeadm of that version pulls, and kube-vip (unless
+kubeVIP: false). registryMirrors: {registry.k8s.io: http://HOST:PORT} pulls a
+registry's images from a mirror on the connected side; the bundle keeps their
+original names and digests (http is for tests and pull-through caches).
 
 --split 4G writes site.bundle.001, .002, ... for removable media; airlock reads
 them back as one. --embed writes a self-contained executable: this airlock

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -14,6 +15,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"airlock.dev/airlock/installer/inventory"
+	"airlock.dev/airlock/installer/kube"
 	"airlock.dev/airlock/installer/pipeline"
 	"airlock.dev/airlock/installer/state"
 	"airlock.dev/airlock/services/agentapi"
@@ -399,4 +401,70 @@ func registerMachine(t *testing.T, inv *inventory.Store, mac string) string {
 		t.Fatal(err)
 	}
 	return out.MachineID
+}
+
+// status shows each machine's Kubernetes state (ready; a failure with
+// kubeadm's phase, its output escaped in the failure line) and the
+// cluster's pod network "minimal", in text and in JSON, from the store.
+func TestStatusShowsTheCluster(t *testing.T) {
+	stateDir := t.TempDir()
+	s, err := state.Open(stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv := inventory.New(s, nil, slog.New(slog.DiscardHandler))
+	cp := registerMachine(t, inv, "52:54:00:00:00:41")
+	w := registerMachine(t, inv, "52:54:00:00:00:42")
+	for id, to := range map[string][]string{
+		cp: {inventory.StateInstalling, inventory.StateInstalled, inventory.StateBooted, inventory.StateJoined, inventory.StateReady},
+		w:  {inventory.StateInstalling, inventory.StateInstalled, inventory.StateBooted},
+	} {
+		if _, err := inv.Transition(id, inventory.StateAdmitted, "test"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := inv.Assign(id, inventory.Assignment{Rule: "r", Role: "worker", Hostname: "h-" + id[2:6], Index: 1}); err != nil {
+			t.Fatal(err)
+		}
+		for _, st := range to {
+			if _, err := inv.Transition(id, st, "test"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := kube.AllocatePodSubnets(s, netip.MustParsePrefix("10.244.0.0/16"), []string{cp, w}); err != nil {
+		t.Fatal(err)
+	}
+	if err := kube.SaveAPIServer(s, "https://10.40.0.10:6443"); err != nil {
+		t.Fatal(err)
+	}
+	out := "error execution phase preflight: [ERROR Mem]: \x1b[31mtoo small"
+	rep := kube.NodeReport{Result: kube.ReportFailed, Step: "kubeadm-join", Phase: kube.KubeadmPhase(out), Output: out}
+	if err := s.Update(func(tx state.Tx) error { return kube.SaveNodeReport(tx, w, rep) }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := inv.Transition(w, inventory.StateFailed, "join/"+w+": machine "+w+": "+rep.Error()); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	text, _, code := run(t, "status", "--state", stateDir)
+	for _, want := range []string{"pod network          minimal", "https://10.40.0.10:6443", "failed: kubeadm phase preflight", "kubeadm phase preflight (step kubeadm-join) failed"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("status does not say %q:\n%s", want, text)
+		}
+	}
+	if code != 0 || strings.ContainsRune(text, 0x1b) {
+		t.Errorf("status (exit %d) with a raw escape:\n%q", code, text)
+	}
+	js, _, code := run(t, "status", "-o", "json", "--state", stateDir)
+	var st Status
+	if err := json.Unmarshal([]byte(js), &st); err != nil || code != 0 {
+		t.Fatalf("status -o json: %v %s", err, js)
+	}
+	kubeOf := map[string]string{}
+	for _, m := range st.Machines {
+		kubeOf[m.ID] = m.Kubernetes + " " + m.PodSubnet
+	}
+	if st.Cluster == nil || st.Cluster.PodNetwork != "minimal" || kubeOf[cp] != "ready 10.244.0.0/24" || kubeOf[w] != "failed: kubeadm phase preflight 10.244.1.0/24" {
+		t.Errorf("status -o json: cluster %+v, machines %v", st.Cluster, kubeOf)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -15,6 +16,7 @@ import (
 
 	"airlock.dev/airlock/installer/engine"
 	"airlock.dev/airlock/installer/events"
+	"airlock.dev/airlock/installer/inventory"
 	"airlock.dev/airlock/installer/termtext"
 )
 
@@ -45,8 +47,15 @@ one) and the machine's cloud-init seed, and reboots into it; the install
 ends when every installed system has phoned home (booted). A disk that holds
 partitions or filesystems is refused unless the rule's installDisk.allowWipe
 says otherwise. --os-image DIR installs an image from a directory instead of
-the bundle's. Without any OS image the pipeline ends at "assigned". Forming
-the cluster comes next.`,
+the bundle's. Without any OS image the pipeline ends at "assigned".
+
+When the bundle also carries Kubernetes (bundle.yaml kubernetes:), the seeds
+make the machines a cluster: each downloads kubelet, kubeadm and kubectl
+from airlock (sha256 checked), the first control plane runs kubeadm init
+with airlock's CAs, the others join, and each reports how kubeadm went.
+The install then waits for every Node to be Ready (states joined, ready),
+and ends by writing an admin kubeconfig to STATE/kubeconfig and printing
+its path.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if output != "text" && output != "json" {
@@ -99,6 +108,13 @@ the cluster comes next.`,
 				}
 			}
 			fmt.Fprintf(g.streams.Err, "airlock: install: %d machines %s, %d failed; `airlock status --state %s` shows each\n", reached, e.Target(), failed, g.stateDir)
+			if e.Target() == inventory.StateReady && reached > 0 {
+				path, err := writeInstallKubeconfig(e, g.stateDir)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(g.streams.Err, "airlock: install: admin kubeconfig (valid for %v; `airlock kubeconfig` mints another): %s\n", installKubeconfigTTL, path)
+			}
 			if failed > 0 {
 				return &exitError{code: 1}
 			}
@@ -116,6 +132,31 @@ the cluster comes next.`,
 	f.IntVar(&in.apiPort, "api-port", 8443, "agent API port (TLS, with airlock's CA from the state directory)")
 	f.StringVar(&osImage, "os-image", "", "directory with the OS image to install instead of the bundle's (disk.raw.zst, disk.raw.size, disk.raw.sha256, as e2e/osimage/build.sh makes it); without it and without OS images in the bundle the install ends once machines are assigned")
 	return cmd
+}
+
+// installKubeconfigTTL is the life of the kubeconfig install writes.
+const installKubeconfigTTL = 24 * time.Hour
+
+// InstallKubeconfigFile is the kubeconfig install writes in the state
+// directory once the cluster has a Ready node.
+const InstallKubeconfigFile = "kubeconfig"
+
+// writeInstallKubeconfig writes fresh admin credentials for the cluster to
+// STATE/kubeconfig (0600), as `airlock kubeconfig --file` does, and
+// returns its path.
+func writeInstallKubeconfig(e *engine.Engine, stateDir string) (string, error) {
+	kc, err := e.AdminKubeconfig(installKubeconfigTTL)
+	if err != nil {
+		return "", fmt.Errorf("write the cluster's kubeconfig: %w", err)
+	}
+	path, err := filepath.Abs(filepath.Join(stateDir, InstallKubeconfigFile))
+	if err != nil {
+		return "", err
+	}
+	if err := writePrivate(path, kc); err != nil {
+		return "", err
+	}
+	return path, nil
 }
 
 // usageError ends a command with exit status 2.

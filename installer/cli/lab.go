@@ -354,6 +354,13 @@ func runLabAirlock(ctx context.Context, g *globals, install *engine.InstallOptio
 			} else {
 				g.log.Info("lab install: every admitted machine reached its target", "target", e.Target())
 			}
+			if e.Target() == inventory.StateReady && res.Err() == nil {
+				path, err := writeInstallKubeconfig(e, g.stateDir)
+				if err != nil {
+					return fmt.Errorf("lab install: %w", err)
+				}
+				g.log.Info("lab install: the cluster's admin kubeconfig", "path", path, "valid", installKubeconfigTTL)
+			}
 			return nil
 		})
 	}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 
 	"airlock.dev/airlock/installer/control"
 	"airlock.dev/airlock/installer/inventory"
+	"airlock.dev/airlock/installer/kube"
 	"airlock.dev/airlock/installer/pipeline"
 	"airlock.dev/airlock/installer/state"
 	"airlock.dev/airlock/installer/termtext"
@@ -26,6 +28,19 @@ type Status struct {
 	AirlockRunning bool            `json:"airlockRunning"`
 	Phases         []PhaseStatus   `json:"phases"`
 	Machines       []MachineStatus `json:"machines"`
+	// Cluster is the Kubernetes cluster, once airlock gave machines their
+	// nodes' seeds.
+	Cluster *ClusterStatus `json:"cluster,omitempty"`
+}
+
+// ClusterStatus is the Kubernetes cluster as `airlock status` shows it.
+type ClusterStatus struct {
+	// PodNetwork is "minimal" while nodes have airlock's per-node bridge
+	// (until the platform's CNI).
+	PodNetwork string `json:"podNetwork"`
+	APIServer  string `json:"apiServer,omitempty"`
+	// FirstControlPlane is the machine that runs kubeadm init.
+	FirstControlPlane string `json:"firstControlPlane,omitempty"`
 }
 
 // PhaseStatus is one phase of the pipeline and how far it is.
@@ -47,7 +62,12 @@ type MachineStatus struct {
 	Failure    string `json:"failure,omitempty"`
 	// Flags are what the operator should look at (a boot loop, cabling
 	// against the rack plan, refused identity claims).
-	Flags      []string               `json:"flags,omitempty"`
+	Flags []string `json:"flags,omitempty"`
+	// Kubernetes is the machine as a node of the cluster: waiting (for
+	// its Node), kubeadm done, joined, ready, or failed with kubeadm's
+	// phase or the step; PodSubnet its share of the pod network.
+	Kubernetes string                 `json:"kubernetes,omitempty"`
+	PodSubnet  string                 `json:"podSubnet,omitempty"`
 	Assignment *inventory.Assignment  `json:"assignment,omitempty"`
 	History    []inventory.Transition `json:"history,omitempty"`
 }
@@ -56,8 +76,11 @@ type MachineStatus struct {
 // has not ended while no airlock runs.
 const StatusInterrupted = "interrupted"
 
-func makeStatus(machines []inventory.Machine, journal []state.Entry, live bool) Status {
+func makeStatus(machines []inventory.Machine, journal []state.Entry, cluster kube.ClusterStatus, live bool) Status {
 	st := Status{AirlockRunning: live}
+	if cluster.PodNetwork != "" {
+		st.Cluster = &ClusterStatus{PodNetwork: cluster.PodNetwork, APIServer: cluster.APIServer, FirstControlPlane: cluster.FirstCP}
+	}
 	phases := pipeline.PhaseStatus(journal)
 	for _, p := range pipeline.Phases() {
 		s := phases[p.Name]
@@ -77,6 +100,10 @@ func makeStatus(machines []inventory.Machine, journal []state.Entry, live bool) 
 		if m.Assignment != nil {
 			ms.Hostname, ms.Role = m.Assignment.Hostname, m.Assignment.Role
 		}
+		if p, ok := cluster.PodSubnets[m.ID]; ok {
+			ms.PodSubnet = p.String()
+			ms.Kubernetes = kubeState(m.State, cluster.Reports[m.ID])
+		}
 		if e, ok := latest[m.ID]; ok {
 			ms.Step, ms.StepStatus = e.Step, e.Status
 			if !live && e.Status == state.StatusStarted {
@@ -89,6 +116,40 @@ func makeStatus(machines []inventory.Machine, journal []state.Entry, live bool) 
 		st.Machines = []MachineStatus{}
 	}
 	return st
+}
+
+// kubeState is a node's Kubernetes state from its lifecycle state and
+// what it reported.
+func kubeState(lifecycle string, rep kube.NodeReport) string {
+	switch {
+	case lifecycle == inventory.StateReady || lifecycle == inventory.StateJoined:
+		return lifecycle
+	case rep.Result == kube.ReportFailed && rep.Phase != "":
+		return "failed: kubeadm phase " + rep.Phase
+	case rep.Result == kube.ReportFailed:
+		return "failed: step " + rep.Step
+	case rep.Result == kube.ReportOK:
+		return "kubeadm done"
+	}
+	return "waiting"
+}
+
+// readCluster is the cluster's status from the running airlock, or from
+// the store when none runs (empty when there is no store yet).
+func readCluster(ctx context.Context, stateDir string) (kube.ClusterStatus, error) {
+	c, err := control.NewClient(stateDir).Cluster(ctx)
+	if !errors.Is(err, control.ErrNotRunning) {
+		return c, err
+	}
+	st, err := state.OpenReadOnly(stateDir)
+	if errors.Is(err, state.ErrNoState) {
+		return kube.ClusterStatus{}, nil
+	}
+	if err != nil {
+		return kube.ClusterStatus{}, err
+	}
+	defer st.Close()
+	return kube.LoadClusterStatus(st)
 }
 
 func newStatusCommand(g *globals) *cobra.Command {
@@ -110,7 +171,11 @@ running airlock, or reads the state store when none runs.`,
 			if err != nil {
 				return err
 			}
-			st := makeStatus(machines, journal, live)
+			cluster, err := readCluster(cmd.Context(), g.stateDir)
+			if err != nil {
+				return err
+			}
+			st := makeStatus(machines, journal, cluster, live)
 			return render(g.streams.Out, *output, st, func(w io.Writer) error { return printStatus(w, st, history) })
 		},
 	}
@@ -128,13 +193,17 @@ func printStatus(out io.Writer, st Status, history bool) error {
 	for _, p := range st.Phases {
 		fmt.Fprintf(w, "  %s\t%s\n", p.Name, p.Status)
 	}
-	fmt.Fprintln(w, "\nMACHINE\tSTATE\tHOSTNAME\tROLE\tSERIAL\tRACK\tSTEP")
+	if c := st.Cluster; c != nil {
+		fmt.Fprintf(w, "\nCLUSTER\n  pod network\t%s\n  API server\t%s\n  first control plane\t%s\n", c.PodNetwork, dash(termtext.Escape(c.APIServer)), dash(c.FirstControlPlane))
+	}
+	fmt.Fprintln(w, "\nMACHINE\tSTATE\tHOSTNAME\tROLE\tSERIAL\tRACK\tKUBERNETES\tSTEP")
 	for _, m := range st.Machines {
 		step := "-"
 		if m.Step != "" {
 			step = m.Step + " " + m.StepStatus
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.State, dash(m.Hostname), dash(m.Role), dash(termtext.Escape(m.Serial)), dash(termtext.Escape(m.Rack)), step)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.State, dash(m.Hostname), dash(m.Role), dash(termtext.Escape(m.Serial)), dash(termtext.Escape(m.Rack)),
+			dash(termtext.Escape(m.Kubernetes)), step)
 	}
 	if err := w.Flush(); err != nil {
 		return err

@@ -9,6 +9,8 @@ import (
 	"os"
 	"syscall"
 	"time"
+
+	"airlock.dev/airlock/manifests"
 )
 
 // Defaults returns the answers airlock assumes for every field an answer
@@ -24,7 +26,7 @@ func Defaults() Answers {
 		Admission: Admission{Policy: AdmitAllowlist},
 		Cluster: Cluster{
 			Name:         "airlock",
-			Distribution: Distribution{Name: "kubeadm", Version: "v1.34.2"},
+			Distribution: Distribution{Name: "kubeadm", Version: manifests.DefaultKubernetesVersion},
 			PodCIDR:      netip.MustParsePrefix("10.244.0.0/16"),
 			ServiceCIDR:  netip.MustParsePrefix("10.96.0.0/12"),
 		},

@@ -63,6 +63,15 @@ func (s EngineSource) Kubeconfig(server string, ttl time.Duration) ([]byte, erro
 	return kube.MintAdminKubeconfig(s.Store, server, ttl, time.Now())
 }
 
+// Cluster implements ClusterSource.
+func (s EngineSource) Cluster() (kube.ClusterStatus, error) { return kube.LoadClusterStatus(s.Store) }
+
+// ClusterSource is a Source that reports the cluster's status (`airlock
+// status` while an airlock runs).
+type ClusterSource interface {
+	Cluster() (kube.ClusterStatus, error)
+}
+
 // KubeconfigSource is a Source that mints short-lived admin kubeconfigs
 // from the cluster's PKI (`airlock kubeconfig` while an airlock runs).
 type KubeconfigSource interface {
@@ -166,6 +175,12 @@ func Handler(src Source, log *slog.Logger) http.Handler {
 			reply(w, map[string][]byte{"kubeconfig": kc}, err)
 		})
 	}
+	if cs, ok := src.(ClusterSource); ok {
+		mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, _ *http.Request) {
+			c, err := cs.Cluster()
+			reply(w, c, err)
+		})
+	}
 	mux.HandleFunc("POST /v1/machines/{id}/approve", decide(true))
 	mux.HandleFunc("POST /v1/machines/{id}/deny", decide(false))
 	return mux
@@ -267,6 +282,12 @@ func (c *Client) Kubeconfig(ctx context.Context, server string, ttl time.Duratio
 		return nil, err
 	}
 	return out.Kubeconfig, nil
+}
+
+// Cluster asks the running airlock for the cluster's status.
+func (c *Client) Cluster(ctx context.Context) (kube.ClusterStatus, error) {
+	var out kube.ClusterStatus
+	return out, c.do(ctx, http.MethodGet, "/v1/cluster", &out)
 }
 
 // Rediscover asks the running airlock to reboot a machine into discovery.

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"airlock.dev/airlock/installer/inventory"
+	"airlock.dev/airlock/installer/kube"
 	"airlock.dev/airlock/installer/state"
 )
 
@@ -51,6 +53,17 @@ func TestControlSocket(t *testing.T) {
 	j, err := c.Journal(context.Background())
 	if err != nil || len(j) != 1 || j[0].Step != "serve" {
 		t.Fatalf("journal = %v, %v", j, err)
+	}
+	// The cluster: nothing before the first seeds, then the pod network
+	// and each machine's subnet, as the store holds them.
+	if cl, err := c.Cluster(context.Background()); err != nil || cl.PodNetwork != "" {
+		t.Errorf("cluster before any seed = %+v, %v", cl, err)
+	}
+	if _, err := kube.AllocatePodSubnets(st, netip.MustParsePrefix("10.244.0.0/16"), []string{"m-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if cl, err := c.Cluster(context.Background()); err != nil || cl.PodNetwork != kube.PodNetworkMinimal || cl.PodSubnets["m-1"].String() != "10.244.0.0/24" {
+		t.Errorf("cluster = %+v, %v", cl, err)
 	}
 	if err := c.Rediscover(context.Background(), "m-nosuch"); err == nil || !strings.Contains(err.Error(), "no such machine") {
 		t.Errorf("rediscover of an unknown machine: %v", err)

@@ -110,7 +110,20 @@ func (e *Engine) Install(ctx context.Context, o InstallOptions) (pipeline.Result
 	if machines, err = e.inv.List(); err != nil {
 		return total, err
 	}
-	steps = nil
+	if steps, err = e.installSteps(machines); err != nil {
+		return total, err
+	}
+	res, err = run.Run(ctx, steps)
+	merge(res)
+	return total, err
+}
+
+// installSteps are the steps of round three for the admitted machines:
+// assign, and with an OS image provision and boot, and with Kubernetes
+// too bootstrap (the first control plane) or join.
+func (e *Engine) installSteps(machines []inventory.Machine) ([]pipeline.Step, error) {
+	var steps []pipeline.Step
+	var err error
 	// With Kubernetes, every seed names the first control plane and the
 	// pod subnets of all machines: provisioning waits for every
 	// assignment. bootstrap/FIRST-CP waits for that machine's boot, and
@@ -120,7 +133,7 @@ func (e *Engine) Install(ctx context.Context, o InstallOptions) (pipeline.Result
 	var assignIDs []string
 	if cluster {
 		if firstCP, err = e.firstControlPlane(); err != nil {
-			return total, err
+			return nil, err
 		}
 		for _, m := range machines {
 			if admitted(m.State) {
@@ -154,9 +167,7 @@ func (e *Engine) Install(ctx context.Context, o InstallOptions) (pipeline.Result
 			}
 		}
 	}
-	res, err = run.Run(ctx, steps)
-	merge(res)
-	return total, err
+	return steps, nil
 }
 
 // admitted reports whether a machine in state s was admitted (and not

@@ -271,9 +271,29 @@ func (e *Engine) kubeSeed(m inventory.Machine, cfg *seed.Config) (string, error)
 	if err != nil {
 		return "", err
 	}
+	// The minimal pod network routes each other node's pod subnet to that
+	// node, when it is on the same link (machines assigned later are not
+	// in this seed: the platform's CNI replaces this network).
+	if mine, err := netip.ParsePrefix(m.Assignment.Address); err == nil {
+		var routes []seed.Route
+		for _, x := range ms {
+			if xa, err := assignedAddr(x); err == nil && x.ID != m.ID && mine.Masked().Contains(xa) && subnets[x.ID].IsValid() {
+				routes = append(routes, seed.Route{To: subnets[x.ID], Via: xa})
+			}
+		}
+		addRoutes(&cfg.Network, addr, routes)
+	}
 	node := kube.NodeSpec{Hostname: m.Assignment.Hostname, Address: addr, Role: m.Assignment.Role, Init: m.ID == firstID,
 		Interface: interfaceOf(cfg.Network, addr)}
-	ns, err := driver.NodeSeed(spec, node, kube.Secrets{PKI: pki, Token: tok.Value(), TokenTTL: ttl}, firstAddr, now)
+	secrets := kube.Secrets{PKI: pki, Token: tok.Value(), TokenTTL: ttl}
+	if !node.Init && (ms[fi].State == inventory.StateJoined || ms[fi].State == inventory.StateReady) {
+		// The cluster exists: the first install's token may have expired,
+		// so a later node joins with a fresh one, created through the API.
+		if secrets.Token, err = e.freshToken(node.Hostname, now); err != nil {
+			return "", err
+		}
+	}
+	ns, err := driver.NodeSeed(spec, node, secrets, firstAddr, now)
 	if err != nil {
 		return "", err
 	}
@@ -298,6 +318,62 @@ func (e *Engine) kubeSeed(m inventory.Machine, cfg *seed.Config) (string, error)
 	cfg.WriteFiles = append(cfg.WriteFiles, ns.Files...)
 	cfg.RunCmd = append(cfg.RunCmd, ns.RunCmd...)
 	return token, nil
+}
+
+// AdminKubeconfig mints a kubeconfig with fresh admin credentials for the
+// cluster, valid for ttl, pointing at the recorded API server.
+func (e *Engine) AdminKubeconfig(ttl time.Duration) ([]byte, error) {
+	return kube.MintAdminKubeconfig(e.store, "", ttl, e.now())
+}
+
+// addRoutes adds routes to the seed's interface that carries addr.
+func addRoutes(n *seed.Network, addr netip.Addr, routes []seed.Route) {
+	has := func(c *seed.IPConfig) bool {
+		return slices.ContainsFunc(c.Addresses, func(p netip.Prefix) bool { return p.Addr() == addr })
+	}
+	for i := range n.VLANs {
+		if has(&n.VLANs[i].IPConfig) {
+			n.VLANs[i].Routes = append(n.VLANs[i].Routes, routes...)
+			return
+		}
+	}
+	for i := range n.Bonds {
+		if has(&n.Bonds[i].IPConfig) {
+			n.Bonds[i].Routes = append(n.Bonds[i].Routes, routes...)
+			return
+		}
+	}
+	for i := range n.Ethernets {
+		if has(&n.Ethernets[i].IPConfig) {
+			n.Ethernets[i].Routes = append(n.Ethernets[i].Routes, routes...)
+			return
+		}
+	}
+}
+
+// joinTokenTTL is the life of a token made for a node joining a cluster
+// that exists.
+const joinTokenTTL = 24 * time.Hour
+
+// freshToken creates a bootstrap token for a node joining the existing
+// cluster (its bootstrap-token-ID Secret, through the API with airlock's
+// own credentials) and returns it.
+func (e *Engine) freshToken(hostname string, now time.Time) (string, error) {
+	t, err := kube.NewToken("airlock: "+hostname+" joins with it", joinTokenTTL, now)
+	if err != nil {
+		return "", err
+	}
+	cs, err := e.kubeClient()
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := kube.CreateToken(ctx, cs, t); err != nil {
+		return "", fmt.Errorf("a join token for %s: %w", hostname, err)
+	}
+	e.log.Info("bootstrap token created for a later join", "node", hostname, "token", t.String(), "expires", t.Expires)
+	return t.Value(), nil
 }
 
 // interfaceOf names the seed's interface that carries addr ("" if none

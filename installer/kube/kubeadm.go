@@ -358,6 +358,29 @@ type kInitConfiguration struct {
 	BootstrapTokens  []kBootstrapToken `json:"bootstrapTokens,omitempty"`
 	NodeRegistration kNodeRegistration `json:"nodeRegistration"`
 	LocalAPIEndpoint kAPIEndpoint      `json:"localAPIEndpoint"`
+	Timeouts         *kTimeouts        `json:"timeouts,omitempty"`
+}
+
+// kTimeouts are kubeadm's waits. Its defaults (4 minutes for the control
+// plane and the kubelet, 5 for a join's discovery) are too short for
+// machines started together, where a joining node waits for the first
+// control plane's API server, and for small or emulated machines.
+type kTimeouts struct {
+	ControlPlaneComponentHealthCheck *metav1.Duration `json:"controlPlaneComponentHealthCheck,omitempty"`
+	KubeletHealthCheck               *metav1.Duration `json:"kubeletHealthCheck,omitempty"`
+	TLSBootstrap                     *metav1.Duration `json:"tlsBootstrap,omitempty"`
+	Discovery                        *metav1.Duration `json:"discovery,omitempty"`
+}
+
+// nodeTimeouts are airlock's kubeadm waits: a joining node may start
+// long before the first control plane's API server answers.
+func nodeTimeouts(join bool) *kTimeouts {
+	d := func(t time.Duration) *metav1.Duration { return &metav1.Duration{Duration: t} }
+	t := &kTimeouts{ControlPlaneComponentHealthCheck: d(20 * time.Minute), KubeletHealthCheck: d(10 * time.Minute)}
+	if join {
+		t.TLSBootstrap, t.Discovery = d(20*time.Minute), d(45*time.Minute)
+	}
+	return t
 }
 
 type kImageMeta struct {
@@ -410,6 +433,7 @@ type kJoinConfiguration struct {
 		BootstrapToken kBootstrapTokenDiscovery `json:"bootstrapToken"`
 	} `json:"discovery"`
 	ControlPlane *kJoinControlPlane `json:"controlPlane,omitempty"`
+	Timeouts     *kTimeouts         `json:"timeouts,omitempty"`
 }
 
 // kKubeletConfiguration is the cluster-wide kubelet configuration kubeadm
@@ -522,6 +546,7 @@ func InitConfig(c ClusterSpec, n NodeSpec, s Secrets) ([]byte, error) {
 		BootstrapTokens:  []kBootstrapToken{tok},
 		NodeRegistration: c.nodeRegistration(n),
 		LocalAPIEndpoint: kAPIEndpoint{AdvertiseAddress: n.Address.String(), BindPort: DefaultAPIServerPort},
+		Timeouts:         nodeTimeouts(false),
 	}
 	cc := kClusterConfiguration{
 		TypeMeta:             typeMeta(kubeadmAPIVersion, "ClusterConfiguration"),
@@ -565,6 +590,7 @@ func JoinConfig(c ClusterSpec, n NodeSpec, s Secrets, firstCP netip.Addr) ([]byt
 		TypeMeta:         typeMeta(kubeadmAPIVersion, "JoinConfiguration"),
 		NodeRegistration: c.nodeRegistration(n),
 		CACertPath:       PKIDir + "/ca.crt",
+		Timeouts:         nodeTimeouts(true),
 	}
 	jc.Discovery.BootstrapToken = kBootstrapTokenDiscovery{Token: s.Token, APIServerEndpoint: c.endpoint(firstCP), CACertHashes: []string{hash}}
 	if n.Role == RoleControlPlane {

@@ -402,18 +402,32 @@ clusterDomain: cluster.local
 		}
 	}
 
-	mark("Node Ready", waitFor(t, "Node "+node+" Ready", 3*time.Minute, all, func(ctx context.Context) (bool, error) {
-		n, err := admin.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		for _, c := range n.Status.Conditions {
-			if c.Type == corev1.NodeReady {
-				return c.Status == corev1.ConditionTrue, fmt.Errorf("Ready=%s: %s", c.Status, c.Message)
+	// airlock's own watch (the bootstrap and join steps' NodeWait, with
+	// its admin credentials) sees the real kubelet's Node join and become
+	// Ready, and labels it with its role on the way.
+	readyStart := time.Now()
+	err = NodeWait{Client: admin, Name: node, Timeout: 3 * time.Minute, Interval: 200 * time.Millisecond,
+		Check: func() error {
+			for _, p := range all {
+				if err := p.Exited(); err != nil {
+					return err
+				}
 			}
-		}
-		return false, errors.New("no Ready condition yet")
-	}))
+			return nil
+		},
+		Joined: func(ctx context.Context, n *corev1.Node) error {
+			return ApplyRoleLabels(ctx, admin, n.Name, RoleWorker)
+		},
+	}.Wait(ctx)
+	if err != nil {
+		t.Fatalf("Node %s Ready: %v", node, err)
+	}
+	mark("Node Ready", time.Since(readyStart))
+	if n, err := admin.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{}); err != nil {
+		t.Fatal(err)
+	} else if _, ok := n.Labels["node-role.kubernetes.io/worker"]; !ok {
+		t.Errorf("the Node's labels %v lack its role", n.Labels)
+	}
 	t.Logf("kubelet start to Node Ready: %.1f s", time.Since(kubeletStart).Seconds())
 
 	// The kubelet now talks with a client certificate from airlock's CA in

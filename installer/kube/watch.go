@@ -36,6 +36,9 @@ func AdminClient(store state.Store, server string, ttl time.Duration, now time.T
 		return nil, fmt.Errorf("admin client: %w", err)
 	}
 	cfg.Timeout = 15 * time.Second
+	// One client watches every joining node: client-go's default of 5
+	// requests a second would throttle it.
+	cfg.QPS, cfg.Burst = 50, 100
 	if dial != nil {
 		cfg.Dial = dial
 	}
@@ -87,7 +90,9 @@ func (w NodeWait) Wait(ctx context.Context) error {
 			last = fmt.Sprintf("the API server answers, and has no Node %q", w.Name)
 			return false, nil
 		case err != nil:
-			last = "API server: " + err.Error()
+			if ctx.Err() == nil { // not the deadline cutting the request short
+				last = "API server: " + err.Error()
+			}
 			return false, nil
 		}
 		if !joined {
