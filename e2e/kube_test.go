@@ -70,7 +70,9 @@ func k8sRelease(t *testing.T, dir, bins string) string {
 // the real kubectl: both Nodes Ready, a pod of the test app by its
 // original docker.io name runs on the worker with the digest the bundle
 // carries, and the lab's uplink has sent nothing. Minutes from power-on to
-// Ready are logged per VM beside the same VM's boot of its installed disk.
+// Ready (the Node's Ready condition) are logged per VM beside the floor:
+// power-on to the same VM's installed disk booted with its seed applied,
+// before its Kubernetes part (seen on its console).
 func TestLabFormsACluster(t *testing.T) {
 	bin := airlockBin(t)
 	osImage := osImageDir(t)
@@ -198,8 +200,20 @@ images:
 		}
 	}
 	var st status
+	// The floor: when each VM's installed system has booted and applied
+	// its seed, before its Kubernetes part (the lab's seeds print
+	// airlock-lab-check then; phone-home, which makes a machine booted,
+	// comes after kubeadm). Seen by polling, so up to one poll late.
+	diskUp := map[string]time.Time{}
 	deadline := time.Now().Add(75 * time.Minute)
 	for {
+		for _, vm := range lab.VMs {
+			if _, ok := diskUp[vm.Name]; !ok {
+				if console, err := os.ReadFile(filepath.Join(stateDir, "lab", vm.Name+".serial.log")); err == nil && labCheck(string(console)) != nil {
+					diskUp[vm.Name] = time.Now()
+				}
+			}
+		}
 		out, err := airlock(t, "status", "-o", "json", "--state", stateDir)
 		if err != nil {
 			t.Fatal(err)
@@ -229,25 +243,6 @@ images:
 	bySerial := map[string]int{}
 	for i, m := range st.Machines {
 		bySerial[m.Serial] = i
-	}
-	worker := ""
-	for i, vm := range lab.VMs {
-		m := st.Machines[bySerial[vm.Serial]]
-		at := map[string]time.Time{}
-		var states []string
-		for _, h := range m.History {
-			states = append(states, h.To)
-			at[h.To] = h.Time
-		}
-		if want := "admitted assigned installing installed booted joined ready"; strings.Join(states, " ") != want {
-			t.Errorf("VM %s went through %v, want %s", vm.Name, states, want)
-		}
-		if i > 0 {
-			worker = m.Hostname
-		}
-		min := func(a, b time.Time) string { return fmt.Sprintf("%.1f", b.Sub(a).Minutes()) }
-		t.Logf("%s (%s): power-on to Ready %s min; power-on to booted from its disk %s min (the floor), of which the installed disk's boot (installed to booted) %s min; booted to Ready %s min",
-			vm.Name, m.Hostname, min(vm.Started, at["ready"]), min(vm.Started, at["booted"]), min(at["installed"], at["booted"]), min(at["booted"], at["ready"]))
 	}
 
 	// The cluster through airlock's kubeconfig and the real kubectl,
@@ -280,8 +275,11 @@ images:
 		Items []struct {
 			Metadata struct{ Name string }
 			Status   struct {
-				Conditions []struct{ Type, Status string }
-				NodeInfo   struct{ KubeletVersion string }
+				Conditions []struct {
+					Type, Status       string
+					LastTransitionTime time.Time
+				}
+				NodeInfo struct{ KubeletVersion string }
 			}
 		}
 	}
@@ -289,14 +287,44 @@ images:
 	if len(nodes.Items) != 2 {
 		t.Fatalf("kubectl get nodes: %d nodes, want 2: %s", len(nodes.Items), out)
 	}
+	nodeReady := map[string]time.Time{} // by node name (the hostname)
 	for _, n := range nodes.Items {
 		ready := false
 		for _, c := range n.Status.Conditions {
-			ready = ready || c.Type == "Ready" && c.Status == "True"
+			if c.Type == "Ready" && c.Status == "True" {
+				ready = true
+				nodeReady[n.Metadata.Name] = c.LastTransitionTime
+			}
 		}
 		if !ready || n.Status.NodeInfo.KubeletVersion != kubeVersion {
 			t.Errorf("node %s: Ready %v, kubelet %s (want Ready, %s)", n.Metadata.Name, ready, n.Status.NodeInfo.KubeletVersion, kubeVersion)
 		}
+	}
+
+	worker := ""
+	for i, vm := range lab.VMs {
+		m := st.Machines[bySerial[vm.Serial]]
+		at := map[string]time.Time{}
+		var states []string
+		for _, h := range m.History {
+			states = append(states, h.To)
+			at[h.To] = h.Time
+		}
+		if want := "admitted assigned installing installed booted joined ready"; strings.Join(states, " ") != want {
+			t.Errorf("VM %s went through %v, want %s", vm.Name, states, want)
+		}
+		if i > 0 {
+			worker = m.Hostname
+		}
+		min := func(a, b time.Time) string {
+			if a.IsZero() || b.IsZero() {
+				return "?"
+			}
+			return fmt.Sprintf("%.1f", b.Sub(a).Minutes())
+		}
+		t.Logf("%s (%s, %s): power-on to Ready %s min (its Node's Ready condition; airlock marked it ready at %s min, after the phone-home); the floor, power-on to its installed disk booted with its seed applied, before Kubernetes, %s min (of which installed to disk booted %s min); disk booted to Node Ready %s min",
+			vm.Name, m.Hostname, vm.Firmware, min(vm.Started, nodeReady[m.Hostname]), min(vm.Started, at["ready"]), min(vm.Started, diskUp[vm.Name]),
+			min(at["installed"], diskUp[vm.Name]), min(diskUp[vm.Name], nodeReady[m.Hostname]))
 	}
 
 	// The test app on the worker, pulled by its original name.
@@ -354,7 +382,8 @@ spec:
 	lab.UplinkPackets = nil
 	readJSON(t, out, &lab)
 	if lab.UplinkPackets == nil || *lab.UplinkPackets != 0 {
-		t.Errorf("packets out of the lab through its uplink %s: %v, want 0", lab.Uplink, jsonText(lab.UplinkPackets))
+		neigh, _ := exec.Command("ip", "-n", lab.Namespace, "neigh", "show", "dev", lab.Uplink).CombinedOutput()
+		t.Errorf("packets out of the lab through its uplink %s: %v, want 0; the addresses the lab tried to reach through it:\n%s", lab.Uplink, jsonText(lab.UplinkPackets), neigh)
 	} else {
 		t.Logf("packets out of the lab through its uplink %s: 0", lab.Uplink)
 	}
