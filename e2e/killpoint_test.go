@@ -1,4 +1,4 @@
-//go:build e2e && e2efull
+//go:build e2e
 
 package e2e
 
@@ -80,12 +80,14 @@ func TestLabResumesAfterKill(t *testing.T) {
 		}
 		rng := rand.New(rand.NewPCG(seed, 0))
 		n := cleanTransitions
-		// One point: a second kill, chained after `lab restart`, can fall
-		// before the restarted airlock reports ready (it resumes the
-		// install at once), which ends `lab restart` (found by CI drawing
-		// 8 then 4). Until lab restart waits for ready before resuming,
-		// chains run only when named in AIRLOCK_E2E_KILL.
+		// Two points, the second chained after `lab restart`: the
+		// restarted airlock resumes the install only once lab restart
+		// took its ready report, so a second kill at any transition
+		// comes after it (CI drew 8 then 4 when it did not).
 		chain = append(chain, firstKillPoint+rng.IntN(n-firstKillPoint+1))
+		if rest := n - chain[0]; rest >= firstKillPoint {
+			chain = append(chain, firstKillPoint+rng.IntN(rest-firstKillPoint+1))
+		}
 		t.Logf("seed %d draws kill points %v of %d (the second counted from the restart); replay: %s=%d or %s=%s; every point: make e2e-full",
 			seed, chain, n, killSeedEnv, seed, killEnv, joinInts(chain))
 	default:
@@ -120,6 +122,7 @@ func sweepAll(t *testing.T, up func(*testing.T, int) *killLab) {
 	points := clean.points(t)
 	clean.stop(t)
 	clean.inspect(t, false)
+	clean.checkAddress(t)
 	if t.Failed() {
 		t.FailNow()
 	}
@@ -145,13 +148,12 @@ func sweepAll(t *testing.T, up func(*testing.T, int) *killLab) {
 	}
 }
 
-// firstKillPoint is the first transition the lab sweep kills at. The
-// first, the serve step's journal record, is written before the lab's
-// airlock reports ready, so a kill there makes `lab up` (or `lab restart`)
-// fail and remove what it started, as it should, with nothing to resume;
-// the in-process sweep (TestInstallResumesAfterACrashAtEveryTransition in
-// installer/engine) covers a kill at that record. Found by CI drawing 1.
-const firstKillPoint = 2
+// firstKillPoint is the first transition the lab sweep kills at: the
+// first, the serve step's journal record. The lab's airlock makes it only
+// once lab up (or lab restart) took its ready report, so a kill there
+// leaves lab up successful and the install to resume (CI drew 1 and lab up
+// failed when the airlock did not wait for that).
+const firstKillPoint = 1
 
 func joinInts(v []int) string {
 	s := make([]string, len(v))
@@ -302,6 +304,7 @@ type statusJSON struct {
 	Machines       []struct {
 		ID, State, Step, StepStatus, Failure string
 		History                              []struct{ From, To string }
+		Assignment                           *struct{ Address string }
 	}
 }
 
@@ -364,6 +367,29 @@ func (l *killLab) finish(t *testing.T) {
 	l.waitBooted(t)
 	l.stop(t)
 	l.inspect(t, l.insideWrite)
+	l.checkAddress(t)
+}
+
+// checkAddress checks that the machine's one lease is the address status
+// shows for it (its assignment's): the discovery lease it held before it
+// was assigned was freed when it took that address.
+func (l *killLab) checkAddress(t *testing.T) {
+	t.Helper()
+	st, out := l.status(t)
+	if len(st.Machines) != 1 || st.Machines[0].Assignment == nil || st.Machines[0].Assignment.Address == "" {
+		t.Errorf("status shows no assigned address: %s", out)
+		return
+	}
+	addr, _, _ := strings.Cut(st.Machines[0].Assignment.Address, "/")
+	var held []string
+	for _, le := range readStore(t, l.dir).leases {
+		if strings.EqualFold(le.MAC, l.vm.MAC) {
+			held = append(held, le.IP+" "+le.State)
+		}
+	}
+	if len(held) != 1 || held[0] != addr+" bound" {
+		t.Errorf("status shows %s at %s, but its MAC %s holds %v", st.Machines[0].ID, addr, l.vm.MAC, held)
+	}
 }
 
 func (l *killLab) waitBooted(t *testing.T) {

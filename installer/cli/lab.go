@@ -234,6 +234,7 @@ are still running. Refused while the lab's airlock runs.`,
 func newLabRunCommand(g *globals) *cobra.Command {
 	var install bool
 	var osImage string
+	var readyFD int
 	var opts engine.InstallOptions
 	cmd := &cobra.Command{
 		Use:    "run",
@@ -249,10 +250,11 @@ func newLabRunCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return runLabAirlock(cmd.Context(), g, o, img)
+			return runLabAirlock(cmd.Context(), g, o, img, readyFD)
 		},
 	}
 	cmd.Flags().BoolVar(&install, "install", false, "run the install pipeline too")
+	cmd.Flags().IntVar(&readyFD, "ready-fd", 0, "report on this descriptor that the services serve, and start the install once that report is taken (lab up and lab restart pass it)")
 	cmd.Flags().IntVar(&opts.Expect, "expect", 0, "machines to wait for")
 	cmd.Flags().StringVar(&osImage, "os-image", "", "the OS image directory to install")
 	return cmd
@@ -295,8 +297,14 @@ func testKillStore(g *globals, a *config.Answers, at string) (state.Store, error
 // the provisioning network on the bridge, built like every other engine,
 // and plays the racks' switches until ctx is cancelled. With install set it
 // also runs the install pipeline, its events in the log, and goes on
-// serving when the pipeline ends.
-func runLabAirlock(ctx context.Context, g *globals, install *engine.InstallOptions, osImage *engine.OSImage) error {
+// serving when the pipeline ends. readyFD, when not 0, is where lab up (or
+// restart) waits for its ready report (engine.LabReportReady).
+func runLabAirlock(ctx context.Context, g *globals, install *engine.InstallOptions, osImage *engine.OSImage, readyFD int) error {
+	if readyFD > 0 {
+		// Processes this airlock starts do not hold lab up's socket:
+		// its end must close when this airlock dies.
+		syscall.CloseOnExec(readyFD)
+	}
 	f, err := engine.LabInputs(g.stateDir)
 	if err != nil {
 		return err
@@ -320,25 +328,39 @@ func runLabAirlock(ctx context.Context, g *globals, install *engine.InstallOptio
 	}
 	defer closeAll()
 	gr, gctx := errgroup.WithContext(ctx)
-	marked := make(chan struct{}) // lab up (or restart) may go on
+	// released: lab up (or restart) has taken the ready report, so the
+	// install may start. Whatever becomes of this airlock then (a crash
+	// test kills it at its first transition), lab up saw it ready.
+	released := make(chan struct{})
+	serving := make(chan engine.Serving, 1)
 	gr.Go(func() error {
 		return e.Run(gctx, func(sv engine.Serving) {
 			if err := engine.LabMarkReady(f, sv); err != nil {
 				g.log.Error("lab: mark ready", "err", err)
 			}
-			close(marked)
+			serving <- sv
 		})
+	})
+	gr.Go(func() error {
+		select {
+		case sv := <-serving:
+			if readyFD > 0 {
+				if err := engine.LabReportReady(readyFD, sv); err != nil {
+					g.log.Error("lab: report ready", "err", err)
+				}
+			}
+			close(released)
+		case <-gctx.Done():
+		}
+		return nil
 	})
 	gr.Go(func() error { return f.State.RunSwitches(gctx, g.log.With("part", "switches"), time.Second) })
 	if install != nil {
 		e.Inventory().SetHeartbeat(2) // a rack on one computer: answer orders quickly
 		e.Events().Add(newEventPrinter(g.streams.Err, "text"))
 		gr.Go(func() error {
-			// The pipeline starts once the lab is marked ready, so that
-			// whatever becomes of this airlock then (a crash test kills it
-			// at its first transition), lab up has its machines running.
 			select {
-			case <-marked:
+			case <-released:
 			case <-gctx.Done():
 				return nil
 			}

@@ -53,11 +53,25 @@ func readProgress(ctx context.Context, stateDir string) ([]inventory.Machine, []
 
 // readProgressLive is readProgress that also tells whether an airlock
 // runs on the state directory (live) or the store was read.
+// An airlock that dies while it answers (control.ErrLost) is asked once
+// more: dead, it refuses, and the store is read.
 func readProgressLive(ctx context.Context, stateDir string) (_ []inventory.Machine, _ []state.Entry, live bool, _ error) {
+	machines, journal, live, err := readProgressOnce(ctx, stateDir)
+	if errors.Is(err, control.ErrLost) {
+		machines, journal, live, err = readProgressOnce(ctx, stateDir)
+	}
+	return machines, journal, live, err
+}
+
+func readProgressOnce(ctx context.Context, stateDir string) (_ []inventory.Machine, _ []state.Entry, live bool, _ error) {
 	c := control.NewClient(stateDir)
 	machines, err := c.Machines(ctx)
 	if err == nil {
 		journal, err := c.Journal(ctx)
+		if errors.Is(err, control.ErrNotRunning) {
+			// It died between the two requests.
+			err = fmt.Errorf("%w: %w", control.ErrLost, err)
+		}
 		return machines, journal, true, err
 	}
 	if !errors.Is(err, control.ErrNotRunning) {

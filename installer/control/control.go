@@ -31,6 +31,27 @@ const SocketName = "airlock.sock"
 // ErrNotRunning means no airlock process serves the state directory.
 var ErrNotRunning = errors.New("no airlock is running on this state directory")
 
+// ErrLost means the airlock's connection broke before it answered: it
+// died (or stopped) while it served the request. Asked again, it is either
+// running or ErrNotRunning.
+var ErrLost = errors.New("the airlock stopped answering")
+
+// lost reports whether err, from a request over a connection that was
+// made, is that connection broken by the other end (reset, closed before
+// or while it answered), not a timeout nor a cancelled request.
+func lost(ctx context.Context, err error) bool {
+	var op *net.OpError
+	var ne net.Error
+	switch {
+	case ctx.Err() != nil, errors.As(err, &ne) && ne.Timeout(), errors.As(err, &op) && op.Op == "dial":
+		return false
+	}
+	// net/http reports a connection closed before its answer as EOF,
+	// reset, or "server closed idle connection" (an error it exports
+	// nothing of): whatever else a made connection fails with.
+	return true
+}
+
 // Source is what the control socket reports and acts on.
 type Source interface {
 	Machines() ([]inventory.Machine, error)
@@ -231,11 +252,17 @@ func (c *Client) do(ctx context.Context, method, path string, v any) error {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
 			return ErrNotRunning
 		}
+		if lost(ctx, err) {
+			return fmt.Errorf("control socket: %w: %w", ErrLost, err)
+		}
 		return fmt.Errorf("control socket: %w", err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
+		if lost(ctx, err) {
+			return fmt.Errorf("control socket: %w: %w", ErrLost, err)
+		}
 		return fmt.Errorf("control socket: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -78,4 +79,38 @@ func TestControlSocket(t *testing.T) {
 		t.Fatalf("Listen over a stale socket: %v", err)
 	}
 	ln2.Close()
+}
+
+// An airlock that dies while it serves a request (a crash test kills it,
+// or it crashes): the client says ErrLost, not an error to give up on;
+// asked again, the dead airlock's socket refuses and says ErrNotRunning.
+func TestClientSeesADeathMidRequestAsLost(t *testing.T) {
+	dir := t.TempDir()
+	ln, err := net.Listen("unix", filepath.Join(dir, SocketName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A killed process leaves its socket file behind.
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	accepted := make(chan error, 1)
+	go func() {
+		conn, err := ln.Accept()
+		if err == nil {
+			// It dies: its listener and the connection close, unanswered.
+			ln.Close()
+			conn.Close()
+		}
+		accepted <- err
+	}()
+	c := NewClient(dir)
+	_, err = c.Machines(context.Background())
+	if aerr := <-accepted; aerr != nil {
+		t.Fatal(aerr)
+	}
+	if !errors.Is(err, ErrLost) {
+		t.Fatalf("a request the airlock died in: %v, want ErrLost", err)
+	}
+	if _, err := c.Machines(context.Background()); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("asked again: %v, want ErrNotRunning", err)
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/netip"
 	"regexp"
@@ -24,6 +25,7 @@ import (
 
 	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/installer/assign"
+	"airlock.dev/airlock/installer/events"
 	"airlock.dev/airlock/installer/inventory"
 	"airlock.dev/airlock/installer/kube"
 	"airlock.dev/airlock/installer/pipeline"
@@ -36,8 +38,9 @@ import (
 // carries for Kubernetes: the bundle (*bundle.Bundle).
 type BundleFiles interface {
 	Metadata() bundle.Metadata
-	// Open returns a file of the archive after checking its digest.
-	Open(path string) (*io.SectionReader, error)
+	// FileContent returns where the file called name lies (its digest
+	// checked the first time it is asked for).
+	FileContent(name string) (f bundle.File, r io.ReaderAt, off, size int64, err error)
 }
 
 // Paths of the cluster's part of airlock's services.
@@ -64,6 +67,9 @@ const (
 	// nodeCNIBinDir is where Debian's containernetworking-plugins (the
 	// node image's) puts the standard CNI plugins.
 	nodeCNIBinDir = "/usr/lib/cni"
+	// nodeArch is the architecture of the nodes' Kubernetes binaries
+	// (every machine airlock installs today is linux/amd64).
+	nodeArch = "amd64"
 	// adminTTL is the life of the credentials airlock mints for its own
 	// watch of the cluster.
 	adminTTL = time.Hour
@@ -86,10 +92,16 @@ func kubeFrom(b BundleFiles, version string) (*bundle.Kubernetes, map[string]bun
 		return nil, nil, fmt.Errorf("the bundle carries Kubernetes %q and cluster.distribution.version asks for %q: set it to %q, or build a bundle with kubernetes.version %q",
 			k.Version, version, k.Version, version)
 	}
+	bins := k.Binaries
+	if k.Arch != nodeArch {
+		if bins = k.OtherArches[nodeArch]; bins == nil {
+			return nil, nil, fmt.Errorf("the bundle's Kubernetes %s has binaries for linux/%s, not linux/%s: build it with that platform", k.Version, k.Arch, nodeArch)
+		}
+	}
 	files := map[string]bundle.File{}
 	var problems []string
 	for _, name := range kube.Binaries {
-		fname, ok := k.Binaries[name]
+		fname, ok := bins[name]
 		if !ok {
 			problems = append(problems, fmt.Sprintf("no %s", name))
 			continue
@@ -117,11 +129,6 @@ func kubeFrom(b BundleFiles, version string) (*bundle.Kubernetes, map[string]bun
 // metadata lists, each checked against its digest as it is opened, at
 // most maxFileDownloads at once.
 func (e *Engine) serveBundleFiles() {
-	md := e.bundleFiles.Metadata()
-	byName := map[string]bundle.File{}
-	for _, f := range md.Files {
-		byName[f.Name] = f
-	}
 	slots := make(chan struct{}, maxFileDownloads)
 	e.hb.Mount(bundleFilesPrefix, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -130,8 +137,7 @@ func (e *Engine) serveBundleFiles() {
 			return
 		}
 		name := strings.TrimPrefix(r.URL.Path, bundleFilesPrefix)
-		f, ok := byName[name]
-		if len(name) > 512 || !ok {
+		if len(name) > 512 {
 			http.NotFound(w, r)
 			return
 		}
@@ -141,14 +147,18 @@ func (e *Engine) serveBundleFiles() {
 		case <-r.Context().Done():
 			return
 		}
-		sr, err := e.bundleFiles.Open(f.Path)
+		_, ra, off, size, err := e.bundleFiles.FileContent(name)
+		if errors.Is(err, fs.ErrNotExist) {
+			http.NotFound(w, r)
+			return
+		}
 		if err != nil {
 			e.log.Error("serve bundle file", "file", termtext.Escape(name), "err", err)
 			http.Error(w, "bundle file unavailable", http.StatusInternalServerError)
 			return
 		}
 		w.Header().Set("Content-Type", "application/octet-stream")
-		http.ServeContent(w, r, "", time.Time{}, sr)
+		http.ServeContent(w, r, "", time.Time{}, io.NewSectionReader(ra, off, size))
 	}))
 }
 
@@ -424,7 +434,8 @@ func (e *Engine) kubeReport(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	rep := kube.NodeReport{Result: q.Get("result"), Step: q.Get("step"), Time: e.now().UTC()}
 	token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if err := e.acceptKubeReport(id, token, rep, body); err != nil {
+	rep, err = e.acceptKubeReport(id, token, rep, body)
+	if err != nil {
 		e.log.Warn("node report refused", "machine", termtext.Escape(id), "remote", r.RemoteAddr, "err", err)
 		if errors.Is(err, errBadReport) {
 			http.Error(w, "bad report: want result=ok|failed and a step name", http.StatusBadRequest)
@@ -434,17 +445,22 @@ func (e *Engine) kubeReport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	e.log.Info("node report", "machine", id, "result", rep.Result, "step", rep.Step)
+	msg := "the node's first boot went well (kubeadm done)"
+	if rep.Result == kube.ReportFailed {
+		msg = "the node reports: " + rep.Error()
+	}
+	e.bus.Emit(events.Event{Kind: events.Notice, Machine: id, Message: msg})
 	w.WriteHeader(http.StatusNoContent)
 }
 
 var errBadReport = errors.New("bad node report")
 
-func (e *Engine) acceptKubeReport(id, token string, rep kube.NodeReport, body []byte) error {
+func (e *Engine) acceptKubeReport(id, token string, rep kube.NodeReport, body []byte) (kube.NodeReport, error) {
 	if rep.Result != kube.ReportOK && rep.Result != kube.ReportFailed || !reportStepRE.MatchString(rep.Step) {
-		return errBadReport
+		return rep, errBadReport
 	}
 	if !machineIDRE.MatchString(id) || token == "" || len(token) > 128 {
-		return ErrKubeReport
+		return rep, ErrKubeReport
 	}
 	if len(body) > maxReportKept {
 		body = body[len(body)-maxReportKept:]
@@ -476,7 +492,7 @@ func (e *Engine) acceptKubeReport(id, token string, rep kube.NodeReport, body []
 		}
 		return kube.SaveNodeReport(tx, id, rep)
 	})
-	return err
+	return rep, err
 }
 
 // reportFailure returns machine id's failed report as an error naming the

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
 	"io"
 	"net/http"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,11 +24,13 @@ import (
 	"k8s.io/client-go/util/retry"
 
 	"airlock.dev/airlock/bundle"
+	"airlock.dev/airlock/installer/events"
 	"airlock.dev/airlock/installer/inventory"
 	"airlock.dev/airlock/installer/kube"
 	"airlock.dev/airlock/installer/lab/kubetest"
 	"airlock.dev/airlock/installer/lab/netns"
 	"airlock.dev/airlock/installer/state"
+	"airlock.dev/airlock/manifests"
 )
 
 // kubeBundle writes a real signed bundle that carries Kubernetes: its
@@ -44,7 +48,7 @@ func kubeBundle(t *testing.T, bins map[string][]byte) *bundle.Bundle {
 		t.Fatal(err)
 	}
 	w.AddBytes("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`), "")
-	meta := bundle.Metadata{Kubernetes: &bundle.Kubernetes{Version: "v1.34.2", Binaries: map[string]string{}}}
+	meta := bundle.Metadata{Kubernetes: &bundle.Kubernetes{Version: "v1.34.2", Arch: "amd64", Binaries: map[string]string{}}}
 	for _, name := range kube.Binaries {
 		fname := "kubernetes/v1.34.2/linux-amd64/" + name
 		d, err := w.AddBytes("files/"+fname, bins[name], "")
@@ -54,6 +58,18 @@ func kubeBundle(t *testing.T, bins map[string][]byte) *bundle.Bundle {
 		meta.Files = append(meta.Files, bundle.File{Name: fname, Path: "files/" + fname, Size: int64(len(bins[name])), Digest: d})
 		meta.Kubernetes.Binaries[name] = fname
 	}
+	// The images kubeadm of the version pulls, as the signed metadata
+	// lists them (their blobs are not needed here: nothing pulls them).
+	refs, err := manifests.KubernetesImages("v1.34.2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range refs {
+		i := strings.LastIndexByte(ref, ':')
+		meta.Images = append(meta.Images, bundle.Image{Repository: ref[:i], Tag: ref[i+1:], Digest: "sha256:" + strings.Repeat("0", 64),
+			MediaType: "application/vnd.oci.image.index.v1+json"})
+	}
+	meta.Kubernetes.Images = refs
 	if _, err := w.Finish(meta, priv); err != nil {
 		t.Fatal(err)
 	}
@@ -156,6 +172,15 @@ admission: {policy: allowlist}
 		t.Fatalf("target %s with Kubernetes in the bundle", e.Target())
 	}
 	e.kubeDial, e.kubeTimeout, e.kubePoll = kubetest.Dialer(peer), 2*time.Minute, 200*time.Millisecond
+	var evMu sync.Mutex
+	var notices []string
+	e.Events().Add(events.SinkFunc(func(ev events.Event) {
+		if ev.Kind == events.Notice {
+			evMu.Lock()
+			notices = append(notices, ev.Machine+": "+ev.Message)
+			evMu.Unlock()
+		}
+	}))
 	peer.MustAddr(t, "eth0", "10.78.0.10/24")
 	peer.MustAddr(t, "eth0", "10.78.0.11/24")
 	inv := e.Inventory()
@@ -322,6 +347,11 @@ admission: {policy: allowlist}
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("the reported failure took %v to end the step", d)
 	}
+	evMu.Lock()
+	if !slices.ContainsFunc(notices, func(n string) bool { return strings.HasPrefix(n, w+": the node reports: kubeadm phase preflight") }) {
+		t.Errorf("no notice of the node's report among %q", notices)
+	}
+	evMu.Unlock()
 	// The report's token works once.
 	if err := runNode([]string{"/bin/sh", kube.NodeScriptFile, "report"}); err == nil {
 		t.Error("a report after a failed step was sent")
@@ -334,6 +364,45 @@ admission: {policy: allowlist}
 	}
 	if reps, err := kube.NodeReports(e.store); err != nil || reps[w].Result != kube.ReportFailed || reps[w].Phase != "preflight" {
 		t.Errorf("stored report %+v %v", reps[w], err)
+	}
+
+	// The report endpoint, over TLS with the control plane's own token:
+	// bounded, validated, single-use.
+	_, _, apiHC, apiURL := machineClients(t, peer, stateDir)
+	cpToken := strings.TrimSpace(strings.TrimPrefix(string(seeds[cp][kube.ReportHeaderFile]), "Authorization: Bearer "))
+	post := func(method, query, token string, body []byte) int {
+		t.Helper()
+		req, err := http.NewRequest(method, apiURL.String()+kubeReportPath+cp+query, strings.NewReader(string(body)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := apiHC.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, c := range []struct {
+		method, query, token string
+		body                 []byte
+		want                 int
+	}{
+		{http.MethodGet, "?result=ok&step=done", cpToken, nil, http.StatusMethodNotAllowed},
+		{http.MethodPost, "?result=maybe&step=done", cpToken, nil, http.StatusBadRequest},
+		{http.MethodPost, "?result=ok&step=$(reboot)", cpToken, nil, http.StatusBadRequest},
+		{http.MethodPost, "?result=ok&step=done", cpToken, make([]byte, maxReportBody+1), http.StatusRequestEntityTooLarge},
+		{http.MethodPost, "?result=ok&step=done", "not-" + cpToken, nil, http.StatusForbidden},
+		{http.MethodPost, "?result=ok&step=done", cpToken, nil, http.StatusNoContent},
+		{http.MethodPost, "?result=failed&step=kubeadm-init", cpToken, nil, http.StatusForbidden}, // spent
+	} {
+		if got := post(c.method, c.query, c.token, c.body); got != c.want {
+			t.Errorf("%s %s (%d bytes): %d, want %d", c.method, c.query, len(c.body), got, c.want)
+		}
+	}
+	if reps, err := kube.NodeReports(e.store); err != nil || reps[cp].Result != kube.ReportOK || reps[cp].Step != "done" {
+		t.Errorf("control plane's report %+v %v", reps[cp], err)
 	}
 
 	// The control plane: a real kube-apiserver with airlock's CA at the
@@ -502,5 +571,57 @@ admission: {policy: allowlist}
 	}
 	if first, err := kube.FirstControlPlane(e.store); err != nil || first != cp {
 		t.Errorf("recorded first control plane %q %v", first, err)
+	}
+}
+
+// fakeBundleFiles is an in-memory twin of a bundle's metadata, for the
+// checks of what a bundle says about Kubernetes.
+type fakeBundleFiles struct{ md bundle.Metadata }
+
+func (f fakeBundleFiles) Metadata() bundle.Metadata { return f.md }
+func (f fakeBundleFiles) FileContent(string) (bundle.File, io.ReaderAt, int64, int64, error) {
+	return bundle.File{}, nil, 0, 0, errors.New("not in this twin")
+}
+
+// What the bundle says about Kubernetes is checked before anything
+// serves: the version the answers ask for, each binary present among the
+// files with a sha256 digest.
+func TestKubeFromChecksTheBundle(t *testing.T) {
+	good := func() bundle.Metadata {
+		md := bundle.Metadata{Kubernetes: &bundle.Kubernetes{Version: "v1.34.2", Arch: "amd64", Binaries: map[string]string{}}}
+		for _, n := range kube.Binaries {
+			md.Kubernetes.Binaries[n] = "k/" + n
+			md.Files = append(md.Files, bundle.File{Name: "k/" + n, Path: "files/k/" + n, Digest: "sha256:" + strings.Repeat("a", 64)})
+		}
+		return md
+	}
+	if k, files, err := kubeFrom(fakeBundleFiles{good()}, "v1.34.2"); err != nil || k == nil || len(files) != 3 {
+		t.Fatalf("a good bundle: %v %v %v", k, files, err)
+	}
+	other := good()
+	other.Kubernetes.Arch, other.Kubernetes.OtherArches = "arm64", map[string]map[string]string{"amd64": other.Kubernetes.Binaries}
+	other.Kubernetes.Binaries = map[string]string{}
+	if _, files, err := kubeFrom(fakeBundleFiles{other}, "v1.34.2"); err != nil || files["kubelet"].Name != "k/kubelet" {
+		t.Errorf("amd64 among the other architectures: %v %v", files, err)
+	}
+	if k, _, err := kubeFrom(fakeBundleFiles{bundle.Metadata{}}, "v1.34.2"); err != nil || k != nil {
+		t.Errorf("a bundle without Kubernetes: %v %v", k, err)
+	}
+	for name, c := range map[string]struct {
+		change  func(*bundle.Metadata)
+		version string
+		want    string
+	}{
+		"version":      {func(*bundle.Metadata) {}, "v1.33.0", `set it to "v1.34.2"`},
+		"no kubelet":   {func(md *bundle.Metadata) { delete(md.Kubernetes.Binaries, "kubelet") }, "v1.34.2", "no kubelet"},
+		"missing file": {func(md *bundle.Metadata) { md.Files = md.Files[1:] }, "v1.34.2", "which the bundle does not have"},
+		"sha512":       {func(md *bundle.Metadata) { md.Files[2].Digest = "sha512:" + strings.Repeat("a", 128) }, "v1.34.2", "not sha256"},
+		"arm64 only":   {func(md *bundle.Metadata) { md.Kubernetes.Arch = "arm64" }, "v1.34.2", "not linux/amd64"},
+	} {
+		md := good()
+		c.change(&md)
+		if _, _, err := kubeFrom(fakeBundleFiles{md}, c.version); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", name, err, c.want)
+		}
 	}
 }

@@ -1,19 +1,25 @@
 package engine
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/template"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"airlock.dev/airlock/installer/bootimage"
 	"airlock.dev/airlock/installer/config"
@@ -196,7 +202,7 @@ func LabRestart(ctx context.Context, stateDir, self string, log *slog.Logger) (*
 	if err := json.Unmarshal(raw, &run); err != nil {
 		return nil, fmt.Errorf("lab: %s: %w", labRunArgs, err)
 	}
-	// The dead airlock's mark would let the wait below end at once.
+	// The dead airlock's mark: the new one writes its own once it serves.
 	if err := os.Remove(filepath.Join(s.Dir, labReady)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
@@ -415,46 +421,142 @@ func labAnswerFile(s *lab.State, bun config.Bundle, kubernetes string) ([]byte, 
 }
 
 // startLabAirlock starts `airlock lab run` inside the lab's namespace, in
-// its own session so that it outlives this process, and waits until its
-// services serve.
+// its own session so that it outlives this process, and waits until it
+// reports that its services serve (see startReporting).
 func startLabAirlock(ctx context.Context, s *lab.State, o LabOptions) error {
 	ns, err := netns.Open(s.Namespace)
 	if err != nil {
 		return err
 	}
-	logf, err := os.OpenFile(filepath.Join(s.Dir, labLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	logPath := filepath.Join(s.Dir, labLog)
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
 	defer logf.Close()
-	args := append(append([]string{"lab", "run", "--state", o.StateDir}, o.Args...), o.RunArgs...)
+	args := append(append([]string{"lab", "run", "--state", o.StateDir, "--ready-fd", strconv.Itoa(LabReadyFD)}, o.Args...), o.RunArgs...)
 	cmd := ns.Command(context.WithoutCancel(ctx), o.Self, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	if err := startReporting(ctx, cmd, 90*time.Second); err != nil {
+		return fmt.Errorf("%w; its log:\n%s", err, tail(logPath, 20))
+	}
+	o.Log.Info("lab airlock serving", "pid", cmd.Process.Pid, "log", logPath)
+	return nil
+}
+
+// LabReadyFD is the file descriptor on which `airlock lab run` reports
+// that it serves (its --ready-fd): one end of a socket pair whose other
+// end lab up or lab restart holds.
+const LabReadyFD = 3
+
+// What lab up and lab restart tell apart when the lab's airlock they
+// started is gone.
+var (
+	// ErrLabNeverReady: it exited before its services served.
+	ErrLabNeverReady = errors.New("the lab's airlock never became ready")
+	// ErrLabDiedAfterReady: it reported its services ready, then exited
+	// before it took the release to go on (resume the install).
+	ErrLabDiedAfterReady = errors.New("the lab's airlock became ready, then died")
+)
+
+// labReleased is lab up's answer to the ready report.
+const labReleased = "released\n"
+
+// startReporting starts cmd with one end of a socket pair as file
+// descriptor LabReadyFD and waits for its ready report (LabReportReady),
+// then answers it; cmd resumes its install only after that answer, so a
+// crash of it at its first transition comes after lab up (or restart) saw
+// it ready, never before. A cmd that exits first fails with
+// ErrLabNeverReady, one whose report came but which is gone before the
+// answer with ErrLabDiedAfterReady; both give its exit status. cmd must
+// not have been started; it is left running on success.
+func startReporting(ctx context.Context, cmd *exec.Cmd, timeout time.Duration) error {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("start the lab's airlock: socket pair: %w", err)
+	}
+	ours, theirs := os.NewFile(uintptr(fds[0]), "lab-ready"), os.NewFile(uintptr(fds[1]), "lab-ready-child")
+	defer ours.Close()
+	cmd.ExtraFiles = []*os.File{theirs} // the first extra file is descriptor 3, LabReadyFD
+	err = cmd.Start()
+	theirs.Close()
+	if err != nil {
 		return fmt.Errorf("start the lab's airlock: %w", err)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	deadline := time.NewTimer(90 * time.Second)
-	defer deadline.Stop()
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if _, err := os.Stat(filepath.Join(s.Dir, labReady)); err == nil {
-			o.Log.Info("lab airlock serving", "pid", cmd.Process.Pid, "log", filepath.Join(s.Dir, labLog))
-			return nil
+	reported := make(chan error, 1) // nil: the report came
+	go func() {
+		line, err := bufio.NewReader(io.LimitReader(ours, 64<<10)).ReadString('\n')
+		if err == nil && !strings.HasPrefix(line, "ready") {
+			err = fmt.Errorf("unexpected report %q", line)
 		}
+		reported <- err
+	}()
+	// exitOf waits a little for the exit status of a process known to
+	// be going (its end of the socket is closed).
+	exitOf := func() error {
 		select {
 		case err := <-exited:
-			return fmt.Errorf("the lab's airlock exited (%v); its log:\n%s", err, tail(filepath.Join(s.Dir, labLog), 20))
-		case <-deadline.C:
-			return fmt.Errorf("the lab's airlock did not serve within 90 s; its log:\n%s", tail(filepath.Join(s.Dir, labLog), 20))
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-tick.C:
+			if err == nil {
+				return errors.New("exit status 0")
+			}
+			return err
+		case <-time.After(10 * time.Second):
+			return errors.New("still running, its report socket closed")
 		}
 	}
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	select {
+	case err := <-reported:
+		if err != nil {
+			return fmt.Errorf("%w: it exited (%v) before it served", ErrLabNeverReady, exitOf())
+		}
+		if _, err := io.WriteString(ours, labReleased); err != nil {
+			return fmt.Errorf("%w: it served, then exited (%v) before it resumed: airlock lab restart starts it again", ErrLabDiedAfterReady, exitOf())
+		}
+		return nil
+	case err := <-exited:
+		// Its report may have come just before it died.
+		if rerr := <-reported; rerr == nil {
+			return fmt.Errorf("%w: it served, then exited (%v) before it resumed: airlock lab restart starts it again", ErrLabDiedAfterReady, err)
+		}
+		return fmt.Errorf("%w: it exited (%v) before it served", ErrLabNeverReady, err)
+	case <-deadline.C:
+		return fmt.Errorf("%w: it did not serve within %s (it still runs: airlock lab down removes the lab)", ErrLabNeverReady, timeout)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// LabReportReady is the lab airlock's side of startReporting: it reports
+// on file descriptor fd that its services serve (sv), and returns once lab
+// up (or restart) has answered, or is gone (its end closed: nothing waits
+// for the report any more). The lab's airlock starts its install only
+// after it returns.
+func LabReportReady(fd int, sv Serving) error {
+	f := os.NewFile(uintptr(fd), "lab-ready")
+	if f == nil {
+		return fmt.Errorf("report ready on descriptor %d: not open", fd)
+	}
+	defer f.Close()
+	line, err := json.Marshal(sv)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(append(append([]byte("ready "), line...), '\n')); err != nil {
+		return fmt.Errorf("report ready on descriptor %d: %w", fd, err)
+	}
+	answer, err := bufio.NewReader(io.LimitReader(f, 64)).ReadString('\n')
+	switch {
+	case err == nil && answer == labReleased, errors.Is(err, io.EOF):
+		return nil
+	case err != nil:
+		return fmt.Errorf("wait for the release on descriptor %d: %w", fd, err)
+	}
+	return fmt.Errorf("wait for the release on descriptor %d: unexpected answer %q", fd, answer)
 }
 
 func tail(path string, n int) string {

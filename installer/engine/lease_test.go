@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"airlock.dev/airlock/installer/agent"
+	"airlock.dev/airlock/installer/inventory"
 	"airlock.dev/airlock/installer/lab/netns"
 	"airlock.dev/airlock/services/agentapi"
 )
@@ -34,22 +36,10 @@ func TestRegistrationMustComeFromTheLease(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the engine did not serve within 30 s")
 	}
-	leaseFile := filepath.Join(t.TempDir(), "lease")
-	script := filepath.Join(t.TempDir(), "script")
-	if err := os.WriteFile(script, []byte("#!/bin/sh\n[ \"$1\" = bound ] && echo \"$ip\" > "+leaseFile+"\nexit 0\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	leased := udhcpc(t, peer, busybox)
+	peer.MustAddr(t, "eth0", leased+"/24")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if out, err := peer.Command(ctx, busybox, "udhcpc", "-f", "-q", "-n", "-i", "eth0", "-t", "8", "-T", "1", "-s", script).CombinedOutput(); err != nil {
-		t.Fatalf("udhcpc: %v\n%s", err, out)
-	}
-	raw, err := os.ReadFile(leaseFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leased := strings.TrimSpace(string(raw))
-	peer.MustAddr(t, "eth0", leased+"/24")
 	peer.MustAddr(t, "eth0", "10.78.0.250/24")
 
 	var reg agentapi.Registration
@@ -97,5 +87,82 @@ func TestRegistrationMustComeFromTheLease(t *testing.T) {
 	}
 	if err := from(leased); err != nil {
 		t.Fatalf("registration from the leased address %s: %v", leased, err)
+	}
+}
+
+// udhcpc takes a lease with a real busybox udhcpc in peer (a fresh client:
+// DISCOVER, then REQUEST) and returns the address it bound.
+func udhcpc(t *testing.T, peer *netns.NS, busybox string) string {
+	t.Helper()
+	leaseFile := filepath.Join(t.TempDir(), "lease")
+	script := filepath.Join(t.TempDir(), "script")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\n[ \"$1\" = bound ] && echo \"$ip\" > "+leaseFile+"\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if out, err := peer.Command(ctx, busybox, "udhcpc", "-f", "-q", "-n", "-i", "eth0", "-t", "8", "-T", "1", "-s", script).CombinedOutput(); err != nil {
+		t.Fatalf("udhcpc: %v\n%s", err, out)
+	}
+	raw, err := os.ReadFile(leaseFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(raw))
+}
+
+// A machine discovered with a pool address and then assigned a static one
+// (the lab's path: discovery, admission, assignment, the reboot into the
+// installer) holds one lease afterwards, in the state store (bbolt) the
+// DHCP server writes through: the reserved address. A real udhcpc plays
+// the machine; the assignment is recorded in the engine's inventory while
+// the engine serves.
+func TestAssignedAddressReplacesTheDiscoveryLease(t *testing.T) {
+	busybox := netns.RequireTool(t, "busybox", "busybox-static")
+	e, peer := testEngineNS(t, t.TempDir(), "", nil)
+	const mac = "52:54:00:00:0c:02"
+	peer.MustIP(t, "link", "set", "eth0", "address", mac)
+	select {
+	case <-e.Ready():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the engine did not serve within 30 s")
+	}
+	if got := udhcpc(t, peer, busybox); got != "10.78.0.100" {
+		t.Fatalf("discovery lease %s, want the first pool address 10.78.0.100", got)
+	}
+	inv := e.Inventory()
+	id := report(t, inv, "SN-C2", mac, testDisks...)
+	if _, err := inv.Transition(id, inventory.StateAdmitted, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := inv.Assign(id, inventory.Assignment{Rule: "cp", Role: "control-plane", Hostname: "cp-1", Index: 1, Address: "10.78.0.50/24"}); err != nil {
+		t.Fatal(err)
+	}
+	hw, _ := net.ParseMAC(mac)
+	deadline := time.Now().Add(10 * time.Second)
+	for e.admitter.Admit(hw).IP != netip.MustParseAddr("10.78.0.50") {
+		if time.Now().After(deadline) {
+			t.Fatal("the assigned address was not reserved within 10 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := udhcpc(t, peer, busybox); got != "10.78.0.50" {
+		t.Fatalf("after the assignment the machine got %s, want 10.78.0.50", got)
+	}
+	stored, err := Leases{e.store}.Load(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held []string
+	for _, le := range stored {
+		if le.MAC == mac {
+			held = append(held, le.IP.String()+" "+string(le.State))
+		}
+	}
+	if len(held) != 1 || held[0] != "10.78.0.50 bound" {
+		t.Errorf("the store: %s holds %v, want only 10.78.0.50 bound", mac, held)
+	}
+	if ip, ok := e.leaseOf(mac); !ok || ip != netip.MustParseAddr("10.78.0.50") {
+		t.Errorf("leaseOf(%s) = %v %v, want 10.78.0.50", mac, ip, ok)
 	}
 }

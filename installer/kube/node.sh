@@ -13,6 +13,10 @@
 #                                     every later step
 #   airlock-node.sh report            report that every step went well
 #
+# Each step's name goes to standard output (cloud-init shows it on the
+# console), its output to /var/log/airlock-kubernetes.log; a failed step's
+# last lines go to both.
+#
 # AIRLOCK_NODE_ROOT (empty on a node) prefixes every path, for tests.
 set -u
 root=${AIRLOCK_NODE_ROOT:-}
@@ -38,11 +42,14 @@ failed() {
   cat "$out" >>"$log" 2>/dev/null
   printf '%s\n' "$1" >"$dir/failed"
   echo "airlock: step $1 failed" >>"$log"
+  echo "airlock-node: step $1 failed:"
+  tail -n 15 "$out" 2>/dev/null
   post failed "$1" || echo "airlock: could not report the failure of $1 to airlock" >>"$log"
   exit 1
 }
 
 fetch() {
+  echo "airlock-node: download"
   : >"$out"
   mkdir -p "$bin" "$dir/download" >>"$out" 2>&1 || failed download
   while read -r name sum url; do
@@ -65,6 +72,7 @@ step() {
   name=$1
   shift
   echo "airlock: $name: $*" >>"$log"
+  echo "airlock-node: $name"
   "$@" >"$out" 2>&1 </dev/null || failed "$name"
   cat "$out" >>"$log"
 }
@@ -82,6 +90,7 @@ step)
 report)
   : >"$out"
   post ok done || exit 1
+  echo "airlock-node: done, reported to airlock"
   ;;
 *)
   echo "usage: airlock-node.sh fetch | step NAME COMMAND... | report" >&2

@@ -90,7 +90,9 @@ func (w NodeWait) Wait(ctx context.Context) error {
 			last = fmt.Sprintf("the API server answers, and has no Node %q", w.Name)
 			return false, nil
 		case err != nil:
-			if ctx.Err() == nil { // not the deadline cutting the request short
+			// Not the deadline cutting the request short (client-go's rate
+			// limiter refuses to wait past it, before the context ends).
+			if dl, ok := ctx.Deadline(); ctx.Err() == nil && (!ok || time.Until(dl) > time.Second) {
 				last = "API server: " + err.Error()
 			}
 			return false, nil

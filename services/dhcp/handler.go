@@ -66,6 +66,8 @@ type Handler struct {
 	newBucket     bucket
 	sourceBuckets map[string]*bucket
 	reclaimBucket bucket
+	// repairs are loaded records NewHandler changed (see takeRepairs).
+	repairs []Lease
 }
 
 // NewHandler returns a handler for cfg in mode (ModeFull or ModeProxy) with
@@ -88,6 +90,7 @@ func NewHandler(cfg Config, mode Mode, leases []Lease, probe Prober, adm Admitte
 		cursor:        map[netip.Prefix]netip.Addr{},
 		sourceBuckets: map[string]*bucket{},
 	}
+	var extra []*Lease
 	for _, l := range leases {
 		l := l
 		if !l.IP.IsValid() {
@@ -96,12 +99,48 @@ func NewHandler(cfg Config, mode Mode, leases []Lease, probe Prober, adm Admitte
 		l.stored = l.Expires
 		h.byIP[l.IP] = &l
 		if l.MAC != "" && (l.State == StateBound || l.State == StateReleased) {
-			if old := h.byMAC[l.MAC]; old == nil || old.Expires.Before(l.Expires) {
+			old := h.byMAC[l.MAC]
+			switch {
+			case old == nil:
 				h.byMAC[l.MAC] = &l
+			case outranks(&l, old):
+				h.byMAC[l.MAC] = &l
+				extra = append(extra, old)
+			default:
+				extra = append(extra, &l)
 			}
 		}
 	}
+	// A store written before a MAC was held to one lease may hold two
+	// for it: the one kept is the MAC's, the others are freed, and Run
+	// stores that before it serves.
+	now := h.now()
+	for _, l := range extra {
+		free := &Lease{IP: l.IP, State: StateReleased, Expires: now}
+		h.byIP[l.IP] = free
+		h.repairs = append(h.repairs, *free)
+		log.Warn("dhcp: a MAC held a second lease in the store; freeing it", "mac", l.MAC, "ip", l.IP, "state", l.State, "kept", h.byMAC[l.MAC].IP)
+	}
 	return h
+}
+
+// outranks reports whether lease a of a MAC is kept over its lease b: a
+// bound lease over a released one, then the later expiry.
+func outranks(a, b *Lease) bool {
+	if (a.State == StateBound) != (b.State == StateBound) {
+		return a.State == StateBound
+	}
+	return b.Expires.Before(a.Expires)
+}
+
+// takeRepairs returns, once, the records NewHandler changed in the loaded
+// leases (a MAC's second lease freed), for the server to store.
+func (h *Handler) takeRepairs() []Lease {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := h.repairs
+	h.repairs = nil
+	return r
 }
 
 // Stats counts the replies sent, the requests refused (by the Admitter or
@@ -321,9 +360,7 @@ func (h *Handler) allocate(ctx context.Context, req Request, sub *Subnet, reques
 		h.rl.Log(ctx, slog.LevelWarn, "dhcp: address answers on the network, skipping it", ip.String(), "ip", ip, "hold", h.cfg.ConflictHold)
 		h.mu.Lock()
 		held.probing = false
-		if cur := h.byMAC[mac]; cur == held {
-			delete(h.byMAC, mac)
-		}
+		h.dropOfferLocked(held)
 		h.byIP[ip] = &Lease{IP: ip, State: StateConflict, Expires: h.now().Add(h.cfg.ConflictHold)}
 		h.mu.Unlock()
 		requested = netip.Addr{}
@@ -409,13 +446,24 @@ func lastAddr(p netip.Prefix) netip.Addr {
 // holdLocked records l as the lease of its address and of its MAC, dropping
 // the MAC's previous offer elsewhere.
 func (h *Handler) holdLocked(l *Lease) {
-	if old := h.byMAC[l.MAC]; old != nil && old.IP != l.IP && old.State == StateOffered {
-		if h.byIP[old.IP] == old {
-			delete(h.byIP, old.IP)
+	if old := h.byMAC[l.MAC]; old != nil && old.IP != l.IP {
+		switch {
+		case old.State == StateOffered:
+			if h.byIP[old.IP] == old {
+				delete(h.byIP, old.IP)
+			}
+			l.replaces = old.replaces
+		case h.byIP[old.IP] == old:
+			// The MAC holds another address (a reservation now applies,
+			// or that one is no longer free for it): the ACK frees it.
+			l.replaces = old
 		}
 	}
 	if cur := h.byIP[l.IP]; cur != nil && cur.MAC == l.MAC && cur.State == StateBound && l.State == StateOffered {
 		// Re-offering a client its bound address must not shorten the lease.
+		if cur.MAC != "" {
+			h.byMAC[cur.MAC] = cur
+		}
 		return
 	}
 	h.byIP[l.IP] = l
@@ -431,7 +479,7 @@ func (h *Handler) request(ctx context.Context, req Request, client Client, adm A
 		// The client chose another server's offer: free ours.
 		h.mu.Lock()
 		if l := h.byMAC[mac]; l != nil && l.State == StateOffered {
-			delete(h.byMAC, mac)
+			h.dropOfferLocked(l)
 			if h.byIP[l.IP] == l {
 				delete(h.byIP, l.IP)
 			}
@@ -495,13 +543,52 @@ func (h *Handler) request(ctx context.Context, req Request, client Client, adm A
 		l.stored = cur.stored
 		save = nil
 	}
-	if old := h.byMAC[mac]; old != nil && old.IP != ip && h.byIP[old.IP] == old && old.State == StateOffered {
-		delete(h.byIP, old.IP)
+	// The MAC holds one address: an offer elsewhere is dropped, and a
+	// lease elsewhere (the discovery lease of a machine whose reservation
+	// now applies) is freed in the same store batch as this one, so that
+	// neither the table nor the store ever shows the MAC with two.
+	for _, old := range h.othersLocked(mac, ip) {
+		if old.State == StateOffered {
+			delete(h.byIP, old.IP)
+			continue
+		}
+		free := &Lease{IP: old.IP, State: StateReleased, Expires: now}
+		h.byIP[old.IP] = free
+		save = append(save, *free)
+		h.rl.Log(ctx, slog.LevelInfo, "dhcp: client moved to another address; freeing its previous lease", mac, "mac", mac, "ip", ip, "freed", old.IP)
 	}
 	h.byIP[ip] = l
 	h.byMAC[mac] = l
 	h.mu.Unlock()
 	return h.respond(req, client, dhcpv4.MessageTypeAck, ip, sub, save, l.Hostname)
+}
+
+// othersLocked returns what mac holds at addresses other than ip: its
+// entry in byMAC and the lease that entry, an offer, would replace.
+func (h *Handler) othersLocked(mac string, ip netip.Addr) []*Lease {
+	var out []*Lease
+	for l := h.byMAC[mac]; l != nil; l = l.replaces {
+		if l.IP != ip && l.MAC == mac && h.byIP[l.IP] == l {
+			out = append(out, l)
+		}
+		if l.State != StateOffered {
+			break
+		}
+	}
+	return out
+}
+
+// dropOfferLocked forgets offer as its MAC's entry: the lease the offer
+// would have replaced is the MAC's again.
+func (h *Handler) dropOfferLocked(offer *Lease) {
+	if h.byMAC[offer.MAC] != offer {
+		return
+	}
+	if r := offer.replaces; r != nil && h.byIP[r.IP] == r {
+		h.byMAC[offer.MAC] = r
+		return
+	}
+	delete(h.byMAC, offer.MAC)
 }
 
 func (h *Handler) decline(m *dhcpv4.DHCPv4) {

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -335,6 +336,130 @@ func TestReservation(t *testing.T) {
 	a := h.Handle(ctx, requestReq(plain, "52:54:00:00:00:99", netip.MustParseAddr("10.50.0.50"), netip.Addr{}))
 	if a == nil || a.Msg.MessageType() != dhcpv4.MessageTypeAck {
 		t.Fatalf("want ACK, got %s", summary(a))
+	}
+}
+
+// heldBy lists the records of the table that name mac, "IP state", sorted.
+func heldBy(leases []Lease, mac string) []string {
+	var out []string
+	for _, l := range leases {
+		if l.MAC == mac {
+			out = append(out, l.IP.String()+" "+string(l.State))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// A reservation made while a MAC holds a pool lease: whichever way the
+// client reaches its reserved address (DISCOVER then REQUEST, or an
+// INIT-REBOOT REQUEST of it straight away), the ACK frees the pool lease
+// in the same batch of records to store, and the MAC holds one lease.
+// Taking another server's offer instead leaves it with its pool lease.
+func TestReservationFreesThePoolLease(t *testing.T) {
+	ctx := context.Background()
+	plain := clientKinds[6]
+	srv := netip.MustParseAddr("10.50.0.1")
+	reserved := netip.MustParseAddr("10.50.0.60")
+	for _, path := range []string{"discover", "init-reboot", "other-server"} {
+		t.Run(path, func(t *testing.T) {
+			const mac = "02:00:00:00:0a:01"
+			cfg := testConfig()
+			adm := NewStaticAdmitter(nil, false)
+			h := NewHandler(cfg, ModeFull, nil, nil, adm, nil)
+			h.now = func() time.Time { return t0 }
+			pool := yi(h.Handle(ctx, discoverReq(plain, mac)))
+			if a := h.Handle(ctx, requestReq(plain, mac, pool, srv)); a == nil || a.Msg.MessageType() != dhcpv4.MessageTypeAck {
+				t.Fatalf("pool lease: %s", summary(a))
+			}
+			adm.Reserve(Reservation{MAC: mustMAC(mac), IP: reserved, Hostname: "cp-1"})
+			var ack *Response
+			switch path {
+			case "discover":
+				if got := yi(h.Handle(ctx, discoverReq(plain, mac))); got != reserved {
+					t.Fatalf("offer %v, want the reservation %v", got, reserved)
+				}
+				ack = h.Handle(ctx, requestReq(plain, mac, reserved, srv))
+			case "init-reboot":
+				ack = h.Handle(ctx, requestReq(plain, mac, reserved, netip.Addr{}))
+			case "other-server":
+				if got := yi(h.Handle(ctx, discoverReq(plain, mac))); got != reserved {
+					t.Fatalf("offer %v, want the reservation %v", got, reserved)
+				}
+				if r := h.Handle(ctx, requestReq(plain, mac, netip.MustParseAddr("10.50.0.240"), netip.MustParseAddr("10.50.0.254"))); r != nil {
+					t.Fatalf("answered a request for another server: %s", summary(r))
+				}
+				if got := heldBy(h.Leases(), mac); !slices.Equal(got, []string{pool.String() + " bound"}) {
+					t.Errorf("after taking another server's offer the MAC holds %v, want its pool lease", got)
+				}
+				if ip, ok := h.LeaseOf(mac); !ok || ip != pool {
+					t.Errorf("LeaseOf = %v %v, want the pool lease %v", ip, ok, pool)
+				}
+				return
+			}
+			if ack == nil || ack.Msg.MessageType() != dhcpv4.MessageTypeAck || yi(ack) != reserved {
+				t.Fatalf("ACK of the reservation: %s", summary(ack))
+			}
+			want := []Lease{
+				{IP: reserved, MAC: mac, Hostname: "cp-1", State: StateBound, Expires: t0.Add(cfg.LeaseTime)},
+				{IP: pool, State: StateReleased, Expires: t0},
+			}
+			if len(ack.Save) != len(want) {
+				t.Fatalf("the ACK stores %+v, want %+v", ack.Save, want)
+			}
+			for i, w := range want {
+				g := ack.Save[i]
+				if g.IP != w.IP || g.MAC != w.MAC || g.Hostname != w.Hostname || g.State != w.State || !g.Expires.Equal(w.Expires) {
+					t.Errorf("stored record %d: %+v, want %+v", i, g, w)
+				}
+			}
+			if got := heldBy(h.Leases(), mac); !slices.Equal(got, []string{reserved.String() + " bound"}) {
+				t.Errorf("the MAC holds %v, want only %v bound", got, reserved)
+			}
+			if ip, ok := h.LeaseOf(mac); !ok || ip != reserved {
+				t.Errorf("LeaseOf = %v %v, want %v", ip, ok, reserved)
+			}
+			// The pool address is free for another client.
+			if got := yi(h.Handle(ctx, discoverReq(plain, "02:00:00:00:0a:02", dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(pool.AsSlice()))))); got != pool {
+				t.Errorf("another client asking for the freed %v got %v", pool, got)
+			}
+		})
+	}
+}
+
+// A store that already holds two leases for one MAC (written before a MAC
+// was held to one) is repaired at load: the bound lease with the later
+// expiry is kept, the other freed, and the repair is handed to the server
+// to store.
+func TestLoadFreesASecondLeaseOfAMAC(t *testing.T) {
+	const mac = "02:00:00:00:0b:01"
+	old := []Lease{
+		{IP: netip.MustParseAddr("10.50.0.100"), MAC: mac, State: StateBound, Expires: t0.Add(30 * time.Minute)},
+		{IP: netip.MustParseAddr("10.50.0.60"), MAC: mac, Hostname: "cp-1", State: StateBound, Expires: t0.Add(time.Hour)},
+		{IP: netip.MustParseAddr("10.50.0.101"), MAC: mac, State: StateReleased, Expires: t0.Add(2 * time.Hour)},
+		{IP: netip.MustParseAddr("10.50.0.102"), MAC: "02:00:00:00:0b:02", State: StateBound, Expires: t0.Add(time.Hour)},
+	}
+	h := NewHandler(testConfig(), ModeFull, old, nil, nil, nil)
+	h.now = func() time.Time { return t0 }
+	if got := heldBy(h.Leases(), mac); !slices.Equal(got, []string{"10.50.0.60 bound"}) {
+		t.Errorf("after load the MAC holds %v, want only 10.50.0.60 bound", got)
+	}
+	var fixed []string
+	for _, l := range h.takeRepairs() {
+		if l.MAC != "" || l.State != StateReleased {
+			t.Errorf("repair %+v: want a released record with no MAC", l)
+		}
+		fixed = append(fixed, l.IP.String())
+	}
+	slices.Sort(fixed)
+	if !slices.Equal(fixed, []string{"10.50.0.100", "10.50.0.101"}) {
+		t.Errorf("repairs %v, want 10.50.0.100 and 10.50.0.101 freed", fixed)
+	}
+	if again := h.takeRepairs(); len(again) != 0 {
+		t.Errorf("repairs handed out twice: %+v", again)
+	}
+	if got := heldBy(h.Leases(), "02:00:00:00:0b:02"); !slices.Equal(got, []string{"10.50.0.102 bound"}) {
+		t.Errorf("another MAC's lease changed: %v", got)
 	}
 }
 

@@ -27,7 +27,9 @@ const (
 	StateConflict LeaseState = "conflict"
 )
 
-// Lease is one address's record. An address has at most one lease.
+// Lease is one address's record. An address has at most one lease, and a
+// MAC holds at most one: binding a MAC to an address frees any other
+// address it held, in the same store batch.
 type Lease struct {
 	IP       netip.Addr `json:"ip"`
 	MAC      string     `json:"mac,omitempty"`
@@ -42,6 +44,10 @@ type Lease struct {
 	checked time.Time
 	// stored is the expiry the store holds for this lease.
 	stored time.Time
+	// replaces, on an offer, is the lease its MAC holds at another
+	// address (bound or released: a discovery lease when a reservation
+	// now applies), which the ACK of the offer frees.
+	replaces *Lease
 	// declinedBy is the MAC that declined the address: a stranger's
 	// DECLINE counts against the strangers' share and can be reclaimed,
 	// or a host could take new addresses and decline them to empty the

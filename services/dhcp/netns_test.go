@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -464,4 +465,102 @@ func TestNetnsRelayed(t *testing.T) {
 		t.Fatalf("relayed client got ip=%s router=%s", env["ip"], env["router"])
 	}
 	t.Logf("relayed client got %s via dhcrelay", ip)
+}
+
+// A machine first leases a pool address (discovery), then is given a
+// reservation while the server runs (its assignment): at its next DHCP
+// exchange (the reboot into the installer) a real udhcpc gets the reserved
+// address, and the MAC holds that one lease only, in the server's table
+// and in the store after a restart; the pool address is free again.
+func TestNetnsReservationReplacesTheDynamicLease(t *testing.T) {
+	l := newLAN(t)
+	srvNS := l.host("", "10.70.0.1/24")
+	cfg := netnsConfig(ModeFull)
+	store := NewFileStore(filepath.Join(t.TempDir(), "leases.jsonl"))
+	adm := NewStaticAdmitter(nil, false)
+	srv := startServerWith(t, srvNS, cfg, store, func(s *Server) { s.Admitter = adm })
+
+	const mac = "52:54:00:dd:00:01"
+	machine := l.host(mac, "")
+	first := udhcpc(t, machine)
+	if first["ip"] != "10.70.0.100" {
+		t.Fatalf("before its reservation the machine got %s, want the first pool address 10.70.0.100", first["ip"])
+	}
+	adm.Reserve(Reservation{MAC: mustMAC(mac), IP: netip.MustParseAddr("10.70.0.42"), Hostname: "cp-1"})
+	second := udhcpc(t, machine)
+	if second["ip"] != "10.70.0.42" || second["hostname"] != "cp-1" {
+		t.Fatalf("with its reservation the machine got ip=%s hostname=%s, want 10.70.0.42 cp-1", second["ip"], second["hostname"])
+	}
+	held := func(leases []Lease) []string {
+		var out []string
+		for _, le := range leases {
+			if le.MAC == mac {
+				out = append(out, le.IP.String()+" "+string(le.State))
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	if got := held(srv.Handler().Leases()); !slices.Equal(got, []string{"10.70.0.42 bound"}) {
+		t.Errorf("the server's table: %s holds %v, want only 10.70.0.42 bound", mac, got)
+	}
+	if ip, ok := srv.Handler().LeaseOf(mac); !ok || ip.String() != "10.70.0.42" {
+		t.Errorf("LeaseOf(%s) = %v %v, want 10.70.0.42", mac, ip, ok)
+	}
+	srv.stop(t)
+	if err := store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	stored, err := NewFileStore(store.path).Load(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := held(stored); !slices.Equal(got, []string{"10.70.0.42 bound"}) {
+		t.Errorf("the store: %s holds %v, want only 10.70.0.42 bound", mac, got)
+	}
+	// The pool address went back to the pool: a new client after a
+	// restart gets it.
+	startServerWith(t, srvNS, cfg, NewFileStore(store.path), func(s *Server) { s.Admitter = adm })
+	if other := udhcpc(t, l.host("52:54:00:dd:00:02", "")); other["ip"] != "10.70.0.100" {
+		t.Errorf("a new client got %s, want 10.70.0.100, released by the reserved machine", other["ip"])
+	}
+}
+
+// A lease file holding two leases of one MAC (written before a MAC was
+// held to one) is repaired when the server starts, before it serves.
+func TestNetnsStartRepairsASecondLeaseOfAMAC(t *testing.T) {
+	l := newLAN(t)
+	srvNS := l.host("", "10.70.0.1/24")
+	path := filepath.Join(t.TempDir(), "leases.jsonl")
+	const mac = "52:54:00:dd:00:03"
+	exp := time.Now().Add(time.Hour).Round(time.Second)
+	seed := NewFileStore(path)
+	if err := seed.Save(context.Background(), []Lease{
+		{IP: netip.MustParseAddr("10.70.0.100"), MAC: mac, State: StateBound, Expires: exp.Add(-time.Minute)},
+		{IP: netip.MustParseAddr("10.70.0.42"), MAC: mac, Hostname: "cp-1", State: StateBound, Expires: exp},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := seed.Close(); err != nil {
+		t.Fatal(err)
+	}
+	store := NewFileStore(path)
+	srv := startServerWith(t, srvNS, netnsConfig(ModeFull), store, nil)
+	srv.stop(t)
+	if err := store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	stored, err := NewFileStore(path).Load(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held []string
+	for _, le := range stored {
+		if le.MAC == mac {
+			held = append(held, le.IP.String()+" "+string(le.State))
+		}
+	}
+	if !slices.Equal(held, []string{"10.70.0.42 bound"}) {
+		t.Errorf("after a start the store holds %v for %s, want only 10.70.0.42 bound", held, mac)
+	}
 }

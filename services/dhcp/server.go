@@ -202,6 +202,11 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("dhcp: %w", err)
 	}
 	h := NewHandler(s.cfg, mode, leases, s.socks.Prober, s.Admitter, s.log)
+	if fix := h.takeRepairs(); len(fix) > 0 {
+		if err := s.store.Save(ctx, fix); err != nil {
+			return fmt.Errorf("dhcp: %w", err)
+		}
+	}
 	s.handler.Store(h)
 
 	bctx, bcancel := context.WithCancel(context.WithoutCancel(ctx))
