@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -13,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"airlock.dev/airlock/e2e/k8s/images"
 	"airlock.dev/airlock/installer/lab/netns"
 )
 
@@ -31,7 +31,7 @@ func k8sInputs(t *testing.T) (bins, layout string) {
 	if bins == "" || layout == "" {
 		t.Fatal("AIRLOCK_K8S_BIN and AIRLOCK_K8S_IMAGES must be set: `make k8s-images` builds both and `make e2e-full` passes them (e2e/k8s/build.sh and e2e/k8s/images.sh print the directories)")
 	}
-	for _, f := range []string{filepath.Join(bins, "kubectl"), filepath.Join(bins, "kubelet"), filepath.Join(bins, "kubeadm"), filepath.Join(layout, "index.json")} {
+	for _, f := range []string{filepath.Join(bins, "kubectl"), filepath.Join(bins, "kubelet"), filepath.Join(bins, "kubeadm"), filepath.Join(layout, "index.json"), filepath.Join(layout, "..", "k8s-images")} {
 		if _, err := os.Stat(f); err != nil {
 			t.Fatalf("%v (make k8s-images)", err)
 		}
@@ -86,29 +86,11 @@ func TestLabFormsACluster(t *testing.T) {
 	defer cancel()
 
 	// The connected side: loopback registries playing registry.k8s.io
-	// and docker.io, and a bundle built from them.
-	regs, err := images.Serve(ctx, layout)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer regs.Close()
-	entries, err := images.Read(layout)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var appDigest string
-	for _, e := range entries {
-		if e.Ref == testAppRef {
-			d, err := e.Image.Digest()
-			if err != nil {
-				t.Fatal(err)
-			}
-			appDigest = d.String()
-		}
-	}
-	if appDigest == "" {
-		t.Fatalf("the layout %s has no %s (rebuild it: make k8s-images)", layout, testAppRef)
-	}
+	// and docker.io (k8s-images serve, beside the layout), and a bundle
+	// built from them.
+	mirrors, stopRegistries := serveImages(t, ctx, layout)
+	defer stopRegistries()
+	appDigest := layoutDigest(t, layout, testAppRef)
 	deb, debSum := kernelDeb(t, dir)
 	if _, err := airlock(t, "bundle", "keygen", "--out", filepath.Join(dir, "site")); err != nil {
 		t.Fatal(err)
@@ -138,7 +120,7 @@ registryMirrors:
 images:
   - ref: %s
 `, deb, debSum, filepath.Join(osImage, "disk.raw.zst"), strings.TrimSpace(string(rawSum)), kubeVersion, k8sRelease(t, dir, bins),
-		regs.Mirrors["registry.k8s.io"], regs.Mirrors["docker.io"], testAppRef))
+		mirrors["registry.k8s.io"], mirrors["docker.io"], testAppRef))
 	bundleFile := filepath.Join(dir, "site.bundle")
 	began := time.Now()
 	build := exec.CommandContext(ctx, bin, "bundle", "build", "-f", spec, "-o", bundleFile, "--key", filepath.Join(dir, "site.key"))
@@ -146,7 +128,7 @@ images:
 		t.Fatalf("airlock bundle build: %v\n%s", err, out)
 	}
 	t.Logf("bundle build took %.0f s", time.Since(began).Seconds())
-	regs.Close() // the site has no connection: nothing may reach them from now on
+	stopRegistries() // the site has no connection: nothing may reach them from now on
 	if out, err := airlock(t, "bundle", "verify", "--key", filepath.Join(dir, "site.pub"), bundleFile); err != nil {
 		t.Fatalf("bundle verify: %v\n%s", err, out)
 	}
@@ -387,6 +369,66 @@ spec:
 	} else {
 		t.Logf("packets out of the lab through its uplink %s: 0", lab.Uplink)
 	}
+}
+
+// serveImages runs `k8s-images serve` (e2e/k8s/images.sh keeps it beside
+// the layout) and returns the loopback registry of each upstream it
+// printed, and a function that stops it.
+func serveImages(t *testing.T, ctx context.Context, layout string) (map[string]string, func()) {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, filepath.Join(layout, "..", "k8s-images"), "serve", "-layout", layout)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var errOut strings.Builder
+	cmd.Stderr = &errOut
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			cmd.Process.Signal(os.Interrupt)
+			cmd.Wait()
+		}
+	}
+	mirrors := map[string]string{}
+	sc := bufio.NewScanner(out)
+	for sc.Scan() && len(mirrors) < 2 {
+		if up, url, ok := strings.Cut(strings.TrimSpace(sc.Text()), ": "); ok && strings.HasPrefix(url, "http://127.0.0.1:") {
+			mirrors[up] = url
+		}
+	}
+	if mirrors["registry.k8s.io"] == "" || mirrors["docker.io"] == "" {
+		stop()
+		t.Fatalf("k8s-images serve printed no mirrors for registry.k8s.io and docker.io: %v\n%s", mirrors, errOut.String())
+	}
+	return mirrors, stop
+}
+
+// layoutDigest returns the digest the OCI layout's index gives ref.
+func layoutDigest(t *testing.T, layout, ref string) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(layout, "index.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var idx struct {
+		Manifests []struct {
+			Digest      string
+			Annotations map[string]string
+		}
+	}
+	readJSON(t, string(data), &idx)
+	for _, m := range idx.Manifests {
+		if m.Annotations["org.opencontainers.image.ref.name"] == ref {
+			return m.Digest
+		}
+	}
+	t.Fatalf("the layout %s has no %s (rebuild it: make k8s-images)", layout, ref)
+	return ""
 }
 
 func jsonText(v any) string {

@@ -18,19 +18,22 @@
 # Caveat: the etcd image carries kubeadm's tag (3.6.5-0) but holds the etcd
 # v3.6.4 of make k8s-bins.
 #
+# The builder is a Go module of its own (e2e/k8s/images, with
+# go-containerregistry): its tests run first, then its command
+# (k8s-images) builds the layout and is kept beside it.
+#
 # The result is cached in $AIRLOCK_K8S_CACHE (default /var/cache/airlock)
-# under k8s-images-v1.34.2-KEY/layout, KEY hashing this script, the image
-# builder's sources and the binaries' directory; built beside it and renamed
-# into place, under a lock. Prints the layout's directory.
-# `go run ./e2e/k8s/images/cmd/k8s-images serve -layout DIR` serves it on
-# loopback and prints the registryMirrors for a bundle.yaml.
+# under k8s-images-v1.34.2-KEY/ (layout/ and the k8s-images command), KEY
+# hashing this script, the builder module and the binaries' directory;
+# built beside it and renamed into place, under a lock. Prints the layout's
+# directory. `DIR/../k8s-images serve -layout DIR` serves it from registries
+# on 127.0.0.1 and prints the registryMirrors for a bundle.yaml.
 #
 # Usage: e2e/k8s/images.sh            build if needed, print the layout directory
 #        e2e/k8s/images.sh --cached   print it if built, else exit 1
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$here/../.." && pwd)
 k8s_version=v1.34.2
 coredns_version=v1.12.1 # kubeadm v1.34.2's (checked below against kubeadm itself)
 testapp_ref=docker.io/airlock/testapp:1.0
@@ -43,10 +46,10 @@ if [ "${1:-}" = --cached ]; then
 else
   bins=$(bash "$here/build.sh")
 fi
-key=$( (cd "$here" && cat images.sh images/images.go images/cmd/k8s-images/main.go images/testapp/main.go
+key=$( (cd "$here" && cat images.sh images/go.mod images/go.sum images/images.go images/main.go images/testapp/main.go
         echo "$bins|${debs[*]}|$coredns_version|$testapp_ref") | sha256sum | cut -c1-12)
 out=$cache/k8s-images-$k8s_version-$key
-if [ -s "$out/layout/index.json" ]; then echo "$out/layout"; exit 0; fi
+if [ -s "$out/layout/index.json" ] && [ -x "$out/k8s-images" ]; then echo "$out/layout"; exit 0; fi
 if [ "${1:-}" = --cached ]; then
   echo "k8s/images.sh: $out is not built (make k8s-images)" >&2
   exit 1
@@ -57,7 +60,7 @@ command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null || { echo "k8s/i
 mkdir -p "$cache"
 exec 9>"$cache/k8s-images-$k8s_version.lock"
 flock 9
-if [ -s "$out/layout/index.json" ]; then echo "$out/layout"; exit 0; fi
+if [ -s "$out/layout/index.json" ] && [ -x "$out/k8s-images" ]; then echo "$out/layout"; exit 0; fi
 
 start=$(date +%s)
 tmp=$(mktemp -d "$cache/k8s-images-$k8s_version-$key.tmp.XXXXXX")
@@ -82,7 +85,9 @@ if [ ! -x "$coredns" ]; then
   mv "$tmp/coredns/coredns" "$coredns.tmp" && mv "$coredns.tmp" "$coredns"
 fi
 
-(cd "$repo" && go build -trimpath -ldflags "-s -w" -o "$tmp/testapp" ./e2e/k8s/images/testapp)
+(cd "$here/images" && go test -count=1 ./... >&2 &&
+  go build -trimpath -ldflags "-s -w" -o "$tmp/testapp" ./testapp &&
+  go build -trimpath -ldflags "-s -w" -o "$tmp/k8s-images" .)
 
 echo "k8s/images.sh: apt-get download ${debs[*]}" >&2
 mkdir -p "$tmp/debs" "$tmp/iptables"
@@ -95,8 +100,8 @@ chroot "$tmp/iptables" /usr/sbin/xtables-nft-multi iptables --version >/dev/null
   { echo "k8s/images.sh: Debian's iptables does not run from its unpacked tree" >&2; exit 1; }
 
 echo "k8s/images.sh: writing ${refs[*]} $testapp_ref" >&2
-(cd "$repo" && go run ./e2e/k8s/images/cmd/k8s-images build -out "$tmp/layout" -bins "$bins" \
-  -coredns "$coredns" -testapp "$tmp/testapp" -iptables "$tmp/iptables" -testapp-ref "$testapp_ref" "${refs[@]}")
+"$tmp/k8s-images" build -out "$tmp/layout" -bins "$bins" \
+  -coredns "$coredns" -testapp "$tmp/testapp" -iptables "$tmp/iptables" -testapp-ref "$testapp_ref" "${refs[@]}"
 rm -rf "$tmp/debs" "$tmp/iptables" "$tmp/coredns" "$tmp/testapp" "$tmp/apt.log"
 chmod 755 "$tmp"
 rm -rf "$out"

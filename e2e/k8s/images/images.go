@@ -1,4 +1,4 @@
-// Package images builds the container images the Kubernetes end-to-end
+// Command k8s-images builds the container images the Kubernetes end-to-end
 // test installs, from Go binaries, under their upstream names
 // (registry.k8s.io/kube-apiserver:v1.34.2, ...), into one OCI image layout
 // whose index names each image by its reference; and serves such a layout
@@ -6,9 +6,9 @@
 // `airlock bundle build` with registryMirrors collects them exactly as a
 // site's bundle is built from the real registries.
 //
-// It is test tooling (e2e/k8s/images.sh runs its command); airlock itself
-// never imports it.
-package images
+// It is test tooling in a module of its own: e2e/k8s/images.sh runs it to
+// build, and the end-to-end test runs its serve. Usage in main.go.
+package main
 
 import (
 	"archive/tar"

@@ -1,6 +1,6 @@
-// Command k8s-images builds the Kubernetes test images into an OCI layout
+// k8s-images builds the Kubernetes test images into an OCI layout
 // (build), or serves such a layout from registries on loopback (serve).
-// e2e/k8s/images.sh runs build with the binaries it gathered.
+// e2e/k8s/images.sh runs build with the binaries it gathered:
 //
 //	k8s-images build -out DIR -bins K8S_BIN_DIR -coredns FILE -testapp FILE \
 //	    -iptables ROOT -testapp-ref docker.io/airlock/testapp:1.0 REF...
@@ -13,6 +13,7 @@
 // coredns from FILE; each binary on PATH at /usr/local/bin (kubeadm's static
 // pods run it by name), pause and coredns also at / as their upstream
 // entrypoints are.
+
 package main
 
 import (
@@ -28,8 +29,6 @@ import (
 	"syscall"
 
 	"github.com/google/go-containerregistry/pkg/name"
-
-	"airlock.dev/airlock/e2e/k8s/images"
 )
 
 func main() {
@@ -66,16 +65,16 @@ func build(args []string) error {
 	if *out == "" || *bins == "" || *coredns == "" || *testapp == "" || *iptables == "" || fs.NArg() == 0 {
 		return errors.New("build: -out, -bins, -coredns, -testapp, -iptables and the image references are required")
 	}
-	bin := func(name string) []images.File {
-		return []images.File{{Path: "usr/local/bin/" + name, Src: filepath.Join(*bins, name), Mode: 0o755}}
+	bin := func(name string) []File {
+		return []File{{Path: "usr/local/bin/" + name, Src: filepath.Join(*bins, name), Mode: 0o755}}
 	}
-	var imgs []images.Image
+	var imgs []Image
 	for _, ref := range fs.Args() {
 		r, err := name.ParseReference(ref, name.StrictValidation)
 		if err != nil {
 			return fmt.Errorf("image %q: %w", ref, err)
 		}
-		img := images.Image{Ref: ref, Layers: [][]images.File{images.Base()}}
+		img := Image{Ref: ref, Layers: [][]File{Base()}}
 		switch base := path.Base(r.Context().RepositoryStr()); base {
 		case "kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd":
 			img.Layers = append(img.Layers, bin(base))
@@ -88,19 +87,19 @@ func build(args []string) error {
 			img.Layers = append(img.Layers, ipt, bin(base))
 			img.Entrypoint = []string{"/usr/local/bin/" + base}
 		case "pause":
-			img.Layers = append(img.Layers, []images.File{{Path: "pause", Src: filepath.Join(*bins, "pause"), Mode: 0o755}})
+			img.Layers = append(img.Layers, []File{{Path: "pause", Src: filepath.Join(*bins, "pause"), Mode: 0o755}})
 			img.Entrypoint = []string{"/pause"}
 		case "coredns":
-			img.Layers = append(img.Layers, []images.File{{Path: "coredns", Src: *coredns, Mode: 0o755}})
+			img.Layers = append(img.Layers, []File{{Path: "coredns", Src: *coredns, Mode: 0o755}})
 			img.Entrypoint = []string{"/coredns"}
 		default:
 			return fmt.Errorf("image %s: no recipe for %q", ref, base)
 		}
 		imgs = append(imgs, img)
 	}
-	imgs = append(imgs, images.Image{Ref: *testappRef, Entrypoint: []string{"/testapp"},
-		Layers: [][]images.File{images.Base(), {{Path: "testapp", Src: *testapp, Mode: 0o755}}}})
-	return images.Write(*out, imgs)
+	imgs = append(imgs, Image{Ref: *testappRef, Entrypoint: []string{"/testapp"},
+		Layers: [][]File{Base(), {{Path: "testapp", Src: *testapp, Mode: 0o755}}}})
+	return Write(*out, imgs)
 }
 
 // iptablesLayer is Debian's iptables (the nf_tables flavour, as the
@@ -108,8 +107,8 @@ func build(args []string) error {
 // names kube-proxy runs (iptables, iptables-save, iptables-restore and
 // the ip6tables ones) linked to xtables-nft-multi, as the package's
 // alternatives would.
-func iptablesLayer(root string) ([]images.File, error) {
-	files, err := images.Tree(root, "")
+func iptablesLayer(root string) ([]File, error) {
+	files, err := Tree(root, "")
 	if err != nil {
 		return nil, err
 	}
@@ -117,13 +116,13 @@ func iptablesLayer(root string) ([]images.File, error) {
 		return nil, fmt.Errorf("iptables for kube-proxy: %w (dpkg -x Debian's iptables into %s)", err, root)
 	}
 	for _, n := range []string{"iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"} {
-		files = append(files, images.File{Path: "usr/sbin/" + n, Link: "xtables-nft-multi"})
+		files = append(files, File{Path: "usr/sbin/" + n, Link: "xtables-nft-multi"})
 	}
 	// Debian's usrmerge: /lib, /lib64, /sbin and /bin are links into /usr
 	// (the dynamic loader is /lib64/ld-linux-x86-64.so.2).
 	for _, d := range []string{"lib", "lib64", "sbin", "bin"} {
 		if _, err := os.Lstat(filepath.Join(root, d)); errors.Is(err, os.ErrNotExist) {
-			files = append(files, images.File{Path: d, Link: "usr/" + d})
+			files = append(files, File{Path: d, Link: "usr/" + d})
 		}
 	}
 	return files, nil
@@ -140,7 +139,7 @@ func serve(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	regs, err := images.Serve(ctx, *dir)
+	regs, err := Serve(ctx, *dir)
 	if err != nil {
 		return err
 	}
