@@ -396,7 +396,7 @@ func serveImages(t *testing.T, ctx context.Context, layout string) (map[string]s
 	}
 	mirrors := map[string]string{}
 	sc := bufio.NewScanner(out)
-	for sc.Scan() && len(mirrors) < 2 {
+	for len(mirrors) < 2 && sc.Scan() {
 		if up, url, ok := strings.Cut(strings.TrimSpace(sc.Text()), ": "); ok && strings.HasPrefix(url, "http://127.0.0.1:") {
 			mirrors[up] = url
 		}
