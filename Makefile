@@ -45,11 +45,19 @@ K8S_CACHE ?= /var/cache/airlock
 k8s-bins: ## build (or find cached) kube-apiserver, kubelet, etcd and the rest from Go modules; prints their directory
 	@AIRLOCK_K8S_CACHE=$(K8S_CACHE) bash e2e/k8s/build.sh
 
+# The container images of the Kubernetes e2e test (kubeadm's images built
+# from the k8s-bins binaries and coredns, and a test app) in an OCI layout
+# under the same cache; e2e/k8s/images.sh says how.
+.PHONY: k8s-images
+k8s-images: k8s-bins ## build (or find cached) the Kubernetes test images (OCI layout); prints its directory
+	@AIRLOCK_K8S_CACHE=$(K8S_CACHE) bash e2e/k8s/images.sh
+
 .PHONY: test
 test: deps build k8s-bins ## go vet, formatting, and every unit, integration and end-to-end test (unit tests with the race detector)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./e2e/...
+	$(GO) vet -tags e2e,e2efull ./e2e/...
 	k8s=$$(AIRLOCK_K8S_CACHE=$(K8S_CACHE) bash e2e/k8s/build.sh) && \
 	AIRLOCK_K8S_BIN=$$k8s CGO_ENABLED=1 $(GO) test $(TEST_FLAGS) -race ./...
 # the embedded iPXE first stages (build ran fetch.sh) are Debian's, byte for byte:
@@ -66,9 +74,11 @@ e2e: deps build ## end-to-end tests against the built binary (network namespaces
 # one install per point (about 20 of them: hours under emulation); make test
 # and make e2e kill two points drawn at random (the seed is printed).
 .PHONY: e2e-full
-e2e-full: deps build ## make e2e with every kill point of the crash sweep (one install per point: hours)
+e2e-full: deps build k8s-images ## make e2e with every kill point of the crash sweep (one install per point: hours) and the two-VM Kubernetes cluster
 	img=$$(AIRLOCK_CACHE=$(OSIMAGE_CACHE) bash e2e/osimage/build.sh) && \
-	AIRLOCK_E2E_KILL=all AIRLOCK_OS_IMAGE=$$img AIRLOCK_BIN=$(CURDIR)/bin/airlock $(GO) test -count=1 -timeout 12h -v -tags e2e ./e2e/
+	k8s=$$(AIRLOCK_K8S_CACHE=$(K8S_CACHE) bash e2e/k8s/build.sh) && \
+	k8simg=$$(AIRLOCK_K8S_CACHE=$(K8S_CACHE) bash e2e/k8s/images.sh) && \
+	AIRLOCK_E2E_KILL=all AIRLOCK_OS_IMAGE=$$img AIRLOCK_K8S_BIN=$$k8s AIRLOCK_K8S_IMAGES=$$k8simg AIRLOCK_BIN=$(CURDIR)/bin/airlock $(GO) test -count=1 -timeout 12h -v -tags e2e,e2efull ./e2e/
 
 .PHONY: bench
 bench: build ## every benchmark beside its peer (installs the peers); figures go to bench/RESULTS.md

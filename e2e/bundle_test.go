@@ -76,6 +76,22 @@ func TestBundleKernelToDiscovery(t *testing.T) {
 // cloud kernel, and returns its path.
 func kernelBundle(t *testing.T, dir string) string {
 	t.Helper()
+	deb, sum := kernelDeb(t, dir)
+	if _, err := airlock(t, "bundle", "keygen", "--out", filepath.Join(dir, "site")); err != nil {
+		t.Fatal(err)
+	}
+	spec := writeFile(t, dir, "bundle.yaml", fmt.Sprintf("apiVersion: airlock.dev/v1alpha1\nkind: Bundle\nmetadata: {name: e2e-kernel}\nfiles:\n  - name: boot/kernel.deb\n    url: %s\n    sha256: %s\n", deb, sum))
+	bundleFile := filepath.Join(dir, "site.bundle")
+	if _, err := airlock(t, "bundle", "build", "-f", spec, "-o", bundleFile, "--key", filepath.Join(dir, "site.key")); err != nil {
+		t.Fatal(err)
+	}
+	return bundleFile
+}
+
+// kernelDeb makes dir/kernel.deb, a Debian kernel package (dpkg-deb) of the
+// cloud kernel and its modules, and returns its path and sha256 (hex).
+func kernelDeb(t *testing.T, dir string) (string, string) {
+	t.Helper()
 	dpkgDeb := netns.RequireTool(t, "dpkg-deb", "dpkg")
 	kernel, modules := testkit.CloudKernel(t)
 	root := filepath.Join(dir, "pkg")
@@ -87,23 +103,17 @@ func kernelBundle(t *testing.T, dir string) string {
 	os.WriteFile(filepath.Join(root, "DEBIAN", "control"), []byte("Package: linux-image-e2e\nVersion: 1\nArchitecture: amd64\nMaintainer: airlock tests <tests@airlock.invalid>\nDescription: e2e kernel\n"), 0o644)
 	deb := filepath.Join(dir, "kernel.deb")
 	run(t, exec.Command(dpkgDeb, "--root-owner-group", "-Zgzip", "-z1", "-b", root, deb))
+	os.RemoveAll(root)
 	f, err := os.Open(deb)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer f.Close()
 	h := sha256.New()
-	io.Copy(h, f)
-	f.Close()
-	if _, err := airlock(t, "bundle", "keygen", "--out", filepath.Join(dir, "site")); err != nil {
+	if _, err := io.Copy(h, f); err != nil {
 		t.Fatal(err)
 	}
-	spec := writeFile(t, dir, "bundle.yaml", fmt.Sprintf("apiVersion: airlock.dev/v1alpha1\nkind: Bundle\nmetadata: {name: e2e-kernel}\nfiles:\n  - name: boot/kernel.deb\n    url: %s\n    sha256: %s\n", deb, hex.EncodeToString(h.Sum(nil))))
-	bundleFile := filepath.Join(dir, "site.bundle")
-	if _, err := airlock(t, "bundle", "build", "-f", spec, "-o", bundleFile, "--key", filepath.Join(dir, "site.key")); err != nil {
-		t.Fatal(err)
-	}
-	os.RemoveAll(root)
-	return bundleFile
+	return deb, hex.EncodeToString(h.Sum(nil))
 }
 
 func tailString(s string, n int) string {

@@ -56,15 +56,28 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Everything inside the image. containerd and runc are there for the
-# Kubernetes phase; ifupdown, ifenslave, vlan and net-tools are what
-# cloud-init's ENI renderer needs for static addresses, bonds and VLANs.
+# Everything inside the image. ifupdown, ifenslave, vlan and net-tools are
+# what cloud-init's ENI renderer needs for static addresses, bonds and
+# VLANs. The rest is for Kubernetes (kubelet, kubeadm and kubectl are not
+# here: the seed installs them from the bundle): containerd and runc;
+# apparmor (its parser: containerd's CRI loads its default profile when
+# the kernel has AppArmor on, and fails without it); curl (the seed fetches
+# the binaries); what kubeadm 1.34's preflight runs or looks for (mount,
+# losetup, cp: util-linux and coreutils are in minbase; kmod for modprobe;
+# procps for sysctl); what the kubelet and CNI plugins call (iptables,
+# conntrack, ethtool, socat); and the standard CNI plugins (bridge,
+# host-local, loopback, portmap) in /usr/lib/cni, linked from /opt/cni/bin
+# where containerd and kubeadm's defaults look. resolvconf makes
+# /etc/resolv.conf at every boot, with the name servers the seed's network
+# configuration gives (ENI's dns-nameservers) or none: the kubelet refuses
+# to start any pod without that file.
 packages=(
   systemd-sysv udev dbus linux-image-cloud-amd64 initramfs-tools zstd
   cloud-init cloud-guest-utils fdisk e2fsprogs
   ifupdown isc-dhcp-client net-tools iproute2 ifenslave vlan
   ca-certificates systemd-timesyncd openssh-server
-  containerd runc
+  containerd runc apparmor curl kmod procps util-linux mount
+  iptables conntrack ethtool socat containernetworking-plugins resolvconf
 )
 # The root filesystem's UUID is fixed so that GRUB and fstab can name it.
 root_uuid=8d3a1f2e-4a1c-4e53-9b1e-a1010c4e0001
@@ -101,8 +114,17 @@ datasource_list: [ NoCloud, None ]
 locale: C.UTF-8
 ssh_genkeytypes: [ ed25519, ecdsa ]
 EOF
+# CNI plugins where containerd's and kubeadm's defaults look.
+[ -x "$root/usr/lib/cni/bridge" ] || { echo "build.sh: no bridge CNI plugin in /usr/lib/cni" >&2; exit 1; }
+mkdir -p "$root/opt/cni"
+ln -sfn /usr/lib/cni "$root/opt/cni/bin"
 echo localhost >"$root/etc/hostname"
-rm -f "$root/etc/resolv.conf"
+# /etc/resolv.conf is resolvconf's link into /run; the build host's name
+# servers (debootstrap copied them) must not stay in the image.
+[ "$(readlink "$root/etc/resolv.conf")" = ../run/resolvconf/resolv.conf ] ||
+  { echo "build.sh: /etc/resolv.conf is not resolvconf's link: $(ls -l "$root/etc/resolv.conf")" >&2; exit 1; }
+rm -f "$root/etc/resolvconf/resolv.conf.d/original" "$root/etc/resolvconf/resolv.conf.d/tail"
+: >"$root/etc/resolvconf/resolv.conf.d/head"
 : >"$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id" "$root"/etc/ssh/ssh_host_*
 grep -q 'interfaces.d' "$root/etc/network/interfaces" 2>/dev/null ||

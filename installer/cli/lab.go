@@ -70,6 +70,8 @@ func newLabUpCommand(g *globals) *cobra.Command {
 				}
 			} else if osImage != "" {
 				return &usageError{errors.New("--os-image goes with --install")}
+			} else if o.Kubernetes != "" {
+				return &usageError{errors.New("--kubernetes goes with --install")}
 			}
 			s, err := engine.LabUp(cmd.Context(), o)
 			if err != nil {
@@ -91,6 +93,11 @@ func newLabUpCommand(g *globals) *cobra.Command {
 	f.IntVar(&o.Racks, "racks", o.Racks, "racks (each with its own top-of-rack switch)")
 	f.StringVar(&o.Firmware, "firmware", o.Firmware, "bios, uefi or mixed")
 	f.StringVar(&o.Accel, "accel", o.Accel, "auto (KVM only if a test guest really boots under it), tcg or kvm")
+	f.IntVar(&o.CPUs, "cpus", 0, "virtual CPUs of each machine (default 1)")
+	f.IntVar(&o.MemoryMB, "memory", 0, "memory of each machine in MiB (default 512)")
+	f.IntVar(&o.ControlPlaneCPUs, "control-plane-cpus", 0, "virtual CPUs of the first machine, the lab's control plane (default: --cpus); Kubernetes needs 2")
+	f.IntVar(&o.ControlPlaneMemoryMB, "control-plane-memory", 0, "memory in MiB of the first machine, the lab's control plane (default: --memory); Kubernetes needs ~3072")
+	f.StringVar(&o.Kubernetes, "kubernetes", "", "with --install: form a cluster with kubeadm at this version (v1.34.2), which the --bundle must carry")
 	f.StringVar(&o.Kernel, "kernel", "", "discovery kernel, e.g. /boot/vmlinuz-RELEASE (or --bundle)")
 	f.StringVar(&o.ModulesDir, "modules", "", "the kernel's module tree, /lib/modules/RELEASE (or --bundle)")
 	f.StringVar(&o.Bundle, "bundle", "", "rehearse with this bundle: the discovery image from its "+engine.KernelPackage+", and its registry served in the lab")
@@ -106,11 +113,15 @@ func newLabUpCommand(g *globals) *cobra.Command {
 
 // labStatus is what lab status prints with -o json|yaml.
 type labStatus struct {
-	Namespace string      `json:"namespace"`
-	Subnet    string      `json:"subnet"`
-	Serving   bool        `json:"serving"`
-	Registry  string      `json:"registry,omitempty"` // the bundle's, inside the namespace
-	VMs       []labVMInfo `json:"vms"`
+	Namespace string `json:"namespace"`
+	Subnet    string `json:"subnet"`
+	Serving   bool   `json:"serving"`
+	Registry  string `json:"registry,omitempty"` // the bundle's, inside the namespace
+	// Uplink is the namespace's way out and UplinkPackets what it has
+	// sent: zero while nothing in the lab tried to leave it.
+	Uplink        string      `json:"uplink,omitempty"`
+	UplinkPackets *uint64     `json:"uplinkPackets,omitempty"`
+	VMs           []labVMInfo `json:"vms"`
 }
 
 type labVMInfo struct {
@@ -136,7 +147,14 @@ func newLabStatusCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			st := labStatus{Namespace: s.Namespace, Subnet: s.Subnet}
+			st := labStatus{Namespace: s.Namespace, Subnet: s.Subnet, Uplink: s.Uplink}
+			if s.Uplink != "" {
+				n, err := s.UplinkPackets()
+				if err != nil {
+					return err
+				}
+				st.UplinkPackets = &n
+			}
 			machines, err := control.NewClient(g.stateDir).Machines(cmd.Context())
 			st.Serving = err == nil
 			if sv, err := engine.LabServing(g.stateDir); err == nil {
@@ -155,10 +173,13 @@ func newLabStatusCommand(g *globals) *cobra.Command {
 			}
 			return render(g.streams.Out, *output, st, func(w io.Writer) error {
 				fmt.Fprintf(w, "lab %s on %s; airlock serving: %v; registry: %s\n", st.Namespace, st.Subnet, st.Serving, dash(st.Registry))
+				if st.UplinkPackets != nil {
+					fmt.Fprintf(w, "packets out of the lab through its uplink %s: %d\n", st.Uplink, *st.UplinkPackets)
+				}
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "VM\tRACK\tPORT\tFIRMWARE\tSERIAL\tMAC\tRUNNING\tDISCOVERED")
+				fmt.Fprintln(tw, "VM\tRACK\tPORT\tFIRMWARE\tCPUS\tMEMORY\tSERIAL\tMAC\tRUNNING\tDISCOVERED")
 				for _, vm := range st.VMs {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%v\t%s\n", vm.Name, vm.VM.Rack, vm.Port(), vm.Firmware, vm.Serial, vm.MAC, vm.Running, dash(vm.Discovered))
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d MiB\t%s\t%s\t%v\t%s\n", vm.Name, vm.VM.Rack, vm.Port(), vm.Firmware, vm.CPUs, vm.MemoryMB, vm.Serial, vm.MAC, vm.Running, dash(vm.Discovered))
 				}
 				return tw.Flush()
 			})

@@ -47,7 +47,7 @@ func TestLabAnswerFileCarriesBundleTrust(t *testing.T) {
 		{Path: "/media/usb/site \"b\".bundle", PublicKey: "/media/usb/site.pub"},
 		{Path: "/media/usb/site.bundle", TrustOnFirstUse: true},
 	} {
-		out, err := labAnswerFile(s, want, false)
+		out, err := labAnswerFile(s, want, false, "")
 		if err != nil {
 			t.Fatalf("%+v: %v", want, err)
 		}
@@ -66,7 +66,7 @@ func TestLabAnswerFileGivesEveryMachineAnAddress(t *testing.T) {
 		VMs: []lab.VM{{Name: "node-a-01", Rack: "rack-a", Slot: 1, Serial: "SN-1"}, {Name: "node-b-01", Rack: "rack-b", Slot: 1, Serial: "SN-2"},
 			{Name: "node-a-02", Rack: "rack-a", Slot: 2, Serial: "SN-3"}},
 		Switches: []lab.Switch{{Rack: "rack-a", SystemName: "rack-a-tor"}, {Rack: "rack-b", SystemName: "rack-b-tor"}}}
-	out, err := labAnswerFile(s, config.Bundle{}, false)
+	out, err := labAnswerFile(s, config.Bundle{}, false, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,5 +86,35 @@ func TestLabAnswerFileGivesEveryMachineAnAddress(t *testing.T) {
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("rules:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// With a Kubernetes version the lab's answer file asks for a kubeadm
+// cluster at it; without, it leaves the distribution to the defaults.
+func TestLabAnswerFileKubernetes(t *testing.T) {
+	s := &lab.State{Bridge: "albr0", ServerAddr: "10.77.0.1/24", Subnet: "10.77.0.0/24", Router: "10.77.0.254",
+		VMs:      []lab.VM{{Name: "node-a-01", Rack: "rack-a", Slot: 1, Serial: "SN-1"}},
+		Switches: []lab.Switch{{Rack: "rack-a", SystemName: "rack-a-tor"}}}
+	for _, v := range []string{"", "v1.33.9"} {
+		out, err := labAnswerFile(s, config.Bundle{}, false, v)
+		if err != nil {
+			t.Fatalf("%q: %v", v, err)
+		}
+		a, _, problems := config.Parse("lab.yaml", out)
+		if err := problems.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if a.Network.Gateway.String() != "10.77.0.254" || len(a.Network.DNS) != 1 || a.Network.DNS[0].String() != "10.77.0.254" {
+			t.Errorf("gateway %s, DNS %v: want the lab's router 10.77.0.254 for both", a.Network.Gateway, a.Network.DNS)
+		}
+		if v == "" {
+			if strings.Contains(string(out), "distribution") {
+				t.Errorf("no version given, yet the answer file names a distribution:\n%s", out)
+			}
+			continue
+		}
+		if want := (config.Distribution{Name: "kubeadm", Version: v}); a.Cluster.Name != "lab" || a.Cluster.Distribution != want {
+			t.Errorf("%q: cluster %+v, want distribution %+v:\n%s", v, a.Cluster, want, out)
+		}
 	}
 }

@@ -52,6 +52,14 @@ type LabOptions struct {
 	Racks    int
 	Firmware string // bios, uefi or mixed
 	Accel    string // auto (probe KVM, else TCG), tcg or kvm
+	// CPUs and MemoryMB of every machine (0: the lab's defaults, 1 and
+	// 512); ControlPlaneCPUs and ControlPlaneMemoryMB of the first, which
+	// the lab's answer file makes the control plane (0: as the others).
+	CPUs, MemoryMB                         int
+	ControlPlaneCPUs, ControlPlaneMemoryMB int
+	// Kubernetes, when set (v1.34.2), gives the lab's answer file a
+	// cluster: kubeadm at that version, which the bundle must carry.
+	Kubernetes string
 	// Kernel and ModulesDir are the discovery kernel and its module tree
 	// (Debian's linux-image-cloud-amd64 here).
 	Kernel, ModulesDir string
@@ -135,7 +143,11 @@ func LabUp(ctx context.Context, o LabOptions) (_ *lab.State, err error) {
 	}
 	_, statErr := os.Stat(filepath.Join(o.StateDir, state.FileName))
 	storeExisted := statErr == nil
-	lo := lab.Options{StateDir: o.StateDir, Nodes: o.Nodes, Racks: o.Racks, Firmware: o.Firmware, Accel: o.Accel, Detach: true, Log: o.Log}
+	lo := lab.Options{StateDir: o.StateDir, Nodes: o.Nodes, Racks: o.Racks, Firmware: o.Firmware, Accel: o.Accel,
+		CPUs: o.CPUs, MemoryMB: o.MemoryMB, Detach: true, Log: o.Log}
+	if o.ControlPlaneCPUs > 0 || o.ControlPlaneMemoryMB > 0 {
+		lo.Sizes = []lab.Size{{CPUs: o.ControlPlaneCPUs, MemoryMB: o.ControlPlaneMemoryMB}}
+	}
 	s, err := lab.Prepare(ctx, lo)
 	if err != nil {
 		return nil, err
@@ -153,7 +165,7 @@ func LabUp(ctx context.Context, o LabOptions) (_ *lab.State, err error) {
 	if err := buildLabBoot(s.Dir, bundleBoot, o); err != nil {
 		return nil, err
 	}
-	answers, err := labAnswerFile(s, bun, o.OSImage != "")
+	answers, err := labAnswerFile(s, bun, o.OSImage != "", o.Kubernetes)
 	if err != nil {
 		return nil, err
 	}
@@ -319,6 +331,13 @@ network:
   mode: full
   subnet: {{.Subnet}}
   address: {{.Address}}
+{{- with .Router}}
+  # The lab's router (its namespace) is the machines' gateway and name
+  # server: its uplink counts whatever tries to leave the lab (nothing
+  # answers DNS).
+  gateway: {{.}}
+  dns: [{{.}}]
+{{- end}}
   dynamicRange: {start: {{.Start}}, end: {{.End}}}
   leaseTime: 1h
 racks:
@@ -348,7 +367,11 @@ machines:
     osImage: {{.}}
 {{- end}}
 admission: {policy: any}
-cluster: {name: lab}
+cluster:
+  name: lab
+{{- with .Kubernetes}}
+  distribution: {name: kubeadm, version: {{printf "%q" .}}}
+{{- end}}
 {{- with .Bundle}}{{if .Path}}
 bundle:
   path: {{printf "%q" .Path}}
@@ -364,8 +387,9 @@ bundle:
 // labAnswerFile is the answer file for the lab's own airlock: full DHCP on
 // the bridge, the rack plan exactly as the lab cabled it, and the bundle
 // to serve, if any. With labOS, that bundle is the one lab up built around
-// its OS image, and every rule names that image.
-func labAnswerFile(s *lab.State, bun config.Bundle, labOS bool) ([]byte, error) {
+// its OS image, and every rule names that image. kubernetes, when set,
+// is the cluster's Kubernetes version.
+func labAnswerFile(s *lab.State, bun config.Bundle, labOS bool, kubernetes string) ([]byte, error) {
 	subnet, err := netip.ParsePrefix(s.Subnet)
 	if err != nil {
 		return nil, err
@@ -416,6 +440,7 @@ func labAnswerFile(s *lab.State, bun config.Bundle, labOS bool) ([]byte, error) 
 	err = labAnswersTmpl.Execute(&out, map[string]any{
 		"Bridge": s.Bridge, "Subnet": subnet.Masked(), "Address": server.Addr(),
 		"Start": at(100), "End": at(200), "Racks": racks, "Nodes": nodes, "Bundle": bun, "OSImage": osImageName,
+		"Kubernetes": kubernetes, "Router": s.Router,
 	})
 	if err != nil {
 		return nil, err

@@ -156,7 +156,7 @@ func TestLabAnswerFileInstallsTheLabImage(t *testing.T) {
 		VMs:      []lab.VM{{Name: "node-a-01", Rack: "rack-a", Slot: 1, Serial: "SN-1"}, {Name: "node-a-02", Rack: "rack-a", Slot: 2, Serial: "SN-2"}},
 		Switches: []lab.Switch{{Rack: "rack-a", SystemName: "rack-a-tor"}}}
 	bun := config.Bundle{Path: "/var/lib/airlock/lab-os.bundle", PublicKey: "/var/lib/airlock/lab-bundle.pub"}
-	out, err := labAnswerFile(s, bun, true)
+	out, err := labAnswerFile(s, bun, true, "")
 	if err != nil {
 		t.Fatal(err)
 	}

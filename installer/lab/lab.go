@@ -55,9 +55,15 @@ type Options struct {
 	// Subnet of the provisioning network; the bridge takes the first
 	// address (airlock's), VMs get theirs from airlock's DHCP.
 	Subnet netip.Prefix
-	// MemoryMB per VM (default 512) and DiskGB per VM (sparse, default 16).
+	// CPUs (default 1) and MemoryMB (default 512) of every VM, and DiskGB
+	// per VM (sparse, default 16).
+	CPUs     int
 	MemoryMB int
 	DiskGB   int
+	// Sizes, when longer than a VM's index, gives that VM (in plan order:
+	// node-a-01 first) its own CPUs and memory; zero fields take the
+	// defaults above. A Kubernetes control plane needs 2 CPUs and ~3 GiB.
+	Sizes []Size
 	// Accel is "tcg" (default) or "kvm"; use ProbeKVM before choosing kvm:
 	// nested KVM often hangs guests.
 	Accel string
@@ -72,6 +78,12 @@ type Options struct {
 	// Paths to the tools and firmware; Defaults fills them.
 	QEMU, OVMFCode, OVMFVars string
 	Log                      *slog.Logger
+}
+
+// Size is the processors and memory of one VM.
+type Size struct {
+	CPUs     int `json:"cpus"`
+	MemoryMB int `json:"memoryMB"`
 }
 
 // DirectBoot boots a kernel and initrd without firmware network boot.
@@ -97,6 +109,9 @@ func (o *Options) Defaults() {
 	}
 	if o.MemoryMB == 0 {
 		o.MemoryMB = 512
+	}
+	if o.CPUs == 0 {
+		o.CPUs = 1
 	}
 	if o.DiskGB == 0 {
 		o.DiskGB = 16
@@ -138,6 +153,21 @@ func (o *Options) Validate() error {
 	if !o.Subnet.Addr().Is4() || o.Subnet.Bits() > 26 || o.Subnet.Bits() < 8 {
 		errs = append(errs, fmt.Errorf("subnet: %s is not an IPv4 prefix between /8 and /26", o.Subnet))
 	}
+	for i, sz := range append([]Size{{o.CPUs, o.MemoryMB}}, o.Sizes...) {
+		field := "cpus/memoryMB"
+		if i > 0 {
+			field = fmt.Sprintf("sizes[%d]", i-1)
+		}
+		if sz.CPUs < 0 || sz.CPUs > 64 {
+			errs = append(errs, fmt.Errorf("%s: %d CPUs is not between 1 and 64", field, sz.CPUs))
+		}
+		if sz.MemoryMB != 0 && (sz.MemoryMB < 128 || sz.MemoryMB > 1<<20) {
+			errs = append(errs, fmt.Errorf("%s: %d MiB of memory is not between 128 and 1048576", field, sz.MemoryMB))
+		}
+	}
+	if len(o.Sizes) > o.Nodes {
+		errs = append(errs, fmt.Errorf("sizes: %d given for %d nodes", len(o.Sizes), o.Nodes))
+	}
 	switch o.Accel {
 	case "tcg", "kvm":
 	default:
@@ -161,6 +191,8 @@ type VM struct {
 	Tap      string `json:"tap"`
 	Disk     string `json:"disk"`
 	DiskSize int64  `json:"diskSize"`
+	CPUs     int    `json:"cpus"`
+	MemoryMB int    `json:"memoryMB"`
 	// SerialLog is the VM's serial console (firmware, iPXE, Linux, agent).
 	SerialLog string `json:"serialLog"`
 	// Vars is the UEFI variable store copy (UEFI only).
@@ -184,12 +216,28 @@ type State struct {
 	Namespace string `json:"namespace"`
 	Bridge    string `json:"bridge"`
 	// ServerAddr is airlock's address on the bridge, e.g. 10.77.0.1/24.
-	ServerAddr string    `json:"serverAddr"`
-	Subnet     string    `json:"subnet"`
-	Accel      string    `json:"accel"`
-	VMs        []VM      `json:"vms"`
-	Switches   []Switch  `json:"switches"`
-	Created    time.Time `json:"created"`
+	ServerAddr string `json:"serverAddr"`
+	// Uplink is the namespace's way out, as a site's provisioning network
+	// has one: a veth whose peer lies in the namespace Outside, which
+	// routes nothing further. The lab's default IPv4 route goes through it
+	// (and the namespace forwards), so whatever in the lab tries to reach
+	// an address off the provisioning network (a VM through its gateway,
+	// a process in the namespace) is sent there and counted (UplinkPackets);
+	// nothing reaches the host or beyond. IPv6 has no route out (the
+	// lab's router advertisements announce no default router) and is off
+	// on the uplink, so it sends nothing of its own.
+	Uplink string `json:"uplink,omitempty"`
+	// Router is the namespace's second address on the bridge (the
+	// subnet's last host address), the gateway a site's network would
+	// have: a lab's answer file offers it to the machines, so that their
+	// packets for anywhere else reach the uplink.
+	Router   string    `json:"router,omitempty"`
+	Outside  string    `json:"outside,omitempty"`
+	Subnet   string    `json:"subnet"`
+	Accel    string    `json:"accel"`
+	VMs      []VM      `json:"vms"`
+	Switches []Switch  `json:"switches"`
+	Created  time.Time `json:"created"`
 }
 
 // StateFile returns where the lab records itself for stateDir.
@@ -266,7 +314,17 @@ func plan(o Options, dir string, labID byte) ([]VM, []Switch) {
 				Tap:       fmt.Sprintf("tap%d", n),
 				Disk:      filepath.Join(dir, name+".disk"),
 				DiskSize:  int64(o.DiskGB) << 30,
+				CPUs:      o.CPUs,
+				MemoryMB:  o.MemoryMB,
 				SerialLog: filepath.Join(dir, name+".serial.log"),
+			}
+			if n < len(o.Sizes) {
+				if c := o.Sizes[n].CPUs; c > 0 {
+					vm.CPUs = c
+				}
+				if m := o.Sizes[n].MemoryMB; m > 0 {
+					vm.MemoryMB = m
+				}
 			}
 			if fw == UEFI {
 				vm.Vars = filepath.Join(dir, name+".vars.fd")
@@ -321,10 +379,12 @@ func Prepare(ctx context.Context, o Options) (_ *State, err error) {
 	_, _ = rand.Read(idb[:])
 	s := &State{
 		Dir: dir, Namespace: netns.UniqueName("allab"), Bridge: "br0",
+		Uplink: "uplink0", Outside: netns.UniqueName("alout"),
 		Subnet: o.Subnet.Masked().String(), Accel: o.Accel, Created: time.Now().UTC(),
 	}
 	server := o.Subnet.Masked().Addr().Next()
 	s.ServerAddr = netip.PrefixFrom(server, o.Subnet.Bits()).String()
+	s.Router = lastHost(o.Subnet).String()
 	s.VMs, s.Switches = plan(o, dir, idb[0]&0xfe)
 	// Record before making anything, so Down can clean up after a crash.
 	if err := s.save(); err != nil {
@@ -344,6 +404,19 @@ func Prepare(ctx context.Context, o Options) (_ *State, err error) {
 	}
 	if err := ns.AddAddr(s.Bridge, s.ServerAddr); err != nil {
 		return nil, err
+	}
+	if err := ns.AddAddr(s.Bridge, netip.PrefixFrom(netip.MustParseAddr(s.Router), o.Subnet.Bits()).String()); err != nil {
+		return nil, err
+	}
+	out, err := netns.Add(s.Outside)
+	if err != nil {
+		return nil, fmt.Errorf("create the lab's outside namespace: %w", err)
+	}
+	if err := netns.AddQuietVeth(ns, s.Uplink, out, "wan0"); err != nil {
+		return nil, fmt.Errorf("lab uplink: %w", err)
+	}
+	if err := errors.Join(ns.AddRoute("default", "dev", s.Uplink), ns.Sysctl("net.ipv4.ip_forward", "1")); err != nil {
+		return nil, fmt.Errorf("lab uplink: %w", err)
 	}
 	// A serial-port file for SeaBIOS: fw_cfg etc/sercon-port = 0x3f8.
 	if err := os.WriteFile(filepath.Join(dir, "sercon-port"), []byte{0xf8, 0x03}, 0o600); err != nil {
@@ -419,7 +492,7 @@ func Start(ctx context.Context, o Options, s *State) error {
 func qemuArgs(o Options, s *State, vm *VM, sercon string) []string {
 	args := []string{
 		"-name", vm.Name + ",debug-threads=off",
-		"-accel", o.Accel, "-machine", "q35", "-m", strconv.Itoa(o.MemoryMB), "-smp", "1",
+		"-accel", o.Accel, "-machine", "q35", "-m", strconv.Itoa(vm.memoryMB(o)), "-smp", strconv.Itoa(vm.cpus(o)),
 		"-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
 		"-serial", "file:" + vm.SerialLog,
 		"-uuid", vm.UUID,
@@ -450,6 +523,46 @@ func qemuArgs(o Options, s *State, vm *VM, sercon string) []string {
 		args = append(args, "-kernel", o.Direct.Kernel, "-initrd", o.Direct.Initrd, "-append", o.Direct.Append(*vm))
 	}
 	return args
+}
+
+// lastHost returns the last host address of an IPv4 prefix (the one
+// before its broadcast address).
+func lastHost(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().As4()
+	host := uint32(1)<<(32-p.Bits()) - 2
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) + host
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// cpus and memoryMB are the VM's size (labs recorded before VMs had one
+// take the options').
+func (vm *VM) cpus(o Options) int {
+	if vm.CPUs > 0 {
+		return vm.CPUs
+	}
+	return o.CPUs
+}
+
+func (vm *VM) memoryMB(o Options) int {
+	if vm.MemoryMB > 0 {
+		return vm.MemoryMB
+	}
+	return o.MemoryMB
+}
+
+// UplinkPackets returns how many packets have gone out of the lab's
+// namespace through its uplink since the lab was made (see
+// State.Uplink): zero when nothing in the lab tried to reach anything off
+// the provisioning network.
+func (s *State) UplinkPackets() (uint64, error) {
+	if s.Uplink == "" {
+		return 0, errors.New("this lab was made without an uplink")
+	}
+	ns, err := netns.Open(s.Namespace)
+	if err != nil {
+		return 0, err
+	}
+	return ns.TxPackets(s.Uplink)
 }
 
 func makeDisk(path string, size int64) error {
@@ -542,14 +655,17 @@ func Down(stateDir string) error {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	if s.Namespace != "" {
-		if _, err := os.Stat(filepath.Join(netns.RunDir, s.Namespace)); err == nil {
-			ns, err := netns.Open(s.Namespace)
+	for _, name := range []string{s.Namespace, s.Outside} {
+		if name == "" {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(netns.RunDir, name)); err == nil {
+			ns, err := netns.Open(name)
 			if err == nil {
 				err = ns.Delete()
 			}
 			if err != nil {
-				errs = append(errs, fmt.Errorf("remove lab namespace %s: %w", s.Namespace, err))
+				errs = append(errs, fmt.Errorf("remove lab namespace %s: %w", name, err))
 			}
 		}
 	}

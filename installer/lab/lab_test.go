@@ -14,6 +14,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -337,8 +338,10 @@ func agentTimes(vm VM) string {
 
 func assertGone(t *testing.T, s *State) {
 	t.Helper()
-	if _, err := os.Stat(filepath.Join(netns.RunDir, s.Namespace)); err == nil {
-		t.Errorf("namespace %s still exists", s.Namespace)
+	for _, name := range []string{s.Namespace, s.Outside} {
+		if _, err := os.Stat(filepath.Join(netns.RunDir, name)); err == nil {
+			t.Errorf("namespace %s still exists", name)
+		}
 	}
 	for _, vm := range s.VMs {
 		if vm.PID > 0 && ours(vm.PID, s.Dir) {
@@ -347,5 +350,104 @@ func assertGone(t *testing.T, s *State) {
 	}
 	if _, err := os.Stat(s.Dir); err == nil {
 		t.Errorf("lab directory %s still exists", s.Dir)
+	}
+}
+
+// TestPrepareSizesAndUplink: a prepared lab (no VM started) records each
+// VM's size, which its QEMU command line carries (the first VM sized as a
+// control plane, the other by the defaults); its namespace's uplink has
+// sent nothing, counts a datagram sent off the provisioning network, and
+// Down removes both namespaces.
+func TestPrepareSizesAndUplink(t *testing.T) {
+	netns.RequireTool(t, "qemu-system-x86_64", "qemu-system-x86")
+	state := t.TempDir()
+	opts := Options{StateDir: state, Nodes: 2, Sizes: []Size{{CPUs: 2, MemoryMB: 3072}}}
+	s, err := Prepare(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := Down(state); err != nil {
+			t.Errorf("Down: %v", err)
+		}
+		assertGone(t, s)
+	})
+	opts.Defaults()
+	for i, want := range []string{"-smp 2 -nodefaults", "-smp 1 -nodefaults"} {
+		args := strings.Join(qemuArgs(opts, s, &s.VMs[i], "sercon"), " ")
+		mem := []string{"-m 3072 ", "-m 512 "}[i]
+		if !strings.Contains(args, want) || !strings.Contains(args, mem) {
+			t.Errorf("VM %s: QEMU arguments lack %q and %q: %s", s.VMs[i].Name, want, mem, args)
+		}
+	}
+	if s.Router != "10.77.0.254" {
+		t.Errorf("router %q, want 10.77.0.254 (the subnet's last host)", s.Router)
+	}
+	if got := lastHost(netip.MustParsePrefix("10.8.0.0/22")).String(); got != "10.8.3.254" {
+		t.Errorf("lastHost(10.8.0.0/22) = %s", got)
+	}
+	if s.VMs[0].CPUs != 2 || s.VMs[0].MemoryMB != 3072 || s.VMs[1].CPUs != 1 || s.VMs[1].MemoryMB != 512 {
+		t.Errorf("recorded sizes: %+v", s.VMs)
+	}
+	loaded, err := Load(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := loaded.UplinkPackets()
+	if err != nil || n != 0 {
+		t.Fatalf("a lab nobody used sent %d packets out of its uplink (%v), want 0", n, err)
+	}
+	ns, err := netns.Open(s.Namespace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A machine on the bridge, through its gateway (the router address).
+	vm := netns.NewTest(t, "alvm")
+	netns.MustVeth(t, vm, "eth0", ns, "vmport0")
+	if err := ns.SetMaster("vmport0", s.Bridge); err != nil {
+		t.Fatal(err)
+	}
+	vm.MustAddr(t, "eth0", "10.77.0.50/24")
+	vm.MustIP(t, "route", "add", "default", "via", s.Router)
+	err = vm.Do(func() error {
+		c, err := net.Dial("udp4", "203.0.113.9:123") // TEST-NET-3: off the lab
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write([]byte("leak"))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for n == 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond) // the datagram waits on ARP for the router
+		if n, err = loaded.UplinkPackets(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n == 0 {
+		t.Fatalf("a machine's datagram off the lab through its gateway %s: the uplink still counts %d", s.Router, n)
+	}
+	// A process of the namespace itself is routed the same way.
+	out, err := exec.Command("ip", "-n", s.Namespace, "route", "get", "198.51.100.7").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "dev "+s.Uplink) {
+		t.Errorf("ip route get 198.51.100.7 in the lab: %v: %s, want dev %s", err, out, s.Uplink)
+	}
+}
+
+func TestValidateSizes(t *testing.T) {
+	o := Options{StateDir: "x", Nodes: 2, CPUs: -1, Sizes: []Size{{CPUs: 99}, {MemoryMB: 64}, {}}}
+	o.Defaults()
+	err := o.Validate()
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{"cpus/memoryMB: -1 CPUs", "sizes[0]: 99 CPUs", "sizes[1]: 64 MiB", "sizes: 3 given for 2 nodes"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q: %v", want, err)
+		}
 	}
 }

@@ -13,6 +13,7 @@ package netns
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -209,6 +210,41 @@ func (n *NS) AddTap(name, bridge string) error {
 		}
 	}
 	return n.LinkUp(name)
+}
+
+// AddQuietVeth is AddVeth with IPv6 off on both ends before they come up,
+// so that neither end sends anything of its own (no neighbour discovery,
+// no MLD): what such a link carries, something else sent.
+func AddQuietVeth(a *NS, aName string, b *NS, bName string) error {
+	if err := a.IP("link", "add", aName, "type", "veth", "peer", "name", bName, "netns", b.Name); err != nil {
+		return fmt.Errorf("create veth %s/%s-%s/%s: %w", a.Name, aName, b.Name, bName, err)
+	}
+	if err := errors.Join(a.Sysctl("net.ipv6.conf."+aName+".disable_ipv6", "1"), b.Sysctl("net.ipv6.conf."+bName+".disable_ipv6", "1")); err != nil {
+		return err
+	}
+	return errors.Join(a.LinkUp(aName), b.LinkUp(bName))
+}
+
+// TxPackets returns how many packets dev inside n has sent (its kernel
+// counter, as `ip -s link` shows it).
+func (n *NS) TxPackets(dev string) (uint64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), ipTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ip", "-n", n.Name, "-j", "-s", "link", "show", "dev", dev).Output()
+	if err != nil {
+		return 0, fmt.Errorf("read counters of %s in %s: %w", dev, n.Name, err)
+	}
+	var links []struct {
+		Stats64 struct {
+			TX struct {
+				Packets *uint64 `json:"packets"`
+			} `json:"tx"`
+		} `json:"stats64"`
+	}
+	if err := json.Unmarshal(out, &links); err != nil || len(links) != 1 || links[0].Stats64.TX.Packets == nil {
+		return 0, fmt.Errorf("read counters of %s in %s: unexpected `ip -j -s link` output %.200q (%v)", dev, n.Name, out, err)
+	}
+	return *links[0].Stats64.TX.Packets, nil
 }
 
 // SetMaster attaches dev to bridge inside n.

@@ -178,3 +178,45 @@ func TestAddRejectsBadName(t *testing.T) {
 		t.Fatal("Add accepted a name with a slash")
 	}
 }
+
+// TestQuietVethCountsWhatIsRoutedOut: a quiet veth as a namespace's
+// default route sends nothing of its own (zero after it comes up) and counts
+// what a process sends off the namespace, so a zero from TxPackets means
+// nothing tried to leave.
+func TestQuietVethCountsWhatIsRoutedOut(t *testing.T) {
+	n := NewTest(t, "alt")
+	out := NewTest(t, "alt")
+	if err := AddQuietVeth(n, "uplink0", out, "wan0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.AddRoute("default", "dev", "uplink0"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := n.TxPackets("uplink0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != 0 {
+		t.Fatalf("a fresh quiet veth sent %d packets, want 0", got)
+	}
+	err = n.Do(func() error {
+		c, err := net.Dial("udp4", "192.0.2.1:9") // TEST-NET-1: off the namespace
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write([]byte("leak"))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The datagram waits on ARP for its on-link destination: the request
+	// is what leaves first.
+	if got, err = n.TxPackets("uplink0"); err != nil || got == 0 {
+		t.Fatalf("after a datagram off the namespace the uplink counted %d (%v), want more than 0", got, err)
+	}
+	if _, err := n.TxPackets("nosuchlink"); err == nil {
+		t.Fatal("TxPackets of a missing link: no error")
+	}
+}
