@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -97,12 +98,14 @@ func (k Kubeadm) NodeSeed(c ClusterSpec, n NodeSpec, s Secrets, firstCP netip.Ad
 		return NodeSeed{}, fmt.Errorf("node seed of %s: %w", n.Hostname, err)
 	}
 	ns := NodeSeed{Files: []seed.File{
+		{Path: ServiceGuardUnit, Content: serviceGuard(c.ServiceCIDR), Permissions: 0o644},
 		{Path: ModulesLoadFile, Content: []byte("overlay\nbr_netfilter\n"), Permissions: 0o644},
 		{Path: SysctlFile, Content: sysctls(n.Address), Permissions: 0o644},
 		{Path: ContainerdToml, Content: ctd, Permissions: 0o644},
 		{Path: KubeadmConfig, Content: cfg, Permissions: 0o600}, // it holds the bootstrap token
 	}}
 	ns.RunCmd = [][]string{
+		{"systemctl", "enable", "--now", serviceGuardName},
 		{"modprobe", "overlay"},
 		{"modprobe", "br_netfilter"},
 		{"sysctl", "--system"},
@@ -164,6 +167,57 @@ func (k Kubeadm) NodeSeed(c ClusterSpec, n NodeSpec, s Secrets, firstCP netip.Ad
 			[]string{"install", "-m", "0600", KubeVIPElectManifest, KubeVIPManifest})
 	}
 	return ns, nil
+}
+
+// ServiceGuardUnit keeps traffic for the cluster's Service addresses on
+// the node until kube-proxy's rules rewrite it. Before they exist (the
+// first seconds of a node, when CoreDNS already asks for the API server
+// at its Service address) such traffic follows the default route off the
+// provisioning network: the lab's uplink counted it. The unit drops, in
+// the filter table, what is still addressed to the Service range: in
+// FORWARD (pods; kube-proxy's DNAT happened before, in PREROUTING) and in
+// OUTPUT (the node itself; nat OUTPUT's DNAT runs before filter OUTPUT),
+// so rewritten traffic is never touched. It runs at every boot, before
+// containerd and the kubelet.
+const (
+	serviceGuardName = "airlock-service-guard.service"
+	ServiceGuardUnit = "/etc/systemd/system/" + serviceGuardName
+	// DefaultServiceCIDR is kubeadm's Service range when none is given.
+	DefaultServiceCIDR = "10.96.0.0/12"
+)
+
+// ServiceGuardRules are the iptables rules (argument lists after the
+// program and -w) of the service guard for cidr; the program is iptables
+// or, for IPv6, ip6tables.
+func ServiceGuardRules(cidr netip.Prefix) (prog string, rules [][]string) {
+	if !cidr.IsValid() {
+		cidr = netip.MustParsePrefix(DefaultServiceCIDR)
+	}
+	prog = "iptables"
+	if cidr.Addr().Is6() {
+		prog = "ip6tables"
+	}
+	for _, chain := range []string{"FORWARD", "OUTPUT"} {
+		rules = append(rules, []string{chain, "-d", cidr.Masked().String(), "-m", "comment", "--comment", "airlock: Service address not rewritten by kube-proxy", "-j", "DROP"})
+	}
+	return prog, rules
+}
+
+// serviceGuard is ServiceGuardUnit's content.
+func serviceGuard(cidr netip.Prefix) []byte {
+	prog, rules := ServiceGuardRules(cidr)
+	var b bytes.Buffer
+	b.WriteString("[Unit]\nDescription=airlock: drop traffic to Service addresses that kube-proxy has not rewritten\n")
+	b.WriteString("DefaultDependencies=no\nAfter=local-fs.target\nBefore=network-pre.target containerd.service kubelet.service\nWants=network-pre.target\n\n")
+	b.WriteString("[Service]\nType=oneshot\nRemainAfterExit=yes\n")
+	for _, r := range rules {
+		fmt.Fprintf(&b, "ExecStart=%s -w -I %s \"%s\" -j DROP\n", prog, strings.Join(r[:6], " "), r[6])
+	}
+	for _, r := range rules {
+		fmt.Fprintf(&b, "ExecStop=%s -w -D %s \"%s\" -j DROP\n", prog, strings.Join(r[:6], " "), r[6])
+	}
+	b.WriteString("\n[Install]\nWantedBy=multi-user.target\n")
+	return b.Bytes()
 }
 
 // pkiFiles are the shared control-plane certificates and keys where
