@@ -38,9 +38,11 @@ func buildEngine(g *globals, a *config.Answers, in engineInputs) (e *engine.Engi
 	var reg registry.Backend
 	var osImages engine.BundleOSImages
 	var files engine.BundleFiles
+	var id *engine.BundleIdentity
 	closeBundle := func() error { return nil }
 	if b != nil {
 		reg, osImages, files = b, b, b
+		id = &engine.BundleIdentity{Name: b.Name(), KeyID: b.Metadata().KeyID, Authenticity: b.Authenticity().String()}
 		closeBundle = b.Close
 		g.log.Info("serving the bundle's registry", "bundle", b.Name())
 		if in.files == nil {
@@ -68,6 +70,7 @@ func buildEngine(g *globals, a *config.Answers, in engineInputs) (e *engine.Engi
 		AllowForeignDHCP: in.allowForeign,
 		OSImages:         osImages,
 		BundleFiles:      files,
+		Bundle:           id,
 		Store:            in.store,
 		Log:              g.log,
 	})

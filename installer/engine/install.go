@@ -75,8 +75,19 @@ func (e *Engine) Install(ctx context.Context, o InstallOptions) (pipeline.Result
 		}
 	}
 	// Round one: the services serve and the expected machines are there.
-	res, err := run.Run(ctx, []pipeline.Step{
-		{ID: pipeline.PhaseServe, Phase: pipeline.PhaseServe, Run: func(ctx context.Context, _ pipeline.Reporter) error {
+	var first []pipeline.Step
+	var afterBundle []string
+	if id := e.bundleID; id != nil {
+		// The bundle was opened and verified before the engine was built;
+		// the step records which one, signed by which key.
+		first = append(first, pipeline.Step{ID: pipeline.PhaseBundle, Phase: pipeline.PhaseBundle, Run: func(context.Context, pipeline.Reporter) error {
+			e.log.Info("bundle verified", "bundle", id.Name, "key", id.KeyID, "authenticity", id.Authenticity)
+			return nil
+		}})
+		afterBundle = []string{pipeline.PhaseBundle}
+	}
+	res, err := run.Run(ctx, append(first, []pipeline.Step{
+		{ID: pipeline.PhaseServe, Phase: pipeline.PhaseServe, After: afterBundle, Run: func(ctx context.Context, _ pipeline.Reporter) error {
 			select {
 			case <-e.ready:
 				return nil
@@ -87,7 +98,7 @@ func (e *Engine) Install(ctx context.Context, o InstallOptions) (pipeline.Result
 		{ID: pipeline.PhaseDiscover, Phase: pipeline.PhaseDiscover, After: []string{pipeline.PhaseServe}, Run: func(ctx context.Context, r pipeline.Reporter) error {
 			return e.discover(ctx, expect, o.DiscoverTimeout, r)
 		}},
-	})
+	}...))
 	merge(res)
 	if err != nil || len(res.Failed()) > 0 {
 		return total, err

@@ -121,11 +121,11 @@ var testDisks = []agentapi.Disk{{Name: "vda", SizeBytes: 20 << 30, Serial: "DISK
 // recorded assignment and disk; a second run skips everything.
 func TestInstallAllowlist(t *testing.T) {
 	dir := t.TempDir()
-	e := testEngine(t, dir, `machines:
+	e, _ := testEngineWith(t, dir, `machines:
   - {name: cp, match: {serials: [SN-1]}, role: control-plane, hostname: cp-1, installDisk: {policy: largest}}
   - {name: workers, match: {macs: ["52:54:00:00:00:02"]}, role: worker, hostname: "w-{index}"}
 admission: {policy: allowlist}
-`, nil)
+`, func(o *Options) { o.Bundle = &BundleIdentity{Name: "site.bundle", KeyID: "k1", Authenticity: "signature verified"} })
 	var mu sync.Mutex
 	var evs []events.Event
 	e.Events().Add(events.SinkFunc(func(ev events.Event) { mu.Lock(); evs = append(evs, ev); mu.Unlock() }))
@@ -191,7 +191,7 @@ admission: {policy: allowlist}
 			steps = append(steps, en.Step)
 		}
 	}
-	for _, want := range []string{"serve", "discover", "admit/" + cp, "admit/" + stranger, "assign/" + cp, "assign/" + w} {
+	for _, want := range []string{"bundle", "serve", "discover", "admit/" + cp, "admit/" + stranger, "assign/" + cp, "assign/" + w} {
 		if !slices.Contains(steps, want) {
 			t.Errorf("journal lacks %s done: %v", want, steps)
 		}

@@ -77,7 +77,17 @@ type Options struct {
 	// goes on from booted to a Ready cluster: each machine's seed
 	// downloads kubelet, kubeadm and kubectl from there and runs kubeadm.
 	BundleFiles BundleFiles
-	Log         *slog.Logger
+	// Bundle names the opened, verified bundle, when there is one: the
+	// install's bundle step records it.
+	Bundle *BundleIdentity
+	Log    *slog.Logger
+}
+
+// BundleIdentity is what the install's bundle step records of the bundle
+// it was given: its file name, the key that signed it and how that key
+// came to be trusted.
+type BundleIdentity struct {
+	Name, KeyID, Authenticity string
 }
 
 // Serving describes running services.
@@ -128,6 +138,7 @@ type Engine struct {
 	// bundleFiles are the bundle's files; kube is what it carries for
 	// Kubernetes (nil: none), kubeFiles the binaries nodes download.
 	bundleFiles BundleFiles
+	bundleID    *BundleIdentity
 	kube        *bundle.Kubernetes
 	kubeFiles   map[string]bundle.File
 	// kubeTimeout bounds a bootstrap or join step, kubePoll is the time
@@ -180,7 +191,7 @@ func New(o Options) (_ *Engine, err error) {
 	}
 	e := &Engine{answers: a, bus: &events.Bus{}, decider: o.Decider, log: log, base: base, apiBase: apiBase, reg: o.Registry, ready: make(chan struct{}),
 		stateDir: o.StateDir, bootTimeout: 30 * time.Minute, seedTokenTTL: DefaultSeedTokenTTL, now: time.Now,
-		bundleFiles: o.BundleFiles, kubeTimeout: defaultKubeTimeout, kubePoll: 2 * time.Second}
+		bundleFiles: o.BundleFiles, bundleID: o.Bundle, kubeTimeout: defaultKubeTimeout, kubePoll: 2 * time.Second}
 	e.images = imagesFrom(o.OSImages)
 	if err := CheckRuleImages(a, e.images.names()); err != nil {
 		return nil, err
