@@ -38,6 +38,7 @@ import (
 	"time"
 
 	"airlock.dev/airlock/bench/internal/benchns"
+	"airlock.dev/airlock/bench/internal/procstat"
 	"airlock.dev/airlock/bench/internal/stats"
 	"airlock.dev/airlock/installer/lab/netns"
 	"airlock.dev/airlock/services/httpboot"
@@ -251,13 +252,13 @@ func measure(ctx context.Context, c *http.Client, srv server, par int, d time.Du
 	c.CloseIdleConnections()
 	pids := srv.pids()
 	soft := nsPidsByPrefix("ksoftirqd/")
-	c0, cl0, k0 := cpuSeconds(pids), cpuSeconds([]int{os.Getpid()}), cpuSeconds(soft)
+	c0, cl0, k0 := procstat.Sum(pids), procstat.Sum([]int{os.Getpid()}), procstat.Sum(soft)
 	busy0, total0 := machineCPU()
 	cs0 := contextSwitches(pids)
 	t0 := time.Now()
 	n, err := load(ctx, c, srv.url, par, d, size, readBuf, rate)
 	secs := time.Since(t0).Seconds()
-	c1, cl1, k1 := cpuSeconds(pids), cpuSeconds([]int{os.Getpid()}), cpuSeconds(soft)
+	c1, cl1, k1 := procstat.Sum(pids), procstat.Sum([]int{os.Getpid()}), procstat.Sum(soft)
 	busy1, total1 := machineCPU()
 	cs1 := contextSwitches(pids)
 	s := sample{bytes: n, secs: secs, server: c1 - c0, client: cl1 - cl0, softirq: k1 - k0, cs: cs1 - cs0}
@@ -438,22 +439,4 @@ func nsPids(ns *netns.NS, comm string) []int {
 		}
 	}
 	return pids
-}
-
-// cpuSeconds sums user+system time of pids (from /proc/PID/stat).
-func cpuSeconds(pids []int) float64 {
-	var ticks float64
-	for _, pid := range pids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		s = s[strings.LastIndexByte(s, ')')+2:]
-		f := strings.Fields(s)
-		u, _ := strconv.ParseFloat(f[11], 64)
-		st, _ := strconv.ParseFloat(f[12], 64)
-		ticks += u + st
-	}
-	return ticks / 100 // USER_HZ
 }

@@ -29,7 +29,6 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -43,6 +42,7 @@ import (
 	"time"
 
 	"airlock.dev/airlock/bench/internal/stats"
+	"airlock.dev/airlock/bench/internal/synthimage"
 	"airlock.dev/airlock/installer/agent/provision"
 )
 
@@ -315,36 +315,9 @@ func makeImage(dir string, size int64, level int) (string, int64, error) {
 		return "", 0, err
 	}
 	h := sha256.New()
-	w := io.MultiWriter(f, h)
-	rng := rand.New(rand.NewChaCha8([32]byte{'a', 'i', 'r', 'l', 'o', 'c', 'k'}))
-	words := []string{"kernel", "module", "systemd", "usr", "lib", "share", "doc", "x86_64", "linux", "gnu",
-		"python3", "cloud-init", "\n", "/", ".so", "0", "1", "config", "etc", "var", "log", "\t", "=", "true"}
-	block := make([]byte, 1<<20)
-	for off := int64(0); off < size; off += int64(len(block)) {
-		switch (off >> 20) % 8 {
-		case 0, 1:
-			clear(block)
-		case 2, 3:
-			for i := 0; i < len(block); i += 8 {
-				v := rng.Uint64()
-				for j := 0; j < 8; j++ {
-					block[i+j] = byte(v >> (8 * j))
-				}
-			}
-		default:
-			b := block[:0]
-			for len(b) < len(block) {
-				b = append(b, words[rng.IntN(len(words))]...)
-				if rng.IntN(4) == 0 {
-					b = append(b, byte('a'+rng.IntN(26)))
-				}
-			}
-			block = b[:len(block)]
-		}
-		if _, err := w.Write(block); err != nil {
-			f.Close()
-			return "", 0, err
-		}
+	if err := synthimage.Write(io.MultiWriter(f, h), size); err != nil {
+		f.Close()
+		return "", 0, err
 	}
 	if err := f.Close(); err != nil {
 		return "", 0, err

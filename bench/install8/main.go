@@ -35,7 +35,6 @@ import (
 	"fmt"
 	"io"
 	"log"
-	mrand "math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
@@ -51,7 +50,9 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"airlock.dev/airlock/bench/internal/benchns"
+	"airlock.dev/airlock/bench/internal/procstat"
 	"airlock.dev/airlock/bench/internal/stats"
+	"airlock.dev/airlock/bench/internal/synthimage"
 	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/installer/agent/provision"
 	"airlock.dev/airlock/installer/lab/netns"
@@ -248,7 +249,7 @@ func (p phase) rate() float64          { return p.served * 1024 / p.wall.Seconds
 // each, all at once, and measures airlock's CPU (process pid) and the
 // agents' over it.
 func install(ctx context.Context, client *http.Client, pid int, url string, devs []string, spec provision.WriteSpec, n int) (phase, error) {
-	c0, err := cpuOf(pid)
+	c0, err := procstat.WithRun(pid)
 	if err != nil {
 		return phase{}, err
 	}
@@ -272,11 +273,11 @@ func install(ctx context.Context, client *http.Client, pid int, url string, devs
 	}
 	wg.Wait()
 	p := phase{wall: time.Since(t0), agents: rusageSelf() - self0}
-	c1, err := cpuOf(pid)
+	c1, err := procstat.WithRun(pid)
 	if err != nil {
 		return p, err
 	}
-	p.cpu, p.user, p.sys = c1.run-c0.run, c1.user-c0.user, c1.sys-c0.sys
+	p.cpu, p.user, p.sys = c1.Run-c0.Run, c1.User-c0.User, c1.Sys-c0.Sys
 	if lost := (p.user + p.sys) - p.cpu; lost > 0.03 {
 		// A thread that ended took its run time with it (its ticks stay
 		// in /proc/PID/stat): count the ticks instead.
@@ -394,35 +395,8 @@ func makeImage(path string, size int64) (image, error) {
 		return image{}, err
 	}
 	rawHash := sha256.New()
-	w := io.MultiWriter(zw, rawHash)
-	rng := mrand.New(mrand.NewChaCha8([32]byte{'a', 'i', 'r', 'l', 'o', 'c', 'k'}))
-	words := []string{"kernel", "module", "systemd", "usr", "lib", "share", "doc", "x86_64", "linux", "gnu",
-		"python3", "cloud-init", "\n", "/", ".so", "0", "1", "config", "etc", "var", "log", "\t", "=", "true"}
-	block := make([]byte, 1<<20)
-	for off := int64(0); off < size; off += int64(len(block)) {
-		switch (off >> 20) % 8 {
-		case 0, 1:
-			clear(block)
-		case 2, 3:
-			for i := 0; i < len(block); i += 8 {
-				v := rng.Uint64()
-				for j := 0; j < 8; j++ {
-					block[i+j] = byte(v >> (8 * j))
-				}
-			}
-		default:
-			b := block[:0]
-			for len(b) < len(block) {
-				b = append(b, words[rng.IntN(len(words))]...)
-				if rng.IntN(4) == 0 {
-					b = append(b, byte('a'+rng.IntN(26)))
-				}
-			}
-			block = b[:len(block)]
-		}
-		if _, err := w.Write(block); err != nil {
-			return image{}, err
-		}
+	if err := synthimage.Write(io.MultiWriter(zw, rawHash), size); err != nil {
+		return image{}, err
 	}
 	if err := errors.Join(zw.Close(), bw.Flush()); err != nil {
 		return image{}, err
@@ -489,40 +463,6 @@ func writeBundle(path, pubPath string, img image) error {
 func sha256Hex(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
-}
-
-// cpuTime is a process's CPU time: run is the sum of its threads' time on
-// a CPU (/proc/PID/task/*/schedstat, in ns), user and sys its ticks from
-// /proc/PID/stat (10 ms each: too coarse alone for a phase that costs
-// airlock a tenth of a second).
-type cpuTime struct{ run, user, sys float64 }
-
-func cpuOf(pid int) (cpuTime, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return cpuTime{}, err
-	}
-	s := string(b)
-	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	ut, _ := strconv.ParseFloat(fields[11], 64)
-	st, _ := strconv.ParseFloat(fields[12], 64)
-	c := cpuTime{user: ut / 100, sys: st / 100} // USER_HZ is 100 on Linux
-	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
-	if err != nil || len(tasks) == 0 {
-		return c, fmt.Errorf("threads of %d: %v", pid, err)
-	}
-	for _, t := range tasks {
-		b, err := os.ReadFile(t)
-		if err != nil {
-			continue // the thread ended
-		}
-		f := strings.Fields(string(b))
-		if len(f) > 0 {
-			ns, _ := strconv.ParseInt(f[0], 10, 64)
-			c.run += float64(ns) / 1e9
-		}
-	}
-	return c, nil
 }
 
 func rusageSelf() float64 {

@@ -27,13 +27,13 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"airlock.dev/airlock/bench/internal/benchns"
+	"airlock.dev/airlock/bench/internal/procstat"
 	"airlock.dev/airlock/bench/internal/stats"
 	"airlock.dev/airlock/bundle"
 	"airlock.dev/airlock/installer/lab/netns"
@@ -270,7 +270,7 @@ func measure(label string, s *server, name, digest string, size int64, n, c, rea
 	if err := get(); err != nil {
 		return result{}, err
 	}
-	cpu0, err := cpuSeconds(s.cmd.Process.Pid)
+	cpu0, err := procstat.Of(s.cmd.Process.Pid)
 	if err != nil {
 		return result{}, err
 	}
@@ -300,32 +300,15 @@ func measure(label string, s *server, name, digest string, size int64, n, c, rea
 	if err := <-errs; err != nil {
 		return result{}, err
 	}
-	cpu1, err := cpuSeconds(s.cmd.Process.Pid)
+	cpu1, err := procstat.Of(s.cmd.Process.Pid)
 	if err != nil {
 		return result{}, err
 	}
 	gib := float64(size) * float64(n) / (1 << 30)
-	r := result{throughput: gib / elapsed.Seconds(), cpuPerGiB: (cpu1.total() - cpu0.total()) / gib}
+	r := result{throughput: gib / elapsed.Seconds(), cpuPerGiB: (cpu1.Total() - cpu0.Total()) / gib}
 	fmt.Printf("%-17s %6.2f GiB in %6.2fs: %6.2f GiB/s, server %.2f CPU-s (user %.2f, system %.2f), %.3f CPU-s per GiB\n",
-		label, gib, elapsed.Seconds(), r.throughput, cpu1.total()-cpu0.total(), cpu1.user-cpu0.user, cpu1.sys-cpu0.sys, r.cpuPerGiB)
+		label, gib, elapsed.Seconds(), r.throughput, cpu1.Total()-cpu0.Total(), cpu1.User-cpu0.User, cpu1.Sys-cpu0.Sys, r.cpuPerGiB)
 	return r, nil
-}
-
-type cpuTime struct{ user, sys float64 }
-
-func (c cpuTime) total() float64 { return c.user + c.sys }
-
-// cpuSeconds reads a process's user and system CPU time.
-func cpuSeconds(pid int) (cpuTime, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return cpuTime{}, err
-	}
-	s := string(b)
-	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	ut, _ := strconv.ParseFloat(fields[11], 64)
-	st, _ := strconv.ParseFloat(fields[12], 64)
-	return cpuTime{ut / 100, st / 100}, nil // USER_HZ is 100 on Linux
 }
 
 func writeBlob(path string, size int64) (string, error) {
