@@ -125,7 +125,9 @@ func TestInstallAllowlist(t *testing.T) {
   - {name: cp, match: {serials: [SN-1]}, role: control-plane, hostname: cp-1, installDisk: {policy: largest}}
   - {name: workers, match: {macs: ["52:54:00:00:00:02"]}, role: worker, hostname: "w-{index}"}
 admission: {policy: allowlist}
-`, func(o *Options) { o.Bundle = &BundleIdentity{Name: "site.bundle", KeyID: "k1", Authenticity: "signature verified"} })
+`, func(o *Options) {
+		o.Bundle = &BundleIdentity{Name: "site.bundle", KeyID: "k1", Authenticity: "signature verified"}
+	})
 	var mu sync.Mutex
 	var evs []events.Event
 	e.Events().Add(events.SinkFunc(func(ev events.Event) { mu.Lock(); evs = append(evs, ev); mu.Unlock() }))

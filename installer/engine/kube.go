@@ -420,21 +420,15 @@ var ErrKubeReport = errors.New("unknown machine or token")
 // token, the tail of the step's output as the body (bounded; the last
 // maxReportKept bytes are kept).
 func (e *Engine) kubeReport(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
-		http.Error(w, "use POST", http.StatusMethodNotAllowed)
-		return
-	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxReportBody))
-	if err != nil {
-		http.Error(w, "body too large", http.StatusRequestEntityTooLarge)
+	body, ok := readPost(w, r, maxReportBody)
+	if !ok {
 		return
 	}
 	id := strings.TrimPrefix(r.URL.Path, kubeReportPath)
 	q := r.URL.Query()
 	rep := kube.NodeReport{Result: q.Get("result"), Step: q.Get("step"), Time: e.now().UTC()}
 	token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	rep, err = e.acceptKubeReport(id, token, rep, body)
+	rep, err := e.acceptKubeReport(id, token, rep, body)
 	if err != nil {
 		e.log.Warn("node report refused", "machine", termtext.Escape(id), "remote", r.RemoteAddr, "err", err)
 		if errors.Is(err, errBadReport) {

@@ -442,14 +442,8 @@ var ErrPhoneHome = errors.New("unknown machine or token")
 // machine in the path, its single-use token in the query. The machine is
 // then booted.
 func (e *Engine) phoneHome(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
-		http.Error(w, "use POST", http.StatusMethodNotAllowed)
-		return
-	}
 	// cloud-init posts its host keys and names: read (bounded), not kept.
-	if _, err := io.Copy(io.Discard, http.MaxBytesReader(w, r.Body, 64<<10)); err != nil {
-		http.Error(w, "body too large", http.StatusRequestEntityTooLarge)
+	if _, ok := readPost(w, r, 64<<10); !ok {
 		return
 	}
 	id := strings.TrimPrefix(r.URL.Path, phoneHomePath)
@@ -462,6 +456,22 @@ func (e *Engine) phoneHome(w http.ResponseWriter, r *http.Request) {
 	}
 	e.log.Info("phoned home", "machine", id, "remote", r.RemoteAddr)
 	w.WriteHeader(http.StatusOK)
+}
+
+// readPost reads a POST request's body, at most max bytes; for another
+// method or a longer body it answers the request itself and returns false.
+func readPost(w http.ResponseWriter, r *http.Request, max int64) ([]byte, bool) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		http.Error(w, "use POST", http.StatusMethodNotAllowed)
+		return nil, false
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max))
+	if err != nil {
+		http.Error(w, "body too large", http.StatusRequestEntityTooLarge)
+		return nil, false
+	}
+	return body, true
 }
 
 func (e *Engine) acceptPhoneHome(id, token string) error {

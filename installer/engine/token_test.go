@@ -1,10 +1,13 @@
 package engine
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -78,5 +81,30 @@ func TestPhoneHomeTokenExpiresAndWorksOnce(t *testing.T) {
 	seed(b, "token-b", time.Time{})
 	if err := e.acceptPhoneHome(b, "token-b"); !errors.Is(err, ErrPhoneHome) {
 		t.Fatalf("a token without an issue time: %v", err)
+	}
+}
+
+// The phone-home handler answers another method with 405 and a body over
+// its bound with 413, before it looks at the machine or the token.
+func TestPhoneHomeHandlerBoundsItsRequest(t *testing.T) {
+	e := &Engine{log: slog.New(slog.DiscardHandler)}
+	for _, c := range []struct {
+		method string
+		body   int
+		want   int
+	}{
+		{http.MethodGet, 0, http.StatusMethodNotAllowed},
+		{http.MethodPut, 10, http.StatusMethodNotAllowed},
+		{http.MethodPost, 64<<10 + 1, http.StatusRequestEntityTooLarge},
+	} {
+		w := httptest.NewRecorder()
+		r := httptest.NewRequest(c.method, phoneHomePath+"m-0123456789?token=x", bytes.NewReader(make([]byte, c.body)))
+		e.phoneHome(w, r)
+		if w.Code != c.want {
+			t.Errorf("%s with %d bytes: %d, want %d", c.method, c.body, w.Code, c.want)
+		}
+		if c.method != http.MethodPost && w.Header().Get("Allow") != http.MethodPost {
+			t.Errorf("%s: Allow %q", c.method, w.Header().Get("Allow"))
+		}
 	}
 }
