@@ -28,7 +28,7 @@ func testBoot(t testing.TB, subnet string) NodeBoot {
 	t.Helper()
 	var bins []Binary
 	for i, name := range Binaries {
-		bins = append(bins, Binary{Name: name, URL: "http://10.40.0.1:8080/bundle/files/kubernetes/v1.34.2/linux-amd64/" + name,
+		bins = append(bins, Binary{Name: name, URL: "http://10.40.0.1:8080/bundle/files/kubernetes/v1.35.4/linux-amd64/" + name,
 			SHA256: strings.Repeat(string(rune('a'+i)), 64)})
 	}
 	return NodeBoot{Binaries: bins, ReportURL: "https://10.40.0.1:8443/api/v1/kube-report/m-0123456789",
