@@ -152,7 +152,7 @@ func TestKubernetesSeedsReportsAndNodes(t *testing.T) {
 	img := []byte("not booted in this test")
 	ob, _ := osImageBundle(t, map[string][3]any{"node": {img, int64(len(img)), hexSum(img)}})
 	defer ob.Close()
-	// The bundle's kubeadm fails its preflight as kubeadm v1.34 does, with
+	// The bundle's kubeadm fails its preflight as kubeadm v1.35 does, with
 	// a terminal escape in its output (a node's output is untrusted).
 	kubeadm := []byte("#!/bin/sh\necho '[preflight] Running pre-flight checks'\n" +
 		"printf 'error execution phase preflight: [preflight] Some fatal errors occurred:\\n\\t[ERROR Mem]: the system RAM (512 MB) is less than the minimum 1700 MB \\033[31mred\\n'\nexit 1\n")

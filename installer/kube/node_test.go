@@ -200,7 +200,7 @@ func TestBootstrapTokenAndFirstCPKept(t *testing.T) {
 	}
 }
 
-// Error output of kubeadm v1.34 (cmd/kubeadm/app/cmd/phases/workflow).
+// Error output of kubeadm v1.34 and v1.35 (cmd/kubeadm/app/cmd/phases/workflow).
 func TestKubeadmPhase(t *testing.T) {
 	for out, want := range map[string]string{
 		"[preflight] Running pre-flight checks\nerror execution phase preflight: [preflight] Some fatal errors occurred:\n\t[ERROR NumCPU]: the number of available CPUs 1 is less than the required 2\n[preflight] If you know what you are doing, you can make a check non-fatal with `--ignore-preflight-errors=...`\nTo see the stack trace of this error execute with --v=5 or higher\n": "preflight",
