@@ -37,7 +37,7 @@ OSIMAGE_CACHE ?= /var/cache/airlock
 osimage: deps ## build (or find cached) the virtual rack's node OS image; prints its directory
 	@AIRLOCK_CACHE=$(OSIMAGE_CACHE) bash e2e/osimage/build.sh
 
-# Kubernetes v1.34.2 and etcd v3.6.4 built from Go modules (e2e/k8s), for the
+# Kubernetes v1.35.4 and etcd v3.6.6 built from Go modules (e2e/k8s), for the
 # tests that run a real API server and kubelet; cached like the OS image.
 K8S_CACHE ?= /var/cache/airlock
 

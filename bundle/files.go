@@ -11,7 +11,7 @@ import (
 const FilePathPrefix = "files/"
 
 // File returns the bundle file called name (a File's Name, such as
-// kubernetes/v1.34.2/linux-amd64/kubelet).
+// kubernetes/v1.35.4/linux-amd64/kubelet).
 func (b *Bundle) File(name string) (File, bool) {
 	for _, f := range b.meta.Files {
 		if f.Name == name {

@@ -190,7 +190,7 @@ type Kubernetes struct {
 	// Arch is the architecture of Binaries (linux/ARCH), e.g. amd64.
 	Arch string `json:"arch"`
 	// Binaries maps a binary's name (kubelet, kubeadm, kubectl) to the
-	// bundle file (a Files Name, e.g. kubernetes/v1.34.2/linux-amd64/kubelet)
+	// bundle file (a Files Name, e.g. kubernetes/v1.35.4/linux-amd64/kubelet)
 	// holding it; that File's Digest is its sha256.
 	Binaries map[string]string `json:"binaries"`
 	// OtherArches maps further architectures the bundle carries binaries

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,10 +18,16 @@ import (
 )
 
 // writeKubernetesBundle writes a bundle whose signed Kubernetes set is
-// complete (v1.34.2's binaries as files, kubeadm's images and kube-vip as
-// images, each a small manifest blob), then applies edit to the metadata
-// before it is signed.
+// complete (the default version's binaries as files, kubeadm's images and
+// kube-vip as images, each a small manifest blob), then applies edit to the
+// metadata before it is signed.
 func writeKubernetesBundle(t testing.TB, dir string, edit func(*Metadata)) (string, ed25519.PublicKey) {
+	t.Helper()
+	return writeKubernetesBundleAt(t, dir, manifests.DefaultKubernetesVersion, edit)
+}
+
+// writeKubernetesBundleAt is writeKubernetesBundle for a given version.
+func writeKubernetesBundleAt(t testing.TB, dir, version string, edit func(*Metadata)) (string, ed25519.PublicKey) {
 	t.Helper()
 	pub, priv := newKey(t)
 	path := filepath.Join(dir, "k8s.bundle")
@@ -29,7 +36,6 @@ func writeKubernetesBundle(t testing.TB, dir string, edit func(*Metadata)) (stri
 		t.Fatal(err)
 	}
 	w.AddBytes("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`), "")
-	version := manifests.DefaultKubernetesVersion
 	k := &Kubernetes{Version: version, Arch: "amd64", Binaries: map[string]string{}}
 	var meta Metadata
 	for _, name := range KubernetesBinaries {
@@ -80,7 +86,7 @@ func TestKubernetesSetRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	f, ok := b.KubernetesBinary("amd64", "kubeadm")
-	if !ok || f.Name != "kubernetes/v1.34.2/linux-amd64/kubeadm" {
+	if !ok || f.Name != "kubernetes/v1.35.4/linux-amd64/kubeadm" {
 		t.Fatalf("KubernetesBinary(amd64, kubeadm) = %+v %v", f, ok)
 	}
 	if data, err := b.ReadFile(f.Path); err != nil || !bytes.Contains(data, []byte("fake kubeadm")) {
@@ -97,7 +103,7 @@ func TestKubernetesSetRoundTrip(t *testing.T) {
 	if _, err := r.ReadAt(got, off); err != nil || !bytes.Contains(got, []byte("fake kubeadm")) {
 		t.Fatalf("FileContent's bytes: %q %v", got, err)
 	}
-	if _, _, _, _, err := b.FileContent("kubernetes/v1.34.2/linux-amd64/kubefoo"); !errors.Is(err, fs.ErrNotExist) {
+	if _, _, _, _, err := b.FileContent("kubernetes/v1.35.4/linux-amd64/kubefoo"); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("FileContent of no file: %v", err)
 	}
 	if _, ok := b.KubernetesBinary("arm64", "kubeadm"); ok {
@@ -108,14 +114,54 @@ func TestKubernetesSetRoundTrip(t *testing.T) {
 	if err := in.WriteText(&text); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{`KUBERNETES v1\.34\.2`, `\nkubelet +linux/amd64 +kubernetes/v1\.34\.2/linux-amd64/kubelet\n`,
-		`\nimage +registry\.k8s\.io/etcd:3\.6\.5-0\n`, `\nimage +` + regexp.QuoteMeta(manifests.KubeVIPImage) + `\n`} {
+	for _, want := range []string{`KUBERNETES v1\.35\.4`, `\nkubelet +linux/amd64 +kubernetes/v1\.35\.4/linux-amd64/kubelet\n`,
+		`\nimage +registry\.k8s\.io/etcd:3\.6\.6-0\n`, `\nimage +` + regexp.QuoteMeta(manifests.KubeVIPImage) + `\n`} {
 		if !regexp.MustCompile(want).MatchString(text.String()) {
 			t.Errorf("inspect lacks %q:\n%s", want, text.String())
 		}
 	}
-	if in.Kubernetes == nil || in.Kubernetes.Version != "v1.34.2" {
+	if in.Kubernetes == nil || in.Kubernetes.Version != "v1.35.4" {
 		t.Errorf("inspection's Kubernetes: %+v", in.Kubernetes)
+	}
+}
+
+// A bundle may still carry v1.34.2 (out of upstream support, still in the
+// table): its set opens with v1.34.2's own images, and one that carries
+// the default version's etcd in place of v1.34.2's is refused.
+func TestKubernetesSetOlderVersion(t *testing.T) {
+	const old = "v1.34.2"
+	if old == manifests.DefaultKubernetesVersion {
+		t.Fatalf("%s is the default: pick an older version of the table (%q)", old, manifests.KubernetesVersions())
+	}
+	path, pub := writeKubernetesBundleAt(t, t.TempDir(), old, nil)
+	b, err := Open(path, Trust{PublicKey: pub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, ok := b.KubernetesBinary("amd64", "kubeadm")
+	in := b.Inspect()
+	b.Close()
+	if !ok || f.Name != "kubernetes/v1.34.2/linux-amd64/kubeadm" || in.Kubernetes == nil || in.Kubernetes.Version != old ||
+		!slices.Contains(in.Kubernetes.Images, "registry.k8s.io/etcd:3.6.5-0") || !slices.Contains(in.Kubernetes.Images, "registry.k8s.io/coredns/coredns:v1.12.1") {
+		t.Fatalf("v1.34.2 set: kubeadm %+v %v, inspection %+v", f, ok, in.Kubernetes)
+	}
+	newer, err := manifests.KubernetesImages(manifests.DefaultKubernetesVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	etcd := newer[len(newer)-1]
+	path, pub = writeKubernetesBundleAt(t, t.TempDir(), old, func(m *Metadata) {
+		for i, ref := range m.Kubernetes.Images {
+			if ref == "registry.k8s.io/etcd:3.6.5-0" {
+				m.Kubernetes.Images[i] = etcd
+			}
+		}
+	})
+	if b, err := Open(path, Trust{PublicKey: pub}); err == nil {
+		b.Close()
+		t.Fatalf("a v1.34.2 set with %s opened", etcd)
+	} else if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "registry.k8s.io/etcd:3.6.5-0") {
+		t.Fatalf("a v1.34.2 set with %s: %v; want it to name v1.34.2's etcd", etcd, err)
 	}
 }
 
@@ -145,14 +191,14 @@ func TestOpenRefusesIncompleteKubernetesSet(t *testing.T) {
 		want string
 	}{
 		"binary not in the set":   {func(m *Metadata) { delete(m.Kubernetes.Binaries, "kubectl") }, "the binary kubectl for linux/amd64 is missing"},
-		"binary not a file":       {func(m *Metadata) { dropFile(m, "kubelet") }, `the binary kubelet for linux/amd64 (file "kubernetes/v1.34.2/linux-amd64/kubelet") is missing`},
+		"binary not a file":       {func(m *Metadata) { dropFile(m, "kubelet") }, `the binary kubelet for linux/amd64 (file "kubernetes/v1.35.4/linux-amd64/kubelet") is missing`},
 		"binary file of no entry": {func(m *Metadata) { m.Files[1].Path = "files/elsewhere" }, `the binary kubeadm for linux/amd64 ("files/elsewhere") is not in the bundle`},
 		"binary digest":           {func(m *Metadata) { m.Files[0].Digest = digestOf([]byte("x")) }, "the binary kubelet for linux/amd64: file"},
-		"image not in the bundle": {func(m *Metadata) { dropImage(m, "registry.k8s.io/etcd:3.6.5-0") }, `the image "registry.k8s.io/etcd:3.6.5-0" is missing`},
+		"image not in the bundle": {func(m *Metadata) { dropImage(m, "registry.k8s.io/etcd:3.6.6-0") }, `the image "registry.k8s.io/etcd:3.6.6-0" is missing`},
 		"kube-vip not in bundle":  {func(m *Metadata) { dropImage(m, manifests.KubeVIPImage) }, `the image "` + manifests.KubeVIPImage + `" is missing`},
 		"kubeadm image not in set": {func(m *Metadata) {
 			m.Kubernetes.Images = m.Kubernetes.Images[1:]
-		}, "kubeadm's image registry.k8s.io/kube-apiserver:v1.34.2 is not in the Kubernetes set"},
+		}, "kubeadm's image registry.k8s.io/kube-apiserver:v1.35.4 is not in the Kubernetes set"},
 		"bad version":      {func(m *Metadata) { m.Kubernetes.Version = "1.34" }, "not a version like"},
 		"no arch":          {func(m *Metadata) { m.Kubernetes.Arch = "" }, "architecture"},
 		"unknown binary":   {func(m *Metadata) { m.Kubernetes.Binaries["kubefoo"] = m.Kubernetes.Binaries["kubelet"] }, `unknown binary "kubefoo"`},

@@ -19,7 +19,7 @@ nodes=${NODES:-4}
 kube=${DEMO_KUBERNETES:-1}
 cache=${OSIMAGE_CACHE:-/var/cache/airlock}
 k8s_cache=${K8S_CACHE:-/var/cache/airlock}
-kube_version=v1.34.2 # what e2e/k8s/build.sh builds
+kube_version=v1.35.4 # what e2e/k8s/build.sh builds
 kernel=$(ls /boot/vmlinuz-*-cloud-amd64 2>/dev/null | sort -V | tail -n 1)
 [ -n "$kernel" ] || { echo "no /boot/vmlinuz-*-cloud-amd64: run make deps (it installs linux-image-cloud-amd64)" >&2; exit 1; }
 modules=/lib/modules/${kernel#/boot/vmlinuz-}

@@ -19,7 +19,7 @@ import (
 
 // What the Kubernetes e2e test installs.
 const (
-	kubeVersion = "v1.34.2"
+	kubeVersion = "v1.35.4"
 	testAppRef  = "docker.io/airlock/testapp:1.0" // e2e/k8s/images.sh builds it
 )
 

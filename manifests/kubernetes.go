@@ -8,7 +8,7 @@ import (
 // DefaultKubernetesVersion is the Kubernetes release airlock installs when
 // bundle.yaml names none: the newest patch of a minor still supported
 // upstream that airlock has an image table for (kubernetesReleases).
-const DefaultKubernetesVersion = "v1.34.2"
+const DefaultKubernetesVersion = "v1.35.4"
 
 // KubeVIPImage is the kube-vip image that holds the control-plane VIP as a
 // static pod on control-plane nodes.
@@ -36,7 +36,10 @@ type kubeRelease struct {
 // add the version to TestKubernetesImagesMatchKubeadm's list when that
 // kubeadm is the one `make k8s-bins` builds (e2e/k8s/build.sh).
 var kubernetesReleases = []kubeRelease{
+	// v1.34 is out of upstream support (2026-10); its row stays for bundles
+	// that still name it (checked against kubeadm v1.34.2).
 	{Version: "v1.34.2", CoreDNS: "v1.12.1", Pause: "3.10.1", Etcd: "3.6.5-0"},
+	{Version: "v1.35.4", CoreDNS: "v1.13.1", Pause: "3.10.1", Etcd: "3.6.6-0"},
 }
 
 // kubernetesRegistry is where kubeadm's images live under their upstream names.

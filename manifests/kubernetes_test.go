@@ -62,7 +62,7 @@ func TestKubernetesImagesMatchKubeadm(t *testing.T) {
 }
 
 func TestKubernetesImagesUnknownVersion(t *testing.T) {
-	for _, v := range []string{"v1.0.0", "1.34.2", "", "v1.34.2 "} {
+	for _, v := range []string{"v1.0.0", "1.34.2", "", "v1.35.4 "} {
 		if imgs, err := KubernetesImages(v); err == nil || !strings.Contains(err.Error(), DefaultKubernetesVersion) {
 			t.Errorf("KubernetesImages(%q) = %q, %v; want an error naming the known versions", v, imgs, err)
 		}

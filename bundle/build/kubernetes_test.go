@@ -32,7 +32,7 @@ import (
 // kubeMirror is a real registry (go-containerregistry's) on loopback
 // holding small images under the paths of kubeadm's images and kube-vip,
 // as a pull-through cache or a registry the site's images were copied to
-// would: registry.k8s.io/kube-apiserver:v1.34.2 is HOST/kube-apiserver:v1.34.2.
+// would: registry.k8s.io/kube-apiserver:v1.35.4 is HOST/kube-apiserver:v1.35.4.
 // It is served over http and, from the same store, over https.
 type kubeMirror struct {
 	http, https *httptest.Server
@@ -199,7 +199,7 @@ func checkKubeBundle(t *testing.T, out string, pub ed25519PublicKey, m *kubeMirr
 	}
 	meta := b.Metadata()
 	k := meta.Kubernetes
-	if k == nil || k.Version != "v1.34.2" || k.Arch != "amd64" || len(k.OtherArches) != 0 {
+	if k == nil || k.Version != "v1.35.4" || k.Arch != "amd64" || len(k.OtherArches) != 0 {
 		t.Fatalf("metadata's Kubernetes: %+v", k)
 	}
 	want, _ := manifests.KubernetesImages(k.Version)
@@ -215,7 +215,7 @@ func checkKubeBundle(t *testing.T, out string, pub ed25519PublicKey, m *kubeMirr
 		if d := m.digests[im.Ref()]; d != im.Digest {
 			t.Errorf("%s: digest %s in the bundle, the mirror holds %s", im.Ref(), im.Digest, d)
 		}
-		if !slices.Equal(im.From, []string{"kubernetes v1.34.2"}) {
+		if !slices.Equal(im.From, []string{"kubernetes v1.35.4"}) {
 			t.Errorf("%s: from %q", im.Ref(), im.From)
 		}
 	}
@@ -226,7 +226,7 @@ func checkKubeBundle(t *testing.T, out string, pub ed25519PublicKey, m *kubeMirr
 	}
 	for name, data := range bins {
 		f, ok := b.KubernetesBinary("amd64", name)
-		if !ok || k.Binaries[name] != "kubernetes/v1.34.2/linux-amd64/"+name || f.Digest != "sha256:"+sha256hex(data) {
+		if !ok || k.Binaries[name] != "kubernetes/v1.35.4/linux-amd64/"+name || f.Digest != "sha256:"+sha256hex(data) {
 			t.Errorf("%s: %+v %v (binaries %v)", name, f, ok, k.Binaries)
 			continue
 		}
@@ -237,7 +237,7 @@ func checkKubeBundle(t *testing.T, out string, pub ed25519PublicKey, m *kubeMirr
 	}
 	var text bytes.Buffer
 	b.Inspect().WriteText(&text)
-	for _, s := range []string{"KUBERNETES v1.34.2", "kubernetes/v1.34.2/linux-amd64/kubectl", "registry.k8s.io/kube-apiserver:v1.34.2"} {
+	for _, s := range []string{"KUBERNETES v1.35.4", "kubernetes/v1.35.4/linux-amd64/kubectl", "registry.k8s.io/kube-apiserver:v1.35.4"} {
 		if !strings.Contains(text.String(), s) {
 			t.Errorf("inspect lacks %q:\n%s", s, text.String())
 		}
@@ -287,7 +287,7 @@ func TestBuildKubernetesFromHTTPBaseAndHTTPSMirror(t *testing.T) {
 	spec := fmt.Sprintf(`apiVersion: airlock.dev/v1alpha1
 kind: Bundle
 kubernetes:
-  version: v1.34.2
+  version: v1.35.4
   binaries: %s
   kubeVIP: false
 registryMirrors:
@@ -314,7 +314,7 @@ registryMirrors:
 	if n := tr.hits("/linux/amd64/kubelet.sha256"); n != 2 {
 		t.Errorf("kubelet.sha256 fetched %d times in two builds", n)
 	}
-	if !strings.Contains(progress, "kubernetes/v1.34.2/linux-amd64/kubeadm: in the cache") {
+	if !strings.Contains(progress, "kubernetes/v1.35.4/linux-amd64/kubeadm: in the cache") {
 		t.Errorf("second build's progress says nothing of the cache")
 	}
 }
@@ -330,8 +330,8 @@ kubernetes: {binaries: release}
 registryMirrors: {registry.k8s.io: %s, ghcr.io: %s}
 `, m.http.URL, m.http.URL)
 	}
-	full, noEtcd := newKubeMirror(t), newKubeMirror(t, "registry.k8s.io/etcd:3.6.5-0")
-	bin := filepath.Join("release", "v1.34.2", "bin", "linux", "amd64")
+	full, noEtcd := newKubeMirror(t), newKubeMirror(t, "registry.k8s.io/etcd:3.6.6-0")
+	bin := filepath.Join("release", "v1.35.4", "bin", "linux", "amd64")
 	for name, c := range map[string]struct {
 		edit func(dir string)
 		want []string
@@ -345,8 +345,8 @@ registryMirrors: {registry.k8s.io: %s, ghcr.io: %s}
 		"huge sha256": {func(dir string) {
 			os.WriteFile(filepath.Join(dir, bin, "kubelet.sha256"), bytes.Repeat([]byte("a"), 1<<20), 0o644)
 		}, []string{"kubelet.sha256: more than the 4096 bytes"}},
-		"missing binary": {func(dir string) { os.Remove(filepath.Join(dir, bin, "kubelet")) }, []string{"kubernetes v1.34.2 kubelet for linux/amd64", "kubelet: no such file"}},
-		"image missing":  {nil, []string{"registry.k8s.io/etcd:3.6.5-0"}},
+		"missing binary": {func(dir string) { os.Remove(filepath.Join(dir, bin, "kubelet")) }, []string{"kubernetes v1.35.4 kubelet for linux/amd64", "kubelet: no such file"}},
+		"image missing":  {nil, []string{"registry.k8s.io/etcd:3.6.6-0"}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -407,7 +407,7 @@ registryMirrors: {registry.k8s.io: %s}
 	for arch, bins := range map[string]map[string][]byte{"amd64": amd, "arm64": arm} {
 		for name, data := range bins {
 			f, ok := b.KubernetesBinary(arch, name)
-			if !ok || f.Name != "kubernetes/v1.34.2/linux-"+arch+"/"+name {
+			if !ok || f.Name != "kubernetes/v1.35.4/linux-"+arch+"/"+name {
 				t.Fatalf("%s/%s: %+v %v", arch, name, f, ok)
 			}
 			if got, err := b.ReadFile(f.Path); err != nil || !bytes.Equal(got, data) {
@@ -429,7 +429,7 @@ func TestPullRefThroughMirrors(t *testing.T) {
 	d := "sha256:" + strings.Repeat("c", 64)
 	for in, want := range map[string]string{
 		"nginx:1.25": "hub.example:8443/library/nginx:1.25",
-		"registry.k8s.io/coredns/coredns:v1.12.1": "10.1.2.3:5001/coredns/coredns:v1.12.1",
+		"registry.k8s.io/coredns/coredns:v1.13.1": "10.1.2.3:5001/coredns/coredns:v1.13.1",
 		"registry.k8s.io/pause@" + d:              "10.1.2.3:5001/pause@" + d,
 		"quay.io/x/y:1":                           "quay.io/x/y:1",
 	} {

@@ -303,7 +303,7 @@ func (s *Spec) validate(file string, pos config.Positions, failed map[string]boo
 			add(path+".version", "required for a chart from a repository: pin the exact version")
 		}
 		if c.KubeVersion != "" && !regexp.MustCompile(`^v?\d+\.\d+(\.\d+)?$`).MatchString(c.KubeVersion) {
-			add(path+".kubeVersion", "%q is not a Kubernetes version like v1.34.2", c.KubeVersion)
+			add(path+".kubeVersion", "%q is not a Kubernetes version like v1.35.4", c.KubeVersion)
 		}
 		key := c.Name + "@" + c.Version
 		if j, dup := seenChart[key]; dup && c.Name != "" {

@@ -139,7 +139,7 @@ files:
 	_, problems := ParseSpec("bundle.yaml", []byte(data))
 	got := problems.Error()
 	for _, want := range []string{
-		"bundle.yaml:4:12: kubernetes.version: airlock has no image table for Kubernetes v1.99.0 (it knows v1.34.2)",
+		"bundle.yaml:4:12: kubernetes.version: airlock has no image table for Kubernetes v1.99.0 (it knows v1.34.2, v1.35.4)",
 		`bundle.yaml:5:13: kubernetes.binaries: "ftp://mirror/release": give an http(s) base URL`,
 		`bundle.yaml:6:12: kubernetes.kubeVIP: expected true or false`,
 		"bundle.yaml:7:3: kubernetes.kubelet: unknown field",
@@ -163,7 +163,7 @@ files:
 		t.Fatalf("kubernetes: {}: %v", err)
 	}
 	k := s.Kubernetes.withDefaults()
-	if k.Version != "v1.34.2" || k.Binaries != DefaultKubernetesBinaries || !*k.KubeVIP || !slices.Equal(s.KubernetesArches(), []string{"amd64"}) {
+	if k.Version != "v1.35.4" || k.Binaries != DefaultKubernetesBinaries || !*k.KubeVIP || !slices.Equal(s.KubernetesArches(), []string{"amd64"}) {
 		t.Errorf("defaults: %+v arches %v", k, s.KubernetesArches())
 	}
 	s, _ = ParseSpec("bundle.yaml", []byte("apiVersion: airlock.dev/v1alpha1\nkind: Bundle\nplatforms: [linux/arm64/v8, windows/amd64, linux/amd64]\nkubernetes: {}\n"))

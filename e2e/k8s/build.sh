@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes binaries the tests run, from the Go module proxy:
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubeadm,
-# kubectl, kube-proxy (k8s.io/kubernetes v1.34.2, module e2e/k8s/tools), etcd
-# (v3.6.4, module e2e/k8s/etcd) and a static pause (e2e/k8s/tools/pause).
+# kubectl, kube-proxy (k8s.io/kubernetes v1.35.4, module e2e/k8s/tools), etcd
+# (v3.6.6, module e2e/k8s/etcd) and a static pause (e2e/k8s/tools/pause).
 # The Kubernetes binaries carry their version (ldflags), as released ones do.
 #
 # The result is cached in $AIRLOCK_K8S_CACHE (default /var/cache/airlock)
-# under k8s-v1.34.2-KEY/, KEY hashing both modules' files and the build
+# under k8s-v1.35.4-KEY/, KEY hashing both modules' files and the build
 # recipe, so a fresh clone reuses it and a change to what is built makes a new
 # directory. It is built in a temporary directory beside it and renamed into
 # place; a second build.sh started meanwhile waits for the first (flock) and
@@ -18,8 +18,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-k8s_version=v1.34.2
-etcd_version=v3.6.4
+k8s_version=v1.35.4
+etcd_version=v3.6.6
 cache=${AIRLOCK_K8S_CACHE:-/var/cache/airlock}
 kube=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubeadm kubectl kube-proxy)
 bins=("${kube[@]}" etcd pause)

@@ -2,7 +2,7 @@
 # Builds the container images the Kubernetes end-to-end test installs, from
 # Go binaries, under their upstream names, into one OCI image layout (its
 # index names each image by reference): exactly the images the real kubeadm
-# v1.34.2 lists (`kubeadm config images list`: kube-apiserver,
+# v1.35.4 lists (`kubeadm config images list`: kube-apiserver,
 # kube-controller-manager, kube-scheduler, kube-proxy, coredns, pause,
 # etcd) and a test app, docker.io/airlock/testapp:1.0 (a static Go HTTP
 # server, e2e/k8s/images/testapp).
@@ -15,15 +15,15 @@
 # proxy refuses github.com/kube-vip/kube-vip here (403), so the test bundle
 # has kubeVIP: false.
 #
-# Caveat: the etcd image carries kubeadm's tag (3.6.5-0) but holds the etcd
-# v3.6.4 of make k8s-bins.
+# The etcd image carries kubeadm's tag (3.6.6-0) and holds the etcd v3.6.6
+# of make k8s-bins (for v1.34.2 it was tagged 3.6.5-0 but held v3.6.4).
 #
 # The builder is a Go module of its own (e2e/k8s/images, with
 # go-containerregistry): its tests run first, then its command
 # (k8s-images) builds the layout and is kept beside it.
 #
 # The result is cached in $AIRLOCK_K8S_CACHE (default /var/cache/airlock)
-# under k8s-images-v1.34.2-KEY/ (layout/ and the k8s-images command), KEY
+# under k8s-images-v1.35.4-KEY/ (layout/ and the k8s-images command), KEY
 # hashing this script, the builder module and the binaries' directory;
 # built beside it and renamed into place, under a lock. Prints the layout's
 # directory. `DIR/../k8s-images serve -layout DIR` serves it from registries
@@ -34,8 +34,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-k8s_version=v1.34.2
-coredns_version=v1.12.1 # kubeadm v1.34.2's (checked below against kubeadm itself)
+k8s_version=v1.35.4
+coredns_version=v1.13.1 # kubeadm v1.35.4's (checked below against kubeadm itself)
 testapp_ref=docker.io/airlock/testapp:1.0
 cache=${AIRLOCK_K8S_CACHE:-/var/cache/airlock}
 # Debian's iptables (nf_tables) and what it links, for kube-proxy's image.

@@ -261,7 +261,7 @@ written are hashed again, not trusted). A rebuild after editing bundle.yaml
 takes the blobs it can from the bundle it replaces. Charts and files are kept
 in the cache directory (--cache) between runs.
 
-kubernetes: {version: v1.34.2} adds what the nodes need to form a cluster:
+kubernetes: {version: v1.35.4} adds what the nodes need to form a cluster:
 kubelet, kubeadm and kubectl (from BASE/VERSION/bin/linux/ARCH/NAME, BASE being
 kubernetes.binaries, https://dl.k8s.io/release by default, or a local
 directory with the same layout; each checked against the NAME.sha256 beside

@@ -50,7 +50,7 @@ func TestBundleKubernetesCommands(t *testing.T) {
 			t.Fatalf("push %s: %v", ref, err)
 		}
 	}
-	bin := filepath.Join(dir, "k8s", "v1.34.2", "bin", "linux", "amd64")
+	bin := filepath.Join(dir, "k8s", "v1.35.4", "bin", "linux", "amd64")
 	os.MkdirAll(bin, 0o755)
 	sums := map[string]string{}
 	for _, b := range []string{"kubelet", "kubeadm", "kubectl"} {
@@ -65,7 +65,7 @@ func TestBundleKubernetesCommands(t *testing.T) {
 kind: Bundle
 metadata: {name: k8s}
 kubernetes:
-  version: v1.34.2
+  version: v1.35.4
   binaries: k8s
 registryMirrors:
   registry.k8s.io: %s
@@ -73,8 +73,8 @@ registryMirrors:
 `, reg.URL, reg.URL)), 0o644)
 
 	out, _, err := runBundle(t, "check", "-f", spec)
-	if err != nil || !strings.Contains(out, "kubelet for linux/amd64: k8s/v1.34.2/bin/linux/amd64/kubelet") || !strings.Contains(out, sums["kubeadm"]+" matches") ||
-		!strings.Contains(out, "image registry.k8s.io/etcd:3.6.5-0") || !strings.Contains(out, "Kubernetes v1.34.2 (8 images, 3 binaries)") {
+	if err != nil || !strings.Contains(out, "kubelet for linux/amd64: k8s/v1.35.4/bin/linux/amd64/kubelet") || !strings.Contains(out, sums["kubeadm"]+" matches") ||
+		!strings.Contains(out, "image registry.k8s.io/etcd:3.6.6-0") || !strings.Contains(out, "Kubernetes v1.35.4 (8 images, 3 binaries)") {
 		t.Fatalf("check: %v\n%s", err, out)
 	}
 
@@ -87,7 +87,7 @@ registryMirrors:
 	os.WriteFile(filepath.Join(bin, "kubeadm.sha256"), []byte(sums["kubeadm"]+"\n"), 0o644)
 	os.Rename(filepath.Join(bin, "kubectl"), filepath.Join(dir, "kubectl"))
 	out, _, err = runBundle(t, "check", "-f", spec)
-	if ExitCode(err) != 1 || !strings.Contains(out, "kubectl for linux/amd64: read k8s/v1.34.2/bin/linux/amd64/kubectl") || !strings.Contains(out, "1 of 3 Kubernetes binaries failed") {
+	if ExitCode(err) != 1 || !strings.Contains(out, "kubectl for linux/amd64: read k8s/v1.35.4/bin/linux/amd64/kubectl") || !strings.Contains(out, "1 of 3 Kubernetes binaries failed") {
 		t.Fatalf("check with kubectl missing: %v\n%s", err, out)
 	}
 	os.Rename(filepath.Join(dir, "kubectl"), filepath.Join(bin, "kubectl"))
@@ -97,12 +97,12 @@ registryMirrors:
 		t.Fatalf("build: %v\n%s", err, errOut)
 	}
 	out, _, err = runBundle(t, "inspect", "--key", key+".pub", bpath)
-	if err != nil || !strings.Contains(out, "KUBERNETES v1.34.2") || !strings.Contains(out, "kubernetes/v1.34.2/linux-amd64/kubelet") ||
+	if err != nil || !strings.Contains(out, "KUBERNETES v1.35.4") || !strings.Contains(out, "kubernetes/v1.35.4/linux-amd64/kubelet") ||
 		!strings.Contains(out, "IMAGES (8)") || !strings.Contains(out, manifests.KubeVIPImage) {
 		t.Fatalf("inspect: %v\n%s", err, out)
 	}
 	out, _, err = runBundle(t, "inspect", "--key", key+".pub", "-o", "json", bpath)
-	if err != nil || !strings.Contains(out, `"kubernetes/v1.34.2/linux-amd64/kubeadm"`) || !strings.Contains(out, `"version": "v1.34.2"`) {
+	if err != nil || !strings.Contains(out, `"kubernetes/v1.35.4/linux-amd64/kubeadm"`) || !strings.Contains(out, `"version": "v1.35.4"`) {
 		t.Fatalf("inspect -o json: %v\n%s", err, out)
 	}
 	if out, _, err := runBundle(t, "verify", "--key", key+".pub", bpath); err != nil {

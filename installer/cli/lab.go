@@ -97,7 +97,7 @@ func newLabUpCommand(g *globals) *cobra.Command {
 	f.IntVar(&o.MemoryMB, "memory", 0, "memory of each machine in MiB (default 512)")
 	f.IntVar(&o.ControlPlaneCPUs, "control-plane-cpus", 0, "virtual CPUs of the first machine, the lab's control plane (default: --cpus); Kubernetes needs 2")
 	f.IntVar(&o.ControlPlaneMemoryMB, "control-plane-memory", 0, "memory in MiB of the first machine, the lab's control plane (default: --memory); Kubernetes needs ~3072")
-	f.StringVar(&o.Kubernetes, "kubernetes", "", "with --install: form a cluster with kubeadm at this version (v1.34.2), which the --bundle must carry")
+	f.StringVar(&o.Kubernetes, "kubernetes", "", "with --install: form a cluster with kubeadm at this version (v1.35.4), which the --bundle must carry")
 	f.StringVar(&o.Kernel, "kernel", "", "discovery kernel, e.g. /boot/vmlinuz-RELEASE (or --bundle)")
 	f.StringVar(&o.ModulesDir, "modules", "", "the kernel's module tree, /lib/modules/RELEASE (or --bundle)")
 	f.StringVar(&o.Bundle, "bundle", "", "rehearse with this bundle: the discovery image from its "+engine.KernelPackage+", and its registry served in the lab")

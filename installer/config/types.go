@@ -243,7 +243,7 @@ type Cluster struct {
 // Distribution names the Kubernetes distribution and version.
 type Distribution struct {
 	Name    string `yaml:"name,omitempty" json:"name,omitempty" doc:"Distribution driver." enum:"kubeadm"`
-	Version string `yaml:"version,omitempty" json:"version,omitempty" doc:"Kubernetes version, e.g. v1.34.2; it must be in the bundle." pattern:"^v[0-9]+\\.[0-9]+\\.[0-9]+$"`
+	Version string `yaml:"version,omitempty" json:"version,omitempty" doc:"Kubernetes version, e.g. v1.35.4; it must be in the bundle." pattern:"^v[0-9]+\\.[0-9]+\\.[0-9]+$"`
 }
 
 // Platform selects the components laid down on the cluster.

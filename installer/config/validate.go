@@ -914,7 +914,7 @@ func (v *validator) cluster(a *Answers) {
 	c := a.Cluster
 	v.label("cluster.name", c.Name)
 	if c.Distribution.Version != "" && !versionRE.MatchString(c.Distribution.Version) {
-		v.errorf("cluster.distribution.version", "%q is not a Kubernetes version like v1.34.2", c.Distribution.Version)
+		v.errorf("cluster.distribution.version", "%q is not a Kubernetes version like v1.35.4", c.Distribution.Version)
 	}
 	nets := newPrefixIndex()
 	if a.Network.Subnet.IsValid() {

@@ -48,9 +48,9 @@ func kubeBundle(t *testing.T, bins map[string][]byte) *bundle.Bundle {
 		t.Fatal(err)
 	}
 	w.AddBytes("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`), "")
-	meta := bundle.Metadata{Kubernetes: &bundle.Kubernetes{Version: "v1.34.2", Arch: "amd64", Binaries: map[string]string{}}}
+	meta := bundle.Metadata{Kubernetes: &bundle.Kubernetes{Version: "v1.35.4", Arch: "amd64", Binaries: map[string]string{}}}
 	for _, name := range kube.Binaries {
-		fname := "kubernetes/v1.34.2/linux-amd64/" + name
+		fname := "kubernetes/v1.35.4/linux-amd64/" + name
 		d, err := w.AddBytes("files/"+fname, bins[name], "")
 		if err != nil {
 			t.Fatal(err)
@@ -60,7 +60,7 @@ func kubeBundle(t *testing.T, bins map[string][]byte) *bundle.Bundle {
 	}
 	// The images kubeadm of the version pulls, as the signed metadata
 	// lists them (their blobs are not needed here: nothing pulls them).
-	refs, err := manifests.KubernetesImages("v1.34.2")
+	refs, err := manifests.KubernetesImages("v1.35.4")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +152,7 @@ func TestKubernetesSeedsReportsAndNodes(t *testing.T) {
 	img := []byte("not booted in this test")
 	ob, _ := osImageBundle(t, map[string][3]any{"node": {img, int64(len(img)), hexSum(img)}})
 	defer ob.Close()
-	// The bundle's kubeadm fails its preflight as kubeadm v1.34 does, with
+	// The bundle's kubeadm fails its preflight as kubeadm v1.35 does, with
 	// a terminal escape in its output (a node's output is untrusted).
 	kubeadm := []byte("#!/bin/sh\necho '[preflight] Running pre-flight checks'\n" +
 		"printf 'error execution phase preflight: [preflight] Some fatal errors occurred:\\n\\t[ERROR Mem]: the system RAM (512 MB) is less than the minimum 1700 MB \\033[31mred\\n'\nexit 1\n")
@@ -261,8 +261,8 @@ admission: {policy: allowlist}
 	// /bundle/files/ serves only the bundle's files, and only to GET.
 	hc, base, _, _ := machineClients(t, peer, stateDir)
 	for path, want := range map[string]int{
-		"kubernetes/v1.34.2/linux-amd64/kubeadm": http.StatusOK,
-		"kubernetes/v1.34.2/linux-amd64/nope":    http.StatusNotFound,
+		"kubernetes/v1.35.4/linux-amd64/kubeadm": http.StatusOK,
+		"kubernetes/v1.35.4/linux-amd64/nope":    http.StatusNotFound,
 		"../ca.pem":                              http.StatusNotFound,
 		strings.Repeat("a/", 400):                http.StatusNotFound,
 	} {
@@ -276,7 +276,7 @@ admission: {policy: allowlist}
 			t.Errorf("GET %s: %s, want %d", path, resp.Status, want)
 		}
 	}
-	if resp, err := hc.Post(base.String()+bundleFilesPrefix+"kubernetes/v1.34.2/linux-amd64/kubeadm", "text/plain", nil); err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
+	if resp, err := hc.Post(base.String()+bundleFilesPrefix+"kubernetes/v1.35.4/linux-amd64/kubeadm", "text/plain", nil); err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
 		t.Errorf("POST to a bundle file: %v %v", resp, err)
 	}
 
@@ -584,23 +584,23 @@ func (f fakeBundleFiles) FileContent(string) (bundle.File, io.ReaderAt, int64, i
 // files with a sha256 digest.
 func TestKubeFromChecksTheBundle(t *testing.T) {
 	good := func() bundle.Metadata {
-		md := bundle.Metadata{Kubernetes: &bundle.Kubernetes{Version: "v1.34.2", Arch: "amd64", Binaries: map[string]string{}}}
+		md := bundle.Metadata{Kubernetes: &bundle.Kubernetes{Version: "v1.35.4", Arch: "amd64", Binaries: map[string]string{}}}
 		for _, n := range kube.Binaries {
 			md.Kubernetes.Binaries[n] = "k/" + n
 			md.Files = append(md.Files, bundle.File{Name: "k/" + n, Path: "files/k/" + n, Digest: "sha256:" + strings.Repeat("a", 64)})
 		}
 		return md
 	}
-	if k, files, err := kubeFrom(fakeBundleFiles{good()}, "v1.34.2"); err != nil || k == nil || len(files) != 3 {
+	if k, files, err := kubeFrom(fakeBundleFiles{good()}, "v1.35.4"); err != nil || k == nil || len(files) != 3 {
 		t.Fatalf("a good bundle: %v %v %v", k, files, err)
 	}
 	other := good()
 	other.Kubernetes.Arch, other.Kubernetes.OtherArches = "arm64", map[string]map[string]string{"amd64": other.Kubernetes.Binaries}
 	other.Kubernetes.Binaries = map[string]string{}
-	if _, files, err := kubeFrom(fakeBundleFiles{other}, "v1.34.2"); err != nil || files["kubelet"].Name != "k/kubelet" {
+	if _, files, err := kubeFrom(fakeBundleFiles{other}, "v1.35.4"); err != nil || files["kubelet"].Name != "k/kubelet" {
 		t.Errorf("amd64 among the other architectures: %v %v", files, err)
 	}
-	if k, _, err := kubeFrom(fakeBundleFiles{bundle.Metadata{}}, "v1.34.2"); err != nil || k != nil {
+	if k, _, err := kubeFrom(fakeBundleFiles{bundle.Metadata{}}, "v1.35.4"); err != nil || k != nil {
 		t.Errorf("a bundle without Kubernetes: %v %v", k, err)
 	}
 	for name, c := range map[string]struct {
@@ -608,11 +608,11 @@ func TestKubeFromChecksTheBundle(t *testing.T) {
 		version string
 		want    string
 	}{
-		"version":      {func(*bundle.Metadata) {}, "v1.33.0", `set it to "v1.34.2"`},
-		"no kubelet":   {func(md *bundle.Metadata) { delete(md.Kubernetes.Binaries, "kubelet") }, "v1.34.2", "no kubelet"},
-		"missing file": {func(md *bundle.Metadata) { md.Files = md.Files[1:] }, "v1.34.2", "which the bundle does not have"},
-		"sha512":       {func(md *bundle.Metadata) { md.Files[2].Digest = "sha512:" + strings.Repeat("a", 128) }, "v1.34.2", "not sha256"},
-		"arm64 only":   {func(md *bundle.Metadata) { md.Kubernetes.Arch = "arm64" }, "v1.34.2", "not linux/amd64"},
+		"version":      {func(*bundle.Metadata) {}, "v1.33.0", `set it to "v1.35.4"`},
+		"no kubelet":   {func(md *bundle.Metadata) { delete(md.Kubernetes.Binaries, "kubelet") }, "v1.35.4", "no kubelet"},
+		"missing file": {func(md *bundle.Metadata) { md.Files = md.Files[1:] }, "v1.35.4", "which the bundle does not have"},
+		"sha512":       {func(md *bundle.Metadata) { md.Files[2].Digest = "sha512:" + strings.Repeat("a", 128) }, "v1.35.4", "not sha256"},
+		"arm64 only":   {func(md *bundle.Metadata) { md.Kubernetes.Arch = "arm64" }, "v1.35.4", "not linux/amd64"},
 	} {
 		md := good()
 		c.change(&md)

@@ -57,7 +57,7 @@ type LabOptions struct {
 	// the lab's answer file makes the control plane (0: as the others).
 	CPUs, MemoryMB                         int
 	ControlPlaneCPUs, ControlPlaneMemoryMB int
-	// Kubernetes, when set (v1.34.2), gives the lab's answer file a
+	// Kubernetes, when set (v1.35.4), gives the lab's answer file a
 	// cluster: kubeadm at that version, which the bundle must carry.
 	Kubernetes string
 	// Kernel and ModulesDir are the discovery kernel and its module tree

@@ -69,12 +69,12 @@ var (
 func testCluster() ClusterSpec {
 	return ClusterSpec{
 		Name:                 "lab",
-		Version:              "v1.34.2",
+		Version:              "v1.35.4",
 		ControlPlaneEndpoint: "10.40.0.10:6443",
 		PodCIDR:              netip.MustParsePrefix("10.244.0.0/16"),
 		ServiceCIDR:          netip.MustParsePrefix("10.96.0.0/12"),
 		ExtraSANs:            []string{"api.lab.example", "10.40.0.10"},
-		EtcdImageTag:         "3.6.5-0",
+		EtcdImageTag:         "3.6.6-0",
 	}
 }
 
@@ -163,7 +163,7 @@ func TestKubeadmContent(t *testing.T) {
 		t.Fatalf("init documents: %v", ha)
 	}
 	cc := ha[1]
-	if cc["controlPlaneEndpoint"] != "10.40.0.10:6443" || cc["imageRepository"] != "registry.k8s.io" || cc["kubernetesVersion"] != "v1.34.2" {
+	if cc["controlPlaneEndpoint"] != "10.40.0.10:6443" || cc["imageRepository"] != "registry.k8s.io" || cc["kubernetesVersion"] != "v1.35.4" {
 		t.Errorf("cluster configuration: %v", cc)
 	}
 	sans := cc["apiServer"].(map[string]any)["certSANs"].([]any)
@@ -260,7 +260,7 @@ func TestKubeadmRejects(t *testing.T) {
 	}
 }
 
-// kubeadmBin finds kubeadm v1.34.2 built from Go modules by `make
+// kubeadmBin finds kubeadm v1.35.4 built from Go modules by `make
 // k8s-bins` (e2e/k8s/build.sh): $AIRLOCK_K8S_BIN, else its cache.
 func kubeadmBin(t testing.TB) string {
 	t.Helper()
@@ -271,13 +271,13 @@ func kubeadmBin(t testing.TB) string {
 		}
 		return p
 	}
-	found, _ := filepath.Glob("/var/cache/airlock/k8s-v1.34.2*/kubeadm")
+	found, _ := filepath.Glob("/var/cache/airlock/k8s-v1.35.4*/kubeadm")
 	for _, p := range found {
 		if !strings.Contains(p, ".tmp.") {
 			return p
 		}
 	}
-	t.Fatal("kubeadm v1.34.2 not found (AIRLOCK_K8S_BIN unset, nothing in /var/cache/airlock/k8s-v1.34.2-*): run `make k8s-bins`, which builds it from Go modules")
+	t.Fatal("kubeadm v1.35.4 not found (AIRLOCK_K8S_BIN unset, nothing in /var/cache/airlock/k8s-v1.35.4-*): run `make k8s-bins`, which builds it from Go modules")
 	return ""
 }
 

@@ -28,7 +28,7 @@ func testBoot(t testing.TB, subnet string) NodeBoot {
 	t.Helper()
 	var bins []Binary
 	for i, name := range Binaries {
-		bins = append(bins, Binary{Name: name, URL: "http://10.40.0.1:8080/bundle/files/kubernetes/v1.34.2/linux-amd64/" + name,
+		bins = append(bins, Binary{Name: name, URL: "http://10.40.0.1:8080/bundle/files/kubernetes/v1.35.4/linux-amd64/" + name,
 			SHA256: strings.Repeat(string(rune('a'+i)), 64)})
 	}
 	return NodeBoot{Binaries: bins, ReportURL: "https://10.40.0.1:8443/api/v1/kube-report/m-0123456789",
@@ -200,7 +200,7 @@ func TestBootstrapTokenAndFirstCPKept(t *testing.T) {
 	}
 }
 
-// Error output of kubeadm v1.34 (cmd/kubeadm/app/cmd/phases/workflow).
+// Error output of kubeadm v1.34 and v1.35 (cmd/kubeadm/app/cmd/phases/workflow).
 func TestKubeadmPhase(t *testing.T) {
 	for out, want := range map[string]string{
 		"[preflight] Running pre-flight checks\nerror execution phase preflight: [preflight] Some fatal errors occurred:\n\t[ERROR NumCPU]: the number of available CPUs 1 is less than the required 2\n[preflight] If you know what you are doing, you can make a check non-fatal with `--ignore-preflight-errors=...`\nTo see the stack trace of this error execute with --v=5 or higher\n": "preflight",

@@ -1,7 +1,7 @@
 package kube
 
 // The real-parts check of issue 15 that runs in `make test`: etcd,
-// kube-apiserver and kube-controller-manager (v1.34.2 built from Go modules
+// kube-apiserver and kube-controller-manager (v1.35.4 built from Go modules
 // by `make k8s-bins`), Debian's containerd and a real kubelet, all inside a
 // network namespace this test makes (nothing listens on the host's
 // interfaces, nothing leaves the machine). airlock's code creates the

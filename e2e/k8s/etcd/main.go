@@ -1,4 +1,4 @@
-// Command etcd is etcd v3.6.4 built from the Go module proxy for the tests
+// Command etcd is etcd v3.6.6 built from the Go module proxy for the tests
 // (e2e/k8s/build.sh): the upstream server's own main.
 package main
 

@@ -1,6 +1,6 @@
 // Command k8s-images builds the container images the Kubernetes end-to-end
 // test installs, from Go binaries, under their upstream names
-// (registry.k8s.io/kube-apiserver:v1.34.2, ...), into one OCI image layout
+// (registry.k8s.io/kube-apiserver:v1.35.4, ...), into one OCI image layout
 // whose index names each image by its reference; and serves such a layout
 // from registries on loopback, one per upstream registry, so that
 // `airlock bundle build` with registryMirrors collects them exactly as a
@@ -57,7 +57,7 @@ type File struct {
 
 // Image is one image to build.
 type Image struct {
-	Ref        string // registry.k8s.io/kube-apiserver:v1.34.2
+	Ref        string // registry.k8s.io/kube-apiserver:v1.35.4
 	Entrypoint []string
 	// Layers, bottom first; each a list of files (directories are made as
 	// needed).
