@@ -120,12 +120,14 @@ echo; echo "installing: each machine's disk gets the OS image and its seed, then
 while :; do
   json=$(bin/airlock status -o json --state "$state")
   count() { grep -c "\"state\": \"$1\"" <<<"$json" || true; }
-  booted=$(count booted); joined=$(count joined); ready=$(count ready); failed=$(count failed)
+  installed=$(count installed); booted=$(count booted); joined=$(count joined); ready=$(count ready); failed=$(count failed)
   if [ "$goal" = booted ]; then
     printf '\r%d of %d machines booted from their own disks after %ds' "$booted" "$nodes" "$(elapsed)"
     done=$booted
   else
-    printf '\r%d of %d machines booted from their own disks, %d joined, %d Ready after %ds' "$(( booted + joined + ready ))" "$nodes" "$(( joined + ready ))" "$ready" "$(elapsed)"
+    # A machine phones home (booted) when its seed is done, kubeadm
+    # included: until then it shows as installed while it boots its disk.
+    printf '\r%d of %d machines installed to disk, %d through kubeadm, %d Ready after %ds' "$(( installed + booted + joined + ready ))" "$nodes" "$(( booted + joined + ready ))" "$ready" "$(elapsed)"
     done=$ready
   fi
   [ $(( done + failed )) -ge "$nodes" ] && break
