@@ -302,17 +302,7 @@ func fetchAll(ctx context.Context, client *http.Client, url string, size int64) 
 
 type server struct{ cmd *exec.Cmd }
 
-func (s *server) stop() {
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { s.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		s.cmd.Process.Kill()
-		<-done
-	}
-}
+func (s *server) stop() { procstat.Stop(s.cmd, 10*time.Second) }
 
 // startAirlock runs `airlock serve` in ns (`ip netns exec` execs it, so
 // the process's PID is airlock's) and waits until it serves the OS image

@@ -187,16 +187,7 @@ type server struct {
 	dial func(ctx context.Context, network, address string) (net.Conn, error) // into the server's namespace
 }
 
-func (s *server) stop() {
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { s.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		s.cmd.Process.Kill()
-	}
-}
+func (s *server) stop() { procstat.Stop(s.cmd, 10*time.Second) }
 
 // start runs a server in ns; addr "" means it prints its address on
 // stdout.

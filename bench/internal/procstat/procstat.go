@@ -1,13 +1,17 @@
 // Package procstat reads a process's CPU time from /proc, for the
-// benchmarks that compare a server's CPU cost with its peer's.
+// benchmarks that compare a server's CPU cost with its peer's, and stops
+// the servers they start.
 package procstat
 
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 )
 
 // userHZ is the unit of /proc/PID/stat's times on Linux.
@@ -79,4 +83,18 @@ func Sum(pids []int) float64 {
 		}
 	}
 	return s
+}
+
+// Stop asks a started command to end (SIGTERM), kills it if it has not
+// within grace, and returns once it has been waited for.
+func Stop(cmd *exec.Cmd, grace time.Duration) {
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		cmd.Process.Kill()
+		<-done
+	}
 }
